@@ -1,0 +1,113 @@
+"""i-GELU: integer-only GELU (I-BERT section 3.4, Algorithm 2).
+
+``GELU(x) = x/2 * (1 + erf(x / sqrt 2))`` with ``erf`` replaced by the polynomial
+
+    L(u) = sign(u) * (a * (min(|u|, -b) + b)^2 + 1),   a = -0.2888, b = -1.769   (paper eq. 8)
+
+(L-inf error of i-GELU vs GELU 0.018 in the paper). For input ``q`` with static scale ``S``
+(``u = x / sqrt 2`` has scale ``S_e = S / sqrt 2``):
+
+    b_q = floor(b / S_e)                      # negative
+    c_q = floor((1 / a) / S_e^2)              # negative: the erf polynomial divided by a
+    y   = sign(q) * ((min(|q|, -b_q) + b_q)^2 + c_q)          # erf(u) / (a S_e^2)
+    y   = y >> t                              # t drops excess bits: |y| keeps <= 24 bits
+    S_y = a * S_e^2 * 2^t                     # negative
+    one = floor(1 / S_y)                      # the integer for 1.0 (negative)
+    out = -(q * (y + one))                    # scale S_out = -S * S_y / 2 > 0
+
+(The structure and the floors are those of ``transformers``' ``IntGELU``; the final negation
+makes the scale positive, and ``t`` is chosen from the scale instead of a fixed 14.)
+Widths: ``(min(|q|,-b_q) + b_q)^2 <= b_q^2 < |c_q|`` so ``|y| <= |c_q|``; after the shift
+``|y + one| < 2^25``, so ``|out| < 2^(in_bits - 1 + 25)``: int64, proven by the plan.
+The fused form requantizes ``out`` straight to an int8 activation.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ._common import check_bits, check_int_array, check_scale, check_te_dtype, i64, prove_fits
+from .requantize import Requantize
+
+COEF_A = -0.2888  # paper eq. (8)
+COEF_B = -1.769
+KEEP_BITS = 24  # bits of the erf term kept after the shift t
+
+
+class IntGELU:
+    """Plan for i-GELU of a signed ``in_bits`` integer with scale ``scale``.
+
+    ``numpy``/``te`` give the wide result (int64, scale ``out_scale``). With ``out_scale_q`` set,
+    ``numpy_q``/``te_q`` also requantize it to a signed ``out_bits`` activation.
+    """
+
+    def __init__(self, scale, *, in_bits: int = 16, out_scale_q=None, out_bits: int = 8):
+        self.scale = check_scale("scale", scale)
+        self.in_bits = check_bits("in_bits", in_bits, 2, 32)
+        s_e = self.scale / math.sqrt(2.0)
+        self.b_q = math.floor(COEF_B / s_e)
+        self.c_q = math.floor((1.0 / COEF_A) / s_e**2)
+        if self.b_q >= 0 or self.c_q >= 0:
+            raise ValueError(f"scale={scale!r} is too coarse for i-GELU")
+        self.t = max(0, (-self.c_q).bit_length() - KEEP_BITS)
+        s_y = COEF_A * s_e**2 * (1 << self.t)
+        self.one = math.floor(1.0 / s_y)
+        self.out_scale = -self.scale * s_y / 2.0
+        q_max = 1 << (self.in_bits - 1)
+        inner = (-self.c_q >> self.t) + 1 + (-self.one)
+        self.out_bound = q_max * inner
+        prove_fits("i-GELU product q * (y + one)", self.out_bound)
+        self.requant = None
+        if out_scale_q is not None:
+            self.requant = Requantize(
+                self.out_scale / check_scale("out_scale_q", out_scale_q),
+                in_bits=self.out_bound.bit_length() + 1,
+                out_bits=out_bits,
+            )
+
+    # -- numpy reference ------------------------------------------------------------------
+    def numpy(self, q) -> np.ndarray:
+        q = check_int_array("q", q, ("int8", "int16", "int32")).astype(np.int64)
+        lo = -(1 << (self.in_bits - 1))
+        if q.size and (int(q.min()) < lo or int(q.max()) > -lo - 1):
+            raise ValueError(f"q exceeds the declared {self.in_bits}-bit input domain")
+        a = np.minimum(np.abs(q), -self.b_q)
+        y = np.sign(q) * ((a + self.b_q) ** 2 + self.c_q)
+        y = y >> self.t
+        return -(q * (y + self.one))
+
+    def numpy_q(self, q) -> np.ndarray:
+        return self.requant.numpy(self.numpy(q))
+
+    # -- TVM tensor expression ------------------------------------------------------------
+    def expr(self, q):
+        """TIR expression for one element (``q`` int64)."""
+        from tvm import tirx
+
+        a = tirx.min(tirx.max(q, -q), i64(-self.b_q))
+        sq = (a + i64(self.b_q)) * (a + i64(self.b_q)) + i64(self.c_q)
+        sign = tirx.Select(q > i64(0), i64(1), tirx.Select(q < i64(0), i64(-1), i64(0)))
+        y = (sign * sq) >> i64(self.t)
+        return -(q * (y + i64(self.one)))
+
+    def te(self, q):
+        from tvm import te
+
+        check_te_dtype("q", q, ("int8", "int16", "int32"))
+        return te.compute(q.shape, lambda *i: self.expr(q(*i).astype("int64")), name="int_gelu")
+
+    def te_q(self, q):
+        """Fused i-GELU + requantization to the int8 activation (one kernel)."""
+        from tvm import te, tirx
+
+        check_te_dtype("q", q, ("int8", "int16", "int32"))
+        r = self.requant
+        lo, hi = i64(r.qmin), i64(r.qmax)
+
+        def body(*i):
+            v = (self.expr(q(*i).astype("int64")) * i64(r.m) + i64(1 << (r.s - 1))) >> i64(r.s)
+            return tirx.max(tirx.min(v, hi), lo).astype(r.out_dtype)
+
+        return te.compute(q.shape, body, name="int_gelu_q")

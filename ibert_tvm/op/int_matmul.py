@@ -1,0 +1,103 @@
+"""Integer matrix products: int8 x int8 -> int32 (+ int32 bias), and the attention products.
+
+* ``linear``: ``y[..., n] = sum_k x[..., k] * w[n, k] + bias[n]`` with ``x`` int8 (or uint8),
+  ``w`` int8 ``[N, K]`` (PyTorch ``nn.Linear`` layout), ``bias`` int32 ``[N]``, ``y`` int32.
+* ``batch_matmul``: ``[..., M, K] x [..., N, K]^T -> [..., M, N]`` int32 (attention scores
+  ``Q K^T``; and ``P V`` with ``V`` passed pre-transposed).
+
+Widths: each product is at most ``|x|max * 128`` and the sum of ``K`` of them plus the bias must
+stay inside int32. ``check_accumulator`` proves that for the static ``K`` (or the maximum
+sequence length for ``P V``); int8 x int8 allows K <= 65535 with |bias| <= 2^30.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._common import INT32_MAX, check_int_array, check_te_dtype
+
+_X_DTYPES = ("int8", "uint8")
+_W_DTYPES = ("int8",)
+_MAG = {"int8": 128, "uint8": 255}
+BIAS_BOUND = 1 << 30  # |bias| a linear accepts (quantization clips to it)
+
+
+def check_accumulator(k: int, x_dtype: str = "int8", w_dtype: str = "int8", bias_bound: int = 0) -> None:
+    """Prove ``k`` products plus a bias fit int32; raise ``ValueError`` otherwise."""
+    bound = int(k) * _MAG[x_dtype] * _MAG[w_dtype] + int(bias_bound)
+    if bound > INT32_MAX:
+        raise ValueError(
+            f"an int32 accumulator over K={k} {x_dtype}x{w_dtype} products (+bias <= {bias_bound}) "
+            f"can reach {bound} > 2^31-1"
+        )
+
+
+# -- numpy reference ----------------------------------------------------------------------
+def linear_np(x, w, bias=None) -> np.ndarray:
+    x = check_int_array("x", x, _X_DTYPES)
+    w = check_int_array("w", w, _W_DTYPES)
+    if x.shape[-1] != w.shape[1]:
+        raise ValueError(f"x has K={x.shape[-1]}, w has K={w.shape[1]}")
+    check_accumulator(w.shape[1], x.dtype.name, "int8", BIAS_BOUND if bias is not None else 0)
+    y = np.matmul(x.astype(np.int64), w.astype(np.int64).T)
+    if bias is not None:
+        bias = check_int_array("bias", bias, ("int32",))
+        if np.abs(bias.astype(np.int64)).max(initial=0) > BIAS_BOUND:
+            raise ValueError(f"|bias| must be <= 2^30")
+        y = y + bias.astype(np.int64)
+    return y.astype(np.int32)
+
+
+def batch_matmul_np(a, b) -> np.ndarray:
+    """``a`` [..., M, K] int8/uint8, ``b`` [..., N, K] int8 -> [..., M, N] int32."""
+    a = check_int_array("a", a, _X_DTYPES)
+    b = check_int_array("b", b, _W_DTYPES)
+    check_accumulator(a.shape[-1], a.dtype.name, "int8")
+    return np.matmul(a.astype(np.int64), np.swapaxes(b.astype(np.int64), -1, -2)).astype(np.int32)
+
+
+# -- TVM tensor expressions -----------------------------------------------------------------
+def linear_te(x, w, bias=None):
+    """x: [..., K] int8/uint8, w: [N, K] int8, bias: [N] int32 -> [..., N] int32."""
+    from tvm import te
+
+    check_te_dtype("x", x, _X_DTYPES)
+    check_te_dtype("w", w, _W_DTYPES)
+    k_dim = int(w.shape[1])
+    check_accumulator(k_dim, str(x.dtype), "int8", BIAS_BOUND if bias is not None else 0)
+    k = te.reduce_axis((0, k_dim), name="k")
+
+    def mac(*idx):
+        *lead, n = idx
+        return te.sum(x(*lead, k).astype("int32") * w[n, k].astype("int32"), axis=k)
+
+    acc = te.compute((*x.shape[:-1], w.shape[0]), mac, name="linear_acc")
+    if bias is None:
+        return acc
+    check_te_dtype("bias", bias, ("int32",))
+    return te.compute(acc.shape, lambda *idx: acc(*idx) + bias[idx[-1]], name="linear_bias")
+
+
+def batch_matmul_te(a, b, *, max_k: int | None = None):
+    """a: [..., M, K] int8/uint8, b: [..., N, K] int8 -> [..., M, N] int32.
+
+    ``K`` may be symbolic (``P V`` sums over the sequence); then ``max_k`` bounds it.
+    """
+    from tvm import te, tirx
+
+    check_te_dtype("a", a, _X_DTYPES)
+    check_te_dtype("b", b, _W_DTYPES)
+    k_extent = a.shape[-1]
+    if isinstance(k_extent, tirx.IntImm):
+        check_accumulator(int(k_extent), str(a.dtype), "int8")
+    elif max_k is None:
+        raise ValueError("a symbolic reduction length needs max_k to prove the int32 bound")
+    else:
+        check_accumulator(max_k, str(a.dtype), "int8")
+    k = te.reduce_axis((0, k_extent), name="k")
+
+    def mac(*idx):
+        *lead, i, j = idx
+        return te.sum(a(*lead, i, k).astype("int32") * b(*lead, j, k).astype("int32"), axis=k)
+
+    return te.compute((*a.shape[:-1], b.shape[-2]), mac, name="batch_matmul")
