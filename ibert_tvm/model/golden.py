@@ -1,0 +1,64 @@
+"""The golden integer executor: the quantized model in numpy, integer arithmetic only.
+
+It runs each op plan's numpy reference in the order of ``plan.py``'s dataflow. The compiled
+TVM module must equal it bit for bit, on every target.
+
+Inputs (all int32 ``[B, S]``): ``input_ids``, ``attention_mask`` (1 = token, 0 = padding),
+``token_type_ids``, ``position_ids`` (see ``quantization.calibrate.position_ids``).
+Output: ``[B, H]`` int32 mean-pooled embedding (scale ``plan.out_scale``) or ``[B, labels]``
+int32 logits.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..op.int_matmul import batch_matmul_np, linear_np
+from ..op.pooling import mean_pool_np
+from .plan import ModelPlan
+
+
+def _heads(x: np.ndarray, n: int) -> np.ndarray:
+    """[B, S, H] -> [B, n, S, H/n]"""
+    B, S, H = x.shape
+    return x.reshape(B, S, n, H // n).transpose(0, 2, 1, 3)
+
+
+def encoder_np(plan: ModelPlan, input_ids, attention_mask, token_type_ids, position_ids) -> np.ndarray:
+    """Last hidden state, int8 [B, S, H] (scale: the last layer's ``ln2`` output scale)."""
+    A = plan.arrays
+    x = plan.embeddings.numpy(
+        input_ids,
+        position_ids,
+        token_type_ids,
+        A["embeddings.word_embeddings.weight"],
+        A["embeddings.position_embeddings.weight"],
+        A["embeddings.token_type_embeddings.weight"],
+    )
+    h = plan.emb_ln.numpy(x)
+    for L in plan.layers:
+
+        def lin(lp, inp):
+            return linear_np(inp, A[lp.name + ".weight"], A[lp.name + ".bias"])
+
+        q = _heads(L.q.requant.numpy(lin(L.q, h)), plan.heads)
+        k = _heads(L.k.requant.numpy(lin(L.k, h)), plan.heads)
+        v = _heads(L.v.requant.numpy(lin(L.v, h)), plan.heads)
+        p = L.softmax.numpy(batch_matmul_np(q, k), attention_mask)
+        ctx = L.ctx.numpy(batch_matmul_np(p, np.swapaxes(v, -1, -2)))
+        B, n, S, d = ctx.shape
+        ctx = ctx.transpose(0, 2, 1, 3).reshape(B, S, n * d)
+        a = L.ln1.numpy(L.attn_out.requant.numpy(lin(L.attn_out, ctx), h))
+        g = L.gelu.numpy_q(L.inter.requant.numpy(lin(L.inter, a)))
+        h = L.ln2.numpy(L.out.requant.numpy(lin(L.out, g), a))
+    return h
+
+
+def run_golden(plan: ModelPlan, input_ids, attention_mask, token_type_ids, position_ids) -> np.ndarray:
+    h = encoder_np(plan, input_ids, attention_mask, token_type_ids, position_ids)
+    if plan.head != "classifier":
+        return mean_pool_np(h, attention_mask)
+    A = plan.arrays
+    cls = np.ascontiguousarray(h[:, 0, :])
+    t = plan.tanh.numpy(plan.head_dense.requant.numpy(linear_np(cls, A["head.dense.weight"], A["head.dense.bias"])))
+    return plan.head_out.requant.numpy(linear_np(t, A["head.out.weight"], A["head.out.bias"]))

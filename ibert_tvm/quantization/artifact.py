@@ -1,0 +1,140 @@
+"""The quantized artifact: integer tensors (safetensors) + a JSON of scales and identity.
+
+Layout of a quantized directory ``q/``::
+
+    quantized.safetensors   int8 weights and embedding tables, int32 biases (HF names);
+                            LayerNorm gamma/beta as float32 (folded into integers by compile)
+    quantization.json       format tag, QuantConfig, model dims, every static scale,
+                            source model identity (architecture, sha256), labels
+    tokenizer.json          the source tokenizer
+
+Written atomically: into a temporary sibling directory, then renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import IBertTVMError
+from .config import QuantConfig
+
+FORMAT = "ibert-tvm-quantized/1"
+TENSORS = "quantized.safetensors"
+META = "quantization.json"
+TOKENIZER = "tokenizer.json"
+
+
+@dataclass
+class QuantizedModel:
+    """Integer tensors + static scales of one BERT-family model."""
+
+    config: QuantConfig
+    dims: dict  # hidden, heads, layers, intermediate, vocab, max_positions, type_vocab, pad_id, family, head, num_labels
+    scales: dict  # name -> float (per-tensor) or list[float] (per-channel)
+    tensors: dict[str, np.ndarray]
+    source: dict  # path, architecture, model_hash
+    tokenizer_json: str
+    labels: list[str] = field(default_factory=list)
+
+    def scale(self, name: str):
+        try:
+            s = self.scales[name]
+        except KeyError:
+            raise IBertTVMError(f"quantized model has no scale {name!r}") from None
+        return np.asarray(s, dtype=np.float64) if isinstance(s, list) else float(s)
+
+    def tensor(self, name: str) -> np.ndarray:
+        try:
+            return self.tensors[name]
+        except KeyError:
+            raise IBertTVMError(f"quantized model has no tensor {name!r}") from None
+
+    @property
+    def identity(self) -> str:
+        """A short id: source model hash + scheme (tuning logs and artifacts are keyed by it)."""
+        return f"{self.source['model_hash'][:12]}-{self.config.name}"
+
+    # -- I/O ------------------------------------------------------------------------------
+    def save(self, out_dir: str | os.PathLike) -> Path:
+        from safetensors.numpy import save_file
+
+        out = Path(out_dir)
+        meta = {
+            "format": FORMAT,
+            "config": self.config.to_dict(),
+            "dims": self.dims,
+            "scales": self.scales,
+            "source": self.source,
+            "labels": self.labels,
+        }
+        with atomic_dir(out) as tmp:
+            save_file({k: np.ascontiguousarray(v) for k, v in self.tensors.items()}, str(tmp / TENSORS))
+            (tmp / META).write_text(json.dumps(meta, indent=1))
+            (tmp / TOKENIZER).write_text(self.tokenizer_json, encoding="utf-8")
+        return out
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "QuantizedModel":
+        from safetensors.numpy import load_file
+
+        p = Path(path)
+        if not p.is_dir():
+            raise IBertTVMError(f"quantized model directory {p} does not exist")
+        try:
+            meta = json.loads((p / META).read_text())
+        except FileNotFoundError:
+            raise IBertTVMError(f"{p} is not a quantized model: {META} is missing (run `ibert-tvm calibrate`)") from None
+        except json.JSONDecodeError as e:
+            raise IBertTVMError(f"{p}/{META} is corrupt: {e}") from None
+        if meta.get("format") != FORMAT:
+            raise IBertTVMError(f"{p}/{META} has format {meta.get('format')!r}, expected {FORMAT!r}")
+        try:
+            tensors = load_file(str(p / TENSORS))
+            tok = (p / TOKENIZER).read_text(encoding="utf-8")
+        except Exception as e:  # noqa: BLE001 - safetensors raises several kinds
+            raise IBertTVMError(f"{p} is incomplete or corrupt: {e}") from None
+        return cls(
+            config=QuantConfig.from_dict(meta["config"]),
+            dims=meta["dims"],
+            scales=meta["scales"],
+            tensors=tensors,
+            source=meta["source"],
+            tokenizer_json=tok,
+            labels=meta.get("labels", []),
+        )
+
+
+class atomic_dir:
+    """``with atomic_dir(out) as tmp:`` write into ``tmp``; on success it replaces ``out``.
+
+    On any exception the temporary directory is removed and ``out`` is left untouched.
+    """
+
+    def __init__(self, out: Path):
+        self.out = Path(out)
+
+    def __enter__(self) -> Path:
+        parent = self.out.resolve().parent
+        parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.tmp-", dir=parent))
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return False
+        old = None
+        if self.out.exists():
+            old = self.out.with_name(f".{self.out.name}.old-{os.getpid()}")
+            os.rename(self.out, old)
+        os.rename(self.tmp, self.out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return False

@@ -1,0 +1,304 @@
+"""Post-training calibration: FP32 activation ranges -> static scales -> the quantized artifact.
+
+The float model runs over sample sentences with hooks at every quantization point of the
+integer graph (see ``ibert_tvm/model/plan.py`` for where each scale is used). Padding
+positions are excluded from the statistics. Each layer's *own* output scale is recorded and
+used by the next layer (the transformers/fairseq I-BERT feed every layer the embedding
+scale, issue 26738).
+
+Scales: symmetric, ``S = range / (2^(b-1) - 1)``; ``range`` is the max |x| (``minmax``) or
+its ``percentile`` (``percentile``) for the int8 activations that feed matmuls; residual sums
+and the pre-GELU/pre-tanh values always use max |x| with headroom (they are wide).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+from ..errors import IBertTVMError
+from ..model.hf_loader import HFCheckpoint, load_tokenizer_json
+from ..op.int_matmul import BIAS_BOUND
+from .artifact import QuantizedModel
+from .config import QuantConfig
+
+_RESERVOIR = 400_000  # abs values kept per point for percentiles
+
+
+@dataclass
+class RangeObserver:
+    """Running max |x| and a bounded random sample of |x| for percentiles."""
+
+    keep_samples: bool
+    absmax: float = 0.0
+    samples: list = field(default_factory=list)
+    count: int = 0
+    rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))
+
+    def update(self, x: np.ndarray) -> None:
+        a = np.abs(x.reshape(-1)).astype(np.float32)
+        if a.size == 0:
+            return
+        self.absmax = max(self.absmax, float(a.max()))
+        if self.keep_samples:
+            take = min(a.size, 20_000)
+            self.samples.append(self.rng.choice(a, size=take, replace=False) if take < a.size else a)
+            self.count += take
+            if self.count > _RESERVOIR:
+                allv = np.concatenate(self.samples)
+                self.samples = [self.rng.choice(allv, size=_RESERVOIR // 2, replace=False)]
+                self.count = _RESERVOIR // 2
+
+    def range(self, percentile: float | None) -> float:
+        if percentile is None or not self.samples:
+            return self.absmax
+        return float(np.percentile(np.concatenate(self.samples), percentile))
+
+
+class Tokenizer:
+    """``tokenizers`` wrapper: batches of text -> int32 ids/mask/type ids (no truncation)."""
+
+    def __init__(self, tokenizer_json: str, max_len: int):
+        from tokenizers import Tokenizer as _T
+
+        self.tok = _T.from_str(tokenizer_json)
+        self.tok.no_truncation()
+        self.tok.no_padding()
+        self.max_len = max_len
+        self.pad_id = self.tok.token_to_id("[PAD]")
+        if self.pad_id is None:
+            self.pad_id = self.tok.token_to_id("<pad>") or 0
+
+    def __call__(self, texts: Sequence[str], pairs: Sequence[str] | None = None):
+        if pairs is not None:
+            encs = self.tok.encode_batch(list(zip(texts, pairs)))
+        else:
+            encs = self.tok.encode_batch(list(texts))
+        n = max(len(e.ids) for e in encs)
+        if n > self.max_len:
+            raise IBertTVMError(f"a text has {n} tokens; the model's maximum is {self.max_len}")
+        ids = np.full((len(encs), n), self.pad_id, dtype=np.int32)
+        mask = np.zeros((len(encs), n), dtype=np.int32)
+        tt = np.zeros((len(encs), n), dtype=np.int32)
+        for i, e in enumerate(encs):
+            L = len(e.ids)
+            ids[i, :L] = e.ids
+            mask[i, :L] = 1
+            tt[i, :L] = e.type_ids
+        return ids, mask, tt
+
+
+def position_ids(input_ids: np.ndarray, mask: np.ndarray, family: str, pad_id: int) -> np.ndarray:
+    """BERT: 0..L-1. RoBERTa: pad_id + cumulative count of non-pad tokens (pad -> pad_id)."""
+    if family == "roberta":
+        keep = (input_ids != pad_id).astype(np.int32)
+        return (np.cumsum(keep, axis=1, dtype=np.int32) * keep + pad_id).astype(np.int32)
+    return np.broadcast_to(np.arange(input_ids.shape[1], dtype=np.int32), input_ids.shape).copy()
+
+
+def _points(ckpt: HFCheckpoint):
+    """(name, module, kind) for every hook: kind 'in' = module input, 'out' = module output."""
+    base = ckpt.base
+    pts = [("embeddings.sum", base.embeddings.LayerNorm, "in"), ("embeddings.ln", base.embeddings.LayerNorm, "out")]
+    for i, layer in enumerate(base.encoder.layer):
+        a, p = layer.attention, f"layer{i}."
+        pts += [
+            (p + "q", a.self.query, "out"),
+            (p + "k", a.self.key, "out"),
+            (p + "v", a.self.value, "out"),
+            (p + "ctx", a.output.dense, "in"),
+            (p + "res1", a.output.LayerNorm, "in"),
+            (p + "ln1", a.output.LayerNorm, "out"),
+            (p + "inter", layer.intermediate.dense, "out"),
+            (p + "gelu", layer.output.dense, "in"),
+            (p + "res2", layer.output.LayerNorm, "in"),
+            (p + "ln2", layer.output.LayerNorm, "out"),
+        ]
+    if ckpt.head == "classifier":
+        dense, out = head_modules(ckpt)
+        pts += [("head.pre_tanh", dense, "out"), ("head.logits", out, "out")]
+    return pts
+
+
+def head_modules(ckpt: HFCheckpoint):
+    """(dense before tanh, output projection) of the classification head."""
+    m = ckpt.model
+    if ckpt.family == "bert":
+        return ckpt.base.pooler.dense, m.classifier
+    return m.classifier.dense, m.classifier.out_proj
+
+
+def collect_ranges(
+    ckpt: HFCheckpoint,
+    sentences: Sequence[str],
+    *,
+    batch_size: int = 16,
+    keep_samples: bool = False,
+    progress: Callable[[Iterable], Iterable] | None = None,
+) -> dict[str, RangeObserver]:
+    """Run the float model over ``sentences``; observe every quantization point."""
+    import torch
+
+    if not sentences:
+        raise IBertTVMError("calibration needs at least one sentence")
+    tok = Tokenizer(load_tokenizer_json(ckpt.path), ckpt.max_positions)
+    obs = {name: RangeObserver(keep_samples) for name, _, _ in _points(ckpt)}
+    state = {"mask": None}
+
+    def make_hook(name, kind):
+        def grab(t):
+            x = t.detach().float().numpy()
+            m = state["mask"]
+            if x.ndim == 3 and m is not None:  # [B, S, H]: keep real tokens only
+                x = x[m.astype(bool)]
+            obs[name].update(x)
+
+        if kind == "in":
+            return lambda mod, args: grab(args[0])
+        return lambda mod, args, out: grab(out[0] if isinstance(out, tuple) else out)
+
+    handles = []
+    for name, mod, kind in _points(ckpt):
+        h = make_hook(name, kind)
+        handles.append(mod.register_forward_pre_hook(h) if kind == "in" else mod.register_forward_hook(h))
+    batches = [sentences[i : i + batch_size] for i in range(0, len(sentences), batch_size)]
+    try:
+        with torch.no_grad():
+            for chunk in progress(batches) if progress else batches:
+                ids, mask, tt = tok(chunk)
+                state["mask"] = mask
+                kw = dict(
+                    input_ids=torch.from_numpy(ids.astype(np.int64)),
+                    attention_mask=torch.from_numpy(mask.astype(np.int64)),
+                    token_type_ids=torch.from_numpy(tt.astype(np.int64)),
+                )
+                ckpt.model(**kw)
+    finally:
+        for h in handles:
+            h.remove()
+    return obs
+
+
+def _sym_scale(r: float, bits: int, what: str) -> float:
+    if not np.isfinite(r) or r <= 0:
+        raise IBertTVMError(f"calibration saw no non-zero values at {what}; use more or longer sentences")
+    return float(r) / ((1 << (bits - 1)) - 1)
+
+
+def quantize_weight(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-output-channel symmetric int8: ``w[n, :] ~= q[n, :] * s[n]``."""
+    amax = np.abs(w).max(axis=1).astype(np.float64)
+    s = np.where(amax > 0, amax / 127.0, 1.0)
+    q = np.clip(np.round(w / s[:, None]), -127, 127).astype(np.int8)
+    return q, s
+
+
+def quantize_bias(b: np.ndarray, s_in: float, s_w: np.ndarray) -> np.ndarray:
+    q = np.round(b.astype(np.float64) / (s_in * s_w))
+    return np.clip(q, -BIAS_BOUND, BIAS_BOUND).astype(np.int32)
+
+
+def quantize_table(w: np.ndarray) -> tuple[np.ndarray, float]:
+    s = float(np.abs(w).max()) / 127.0 or 1.0
+    return np.clip(np.round(w / s), -127, 127).astype(np.int8), s
+
+
+def build_quantized(ckpt: HFCheckpoint, obs: dict[str, RangeObserver], config: QuantConfig) -> QuantizedModel:
+    """Scales from observed ranges + integer weights -> :class:`QuantizedModel`."""
+    pct = config.percentile if config.calibration == "percentile" else None
+    base, cfg = ckpt.base, ckpt.config
+    scales: dict = {}
+    tensors: dict[str, np.ndarray] = {}
+
+    def act(name):  # int8 activation feeding a matmul
+        s = _sym_scale(obs[name].range(pct), config.act_bits, name)
+        scales[name] = s
+        return s
+
+    def wide(name, bits, headroom):
+        s = _sym_scale(obs[name].absmax * headroom, bits, name)
+        scales[name] = s
+        return s
+
+    def np_(t):
+        return t.detach().float().numpy()
+
+    def linear(prefix, mod, s_in):
+        q, s_w = quantize_weight(np_(mod.weight))
+        tensors[prefix + ".weight"] = q
+        tensors[prefix + ".bias"] = quantize_bias(np_(mod.bias), s_in, s_w)
+        scales[prefix + ".weight"] = s_w.tolist()
+
+    def layernorm(prefix, mod):
+        tensors[prefix + ".gamma"] = np_(mod.weight).astype(np.float32)
+        tensors[prefix + ".beta"] = np_(mod.bias).astype(np.float32)
+
+    emb = base.embeddings
+    for key, mod in (("word", emb.word_embeddings), ("position", emb.position_embeddings), ("token_type", emb.token_type_embeddings)):
+        q, s = quantize_table(np_(mod.weight))
+        tensors[f"embeddings.{key}"] = q
+        scales[f"embeddings.{key}"] = s
+    wide("embeddings.sum", config.residual_bits, config.residual_headroom)
+    layernorm("embeddings.LayerNorm", emb.LayerNorm)
+    s_h = act("embeddings.ln")
+    for i, layer in enumerate(base.encoder.layer):
+        p, hp = f"layer{i}.", f"encoder.layer.{i}."
+        a = layer.attention
+        for n in ("q", "k", "v"):
+            act(p + n)
+        linear(hp + "attention.self.query", a.self.query, s_h)
+        linear(hp + "attention.self.key", a.self.key, s_h)
+        linear(hp + "attention.self.value", a.self.value, s_h)
+        s_ctx = act(p + "ctx")
+        linear(hp + "attention.output.dense", a.output.dense, s_ctx)
+        wide(p + "res1", config.residual_bits, config.residual_headroom)
+        layernorm(hp + "attention.output.LayerNorm", a.output.LayerNorm)
+        s_a = act(p + "ln1")
+        linear(hp + "intermediate.dense", layer.intermediate.dense, s_a)
+        wide(p + "inter", config.gelu_in_bits, config.gelu_headroom)
+        s_g = act(p + "gelu")
+        linear(hp + "output.dense", layer.output.dense, s_g)
+        wide(p + "res2", config.residual_bits, config.residual_headroom)
+        layernorm(hp + "output.LayerNorm", layer.output.LayerNorm)
+        s_h = act(p + "ln2")
+    labels: list[str] = []
+    if ckpt.head == "classifier":
+        dense, out = head_modules(ckpt)
+        linear("head.dense", dense, s_h)
+        wide("head.pre_tanh", config.tanh_in_bits, config.gelu_headroom)
+        linear("head.out", out, 1.0 / 127.0)  # i-tanh output scale is 1/127 (int8)
+        wide("head.logits", config.logits_bits, 2.0)
+        labels = ckpt.labels
+    dims = dict(
+        family=ckpt.family,
+        head=ckpt.head,
+        hidden=int(cfg.hidden_size),
+        heads=int(cfg.num_attention_heads),
+        layers=int(cfg.num_hidden_layers),
+        intermediate=int(cfg.intermediate_size),
+        vocab=int(cfg.vocab_size),
+        type_vocab=int(cfg.type_vocab_size),
+        max_positions=int(cfg.max_position_embeddings),
+        max_seq=int(ckpt.max_positions),
+        pad_id=int(ckpt.pad_token_id),
+        num_labels=len(labels),
+    )
+    source = dict(path=str(ckpt.path), architecture=ckpt.architecture, model_hash=ckpt.model_hash)
+    return QuantizedModel(config, dims, scales, tensors, source, load_tokenizer_json(ckpt.path), labels)
+
+
+def calibrate(
+    ckpt: HFCheckpoint,
+    sentences: Sequence[str],
+    config: QuantConfig | None = None,
+    *,
+    batch_size: int = 16,
+    progress=None,
+) -> QuantizedModel:
+    config = config or QuantConfig()
+    obs = collect_ranges(
+        ckpt, sentences, batch_size=batch_size, keep_samples=config.calibration == "percentile", progress=progress
+    )
+    return build_quantized(ckpt, obs, config)
