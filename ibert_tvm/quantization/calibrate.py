@@ -19,6 +19,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from ..errors import IBertTVMError
+from ..deploy.tokenize import Tokenizer
 from ..model.hf_loader import HFCheckpoint, load_tokenizer_json
 from ..op.int_matmul import BIAS_BOUND
 from .artifact import QuantizedModel
@@ -55,47 +56,6 @@ class RangeObserver:
         if percentile is None or not self.samples:
             return self.absmax
         return float(np.percentile(np.concatenate(self.samples), percentile))
-
-
-class Tokenizer:
-    """``tokenizers`` wrapper: batches of text -> int32 ids/mask/type ids (no truncation)."""
-
-    def __init__(self, tokenizer_json: str, max_len: int):
-        from tokenizers import Tokenizer as _T
-
-        self.tok = _T.from_str(tokenizer_json)
-        self.tok.no_truncation()
-        self.tok.no_padding()
-        self.max_len = max_len
-        self.pad_id = self.tok.token_to_id("[PAD]")
-        if self.pad_id is None:
-            self.pad_id = self.tok.token_to_id("<pad>") or 0
-
-    def __call__(self, texts: Sequence[str], pairs: Sequence[str] | None = None):
-        if pairs is not None:
-            encs = self.tok.encode_batch(list(zip(texts, pairs)))
-        else:
-            encs = self.tok.encode_batch(list(texts))
-        n = max(len(e.ids) for e in encs)
-        if n > self.max_len:
-            raise IBertTVMError(f"a text has {n} tokens; the model's maximum is {self.max_len}")
-        ids = np.full((len(encs), n), self.pad_id, dtype=np.int32)
-        mask = np.zeros((len(encs), n), dtype=np.int32)
-        tt = np.zeros((len(encs), n), dtype=np.int32)
-        for i, e in enumerate(encs):
-            L = len(e.ids)
-            ids[i, :L] = e.ids
-            mask[i, :L] = 1
-            tt[i, :L] = e.type_ids
-        return ids, mask, tt
-
-
-def position_ids(input_ids: np.ndarray, mask: np.ndarray, family: str, pad_id: int) -> np.ndarray:
-    """BERT: 0..L-1. RoBERTa: pad_id + cumulative count of non-pad tokens (pad -> pad_id)."""
-    if family == "roberta":
-        keep = (input_ids != pad_id).astype(np.int32)
-        return (np.cumsum(keep, axis=1, dtype=np.int32) * keep + pad_id).astype(np.int32)
-    return np.broadcast_to(np.arange(input_ids.shape[1], dtype=np.int32), input_ids.shape).copy()
 
 
 def _points(ckpt: HFCheckpoint):
@@ -143,7 +103,7 @@ def collect_ranges(
 
     if not sentences:
         raise IBertTVMError("calibration needs at least one sentence")
-    tok = Tokenizer(load_tokenizer_json(ckpt.path), ckpt.max_positions)
+    tok = Tokenizer(load_tokenizer_json(ckpt.path), ckpt.max_positions, ckpt.family, ckpt.pad_token_id)
     obs = {name: RangeObserver(keep_samples) for name, _, _ in _points(ckpt)}
     state = {"mask": None}
 
@@ -167,18 +127,20 @@ def collect_ranges(
     try:
         with torch.no_grad():
             for chunk in progress(batches) if progress else batches:
-                ids, mask, tt = tok(chunk)
-                state["mask"] = mask
-                kw = dict(
-                    input_ids=torch.from_numpy(ids.astype(np.int64)),
-                    attention_mask=torch.from_numpy(mask.astype(np.int64)),
-                    token_type_ids=torch.from_numpy(tt.astype(np.int64)),
-                )
-                ckpt.model(**kw)
+                enc = tok(chunk)
+                state["mask"] = enc["attention_mask"]
+                ckpt.model(**torch_inputs(enc))
     finally:
         for h in handles:
             h.remove()
     return obs
+
+
+def torch_inputs(enc: dict) -> dict:
+    """Tokenizer output -> the keyword tensors a Hugging Face model takes (int64)."""
+    import torch
+
+    return {k: torch.from_numpy(v.astype(np.int64)) for k, v in enc.items()}
 
 
 def _sym_scale(r: float, bits: int, what: str) -> float:

@@ -1,0 +1,127 @@
+"""``compile``: quantized artifact -> verified integer-only ``out/`` directory.
+
+``out/`` (written to a temporary sibling, renamed into place only when complete)::
+
+    model.so        the Relax VM executable + kernels for the target
+    params.npz      every run-time integer tensor, in call order (names in the manifest)
+    manifest.json   format, target, identities (source model sha256, quantized-artifact
+                    sha256, executable sha256), inputs, output name/dtype/scale, max sequence
+                    length, family, labels, tuning database used, verifier summary
+    tokenizer.json  the tokenizer
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import IBertTVMError
+from ..quantization.artifact import QuantizedModel, atomic_dir
+from ..targets import TargetSpec, get_target
+
+FORMAT = "ibert-tvm-compiled/1"
+LIB = "model.so"
+PARAMS = "params.npz"
+MANIFEST = "manifest.json"
+TOKENIZER = "tokenizer.json"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def quantized_hash(qm: QuantizedModel) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps([qm.config.to_dict(), qm.dims, qm.scales], sort_keys=True).encode())
+    for k in sorted(qm.tensors):
+        h.update(k.encode())
+        h.update(np.ascontiguousarray(qm.tensors[k]).tobytes())
+    return h.hexdigest()
+
+
+def export_library(ex, path: Path, spec: TargetSpec) -> None:
+    if spec.cross_compiler is None:
+        ex.export_library(str(path))
+        return
+    import shutil
+
+    if shutil.which(spec.cross_compiler) is None:
+        raise IBertTVMError(
+            f"target {spec.name} needs the cross compiler {spec.cross_compiler}: "
+            f"apt-get install {spec.debian_package}"
+        )
+    from tvm.support import cc
+
+    ex.export_library(str(path), fcompile=cc.cross_compiler(spec.cross_compiler))
+
+
+def _summary(report) -> dict:
+    return {"float_ops": report.float_ops, "dtypes": dict(report.dtypes), "ops": dict(report.ops)}
+
+
+def compile_quantized(
+    qm: QuantizedModel,
+    out_dir: str | os.PathLike,
+    *,
+    target: str = "llvm",
+    database_dir: str | None = None,
+    dump_dir=None,
+    log=print,
+) -> dict:
+    """Build, verify and write ``out_dir``. Returns the manifest."""
+    from ..model.ibert_model import INPUTS, IntBertModel
+    from ..model.plan import ModelPlan
+    from ..passes.pipeline import build
+
+    spec = get_target(target)
+    tgt = spec.tvm_target()
+    plan = ModelPlan(qm)
+    mod, names = IntBertModel(plan).export()
+    ex, mod_report, code_report = build(mod, tgt, database_dir=database_dir, dump_dir=dump_dir)
+    d = qm.dims
+    manifest = {
+        "format": FORMAT,
+        "target": spec.name,
+        "target_json": str(tgt),
+        "model": {
+            "source_hash": qm.source["model_hash"],
+            "architecture": qm.source["architecture"],
+            "quantized_hash": quantized_hash(qm),
+            "identity": qm.identity,
+            "quantization": qm.config.name,
+        },
+        "inputs": list(INPUTS),
+        "params": names,
+        "output": {
+            "name": plan.output_name,
+            "dtype": "int32",
+            "scale": plan.out_scale,
+            "shape": ["batch", d["num_labels"] if plan.head == "classifier" else d["hidden"]],
+        },
+        "family": d["family"],
+        "head": d["head"],
+        "max_seq": d["max_seq"],
+        "vocab": d["vocab"],
+        "type_vocab": d["type_vocab"],
+        "pad_id": d["pad_id"],
+        "labels": qm.labels,
+        "tokenizer": TOKENIZER,
+        "tuning_database": str(database_dir) if database_dir else None,
+        "verify": {"module": _summary(mod_report), "code": _summary(code_report)},
+    }
+    with atomic_dir(Path(out_dir)) as tmp:
+        export_library(ex, tmp / LIB, spec)
+        np.savez(tmp / PARAMS, **{f"p{i:04d}": plan.arrays[n] for i, n in enumerate(names)})
+        manifest["lib_sha256"] = sha256_file(tmp / LIB)
+        (tmp / TOKENIZER).write_text(qm.tokenizer_json, encoding="utf-8")
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    log(f"wrote {out_dir} ({spec.name}); {mod_report.float_ops} float ops in the module, {code_report.float_ops} in the code")
+    return manifest

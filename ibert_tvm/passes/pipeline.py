@@ -1,0 +1,66 @@
+"""The lowering pipeline, in phases, with the integer-only proof built in.
+
+    phase 0  export     the integer nn model -> Relax IRModule (integer params as inputs)
+    phase 1  lower      TVM's default Relax pipeline under the target: LegalizeOps,
+                        AnnotateTIROpPattern, FuseOps, FuseTIR, memory planning, VM lowering
+                        (+ a MetaSchedule database, when one is given: schedules/tune.py)
+    phase 2  verify     VerifyIntegerOnly on the lowered Relax + every TIR PrimFunc
+    phase 3  build      relax.build with the TIR pipeline (no further Relax passes)
+    phase 4  verify     the generated code: LLVM IR of every kernel / CUDA source
+
+Any float at phase 2 or 4 raises ``FloatFoundError``: nothing is written. A debug dump of
+``mod.script()`` after each phase goes to ``dump_dir`` when given.
+
+No pass here "drops float casts": the integer frontend emits none, and the verifier proves
+that the lowering introduced none either. If a future lowering does, it fails loudly here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .verify_integer_only import verify_integer_only
+
+
+def _dump(dump_dir, name, mod):
+    if dump_dir is not None:
+        p = Path(dump_dir)
+        p.mkdir(parents=True, exist_ok=True)
+        (p / f"{name}.py").write_text(mod.script())
+
+
+def lower(mod, target, *, database_dir: str | None = None, dump_dir=None):
+    """Phase 1 + 2: the lowered, verified Relax IRModule."""
+    import tvm
+    from tvm import relax
+
+    _dump(dump_dir, "0_export", mod)
+    with target:
+        if database_dir is not None:
+            from tvm.s_tir import meta_schedule as ms  # noqa: F401  (registers the pass)
+
+            seq = tvm.transform.Sequential(
+                [
+                    relax.transform.LegalizeOps(),
+                    relax.transform.AnnotateTIROpPattern(),
+                    relax.transform.FoldConstant(),
+                    relax.transform.FuseOps(),
+                    relax.transform.FuseTIR(),
+                    relax.transform.MetaScheduleApplyDatabase(str(database_dir)),
+                ]
+            )
+            mod = seq(mod)
+        mod = relax.get_default_pipeline(target)(mod) if "gpu" in target.keys else relax.get_pipeline("default")(mod)
+    _dump(dump_dir, "1_lowered", mod)
+    report = verify_integer_only(mod)
+    return mod, report
+
+
+def build(mod, target, *, database_dir: str | None = None, dump_dir=None):
+    """Phases 1-4. Returns ``(executable, module_report, code_report)``."""
+    from tvm import relax
+
+    lowered, report = lower(mod, target, database_dir=database_dir, dump_dir=dump_dir)
+    ex = relax.build(lowered, target=target, relax_pipeline=None)
+    code_report = verify_integer_only(ex, what="executable")
+    return ex, report, code_report
