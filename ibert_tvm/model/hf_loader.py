@@ -125,15 +125,12 @@ def load_checkpoint(name: str | os.PathLike) -> HFCheckpoint:
     import transformers
 
     cls = getattr(transformers, arch)
+    extra = {"quant_mode": False} if arch.startswith("IBert") else {}  # float path; we quantize ourselves
     try:
-        model = cls.from_pretrained(str(path), local_files_only=True, torch_dtype=torch.float32)
+        model = cls.from_pretrained(str(path), local_files_only=True, dtype=torch.float32, **extra)
     except Exception as e:  # noqa: BLE001 - transformers raises many kinds
         raise IBertTVMError(f"could not load {arch} weights from {path}: {e}") from None
     model.eval()
-    if arch.startswith("IBert"):
-        for m in model.modules():  # run the float path of I-BERT checkpoints; we quantize ourselves
-            if hasattr(m, "quant_mode"):
-                m.quant_mode = False
     return HFCheckpoint(path, arch, family, head, model.config, model, hash_model_dir(path))
 
 

