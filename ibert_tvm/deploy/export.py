@@ -81,15 +81,20 @@ def compile_quantized(
     from ..model.plan import ModelPlan
     from ..passes.pipeline import build
 
+    from ..schedules import linear_strategy
+
     spec = get_target(target)
     tgt = spec.tvm_target()
     plan = ModelPlan(qm)
-    mod, names = IntBertModel(plan).export()
-    ex, mod_report, code_report = build(mod, tgt, database_dir=database_dir, dump_dir=dump_dir)
+    model = IntBertModel(plan, linear_strategy(spec.name))
+    mod, names = model.export()
+    arrays = model.arrays()
+    ex, mod_report, code_report = build(mod, tgt, target_name=spec.name, database_dir=database_dir, dump_dir=dump_dir)
     d = qm.dims
     manifest = {
         "format": FORMAT,
         "target": spec.name,
+        "linear_strategy": model.strategy.name,
         "target_json": str(tgt),
         "model": {
             "source_hash": qm.source["model_hash"],
@@ -119,7 +124,7 @@ def compile_quantized(
     }
     with atomic_dir(Path(out_dir)) as tmp:
         export_library(ex, tmp / LIB, spec)
-        np.savez(tmp / PARAMS, **{f"p{i:04d}": plan.arrays[n] for i, n in enumerate(names)})
+        np.savez(tmp / PARAMS, **{f"p{i:04d}": arrays[n] for i, n in enumerate(names)})
         manifest["lib_sha256"] = sha256_file(tmp / LIB)
         (tmp / TOKENIZER).write_text(qm.tokenizer_json, encoding="utf-8")
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))

@@ -12,25 +12,33 @@ from __future__ import annotations
 from tvm.relax.frontend import nn
 from tvm.relax.frontend.nn import op, spec
 
-from ..op.int_matmul import batch_matmul_te, linear_te
+from ..op.int_matmul import batch_matmul_te
 from ..op.pooling import mean_pool_te
+from ..schedules import GENERIC, LinearStrategy
 from .plan import LayerPlan, LinearPlan, ModelPlan
 
 INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
 
 
 class IntLinear(nn.Module):
-    """``x [.., K] int8 -> requant(x W^T + b)``; weight [N, K] int8, bias/m/s [N] int32."""
+    """``x [.., K] int8 -> requant(x W^T + b)``; weight/bias laid out by the target's
+    :class:`~ibert_tvm.schedules.LinearStrategy` (generic: [N, K] int8, [N] int32); m/s [N] int32."""
 
-    def __init__(self, lp: LinearPlan, in_features: int, out_features: int):
+    def __init__(self, lp: LinearPlan, in_features: int, out_features: int, strategy: LinearStrategy = GENERIC):
         self.plan = lp
-        self.weight = nn.Parameter((out_features, in_features), "int8")
-        self.bias = nn.Parameter((out_features,), "int32")
+        self.strategy = strategy
+        self._packed = sorted(strategy.param_shapes(out_features, in_features))
+        for pname, (shape, dtype) in strategy.param_shapes(out_features, in_features).items():
+            setattr(self, pname, nn.Parameter(shape, dtype))
         self.m = nn.Parameter((out_features,), "int32")
         self.s = nn.Parameter((out_features,), "int32")
 
     def acc(self, x: nn.Tensor) -> nn.Tensor:
-        return op.tensor_expr_op(linear_te, "linear", [x, self.weight, self.bias])
+        names = self._packed
+        st = self.strategy
+        return op.tensor_expr_op(
+            lambda a, *ps: st.te(a, **dict(zip(names, ps))), "linear", [x, *(getattr(self, n) for n in names)]
+        )
 
     def forward(self, x: nn.Tensor) -> nn.Tensor:
         rq = self.plan.requant
@@ -85,21 +93,21 @@ class _Holder(nn.Module):
 
 
 class BertLayer(nn.Module):
-    def __init__(self, lp: LayerPlan, plan: ModelPlan):
+    def __init__(self, lp: LayerPlan, plan: ModelPlan, st: LinearStrategy = GENERIC):
         H, I = plan.hidden, plan.qm.dims["intermediate"]
         self.lp, self.heads, self.head_dim, self.max_seq = lp, plan.heads, plan.head_dim, plan.max_seq
         self.attention = _Holder()
         self.attention.self = _Holder()
-        self.attention.self.query = IntLinear(lp.q, H, H)
-        self.attention.self.key = IntLinear(lp.k, H, H)
-        self.attention.self.value = IntLinear(lp.v, H, H)
+        self.attention.self.query = IntLinear(lp.q, H, H, st)
+        self.attention.self.key = IntLinear(lp.k, H, H, st)
+        self.attention.self.value = IntLinear(lp.v, H, H, st)
         self.attention.output = _Holder()
-        self.attention.output.dense = IntLinear(lp.attn_out, H, H)
+        self.attention.output.dense = IntLinear(lp.attn_out, H, H, st)
         self.attention.output.LayerNorm = IntLayerNorm(lp.ln1, H)
         self.intermediate = _Holder()
-        self.intermediate.dense = IntLinear(lp.inter, H, I)
+        self.intermediate.dense = IntLinear(lp.inter, H, I, st)
         self.output = _Holder()
-        self.output.dense = IntLinear(lp.out, I, H)
+        self.output.dense = IntLinear(lp.out, I, H, st)
         self.output.LayerNorm = IntLayerNorm(lp.ln2, H)
 
     def _split(self, x: nn.Tensor) -> nn.Tensor:  # [B, S, H] -> [B, n, S, d]
@@ -125,16 +133,17 @@ class BertLayer(nn.Module):
 class IntBertModel(nn.Module):
     """Integer BERT/RoBERTa with a mean-pooling or classification head."""
 
-    def __init__(self, plan: ModelPlan):
+    def __init__(self, plan: ModelPlan, strategy: LinearStrategy = GENERIC):
         self.mplan = plan
+        self.strategy = st = strategy
         self.embeddings = BertEmbeddings(plan)
         self.encoder = _Holder()
-        self.encoder.layer = nn.ModuleList([BertLayer(lp, plan) for lp in plan.layers])
+        self.encoder.layer = nn.ModuleList([BertLayer(lp, plan, st) for lp in plan.layers])
         if plan.head == "classifier":
             H, C = plan.hidden, plan.qm.dims["num_labels"]
             self.head = _Holder()
-            self.head.dense = IntLinear(plan.head_dense, H, H)
-            self.head.out = IntLinear(plan.head_out, H, C)
+            self.head.dense = IntLinear(plan.head_dense, H, H, st)
+            self.head.out = IntLinear(plan.head_out, H, C, st)
 
     def forward(self, input_ids, attention_mask, token_type_ids, position_ids):
         h = self.embeddings(input_ids, token_type_ids, position_ids)
@@ -151,6 +160,10 @@ class IntBertModel(nn.Module):
         tensor = spec.Tensor(["batch", "seq"], "int32")
         mod, params = self.export_tvm(spec={"forward": {name: tensor for name in INPUTS}})
         return mod, [name for name, _ in params]
+
+    def arrays(self) -> dict:
+        """The run-time integer tensors for this model's strategy (linears packed by it)."""
+        return self.mplan.arrays_for(self.strategy)
 
 
 def _first_token_te(x):

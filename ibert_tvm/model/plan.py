@@ -151,6 +151,20 @@ class ModelPlan:
             self.out_scale = s_log
         self.arrays = arrays
 
+    def linear_names(self) -> list[str]:
+        """Parameter prefixes of every int8 linear (weight + bias in ``arrays``)."""
+        return sorted(k[: -len(".m")] for k in self.arrays if k.endswith(".m") and k[:-2] + ".weight" in self.arrays)
+
+    def arrays_for(self, strategy) -> dict[str, np.ndarray]:
+        """``arrays`` with every linear's weight/bias replaced by ``strategy.pack``'s tensors."""
+        if strategy.name == "generic":
+            return self.arrays
+        out = dict(self.arrays)
+        for name in self.linear_names():
+            w, b = out.pop(name + ".weight"), out.pop(name + ".bias")
+            out.update({f"{name}.{k}": v for k, v in strategy.pack(w, b).items()})
+        return out
+
     @property
     def output_name(self) -> str:
         return "logits" if self.head == "classifier" else "embedding"

@@ -1,9 +1,9 @@
 """The lowering pipeline, in phases, with the integer-only proof built in.
 
     phase 0  export     the integer nn model -> Relax IRModule (integer params as inputs)
-    phase 1  lower      TVM's default Relax pipeline under the target: LegalizeOps,
-                        AnnotateTIROpPattern, FuseOps, FuseTIR, memory planning, VM lowering
-                        (+ a MetaSchedule database, when one is given: schedules/tune.py)
+    phase 1  lower      LegalizeOps, AnnotateTIROpPattern, FuseOps, FuseTIR; then the target's
+                        schedule pass (ibert_tvm.schedules) and a MetaSchedule database when one
+                        is given; then TVM's default Relax pipeline (memory planning, VM lowering)
     phase 2  verify     VerifyIntegerOnly on the lowered Relax + every TIR PrimFunc
     phase 3  build      relax.build with the TIR pipeline (no further Relax passes)
     phase 4  verify     the generated code: LLVM IR of every kernel / CUDA source
@@ -29,38 +29,50 @@ def _dump(dump_dir, name, mod):
         (p / f"{name}.py").write_text(mod.script())
 
 
-def lower(mod, target, *, database_dir: str | None = None, dump_dir=None):
-    """Phase 1 + 2: the lowered, verified Relax IRModule."""
+def fuse(mod):
+    """LegalizeOps .. FuseTIR: the fused TIR workloads (what tuning and schedules see)."""
     import tvm
     from tvm import relax
 
+    return tvm.transform.Sequential(
+        [
+            relax.transform.LegalizeOps(),
+            relax.transform.AnnotateTIROpPattern(),
+            relax.transform.FoldConstant(),
+            relax.transform.FuseOps(),
+            relax.transform.FuseTIR(),
+        ]
+    )(mod)
+
+
+def lower(mod, target, *, target_name: str | None = None, database_dir: str | None = None, dump_dir=None):
+    """Phase 1 + 2: the lowered, verified Relax IRModule."""
+    from tvm import relax
+
+    from ..schedules import schedule_pass
+
     _dump(dump_dir, "0_export", mod)
     with target:
+        mod = fuse(mod)
+        sched = schedule_pass(target_name, target) if target_name else None
+        if sched is not None:
+            mod = sched(mod)
         if database_dir is not None:
             from tvm.s_tir import meta_schedule as ms  # noqa: F401  (registers the pass)
 
-            seq = tvm.transform.Sequential(
-                [
-                    relax.transform.LegalizeOps(),
-                    relax.transform.AnnotateTIROpPattern(),
-                    relax.transform.FoldConstant(),
-                    relax.transform.FuseOps(),
-                    relax.transform.FuseTIR(),
-                    relax.transform.MetaScheduleApplyDatabase(str(database_dir)),
-                ]
-            )
-            mod = seq(mod)
+            mod = relax.transform.MetaScheduleApplyDatabase(str(database_dir))(mod)
+        _dump(dump_dir, "1_scheduled", mod)
         mod = relax.get_default_pipeline(target)(mod) if "gpu" in target.keys else relax.get_pipeline("default")(mod)
-    _dump(dump_dir, "1_lowered", mod)
+    _dump(dump_dir, "2_lowered", mod)
     report = verify_integer_only(mod)
     return mod, report
 
 
-def build(mod, target, *, database_dir: str | None = None, dump_dir=None):
+def build(mod, target, *, target_name: str | None = None, database_dir: str | None = None, dump_dir=None):
     """Phases 1-4. Returns ``(executable, module_report, code_report)``."""
     from tvm import relax
 
-    lowered, report = lower(mod, target, database_dir=database_dir, dump_dir=dump_dir)
+    lowered, report = lower(mod, target, target_name=target_name, database_dir=database_dir, dump_dir=dump_dir)
     ex = relax.build(lowered, target=target, relax_pipeline=None)
     code_report = verify_integer_only(ex, what="executable")
     return ex, report, code_report
