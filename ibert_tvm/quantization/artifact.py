@@ -91,8 +91,10 @@ class QuantizedModel:
             meta = json.loads((p / META).read_text())
         except FileNotFoundError:
             raise IBertTVMError(f"{p} is not a quantized model: {META} is missing (run `ibert-tvm calibrate`)") from None
-        except json.JSONDecodeError as e:
+        except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
             raise IBertTVMError(f"{p}/{META} is corrupt: {e}") from None
+        if not isinstance(meta, dict):
+            raise IBertTVMError(f"{p}/{META} is corrupt: a JSON object expected")
         if meta.get("format") != FORMAT:
             raise IBertTVMError(f"{p}/{META} has format {meta.get('format')!r}, expected {FORMAT!r}")
         try:
@@ -100,27 +102,64 @@ class QuantizedModel:
             tok = (p / TOKENIZER).read_text(encoding="utf-8")
         except Exception as e:  # noqa: BLE001 - safetensors raises several kinds
             raise IBertTVMError(f"{p} is incomplete or corrupt: {e}") from None
-        return cls(
-            config=QuantConfig.from_dict(meta["config"]),
-            dims=meta["dims"],
-            scales=meta["scales"],
-            tensors=tensors,
-            source=meta["source"],
-            tokenizer_json=tok,
-            labels=meta.get("labels", []),
-        )
+        try:
+            return cls(
+                config=QuantConfig.from_dict(meta["config"]),
+                dims=meta["dims"],
+                scales=meta["scales"],
+                tensors=tensors,
+                source=meta["source"],
+                tokenizer_json=tok,
+                labels=meta.get("labels", []),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise IBertTVMError(f"{p}/{META} is corrupt: bad or missing entry {e}") from None
+
+
+ARTIFACT_FILES = (META, "manifest.json")  # what marks a directory as ours (quantized q/, compiled out/)
+
+
+def check_replaceable(out: Path, markers=ARTIFACT_FILES) -> None:
+    """Refuse an output path whose replacement would destroy something that is not an artifact.
+
+    ``out`` may be absent, an empty directory, or a directory holding an ibert-tvm artifact
+    (one of ``markers``, a JSON file with an ``ibert-tvm-*`` format tag). ``markers=None``
+    accepts any existing directory.
+    """
+    out = Path(out)
+    if not out.exists() and not out.is_symlink():
+        return
+    if not out.is_dir():
+        raise IBertTVMError(f"output {out} exists and is not a directory")
+    if markers is None or not any(out.iterdir()):
+        return
+    for name in markers:
+        try:
+            fmt = json.loads((out / name).read_text()).get("format")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(fmt, str) and fmt.startswith("ibert-tvm-"):
+            return
+    raise IBertTVMError(
+        f"refusing to replace {out}: it is a non-empty directory that is not an ibert-tvm artifact "
+        "(choose a new or empty output directory)"
+    )
 
 
 class atomic_dir:
     """``with atomic_dir(out) as tmp:`` write into ``tmp``; on success it replaces ``out``.
 
     On any exception the temporary directory is removed and ``out`` is left untouched.
+    An existing ``out`` that is not an artifact is refused (:func:`check_replaceable`; pass
+    ``markers=None`` for outputs of another kind).
     """
 
-    def __init__(self, out: Path):
+    def __init__(self, out: Path, markers=ARTIFACT_FILES):
         self.out = Path(out)
+        self.markers = markers
 
     def __enter__(self) -> Path:
+        check_replaceable(self.out, self.markers)
         parent = self.out.resolve().parent
         parent.mkdir(parents=True, exist_ok=True)
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.tmp-", dir=parent))
