@@ -1,0 +1,99 @@
+"""Which quantization points lose the most? A one-at-a-time ablation in the FP32 model.
+
+For each *kind* of quantization point (``q``, ``ctx``, ``ln1``, ``gelu``, ``res2``, ...
+aggregated over layers), the FP32 model runs with only that kind rounded to its calibrated
+integer grid (symmetric, the same scale and saturation the integer model uses), and the
+sentence embeddings are compared with FP32 by cosine. Weights (per-channel int8) are a kind of
+their own. This is a float *simulation* for diagnosis only; the deployed model is the integer one.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+import numpy as np
+
+from .artifact import QuantizedModel
+from .calibrate import _points, quantize_weight, torch_inputs
+
+_BITS = {"sum": "residual_bits", "res1": "residual_bits", "res2": "residual_bits", "inter": "gelu_in_bits",
+         "pre_tanh": "tanh_in_bits", "logits": "logits_bits"}
+
+
+def _kind(name: str) -> str:
+    return re.sub(r"^layer\d+\.", "", name).replace("embeddings.", "emb.")
+
+
+def ablate(ckpt, qm: QuantizedModel, sentences: Sequence[str], *, batch_size: int = 25) -> list[tuple[str, float, float]]:
+    """-> [(kind, mean cosine, min cosine)] sorted from most to least lossy."""
+    import torch
+
+    from ..deploy.tokenize import Tokenizer
+
+    d = qm.dims
+    tok = Tokenizer(qm.tokenizer_json, d["max_seq"], d["family"], d["pad_id"])
+    batches = [tok(list(sentences[i : i + batch_size])) for i in range(0, len(sentences), batch_size)]
+
+    def embed():
+        outs = []
+        with torch.no_grad():
+            for enc in batches:
+                r = ckpt.model(**torch_inputs(enc))
+                hs = (r.last_hidden_state if hasattr(r, "last_hidden_state") else r.hidden_states[-1]).numpy()
+                m = enc["attention_mask"][:, :, None]
+                outs.append((hs * m).sum(1) / m.sum(1))
+        return np.concatenate(outs).astype(np.float64)
+
+    def cos(a, b):
+        return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+    ref = embed()
+    points = [p for p in _points(ckpt) if p[0] in qm.scales and not p[0].startswith("head.")]
+    kinds = sorted({_kind(n) for n, _, _ in points})
+    results = []
+    for kind in kinds:
+        handles = []
+        for name, mod, where in points:
+            if _kind(name) != kind:
+                continue
+            scale = qm.scale(name)
+            bits = getattr(qm.config, _BITS.get(name.split(".")[-1], "act_bits"))
+            hi = (1 << (bits - 1)) - 1
+
+            def fq(t, s=scale, hi=hi):
+                return torch.clamp(torch.round(t / s), -hi - 1, hi) * s
+
+            if where == "in":
+                handles.append(mod.register_forward_pre_hook(lambda m, a, f=fq: (f(a[0]), *a[1:])))
+            else:
+                handles.append(mod.register_forward_hook(lambda m, a, o, f=fq: (f(o[0]), *o[1:]) if isinstance(o, tuple) else f(o)))
+        try:
+            c = cos(embed(), ref)
+        finally:
+            for h in handles:
+                h.remove()
+        results.append((kind, float(c.mean()), float(c.min())))
+    # weights only
+    saved = {}
+    with torch.no_grad():
+        for name, p in ckpt.base.encoder.named_parameters():
+            if name.endswith("weight") and p.ndim == 2:
+                saved[name] = p.detach().clone()
+                q, s = quantize_weight(p.numpy())
+                p.copy_(torch.from_numpy((q.astype(np.float64) * s[:, None]).astype(np.float32)))
+    try:
+        c = cos(embed(), ref)
+    finally:
+        with torch.no_grad():
+            params = dict(ckpt.base.encoder.named_parameters())
+            for name, v in saved.items():
+                params[name].copy_(v)
+    results.append(("weights (int8 per-channel)", float(c.mean()), float(c.min())))
+    return sorted(results, key=lambda r: r[1])
+
+
+def format_table(rows) -> str:
+    lines = ["| quantized alone | mean cosine vs FP32 | min |", "|---|---|---|"]
+    lines += [f"| {k} | {m:.4f} | {n:.4f} |" for k, m, n in rows]
+    return "\n".join(lines)
