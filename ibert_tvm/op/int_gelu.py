@@ -19,7 +19,10 @@
 makes the scale positive, and ``t`` is chosen from the scale instead of a fixed 14.)
 Widths: ``(min(|q|,-b_q) + b_q)^2 <= b_q^2 < |c_q|`` so ``|y| <= |c_q|``; after the shift
 ``|y + one| < 2^25``, so ``|out| < 2^(in_bits - 1 + 25)``: int64, proven by the plan.
-The fused form requantizes ``out`` straight to an int8 activation.
+The plan also proves ``max(b_q^2, |c_q|) < 2^63`` (scales below ~8.7e-10 are rejected).
+The fused form requantizes ``out`` straight to an int8 activation: ``requant(out >> p)``, where
+the static pre-shift ``p`` leaves at most 40 bits so that the dyadic multiplier keeps >= 22
+mantissa bits (the floor costs < 2^-40 of the largest output, in output LSBs).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from .requantize import Requantize
 COEF_A = -0.2888  # paper eq. (8)
 COEF_B = -1.769
 KEEP_BITS = 24  # bits of the erf term kept after the shift t
+REQUANT_IN_BITS = 40  # the fused requantization sees at most this many bits of ``out``
 
 
 class IntGELU:
@@ -51,6 +55,8 @@ class IntGELU:
         self.c_q = math.floor((1.0 / COEF_A) / s_e**2)
         if self.b_q >= 0 or self.c_q >= 0:
             raise ValueError(f"scale={scale!r} is too coarse for i-GELU")
+        # |(min(|q|,-b_q) + b_q)^2 + c_q| <= max(b_q^2, -c_q): both are int64 constants/products.
+        prove_fits(f"i-GELU erf polynomial (scale={scale!r} is too fine)", max(self.b_q**2, -self.c_q))
         self.t = max(0, (-self.c_q).bit_length() - KEEP_BITS)
         s_y = COEF_A * s_e**2 * (1 << self.t)
         self.one = math.floor(1.0 / s_y)
@@ -60,10 +66,17 @@ class IntGELU:
         self.out_bound = q_max * inner
         prove_fits("i-GELU product q * (y + one)", self.out_bound)
         self.requant = None
+        self.pre_shift = 0
         if out_scale_q is not None:
+            # Requantize forms ``x * m`` in int64, so the wider its input, the fewer mantissa bits
+            # ``m`` gets (a 57-bit ``out`` from 32-bit ``q`` would leave ~6 bits, ~1% ratio error).
+            # Drop the excess low bits first: ``out >> pre_shift`` keeps <= REQUANT_IN_BITS bits,
+            # and the floor costs < 2^pre_shift * out_scale / out_scale_q output LSBs (~2^-40 of
+            # the largest output), far below the rounding of the int8 result.
+            self.pre_shift = max(0, self.out_bound.bit_length() - REQUANT_IN_BITS)
             self.requant = Requantize(
-                self.out_scale / check_scale("out_scale_q", out_scale_q),
-                in_bits=self.out_bound.bit_length() + 1,
+                self.out_scale * (1 << self.pre_shift) / check_scale("out_scale_q", out_scale_q),
+                in_bits=(self.out_bound >> self.pre_shift).bit_length() + 1,
                 out_bits=out_bits,
             )
 
@@ -78,8 +91,13 @@ class IntGELU:
         y = y >> self.t
         return -(q * (y + self.one))
 
+    def _need_requant(self):
+        if self.requant is None:
+            raise ValueError("out_scale_q was not given: this plan has no fused requantization")
+        return self.requant
+
     def numpy_q(self, q) -> np.ndarray:
-        return self.requant.numpy(self.numpy(q))
+        return self._need_requant().numpy(self.numpy(q) >> self.pre_shift)
 
     # -- TVM tensor expression ------------------------------------------------------------
     def expr(self, q):
@@ -103,11 +121,12 @@ class IntGELU:
         from tvm import te, tirx
 
         check_te_dtype("q", q, ("int8", "int16", "int32"))
-        r = self.requant
+        r = self._need_requant()
         lo, hi = i64(r.qmin), i64(r.qmax)
 
         def body(*i):
-            v = (self.expr(q(*i).astype("int64")) * i64(r.m) + i64(1 << (r.s - 1))) >> i64(r.s)
+            wide = self.expr(q(*i).astype("int64")) >> i64(self.pre_shift)
+            v = (wide * i64(r.m) + i64(1 << (r.s - 1))) >> i64(r.s)
             return tirx.max(tirx.min(v, hi), lo).astype(r.out_dtype)
 
         return te.compute(q.shape, body, name="int_gelu_q")

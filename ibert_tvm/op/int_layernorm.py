@@ -34,14 +34,24 @@ F = 20
 GAMMA_BITS = 16
 
 
+def _static(dim):
+    """A TE shape entry as an int, or None if it is symbolic."""
+    try:
+        return int(dim)
+    except TypeError:
+        return None
+
+
 class IntLayerNorm:
     """Plan for i-LayerNorm over the last axis (``H`` = ``len(gamma)``)."""
 
     def __init__(self, gamma, beta, *, out_scale, in_bits: int = 24, out_bits: int = 8):
         gamma = np.asarray(gamma, dtype=np.float64)
         beta = np.asarray(beta, dtype=np.float64)
-        if gamma.ndim != 1 or beta.shape != gamma.shape:
-            raise ValueError(f"gamma and beta must be 1-D of equal length, got {gamma.shape}, {beta.shape}")
+        if gamma.ndim != 1 or gamma.size == 0 or beta.shape != gamma.shape:
+            raise ValueError(
+                f"gamma and beta must be non-empty 1-D arrays of equal length, got {gamma.shape}, {beta.shape}"
+            )
         if not (np.isfinite(gamma).all() and np.isfinite(beta).all()):
             raise ValueError("gamma and beta must be finite")
         self.hidden = H = gamma.shape[0]
@@ -96,6 +106,13 @@ class IntLayerNorm:
         check_te_dtype("g", g, ("int32",))
         check_te_dtype("beta_q", beta_q, ("int64",))
         H = self.hidden
+        # The reductions run over range(H) and read g[c], beta_q[c]: a mismatched extent would
+        # read out of bounds silently, so the static shapes must agree with the plan.
+        if len(x.shape) < 1 or _static(x.shape[-1]) != H:
+            raise ValueError(f"x must be [..., {H}], got shape {list(x.shape)}")
+        for name, t in (("g", g), ("beta_q", beta_q)):
+            if len(t.shape) != 1 or _static(t.shape[0]) != H:
+                raise ValueError(f"{name} must have shape [{H}], got {list(t.shape)}")
         lead = x.shape[:-1]
         k = te.reduce_axis((0, H), name="k")
         total = te.compute(lead, lambda *i: te.sum(x(*i, k).astype("int64"), axis=k), name="ln_sum")
