@@ -7,9 +7,9 @@ the input scale ``S`` and ``one = i-exp(0)`` (its integer for 1.0):
     out = sign(q) * t                                           # scale 1 / N
 
 ``0 <= e <= one`` makes ``0 <= t <= N`` by construction: no clamp. (A clamp ``min(t, N)`` after
-the variable division was reported to be folded to the constant ``N`` by TVM 0.27's simplifier;
-that did not reproduce on the pinned install, and ``tests/op/test_int_tanh.py`` keeps the old
-clamped form under test.) Widths: ``e, one <= c ~ 2.79 / S^2`` (IntExp proves it); the
+this division, whose divisor contains the i-exp expression, is folded to the constant ``N`` by
+TVM 0.27's simplifier: a miscompile pinned by a strict xfail in ``tests/op/test_int_tanh.py``;
+hand-built divisors without the i-exp subexpression compile correctly.) Widths: ``e, one <= c ~ 2.79 / S^2`` (IntExp proves it); the
 numerator is < 4N * c: int64. Output: signed ``out_bits`` (int8 by default), scale ``1/N``.
 """
 

@@ -241,3 +241,34 @@ def test_te_rejects_wrong_dtype(dtype):
 
     with pytest.raises(ValueError, match="q"):
         IntTanh(1e-3).te(te.placeholder((3,), dtype=dtype, name="q"))
+
+
+@pytest.mark.xfail(strict=True, reason="TVM 0.27 simplifier folds min(floordiv(num, den(i-exp)), 127) to 127")
+def test_tvm_folds_clamp_after_division_by_iexp_expression():
+    """The exact form that miscompiled (the divisor contains the i-exp expression, whose
+    ``>> z`` / ``floordiv`` by a variable is what the bound analysis gets wrong). It still
+    folds to the constant 127 on apache-tvm 0.27.0.post1; when TVM fixes it this XPASSes and
+    fails strictly, telling us the workaround in int_tanh.py is no longer needed."""
+    from tvm import te, tirx
+
+    from ibert_tvm.op._common import i64
+    from ibert_tvm.op.int_exp import IntExp
+
+    ex = IntExp(1e-3)
+    one = i64(ex.one)
+    q = np.array([[-2566, 2566, 100]], dtype=np.int16)
+
+    def kernel(x):
+        def body(*i):
+            v = x(*i).astype("int64")
+            e = ex.expr(i64(-2) * tirx.max(v, -v))
+            t = tirx.floordiv((one - e) * i64(256) + (one + e), i64(2) * (one + e))
+            return tirx.min(t, i64(127))
+
+        return te.compute(x.shape, body, name="clamped")
+
+    e = ex.numpy(-2 * np.abs(q.astype(np.int64)))
+    o = np.int64(ex.one)
+    want = np.minimum(((o - e) * 256 + (o + e)) // (2 * (o + e)), 127)
+    np.testing.assert_array_equal(want, [[126, 126, 13]])
+    np.testing.assert_array_equal(run_te(kernel, q), want)
