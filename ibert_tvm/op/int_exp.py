@@ -45,9 +45,9 @@ class IntExp:
 
     def __init__(self, scale):
         self.scale = check_scale("scale", scale)
-        x0 = math.floor(-LN2 / self.scale)
-        if x0 > -2:
+        if not self.scale < LN2 / 2:  # (the check used to be x0 > -2, which let scales up to ln2 through)
             raise ValueError(f"scale={scale!r} is too coarse for i-exp (needs scale < ln2/2)")
+        x0 = math.floor(-LN2 / self.scale)
         self.x0 = x0
         self.b = math.floor(B / self.scale)
         self.c = math.floor(C / self.scale**2)

@@ -32,16 +32,35 @@ def check_accumulator(k: int, x_dtype: str = "int8", w_dtype: str = "int8", bias
         )
 
 
+def _dim(d):
+    """A TE shape entry as an int, or None if it is symbolic."""
+    try:
+        return int(d)
+    except TypeError:
+        return None
+
+
+def _check_same(what: str, a, b) -> None:
+    """Raise if two (possibly symbolic) extents are both static and differ."""
+    da, db = _dim(a), _dim(b)
+    if da is not None and db is not None and da != db:
+        raise ValueError(f"{what}: {da} != {db}")
+
+
 # -- numpy reference ----------------------------------------------------------------------
 def linear_np(x, w, bias=None) -> np.ndarray:
     x = check_int_array("x", x, _X_DTYPES)
     w = check_int_array("w", w, _W_DTYPES)
-    if x.shape[-1] != w.shape[1]:
-        raise ValueError(f"x has K={x.shape[-1]}, w has K={w.shape[1]}")
+    if w.ndim != 2:
+        raise ValueError(f"w must be [N, K], got shape {w.shape}")
+    if x.ndim < 1 or x.shape[-1] != w.shape[1]:
+        raise ValueError(f"x has K={x.shape[-1] if x.ndim else None}, w has K={w.shape[1]}")
     check_accumulator(w.shape[1], x.dtype.name, "int8", BIAS_BOUND if bias is not None else 0)
     y = np.matmul(x.astype(np.int64), w.astype(np.int64).T)
     if bias is not None:
         bias = check_int_array("bias", bias, ("int32",))
+        if bias.shape != (w.shape[0],):
+            raise ValueError(f"bias must have shape [{w.shape[0]}], got {bias.shape}")
         if np.abs(bias.astype(np.int64)).max(initial=0) > BIAS_BOUND:
             raise ValueError(f"|bias| must be <= 2^30")
         y = y + bias.astype(np.int64)
@@ -52,6 +71,8 @@ def batch_matmul_np(a, b) -> np.ndarray:
     """``a`` [..., M, K] int8/uint8, ``b`` [..., N, K] int8 -> [..., M, N] int32."""
     a = check_int_array("a", a, _X_DTYPES)
     b = check_int_array("b", b, _W_DTYPES)
+    if a.ndim < 2 or b.ndim < 2 or a.shape[-1] != b.shape[-1]:
+        raise ValueError(f"a [..., M, K] and b [..., N, K] must share K, got {a.shape} and {b.shape}")
     check_accumulator(a.shape[-1], a.dtype.name, "int8")
     return np.matmul(a.astype(np.int64), np.swapaxes(b.astype(np.int64), -1, -2)).astype(np.int32)
 
@@ -63,6 +84,9 @@ def linear_te(x, w, bias=None):
 
     check_te_dtype("x", x, _X_DTYPES)
     check_te_dtype("w", w, _W_DTYPES)
+    if len(w.shape) != 2:
+        raise ValueError(f"w must be [N, K], got shape {list(w.shape)}")
+    _check_same("x and w must share K", x.shape[-1], w.shape[1])
     k_dim = int(w.shape[1])
     check_accumulator(k_dim, str(x.dtype), "int8", BIAS_BOUND if bias is not None else 0)
     k = te.reduce_axis((0, k_dim), name="k")
@@ -75,6 +99,9 @@ def linear_te(x, w, bias=None):
     if bias is None:
         return acc
     check_te_dtype("bias", bias, ("int32",))
+    if len(bias.shape) != 1:
+        raise ValueError(f"bias must be [N], got shape {list(bias.shape)}")
+    _check_same("bias must have N entries", bias.shape[0], w.shape[0])
     return te.compute(acc.shape, lambda *idx: acc(*idx) + bias[idx[-1]], name="linear_bias")
 
 
@@ -87,6 +114,11 @@ def batch_matmul_te(a, b, *, max_k: int | None = None):
 
     check_te_dtype("a", a, _X_DTYPES)
     check_te_dtype("b", b, _W_DTYPES)
+    if len(a.shape) < 2 or len(a.shape) != len(b.shape):
+        raise ValueError(f"a [..., M, K] and b [..., N, K] need the same rank >= 2, got {list(a.shape)}, {list(b.shape)}")
+    _check_same("a and b must share K", a.shape[-1], b.shape[-1])
+    for da, db in zip(a.shape[:-2], b.shape[:-2]):
+        _check_same("a and b must share the batch dimensions", da, db)
     k_extent = a.shape[-1]
     if isinstance(k_extent, tirx.IntImm):
         check_accumulator(int(k_extent), str(a.dtype), "int8")

@@ -5,14 +5,21 @@ Input: attention scores ``x`` int32 ``[B, ..., L]`` with static scale ``S`` (for
 0 = padding, HF's ``attention_mask``). Output: ``uint8`` ``[B, ..., L]`` with scale ``2^-8``.
 
     rowmax = max_{j: mask[j]} x[j]             # masked entries never win the max
-    e[j]   = mask[j] ? i-exp(x[j] - rowmax) : 0  # int64, in [0, c]
-    sum    = sum_j e[j]                         # int64, <= L * c  (proven < 2^62)
+    e[j]   = mask[j] ? i-exp(x[j] - rowmax) >> t : 0  # int64, in [0, c >> t]
+    sum    = sum_j e[j]                         # int64, <= max_len * (c >> t) <= 2^62 (proven)
     f      = floor(2^K / max(sum, 1))           # one integer division per row, K = 62
     y[j]   = min((e[j] * f + 2^(K-9)) >> (K-8), 255)
 
-``e * f <= 2^62`` because ``e <= sum``; the rounding is half up; ``y`` can reach 256 when one
-logit dominates, hence the clamp. An all-masked row gives all zeros. The widest intermediate
-is ``e * f`` (int64).
+``e * f <= 2^62`` because ``e <= sum``. ``y`` can reach 256 when one logit dominates, hence the
+clamp. An all-masked row gives all zeros. The widest intermediate is ``e * f`` (int64).
+
+Rounding and precision: ``y`` rounds ``e * f / 2^(K-8)`` half up. Because ``f`` is floored,
+that value is below the exact ``2^8 e / sum`` by less than ``e / 2^(K-8)`` LSB. The static
+pre-shift ``t`` (0 unless the scale is tiny: ``S < ~2e-7`` for 8-bit outputs, ``~3e-6`` for 16) keeps
+``c >> t <= 2^(K-8-8)``, so the deficit is < 2^-8 LSB: ``y`` is the round-half-up of the exact
+ratio except within 2^-8 LSB of a tie (exact ties, e.g. an all-equal row of 512, round down).
+It also keeps ``max_len * (c >> t) <= 2^62`` so that ``f >= 1``. (Without it, small scales gave
+``f`` with few significant bits, or ``f = 0`` and an all-zero row once the sum passed 2^62.)
 """
 
 from __future__ import annotations
@@ -26,6 +33,14 @@ K = 62
 _INT32_MIN = -(1 << 31)
 
 
+def _static(d):
+    """A TE shape entry as an int, or None if it is symbolic."""
+    try:
+        return int(d)
+    except TypeError:
+        return None
+
+
 class IntSoftmax:
     """Plan for i-Softmax over the last axis; ``max_len`` bounds the row length."""
 
@@ -35,15 +50,29 @@ class IntSoftmax:
         if int(max_len) < 1:
             raise ValueError(f"max_len must be >= 1, got {max_len}")
         self.max_len = int(max_len)
-        prove_fits("softmax row sum", self.max_len * self.exp.c)
         self.out_dtype = "uint8" if self.out_bits <= 8 else "uint16"
         self.qmax = (1 << self.out_bits) - 1
         self.out_scale = 2.0**-self.out_bits
         self.shift = K - self.out_bits
+        c = self.exp.c
+        # Pre-shift of the exp values: c >> t <= 2^(shift-8) (f's floor costs < 2^-8 LSB) and
+        # max_len * (c >> t) <= 2^62 (the row sum fits, f >= 1).
+        self.pre_shift = max(0, c.bit_length() - (self.shift - 8), (self.max_len * c).bit_length() - K)
+        self.e_max = c >> self.pre_shift
+        if self.pre_shift and self.e_max < 1 << (self.out_bits + 8):
+            raise ValueError(
+                f"max_len={max_len} is too long for {self.out_bits}-bit softmax outputs: the exp values "
+                f"would keep only {self.e_max.bit_length()} bits"
+            )
+        prove_fits("softmax row sum", self.max_len * self.e_max)
+        if self.max_len * self.e_max > 1 << K:
+            raise ValueError("softmax row sum bound exceeds 2^62")  # unreachable by construction
 
     def numpy(self, x, mask) -> np.ndarray:
         x = check_int_array("x", x, ("int32",)).astype(np.int64)
         mask = check_int_array("mask", mask, ("int8", "int32", "int64", "bool", "uint8"))
+        if x.ndim < 2:
+            raise ValueError(f"x must be [B, ..., L], got shape {x.shape}")
         if mask.ndim != 2 or mask.shape[0] != x.shape[0] or mask.shape[1] != x.shape[-1]:
             raise ValueError(f"mask must be [B, L] = [{x.shape[0]}, {x.shape[-1]}], got {mask.shape}")
         if x.shape[-1] > self.max_len:
@@ -52,7 +81,7 @@ class IntSoftmax:
         keep = np.broadcast_to(keep, x.shape)
         rowmax = np.where(keep, x, _INT32_MIN).max(axis=-1, keepdims=True)
         xt = np.where(keep, x - rowmax, 0)
-        e = np.where(keep, self.exp.numpy(xt), 0)
+        e = np.where(keep, self.exp.numpy(xt) >> self.pre_shift, 0)
         total = e.sum(axis=-1, keepdims=True)
         f = (np.int64(1) << K) // np.maximum(total, 1)
         y = (e * f + (np.int64(1) << (self.shift - 1))) >> self.shift
@@ -64,9 +93,22 @@ class IntSoftmax:
         check_te_dtype("x", x, ("int32",))
         check_te_dtype("mask", mask, ("int8", "int32", "int64", "bool", "uint8"))
         lead, L = x.shape[:-1], x.shape[-1]
+        if len(x.shape) < 2:
+            raise ValueError(f"x must be [B, ..., L], got shape {list(x.shape)}")
+        if len(mask.shape) != 2:
+            raise ValueError(f"mask must be [B, L], got shape {list(mask.shape)}")
+        for what, a, b in (("B", x.shape[0], mask.shape[0]), ("L", L, mask.shape[1])):
+            da, db = _static(a), _static(b)
+            if da is not None and db is not None and da != db:
+                raise ValueError(f"mask must be [B, L] like x: {what} is {da} in x, {db} in mask")
+        if _static(L) is not None and _static(L) > self.max_len:
+            raise ValueError(f"row length {_static(L)} exceeds max_len {self.max_len}")
 
         def keep(idx):
-            return mask[idx[0], idx[-1]] != tirx.const(0, str(mask.dtype))
+            m = mask[idx[0], idx[-1]]
+            if str(mask.dtype) == "bool":  # (bool != false lowers to an invalid LLVM fcmp on i1)
+                return m
+            return m != tirx.const(0, str(mask.dtype))
 
         j = te.reduce_axis((0, L), name="j")
         rowmax = te.compute(
@@ -79,7 +121,10 @@ class IntSoftmax:
 
         def exp_body(*idx):
             xt = x(*idx).astype("int64") - rowmax(*idx[:-1]).astype("int64")
-            return tirx.Select(keep(idx), self.exp.expr(tirx.min(xt, i64(0))), i64(0))
+            ex = self.exp.expr(tirx.min(xt, i64(0)))
+            if self.pre_shift:
+                ex = ex >> i64(self.pre_shift)
+            return tirx.Select(keep(idx), ex, i64(0))
 
         e = te.compute(x.shape, exp_body, name="softmax_exp")
         j2 = te.reduce_axis((0, L), name="j2")

@@ -10,7 +10,8 @@ From above, Newton's iterates decrease strictly until they reach ``floor(sqrt(n)
 there the update never goes lower. So a fixed number of steps of
 ``x <- min(x, (x + n // x) >> 1)`` computes exactly Algorithm 4's answer, without a
 data-dependent loop (good for vector and GPU code). ``ITERATIONS`` is the worst case over the
-supported domain, measured exhaustively per bit length in ``tests/op/test_int_sqrt.py``:
+supported domain, proven per bit length in ``tests/op/test_int_sqrt.py`` (an exact bound from
+the real Newton error at the bottom of each bit length, attained by ``(2^k + 1)^2 - 1``):
 int32 inputs need at most ``ITERATIONS_INT32``; inputs below 2^62 at most ``ITERATIONS``.
 
 ``bits(n)`` is ``64 - clz(n)`` in TIR (``tirx.clz``), ``int.bit_length`` in the reference.
@@ -23,8 +24,8 @@ import numpy as np
 
 from ._common import check_int_array, check_te_dtype, i64
 
-ITERATIONS_INT32 = 5  # worst case over n < 2^31 (test: exhaustive per-bit-length sweep)
-ITERATIONS = 6  # worst case over n < 2^62
+ITERATIONS_INT32 = 5  # worst case over n < 2^31 (e.g. n = 32769^2 - 1); tight
+ITERATIONS = 6  # worst case over n < 2^62 (e.g. n = (2^30 + 1)^2 - 1); tight
 MAX_INPUT = (1 << 62) - 1
 
 
@@ -53,14 +54,24 @@ def isqrt_np(n, iterations: int = ITERATIONS) -> np.ndarray:
 
 
 def isqrt_expr(n, iterations: int = ITERATIONS):
-    """TIR expression: floor(sqrt(n)) for an int64 PrimExpr 0 <= n < 2^62."""
+    """TIR expression: floor(sqrt(n)) for an int64 PrimExpr 0 <= n < 2^62.
+
+    ``n`` and every iterate are bound with ``Let``: each step uses ``x`` three times, so writing
+    the iterates out inline would repeat the initial guess 3^iterations (729) times, and TVM's
+    simplifier then spent ~7-40 s compiling a single isqrt kernel.
+    """
     from tvm import tirx
 
-    bits = i64(64) - tirx.clz(n).astype("int64")
-    x = tirx.Select(n > i64(0), i64(1) << ((bits + i64(1)) >> i64(1)), i64(1))
-    for _ in range(iterations):
-        x = tirx.min(x, (x + tirx.floordiv(n, tirx.max(x, i64(1)))) >> i64(1))
-    return x
+    nv = tirx.Var("isqrt_n", "int64")
+    xs = [tirx.Var(f"isqrt_x{i}", "int64") for i in range(iterations + 1)]
+    body = xs[-1]
+    for i in reversed(range(iterations)):
+        x = xs[i]
+        step = tirx.min(x, (x + tirx.floordiv(nv, tirx.max(x, i64(1)))) >> i64(1))
+        body = tirx.Let(xs[i + 1], step, body)
+    bits = i64(64) - tirx.clz(nv).astype("int64")
+    x0 = tirx.Select(nv > i64(0), i64(1) << ((bits + i64(1)) >> i64(1)), i64(1))
+    return tirx.Let(nv, n, tirx.Let(xs[0], x0, body))
 
 
 def isqrt_te(n, iterations: int = ITERATIONS):

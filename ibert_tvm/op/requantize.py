@@ -95,6 +95,14 @@ def dyadic_from_ratio(ratio, *, in_bound: int = 1 << 31, name: str = "ratio") ->
     return Dyadic(int(m), int(s))
 
 
+def _static_eq(dim, n: int, allow_symbolic: bool = False) -> bool:
+    """A TE shape entry equals ``n`` (a symbolic entry passes only if ``allow_symbolic``)."""
+    try:
+        return int(dim) == n
+    except TypeError:
+        return allow_symbolic
+
+
 def _round_half_up(q: Fraction) -> int:
     return int((q + Fraction(1, 2)).__floor__())
 
@@ -117,8 +125,9 @@ class Requantize:
         self.in_bits = check_bits("in_bits", in_bits, 2, 62)
         self.out_bits = check_bits("out_bits", out_bits, 2, 32)
         self.out_dtype = out_dtype or storage_dtype(self.out_bits)
-        if int(self.out_dtype.replace("int", "")) < self.out_bits or self.out_dtype.startswith("u"):
-            raise ValueError(f"out_dtype {self.out_dtype} cannot hold signed {self.out_bits}-bit values")
+        _widths = {"int8": 8, "int16": 16, "int32": 32, "int64": 64}
+        if self.out_dtype not in _widths or _widths[self.out_dtype] < self.out_bits:
+            raise ValueError(f"out_dtype {self.out_dtype!r} cannot hold signed {self.out_bits}-bit values")
         self.qmin, self.qmax = signed_range(self.out_bits)
         in_bound = 1 << (self.in_bits - 1)
         self.per_channel = np.ndim(ratio) > 0
@@ -159,6 +168,14 @@ class Requantize:
         if self.per_channel:
             if m is None or s is None:
                 raise ValueError("a per-channel Requantize needs the m and s tensors")
+            check_te_dtype("m", m, ("int32", "int64"))
+            check_te_dtype("s", s, ("int32", "int64"))
+            c = len(self.m)
+            for name, t in (("m", m), ("s", s)):
+                if len(t.shape) != 1 or not _static_eq(t.shape[0], c):
+                    raise ValueError(f"{name} must have shape [{c}], got {list(t.shape)}")
+            if not _static_eq(x.shape[-1], c, allow_symbolic=True):
+                raise ValueError(f"x has {x.shape[-1]} channels, plan has {c}")
 
             def body(*idx):
                 c = idx[-1]
