@@ -204,7 +204,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", help="compiled (out/) or quantized (q/) directory")
     p.add_argument("--target", default="llvm", choices=list(TARGETS), help="target for a quantized dir")
     p.set_defaults(func=cmd_verify)
+
+    # Subcommands that live with their subsystem: each module defines
+    # ``add_parser(sub)`` (registering a parser whose ``func`` returns an exit code) and keeps
+    # its heavy imports inside the command function.
+    import importlib
+
+    for modname in PLUGIN_COMMANDS:
+        try:
+            importlib.import_module(modname).add_parser(sub)
+        except ModuleNotFoundError as e:
+            if e.name != modname:
+                raise
     return ap
+
+
+PLUGIN_COMMANDS = (
+    "ibert_tvm.schedules.tune",  # tune
+    "ibert_tvm.evaluate",  # eval
+    "ibert_tvm.bench",  # bench
+    "ibert_tvm.quantization.sensitivity",  # sensitivity
+)
 
 
 def main(argv=None) -> int:
