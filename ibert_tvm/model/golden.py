@@ -57,7 +57,8 @@ def encoder_np(plan: ModelPlan, input_ids, attention_mask, token_type_ids, posit
 def run_golden(plan: ModelPlan, input_ids, attention_mask, token_type_ids, position_ids) -> np.ndarray:
     h = encoder_np(plan, input_ids, attention_mask, token_type_ids, position_ids)
     if plan.head != "classifier":
-        return mean_pool_np(h, attention_mask)
+        pooled = mean_pool_np(h, attention_mask)
+        return pooled if plan.pool is None else plan.pool.numpy(pooled)
     A = plan.arrays
     cls = np.ascontiguousarray(h[:, 0, :])
     t = plan.tanh.numpy(plan.head_dense.requant.numpy(linear_np(cls, A["head.dense.weight"], A["head.dense.bias"])))

@@ -22,16 +22,24 @@ INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
 
 class IntLinear(nn.Module):
     """``x [.., K] int8 -> requant(x W^T + b)``; weight/bias laid out by the target's
-    :class:`~ibert_tvm.schedules.LinearStrategy` (generic: [N, K] int8, [N] int32); m/s [N] int32."""
+    :class:`~ibert_tvm.schedules.LinearStrategy` (generic: [N, K] int8, [N] int32); the
+    requantization's per-channel tensors (``m``, ``s``; ``mb``, ``sb`` for a per-channel
+    residual input) are int32 [N] parameters named as in ``requant.params()``."""
 
     def __init__(self, lp: LinearPlan, in_features: int, out_features: int, strategy: LinearStrategy = GENERIC):
         self.plan = lp
         self.strategy = strategy
-        self._packed = sorted(strategy.param_shapes(out_features, in_features))
-        for pname, (shape, dtype) in strategy.param_shapes(out_features, in_features).items():
+        shapes = strategy.param_shapes(out_features, in_features)
+        self._packed = sorted(shapes)
+        for pname, (shape, dtype) in shapes.items():
             setattr(self, pname, nn.Parameter(shape, dtype))
-        self.m = nn.Parameter((out_features,), "int32")
-        self.s = nn.Parameter((out_features,), "int32")
+        rq = lp.requant.params()
+        self._rq = sorted(rq)
+        for pname, arr in rq.items():
+            setattr(self, pname, nn.Parameter(arr.shape, str(arr.dtype)))
+
+    def _rq_args(self):
+        return [getattr(self, n) for n in self._rq]
 
     def acc(self, x: nn.Tensor) -> nn.Tensor:
         names = self._packed
@@ -41,13 +49,32 @@ class IntLinear(nn.Module):
         )
 
     def forward(self, x: nn.Tensor) -> nn.Tensor:
-        rq = self.plan.requant
-        return op.tensor_expr_op(lambda a, m, s: rq.te(a, m, s), "requantize", [self.acc(x), self.m, self.s])
+        rq, names = self.plan.requant, self._rq
+        return op.tensor_expr_op(
+            lambda a, *ps: rq.te(a, **dict(zip(names, ps))), "requantize", [self.acc(x), *self._rq_args()]
+        )
 
     def residual(self, x: nn.Tensor, skip: nn.Tensor) -> nn.Tensor:
         """``sat24(requant(x W^T + b) + requant(skip))`` (the plan's ResidualAdd)."""
-        ra = self.plan.requant
-        return op.tensor_expr_op(lambda a, b, m, s: ra.te(a, b, m, s), "residual_add", [self.acc(x), skip, self.m, self.s])
+        ra, names = self.plan.requant, self._rq
+        return op.tensor_expr_op(
+            lambda a, b, *ps: ra.te(a, b, **dict(zip(names, ps))), "residual_add", [self.acc(x), skip, *self._rq_args()]
+        )
+
+
+class _Requant(nn.Module):
+    """The per-channel tensors of a fused requantization (GELU output, pooled output)."""
+
+    def __init__(self, params: dict):
+        self._names = sorted(params)
+        for pname, arr in params.items():
+            setattr(self, pname, nn.Parameter(arr.shape, str(arr.dtype)))
+
+    def args(self):
+        return [getattr(self, n) for n in self._names]
+
+    def kwargs(self, ps):
+        return dict(zip(self._names, ps))
 
 
 class IntLayerNorm(nn.Module):
@@ -106,6 +133,7 @@ class BertLayer(nn.Module):
         self.attention.output.LayerNorm = IntLayerNorm(lp.ln1, H)
         self.intermediate = _Holder()
         self.intermediate.dense = IntLinear(lp.inter, H, I, st)
+        self.intermediate.act = _Requant(lp.gelu.params())
         self.output = _Holder()
         self.output.dense = IntLinear(lp.out, I, H, st)
         self.output.LayerNorm = IntLayerNorm(lp.ln2, H)
@@ -126,7 +154,8 @@ class BertLayer(nn.Module):
         ctx = op.reshape(op.permute_dims(ctx, (0, 2, 1, 3)), (B, S, n * d))
         a = self.attention.output.LayerNorm(self.attention.output.dense.residual(ctx, h))
         g = self.intermediate.dense(a)
-        g = op.tensor_expr_op(lp.gelu.te_q, "int_gelu", [g])
+        act = self.intermediate.act
+        g = op.tensor_expr_op(lambda x, *ps: lp.gelu.te_q(x, **act.kwargs(ps)), "int_gelu", [g, *act.args()])
         return self.output.LayerNorm(self.output.dense.residual(g, a))
 
 
@@ -139,6 +168,8 @@ class IntBertModel(nn.Module):
         self.embeddings = BertEmbeddings(plan)
         self.encoder = _Holder()
         self.encoder.layer = nn.ModuleList([BertLayer(lp, plan, st) for lp in plan.layers])
+        if plan.pool is not None:
+            self.pooler = _Requant(plan.pool.params())
         if plan.head == "classifier":
             H, C = plan.hidden, plan.qm.dims["num_labels"]
             self.head = _Holder()
@@ -150,7 +181,11 @@ class IntBertModel(nn.Module):
         for layer in self.encoder.layer:
             h = layer(h, attention_mask)
         if self.mplan.head != "classifier":
-            return op.tensor_expr_op(mean_pool_te, "mean_pool", [h, attention_mask])
+            pooled = op.tensor_expr_op(mean_pool_te, "mean_pool", [h, attention_mask])
+            if self.mplan.pool is None:
+                return pooled
+            rq, pool = self.mplan.pool, self.pooler
+            return op.tensor_expr_op(lambda x, *ps: rq.te(x, **pool.kwargs(ps)), "requantize", [pooled, *pool.args()])
         cls = op.tensor_expr_op(_first_token_te, "first_token", [h])
         t = op.tensor_expr_op(self.mplan.tanh.te, "int_tanh", [self.head.dense(cls)])
         return self.head.out(t)

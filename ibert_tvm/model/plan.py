@@ -88,7 +88,10 @@ class ModelPlan:
         arrays: dict[str, np.ndarray] = {}
 
         def ln(prefix, out_scale):
-            plan = IntLayerNorm(qm.tensor(prefix + ".gamma"), qm.tensor(prefix + ".beta"), out_scale=out_scale, in_bits=rb)
+            gamma, beta = qm.tensor(prefix + ".gamma").astype(np.float64), qm.tensor(prefix + ".beta").astype(np.float64)
+            if np.ndim(out_scale) > 0:  # per-channel output scales: fold 1/s into the affine
+                gamma, beta, out_scale = gamma / out_scale, beta / out_scale, 1.0
+            plan = IntLayerNorm(gamma, beta, out_scale=out_scale, in_bits=rb)
             arrays.update({f"{prefix}.{k}": v for k, v in plan.params().items()})
             return plan
 
@@ -96,6 +99,15 @@ class ModelPlan:
             lp = LinearPlan(name, requant)
             arrays.update(lp.arrays(qm))
             return lp
+
+        def lin_in(name, s_in):
+            """A linear's effective input scale: 1.0 when per-channel input scales were folded
+            into its weight at calibration (recorded as ``<name>.input``), else ``s_in``."""
+            if name + ".input" in qm.scales:
+                return sc(name + ".input")
+            if np.ndim(s_in) > 0:
+                raise ValueError(f"{name}: per-channel input scales but no folded weight (missing {name}.input)")
+            return s_in
 
         # embeddings
         s_sum = sc("embeddings.sum")
@@ -114,7 +126,7 @@ class ModelPlan:
             s_q, s_k, s_v, s_ctx = sc(p + "q"), sc(p + "k"), sc(p + "v"), sc(p + "ctx")
 
             def rq(name, s_in, s_out, bits=8):
-                return Requantize(s_in * sc(name + ".weight") / s_out, in_bits=32, out_bits=bits)
+                return Requantize(lin_in(name, s_in) * sc(name + ".weight") / s_out, in_bits=32, out_bits=bits)
 
             q = linear(hp + "attention.self.query", rq(hp + "attention.self.query", s_h, s_q))
             k = linear(hp + "attention.self.key", rq(hp + "attention.self.key", s_h, s_k))
@@ -123,25 +135,35 @@ class ModelPlan:
             ctx = Requantize(softmax.out_scale * s_v / s_ctx, in_bits=32, out_bits=8)
             s_r1 = sc(p + "res1")
             n = hp + "attention.output.dense"
-            attn_out = linear(n, ResidualAdd(s_ctx * sc(n + ".weight") / s_r1, s_h / s_r1, out_bits=rb))
+            attn_out = linear(n, ResidualAdd(lin_in(n, s_ctx) * sc(n + ".weight") / s_r1, s_h / s_r1, out_bits=rb))
             s_a = sc(p + "ln1")
             ln1 = ln(hp + "attention.output.LayerNorm", s_a)
             s_i = sc(p + "inter")
             inter = linear(hp + "intermediate.dense", rq(hp + "intermediate.dense", s_a, s_i, cfg.gelu_in_bits))
             s_g = sc(p + "gelu")
             gelu = IntGELU(s_i, in_bits=cfg.gelu_in_bits, out_scale_q=s_g)
+            arrays.update({f"{hp}intermediate.act.{k}": v for k, v in gelu.params().items()})
             s_r2 = sc(p + "res2")
             n = hp + "output.dense"
-            out = linear(n, ResidualAdd(s_g * sc(n + ".weight") / s_r2, s_a / s_r2, out_bits=rb))
+            out = linear(n, ResidualAdd(lin_in(n, s_g) * sc(n + ".weight") / s_r2, s_a / s_r2, out_bits=rb))
             s_h = sc(p + "ln2")
             ln2 = ln(hp + "output.LayerNorm", s_h)
             self.layers.append(LayerPlan(hp, q, k, v, softmax, ctx, attn_out, ln1, inter, gelu, out, ln2))
 
-        self.out_scale = s_h / (1 << FRAC_BITS)  # pooled embedding scale
+        # Mean pooling sums int8 tokens with scale s_h (per channel) and keeps FRAC_BITS extra bits;
+        # a per-channel s_h is then requantized to one output scale (the finest channel's).
+        self.pool = None
+        if np.ndim(s_h) > 0:
+            self.out_scale = float(np.min(s_h)) / (1 << FRAC_BITS)
+            self.pool = Requantize(np.asarray(s_h) / np.min(s_h), in_bits=FRAC_BITS + 9, out_bits=32)
+            arrays.update({f"pooler.{k}": v for k, v in self.pool.params().items()})
+        else:
+            self.out_scale = s_h / (1 << FRAC_BITS)
         if self.head == "classifier":
             s_pre, s_log = sc("head.pre_tanh"), sc("head.logits")
             self.head_dense = linear(
-                "head.dense", Requantize(s_h * sc("head.dense.weight") / s_pre, in_bits=32, out_bits=cfg.tanh_in_bits)
+                "head.dense",
+                Requantize(lin_in("head.dense", s_h) * sc("head.dense.weight") / s_pre, in_bits=32, out_bits=cfg.tanh_in_bits),
             )
             self.tanh = IntTanh(s_pre, in_bits=cfg.tanh_in_bits)
             self.head_out = linear(

@@ -31,7 +31,7 @@ import math
 
 import numpy as np
 
-from ._common import check_bits, check_int_array, check_scale, check_te_dtype, i64, prove_fits
+from ._common import check_scales, check_bits, check_int_array, check_scale, check_te_dtype, i64, prove_fits
 from .requantize import Requantize
 
 COEF_A = -0.2888  # paper eq. (8)
@@ -74,8 +74,12 @@ class IntGELU:
             # and the floor costs < 2^pre_shift * out_scale / out_scale_q output LSBs (~2^-40 of
             # the largest output), far below the rounding of the int8 result.
             self.pre_shift = max(0, self.out_bound.bit_length() - REQUANT_IN_BITS)
+            if np.ndim(out_scale_q) > 0:  # per-channel activation scales (last axis)
+                ratio = self.out_scale * (1 << self.pre_shift) / check_scales("out_scale_q", out_scale_q)
+            else:
+                ratio = self.out_scale * (1 << self.pre_shift) / check_scale("out_scale_q", out_scale_q)
             self.requant = Requantize(
-                self.out_scale * (1 << self.pre_shift) / check_scale("out_scale_q", out_scale_q),
+                ratio,
                 in_bits=(self.out_bound >> self.pre_shift).bit_length() + 1,
                 out_bits=out_bits,
             )
@@ -116,17 +120,22 @@ class IntGELU:
         check_te_dtype("q", q, ("int8", "int16", "int32"))
         return te.compute(q.shape, lambda *i: self.expr(q(*i).astype("int64")), name="int_gelu")
 
-    def te_q(self, q):
-        """Fused i-GELU + requantization to the int8 activation (one kernel)."""
-        from tvm import te, tirx
+    def params(self) -> dict[str, np.ndarray]:
+        """Run-time tensors of a per-channel fused requantization (``m``, ``s`` [C] int32)."""
+        return self.requant.params() if self.requant is not None else {}
+
+    def te_q(self, q, m=None, s=None):
+        """Fused i-GELU + requantization to the int8 activation (one kernel).
+
+        With per-channel output scales, ``m``/``s`` are the int32 [C] tensors of ``params()``.
+        """
+        from tvm import te
 
         check_te_dtype("q", q, ("int8", "int16", "int32"))
         r = self._need_requant()
-        lo, hi = i64(r.qmin), i64(r.qmax)
 
         def body(*i):
             wide = self.expr(q(*i).astype("int64")) >> i64(self.pre_shift)
-            v = (wide * i64(r.m) + i64(1 << (r.s - 1))) >> i64(r.s)
-            return tirx.max(tirx.min(v, hi), lo).astype(r.out_dtype)
+            return r.expr(wide, i[-1], m, s).astype(r.out_dtype)
 
         return te.compute(q.shape, body, name="int_gelu_q")

@@ -178,19 +178,32 @@ class Requantize:
                 raise ValueError(f"x has {x.shape[-1]} channels, plan has {c}")
 
             def body(*idx):
-                c = idx[-1]
-                sh = s[c].astype("int64")
-                v = x(*idx).astype("int64") * m[c].astype("int64") + (i64(1) << (sh - i64(1)))
-                return tirx.max(tirx.min(v >> sh, hi), lo).astype(self.out_dtype)
+                return self.expr(x(*idx).astype("int64"), idx[-1], m, s).astype(self.out_dtype)
 
         else:
-            mm, ss, rr = i64(self.m), i64(self.s), i64(1 << (self.s - 1))
 
             def body(*idx):
-                v = (x(*idx).astype("int64") * mm + rr) >> ss
-                return tirx.max(tirx.min(v, hi), lo).astype(self.out_dtype)
+                return self.expr(x(*idx).astype("int64")).astype(self.out_dtype)
 
         return te.compute(x.shape, body, name="requantize")
+
+    def expr(self, v, c=None, m=None, s=None):
+        """TIR expression: the saturated requantization of one int64 element ``v`` (int64 result).
+
+        Per-channel plans need the channel index ``c`` and the ``m``/``s`` tensors. Fused kernels
+        (GELU, residual add, pooling) call this so the rounding rule is written once.
+        """
+        from tvm import tirx
+
+        lo, hi = i64(self.qmin), i64(self.qmax)
+        if self.per_channel:
+            if c is None or m is None or s is None:
+                raise ValueError("a per-channel Requantize needs the channel index and the m and s tensors")
+            sh = s[c].astype("int64")
+            v = (v * m[c].astype("int64") + (i64(1) << (sh - i64(1)))) >> sh
+        else:
+            v = (v * i64(self.m) + i64(1 << (self.s - 1))) >> i64(self.s)
+        return tirx.max(tirx.min(v, hi), lo)
 
     def params(self) -> dict[str, np.ndarray]:
         """The integer tensors a per-channel plan needs at run time."""

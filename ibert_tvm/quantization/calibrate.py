@@ -34,14 +34,17 @@ class RangeObserver:
 
     keep_samples: bool
     absmax: float = 0.0
+    channel_absmax: np.ndarray | None = None  # max |x| per last-axis channel
     samples: list = field(default_factory=list)
     count: int = 0
     rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))
 
     def update(self, x: np.ndarray) -> None:
-        a = np.abs(x.reshape(-1)).astype(np.float32)
-        if a.size == 0:
+        if x.size == 0:
             return
+        ch = np.abs(x.reshape(-1, x.shape[-1])).max(axis=0).astype(np.float64)
+        self.channel_absmax = ch if self.channel_absmax is None else np.maximum(self.channel_absmax, ch)
+        a = np.abs(x.reshape(-1)).astype(np.float32)
         self.absmax = max(self.absmax, float(a.max()))
         if self.keep_samples:
             take = min(a.size, 20_000)
@@ -179,6 +182,16 @@ def build_quantized(ckpt: HFCheckpoint, obs: dict[str, RangeObserver], config: Q
         scales[name] = s
         return s
 
+    def act_pc(name):  # int8 activation with per-channel scales (LayerNorm / GELU outputs)
+        if not config.per_channel_acts:
+            return act(name)
+        o = obs[name]
+        _sym_scale(o.absmax, config.act_bits, name)  # raises if the point saw nothing
+        floor = o.absmax * 1e-4  # an (almost) silent channel still gets a usable scale
+        s = np.maximum(o.channel_absmax, floor) / ((1 << (config.act_bits - 1)) - 1)
+        scales[name] = s.tolist()
+        return s
+
     def wide(name, bits, headroom):
         s = _sym_scale(obs[name].absmax * headroom, bits, name)
         scales[name] = s
@@ -188,10 +201,16 @@ def build_quantized(ckpt: HFCheckpoint, obs: dict[str, RangeObserver], config: Q
         return t.detach().float().numpy()
 
     def linear(prefix, mod, s_in):
-        q, s_w = quantize_weight(np_(mod.weight))
+        """Per-channel input scales are folded into the weight: W diag(s) x_int; input scale 1."""
+        w = np_(mod.weight).astype(np.float64)
+        if np.ndim(s_in) > 0:
+            w = w * np.asarray(s_in)[None, :]
+            s_in = 1.0
+        q, s_w = quantize_weight(w)
         tensors[prefix + ".weight"] = q
         tensors[prefix + ".bias"] = quantize_bias(np_(mod.bias), s_in, s_w)
         scales[prefix + ".weight"] = s_w.tolist()
+        scales[prefix + ".input"] = float(s_in)
 
     def layernorm(prefix, mod):
         tensors[prefix + ".gamma"] = np_(mod.weight).astype(np.float32)
@@ -204,7 +223,7 @@ def build_quantized(ckpt: HFCheckpoint, obs: dict[str, RangeObserver], config: Q
         scales[f"embeddings.{key}"] = s
     wide("embeddings.sum", config.residual_bits, config.residual_headroom)
     layernorm("embeddings.LayerNorm", emb.LayerNorm)
-    s_h = act("embeddings.ln")
+    s_h = act_pc("embeddings.ln")
     for i, layer in enumerate(base.encoder.layer):
         p, hp = f"layer{i}.", f"encoder.layer.{i}."
         a = layer.attention
@@ -217,14 +236,14 @@ def build_quantized(ckpt: HFCheckpoint, obs: dict[str, RangeObserver], config: Q
         linear(hp + "attention.output.dense", a.output.dense, s_ctx)
         wide(p + "res1", config.residual_bits, config.residual_headroom)
         layernorm(hp + "attention.output.LayerNorm", a.output.LayerNorm)
-        s_a = act(p + "ln1")
+        s_a = act_pc(p + "ln1")
         linear(hp + "intermediate.dense", layer.intermediate.dense, s_a)
         wide(p + "inter", config.gelu_in_bits, config.gelu_headroom)
-        s_g = act(p + "gelu")
+        s_g = act_pc(p + "gelu")
         linear(hp + "output.dense", layer.output.dense, s_g)
         wide(p + "res2", config.residual_bits, config.residual_headroom)
         layernorm(hp + "output.LayerNorm", layer.output.LayerNorm)
-        s_h = act(p + "ln2")
+        s_h = act_pc(p + "ln2")
     labels: list[str] = []
     if ckpt.head == "classifier":
         dense, out = head_modules(ckpt)

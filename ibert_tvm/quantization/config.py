@@ -24,6 +24,9 @@ class QuantConfig:
     percentile: float = 99.99  # for calibration == "percentile"
     residual_headroom: float = 2.0  # residual range = headroom * calibrated max
     gelu_headroom: float = 1.25
+    # Per-channel int8 scales for the LayerNorm and GELU outputs (BERT's outlier channels):
+    # folded into the consuming linears' weights and into the residual/pooling requantization.
+    per_channel_acts: bool = True
 
     def __post_init__(self):
         if self.weight_bits != 8:
@@ -57,4 +60,5 @@ class QuantConfig:
 QUANTIZATION: dict[str, QuantConfig] = {
     "ibert-w8a8": QuantConfig(),
     "ibert-w8a8-pct": QuantConfig(name="ibert-w8a8-pct", calibration="percentile"),
+    "ibert-w8a8-pertensor": QuantConfig(name="ibert-w8a8-pertensor", per_channel_acts=False),
 }

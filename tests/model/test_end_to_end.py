@@ -84,8 +84,8 @@ def test_planted_float_is_refused(quantized_factory, tmp_path, monkeypatch):
 
     original = IntGELU.te_q
 
-    def te_q_with_float(self, q):
-        y = original(self, q)  # same integers, but routed through a float32 round trip
+    def te_q_with_float(self, q, **kw):
+        y = original(self, q, **kw)  # same integers, but routed through a float32 round trip
         return te.compute(y.shape, lambda *i: y(*i).astype("float32").astype("int8"), name="planted")
 
     monkeypatch.setattr(IntGELU, "te_q", te_q_with_float)
