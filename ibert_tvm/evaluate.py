@@ -1,0 +1,454 @@
+"""``ibert-tvm eval``: accuracy of FP32, integer-only and dynamic-int8 peers on one task, in one run.
+
+    ibert-tvm eval --task stsb --model default [--artifact out/] [--peers torch-int8,ort-int8]
+    ibert-tvm eval --task sentiment --model default          # the fine-tuned MiniLM classifier
+    ibert-tvm eval --task tsv:glue/SST-2/dev.tsv --model my-sst2-model/ --artifact out/
+
+Columns:
+
+* ``fp32``: the PyTorch model as loaded.
+* ``integer``: the compiled integer-only TVM artifact (``--artifact out/``, run through
+  :class:`~ibert_tvm.deploy.runtime.CompiledModel`). Without ``--artifact`` the model is
+  calibrated (``--calibration``) and compiled for this CPU first (minutes for MiniLM; the result
+  is cached under ``<cache>/compiled/``).
+* peers (``--peers``): ``torch-int8`` = ``torch.ao.quantization.quantize_dynamic`` (int8 Linear
+  weights, activations quantized per batch at run time, float everything else); ``ort-int8`` and
+  ``ort-uint8`` = the model exported to ONNX and quantized by ``onnxruntime.quantization.
+  quantize_dynamic`` (QInt8 / QUInt8 weights). A peer that cannot run is skipped with the reason.
+
+Metrics: ``similarity`` tasks (STS-B, pair TSVs with real scores) = Spearman correlation of the
+cosine of mean-pooled embeddings with the gold score; ``classification`` = accuracy.
+Output: a JSON file and a markdown table (``-o``), both written only when everything succeeded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .errors import IBertTVMError
+
+PEERS = ("torch-int8", "ort-int8", "ort-uint8")
+
+
+# -- metrics ----------------------------------------------------------------------------------
+def rankdata(x: np.ndarray) -> np.ndarray:
+    """Ranks 1..n, ties get their average rank (scipy.stats.rankdata's 'average')."""
+    x = np.asarray(x, dtype=np.float64)
+    order = np.argsort(x, kind="mergesort")
+    xs = x[order]
+    ranks = np.empty(len(x), dtype=np.float64)
+    i = 0
+    while i < len(xs):
+        j = i
+        while j + 1 < len(xs) and xs[j + 1] == xs[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2.0 + 1.0
+        i = j + 1
+    return ranks
+
+
+def spearman(a, b) -> float:
+    """Spearman's rank correlation (scipy if installed, else ranks + Pearson in numpy)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1 or len(a) < 2:
+        raise IBertTVMError(f"spearman needs two equal-length vectors of >= 2 values, got {a.shape}, {b.shape}")
+    try:
+        from scipy.stats import spearmanr
+    except ImportError:
+        ra, rb = rankdata(a), rankdata(b)
+        ra -= ra.mean()
+        rb -= rb.mean()
+        den = np.sqrt((ra * ra).sum() * (rb * rb).sum())
+        return float((ra * rb).sum() / den) if den > 0 else float("nan")
+    return float(spearmanr(a, b).statistic)
+
+
+def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+    return (a * b).sum(1) / np.maximum(na * nb, 1e-30)
+
+
+# -- scoring one column -----------------------------------------------------------------------
+Encoder = Callable[[dict], np.ndarray]  # tokenized batch -> [B, H] embeddings or [B, labels] logits
+
+
+@dataclass
+class ColumnResult:
+    name: str
+    value: float | None
+    seconds: float = 0.0
+    detail: str = ""
+    skipped: str | None = None
+
+
+def score(task, tokenizer, run: Encoder, *, batch_size: int = 32, progress=None, desc: str = "") -> float:
+    """Run one encoder over ``task`` and return its metric."""
+    ex = task.examples
+    if task.kind == "similarity":
+        # embed each unique sentence once, longest-first batches of similar length (little padding)
+        uniq = sorted({s for e in ex for s in (e.text, e.text_b)}, key=lambda s: (len(s), s))
+        vecs = {}
+        chunks = [uniq[i : i + batch_size] for i in range(0, len(uniq), batch_size)]
+        for chunk in progress(chunks, desc) if progress else chunks:
+            out = run(tokenizer(chunk))
+            vecs.update(zip(chunk, out.astype(np.float64)))
+        a = np.stack([vecs[e.text] for e in ex])
+        b = np.stack([vecs[e.text_b] for e in ex])
+        return spearman(cosine_rows(a, b), task.labels)
+    chunks = [ex[i : i + batch_size] for i in range(0, len(ex), batch_size)]
+    preds = []
+    for chunk in progress(chunks, desc) if progress else chunks:
+        texts = [e.text for e in chunk]
+        pairs = [e.text_b for e in chunk] if task.pairs else None
+        preds.append(np.argmax(run(tokenizer(texts, pairs)), axis=1))
+    return float(np.mean(np.concatenate(preds) == task.labels.astype(np.int64)))
+
+
+# -- encoders -----------------------------------------------------------------------------------
+def _pool(hs: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    m = mask[:, :, None].astype(np.float64)
+    return (hs.astype(np.float64) * m).sum(1) / np.maximum(m.sum(1), 1.0)
+
+
+def torch_encoder(model, head: str) -> Encoder:
+    import torch
+
+    from .quantization.calibrate import torch_inputs
+
+    def run(enc):
+        with torch.no_grad():
+            res = model(**torch_inputs(enc))
+        if head == "classifier":
+            return res.logits.double().numpy()
+        return _pool(res.last_hidden_state.double().numpy(), enc["attention_mask"])
+
+    return run
+
+
+def compiled_encoder(compiled) -> Encoder:
+    scale = compiled.output_scale
+    return lambda enc: compiled.run_ids(enc).astype(np.float64) * scale
+
+
+def torch_int8_encoder(ckpt) -> Encoder:
+    import copy
+
+    import torch
+
+    model = torch.ao.quantization.quantize_dynamic(copy.deepcopy(ckpt.model), {torch.nn.Linear}, dtype=torch.qint8)
+    return torch_encoder(model, ckpt.head)
+
+
+_ONNX_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
+
+
+def ort_encoder(ckpt, tokenizer, workdir: Path, weight_type: str) -> Encoder:
+    """Export to ONNX (legacy TorchScript exporter), check it against PyTorch, quantize dynamically."""
+    import warnings
+
+    import onnxruntime as ort
+    import torch
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    head = ckpt.head
+
+    class _Wrap(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, input_ids, attention_mask, token_type_ids, position_ids):
+            r = self.m(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                       position_ids=position_ids)
+            return r.logits if head == "classifier" else r.last_hidden_state
+
+    from .quantization.calibrate import torch_inputs
+
+    probe = tokenizer(["A short probe sentence.", "A somewhat longer second probe sentence, with padding after."])
+    args = tuple(torch_inputs(probe)[n] for n in _ONNX_INPUTS)
+    fp32_path, q_path = workdir / "model.onnx", workdir / f"model-{weight_type}.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_Wrap(ckpt.model).eval(), args, str(fp32_path), input_names=list(_ONNX_INPUTS),
+                          output_names=["out"], dynamic_axes={n: {0: "batch", 1: "seq"} for n in _ONNX_INPUTS},
+                          opset_version=17, dynamo=False)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    feeds = lambda enc: {n: enc[n].astype(np.int64) for n in _ONNX_INPUTS}  # noqa: E731
+    ref = torch_encoder(ckpt.model, head)(probe)
+    got = ort.InferenceSession(str(fp32_path), opts, providers=["CPUExecutionProvider"]).run(None, feeds(probe))[0]
+    got = got if head == "classifier" else _pool(got, probe["attention_mask"])
+    if not np.allclose(got, ref, atol=1e-3, rtol=1e-3):
+        raise RuntimeError(f"the ONNX export disagrees with PyTorch (max diff {np.abs(got - ref).max():.3g})")
+    quantize_dynamic(str(fp32_path), str(q_path),
+                     weight_type=QuantType.QInt8 if weight_type == "int8" else QuantType.QUInt8)
+    sess = ort.InferenceSession(str(q_path), opts, providers=["CPUExecutionProvider"])
+
+    def run(enc):
+        out = sess.run(None, feeds(enc))[0]
+        return out.astype(np.float64) if head == "classifier" else _pool(out, enc["attention_mask"])
+
+    return run
+
+
+# -- model / artifact pairing -----------------------------------------------------------------------
+def check_pair(ckpt, compiled, tokenizer_json: str) -> None:
+    """Refuse a compiled artifact that was not built from ``ckpt`` (source hash, tokenizer, head)."""
+    m = compiled.manifest
+    src = (m.get("model") or {}).get("source_hash")
+    where = compiled.dir
+    if src != ckpt.model_hash:
+        raise IBertTVMError(
+            f"{where} was not compiled from {ckpt.path}: its manifest's model.source_hash is "
+            f"{str(src)[:12]}..., the model's is {ckpt.model_hash[:12]}... (pass the matching --model, or omit "
+            "--artifact to compile this model)"
+        )
+    try:
+        art_tok = (compiled.dir / m["tokenizer"]).read_text(encoding="utf-8")
+    except OSError as e:
+        raise IBertTVMError(f"{where}: tokenizer unreadable: {e}") from None
+    if json.loads(art_tok) != json.loads(tokenizer_json):
+        raise IBertTVMError(f"{where}/tokenizer.json differs from the tokenizer of {ckpt.path}: not the same model")
+    if m.get("head") != ckpt.head:
+        raise IBertTVMError(f"{where} has a {m.get('head')} head, the model {ckpt.path} a {ckpt.head} head")
+
+
+def check_task_model(task, ckpt) -> None:
+    if task.kind == "similarity":
+        if ckpt.head != "embedding":
+            raise IBertTVMError(f"task {task.name} scores sentence embeddings; {ckpt.path} is a classifier "
+                                f"({ckpt.architecture}): use an embedding model (e.g. --model default)")
+        if not all(e.text_b is not None for e in task.examples):
+            raise IBertTVMError(f"task {task.name} has real-valued labels but no sentence pairs to compare")
+    else:
+        if ckpt.head != "classifier":
+            raise IBertTVMError(f"task {task.name} is classification; {ckpt.path} ({ckpt.architecture}) has no "
+                                "classification head (pass a *ForSequenceClassification model)")
+        n = len(ckpt.labels)
+        if task.num_labels > n:
+            raise IBertTVMError(f"task {task.name} has labels 0..{task.num_labels - 1}, the model only {n} classes")
+
+
+def calibration_sentences(task_name: str, n: int = 300) -> list[str]:
+    """Calibration text from the task's *training* data (never the evaluated split)."""
+    if task_name == "sentiment":
+        from .tasks import sentiment_task
+
+        return [e.text for e in sentiment_task("train").examples[:n]]
+    from .datasets import default_calibration_sentences
+
+    return default_calibration_sentences(n)
+
+
+def compile_cached(qm, *, log=print) -> Path:
+    """Compile ``qm`` for this CPU into ``<cache>/compiled/<hash>`` (reused when present)."""
+    from .deploy.export import compile_quantized, quantized_hash
+    from .tasks import cache_dir
+
+    out = cache_dir() / "compiled" / f"{quantized_hash(qm)[:16]}-llvm"
+    if (out / "manifest.json").is_file():
+        log(f"using the cached compiled model {out}")
+        return out
+    log(f"compiling the integer-only model for this CPU into {out} (MiniLM takes 2-3 minutes; cached afterwards)")
+    compile_quantized(qm, out, target="llvm", log=log)
+    return out
+
+
+def resolve_model(task_name: str, model: str, *, log=print):
+    """``default`` means all-MiniLM-L6-v2, or for ``sentiment`` its fine-tuned classifier."""
+    from .model.hf_loader import load_checkpoint
+
+    if task_name == "sentiment" and model == "default":
+        from .quantization.finetune import finetune_sentiment
+
+        return load_checkpoint(finetune_sentiment(progress=_progress_fn(), log=log))
+    return load_checkpoint(model)
+
+
+def _progress_fn():
+    from tqdm.auto import tqdm
+
+    return lambda it, desc="": tqdm(it, desc=desc or None, unit="batch", leave=False, disable=None)
+
+
+# -- the report -------------------------------------------------------------------------------------
+def markdown_table(report: dict) -> str:
+    metric = report["metric"]
+    fp32 = report["results"].get("fp32", {}).get("value")
+    lines = [f"| {report['task']} ({report['examples']} examples) | {metric} | vs FP32 |", "|---|---|---|"]
+    for name, r in report["results"].items():
+        v = r.get("value")
+        if v is None:
+            lines.append(f"| {name} | skipped: {r.get('skipped')} | |")
+            continue
+        scale = 100.0 if metric == "accuracy" else 1.0
+        fmt = "{:.2f}" if metric == "accuracy" else "{:.4f}"
+        delta = "" if name == "fp32" or fp32 is None else ("{:+.2f}" if metric == "accuracy" else "{:+.4f}").format(
+            (v - fp32) * scale)
+        lines.append(f"| {name} | {fmt.format(v * scale)} | {delta} |")
+    return "\n".join(lines) + "\n"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def parse_peers(s: str | None) -> list[str]:
+    if not s:
+        return []
+    peers = [p.strip() for p in s.split(",") if p.strip()]
+    bad = [p for p in peers if p not in PEERS]
+    if bad:
+        raise IBertTVMError(f"unknown peer {', '.join(bad)}; known: {', '.join(PEERS)}")
+    return peers
+
+
+def evaluate(task, ckpt, *, compiled=None, peers: Sequence[str] = (), batch_size: int = 32, progress=None,
+             log=print, extra_columns: dict[str, Encoder] | None = None) -> dict:
+    """Score FP32, the compiled integer model and ``peers`` on ``task``; returns the report dict."""
+    import tempfile
+
+    from .deploy.tokenize import Tokenizer
+    from .model.hf_loader import load_tokenizer_json
+
+    check_task_model(task, ckpt)
+    tok_json = load_tokenizer_json(ckpt.path)
+    if compiled is not None:
+        check_pair(ckpt, compiled, tok_json)
+    tokenizer = Tokenizer(tok_json, ckpt.max_positions, ckpt.family, ckpt.pad_token_id)
+    columns: list[tuple[str, Callable[[], Encoder]]] = [("fp32", lambda: torch_encoder(ckpt.model, ckpt.head))]
+    if compiled is not None:
+        columns.append(("integer", lambda: compiled_encoder(compiled)))
+    for name, enc in (extra_columns or {}).items():
+        columns.append((name, lambda enc=enc: enc))
+    workdir = tempfile.TemporaryDirectory(prefix="ibert-tvm-eval-")
+    for p in peers:
+        if p == "torch-int8":
+            columns.append((p, lambda: torch_int8_encoder(ckpt)))
+        else:
+            wt = "int8" if p == "ort-int8" else "uint8"
+            columns.append((p, lambda wt=wt: ort_encoder(ckpt, tokenizer, Path(workdir.name), wt)))
+    results: dict[str, dict] = {}
+    try:
+        for name, make in columns:
+            t0 = time.time()
+            try:
+                run = make()
+            except Exception as e:  # noqa: BLE001 - a peer that cannot be built is skipped, not fatal
+                if name in ("fp32", "integer"):
+                    raise
+                reason = f"{type(e).__name__}: {e}".splitlines()[0][:300]
+                if isinstance(e, ModuleNotFoundError):
+                    reason = f"{e.name} is not installed (pip install onnxruntime onnx)"
+                log(f"skipping {name}: {reason}")
+                results[name] = {"value": None, "skipped": reason}
+                continue
+            value = score(task, tokenizer, run, batch_size=batch_size, progress=progress, desc=name)
+            results[name] = {"value": value, "seconds": round(time.time() - t0, 1)}
+    finally:
+        workdir.cleanup()
+    metric = "spearman" if task.kind == "similarity" else "accuracy"
+    report = {
+        "format": "ibert-tvm-eval/1",
+        "task": task.name,
+        "kind": task.kind,
+        "metric": metric,
+        "examples": len(task.examples),
+        "data": task.source,
+        "model": {"path": str(ckpt.path), "architecture": ckpt.architecture, "source_hash": ckpt.model_hash},
+        "artifact": None if compiled is None else {
+            "path": str(compiled.dir), "target": compiled.manifest.get("target"),
+            "quantization": (compiled.manifest.get("model") or {}).get("quantization"),
+            "identity": (compiled.manifest.get("model") or {}).get("identity"),
+        },
+        "results": results,
+    }
+    return report
+
+
+# -- CLI ------------------------------------------------------------------------------------------
+def cmd_eval(args) -> int:
+    from .tasks import load_task
+
+    peers = parse_peers(args.peers)
+    task = load_task(args.task).head(args.limit)
+    out_json = Path(args.output)
+    if out_json.suffix != ".json":
+        raise IBertTVMError(f"--output {out_json} must end in .json (the markdown table goes next to it)")
+    if out_json.is_dir():
+        raise IBertTVMError(f"--output {out_json} is a directory")
+    compiled = None
+    ckpt = resolve_model(args.task, args.model)
+    check_task_model(task, ckpt)
+    from .deploy.runtime import CompiledModel
+
+    if args.artifact:
+        compiled = CompiledModel(args.artifact)
+    else:
+        from .quantization.calibrate import calibrate
+        from .quantization.config import QuantConfig
+
+        sentences = calibration_sentences(args.task)
+        print(f"calibrating {ckpt.path} on {len(sentences)} training sentences ({args.calibration})")
+        qm = calibrate(ckpt, sentences, QuantConfig(calibration=args.calibration),
+                       progress=lambda it: _progress_fn()(it, "calibrate"))
+        compiled = CompiledModel(compile_cached(qm))
+    print(f"evaluating {task.name}: {len(task.examples)} examples ({task.kind}); columns: fp32, integer"
+          + "".join(f", {p}" for p in peers))
+    report = evaluate(task, ckpt, compiled=compiled, peers=peers, batch_size=args.batch_size,
+                      progress=_progress_fn())
+    import shlex
+    import sys
+
+    report["command"] = "ibert-tvm " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    table = markdown_table(report)
+    _write_atomic(out_json, json.dumps(report, indent=1))
+    _write_atomic(out_json.with_suffix(".md"), table)
+    print(table, end="")
+    print(f"wrote {out_json} and {out_json.with_suffix('.md')}")
+    return 0
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "eval", help="accuracy: FP32 vs integer-only vs int8 peers on a task",
+        description="Score the FP32 PyTorch model, the compiled integer-only TVM model and optional dynamic-int8 "
+        "peers on one task in one run; writes a JSON report and a markdown table.",
+    )
+    p.add_argument("--task", required=True,
+                   help="stsb (STS-B dev, Spearman), sentiment (seeded test split, accuracy) or tsv:PATH "
+                   "(a GLUE-format TSV with a header; accuracy or Spearman)")
+    p.add_argument("--model", default="default",
+                   help="Hugging Face model directory, or 'default' (all-MiniLM-L6-v2; for --task sentiment, its "
+                   "fine-tuned sentiment classifier, trained once and cached)")
+    p.add_argument("--artifact", help="compiled out/ of the same model (default: calibrate and compile it now)")
+    p.add_argument("--peers", help=f"comma-separated peers to score as well: {', '.join(PEERS)}")
+    p.add_argument("--calibration", choices=["minmax", "percentile"], default="minmax",
+                   help="activation ranges when compiling without --artifact (default minmax)")
+    p.add_argument("--limit", type=_positive_int, help="score only the first N examples")
+    p.add_argument("--batch-size", type=_positive_int, default=32)
+    p.add_argument("-o", "--output", default="eval.json", help="JSON report path; the table goes to the same "
+                   "name with .md (default eval.json)")
+    p.set_defaults(func=cmd_eval)
+
+
+def _positive_int(s: str) -> int:
+    try:
+        n = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{s} must be at least 1")
+    return n
