@@ -122,3 +122,26 @@ def test_compiled_qat_artifact_equals_the_qat_forward(tiny_factory, quantized_fa
     model = CompiledModel(tmp_path / "out")
     for enc in _inputs(qat, np.random.default_rng(2)):
         np.testing.assert_array_equal(model.run_ids(enc), qat.forward_int(enc))
+
+
+@pytest.mark.skipif(__import__("shutil").which("npm") is None, reason="the sentiment data is fetched with npm")
+def test_finetune_writes_a_cached_classifier(tiny_factory, tmp_path, monkeypatch):
+    """The fine-tuning loop on a tiny encoder (the real run is MiniLM: bench/accuracy.py)."""
+    from ibert_tvm.model.hf_loader import load_checkpoint
+    from ibert_tvm.quantization.finetune import FinetuneConfig, finetune_sentiment
+    from ibert_tvm.tasks import SENTIMENT_PACKAGE, cache_dir
+
+    real_data = cache_dir() / "data"
+    monkeypatch.setenv("IBERT_TVM_CACHE", str(tmp_path))
+    if real_data.is_dir():  # reuse the fetched sentences instead of a second npm pack
+        (tmp_path / "data").symlink_to(real_data)
+    cfg = FinetuneConfig(epochs=1, batch_size=128, lr=1e-3)
+    logs = []
+    out = finetune_sentiment(cfg, source=str(tiny_factory("BertModel")), log=logs.append)
+    assert out.parent == tmp_path / "models" and len(logs) == 2
+    ckpt = load_checkpoint(out)
+    assert ckpt.head == "classifier" and ckpt.labels == ["negative", "positive"]
+    assert (out / "tokenizer.json").is_file() and not [p for p in out.parent.iterdir() if p.name.startswith(".")]
+    assert finetune_sentiment(cfg, source=str(tiny_factory("BertModel")), log=logs.append) == out
+    assert len(logs) == 2  # cached: no second training
+    assert SENTIMENT_PACKAGE.startswith("sentiment@")
