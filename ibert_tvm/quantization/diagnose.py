@@ -58,6 +58,8 @@ def ablate(ckpt, qm: QuantizedModel, sentences: Sequence[str], *, batch_size: in
             if _kind(name) != kind:
                 continue
             scale = qm.scale(name)
+            if np.ndim(scale) > 0:  # per-channel (last axis)
+                scale = torch.tensor(scale, dtype=torch.float32)
             bits = getattr(qm.config, _BITS.get(name.split(".")[-1], "act_bits"))
             hi = (1 << (bits - 1)) - 1
 
