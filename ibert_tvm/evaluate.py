@@ -383,6 +383,10 @@ def cmd_eval(args) -> int:
     from .tasks import load_task
 
     peers = parse_peers(args.peers)
+    from .quantization.config import QUANTIZATION
+
+    if args.scheme not in QUANTIZATION:
+        raise IBertTVMError(f"unknown quantization scheme {args.scheme!r}; known: {', '.join(QUANTIZATION)}")
     task = load_task(args.task).head(args.limit)
     out_json = Path(args.output)
     if out_json.suffix != ".json":
@@ -398,13 +402,20 @@ def cmd_eval(args) -> int:
         compiled = CompiledModel(args.artifact)
     else:
         from .quantization.calibrate import calibrate
-        from .quantization.config import QuantConfig
+        from .quantization.config import QUANTIZATION, QuantConfig
 
         sentences = calibration_sentences(args.task)
-        print(f"calibrating {ckpt.path} on {len(sentences)} training sentences ({args.calibration})")
-        qm = calibrate(ckpt, sentences, QuantConfig(calibration=args.calibration),
+        print(f"calibrating {ckpt.path} on {len(sentences)} training sentences ({args.scheme}, "
+              f"{args.calibration or QUANTIZATION[args.scheme].calibration})")
+        config = QUANTIZATION[args.scheme]
+        if args.calibration:
+            config = QuantConfig.from_dict({**config.to_dict(), "calibration": args.calibration})
+        qm = calibrate(ckpt, sentences, config,
                        progress=lambda it: _progress_fn()(it, "calibrate"))
         compiled = CompiledModel(compile_cached(qm))
+    from .model.hf_loader import load_tokenizer_json
+
+    check_pair(ckpt, compiled, load_tokenizer_json(ckpt.path))  # before any scoring
     print(f"evaluating {task.name}: {len(task.examples)} examples ({task.kind}); columns: fp32, integer"
           + "".join(f", {p}" for p in peers))
     report = evaluate(task, ckpt, compiled=compiled, peers=peers, batch_size=args.batch_size,
@@ -435,8 +446,10 @@ def add_parser(sub) -> None:
                    "fine-tuned sentiment classifier, trained once and cached)")
     p.add_argument("--artifact", help="compiled out/ of the same model (default: calibrate and compile it now)")
     p.add_argument("--peers", help=f"comma-separated peers to score as well: {', '.join(PEERS)}")
-    p.add_argument("--calibration", choices=["minmax", "percentile"], default="minmax",
-                   help="activation ranges when compiling without --artifact (default minmax)")
+    p.add_argument("--calibration", choices=["minmax", "percentile"],
+                   help="activation range statistic when compiling without --artifact (default: the scheme's)")
+    p.add_argument("--scheme", default="ibert-w8a8",
+                   help="quantization scheme when compiling without --artifact (default ibert-w8a8)")
     p.add_argument("--limit", type=_positive_int, help="score only the first N examples")
     p.add_argument("--batch-size", type=_positive_int, default=32)
     p.add_argument("-o", "--output", default="eval.json", help="JSON report path; the table goes to the same "

@@ -51,6 +51,7 @@ def _tsv(tmp_path, pairs, name="pairs.tsv"):
     [
         (["--task", "glue"], "unknown task 'glue'"),
         (["--task", "stsb", "--peers", "tensorrt"], "unknown peer tensorrt"),
+        (["--task", "stsb", "--scheme", "w4"], "unknown quantization scheme 'w4'"),
         (["--task", "tsv:{tmp}/none.tsv"], "does not exist"),
         (["--task", "tsv:{tmp}/bad.tsv"], "not a number"),
         (["--task", "stsb", "-o", "{tmp}/r.txt"], "must end in .json"),
