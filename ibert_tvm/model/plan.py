@@ -43,6 +43,9 @@ from ..op.residual_add import ResidualAdd
 from ..quantization.artifact import QuantizedModel
 
 
+POOL_BITS = 22  # fractional bits of the pooled embedding below the largest channel scale
+
+
 @dataclass
 class LinearPlan:
     """A linear ``x W^T + b`` whose int32 output is requantized per channel by ``requant``."""
@@ -151,11 +154,14 @@ class ModelPlan:
             self.layers.append(LayerPlan(hp, q, k, v, softmax, ctx, attn_out, ln1, inter, gelu, out, ln2))
 
         # Mean pooling sums int8 tokens with scale s_h (per channel) and keeps FRAC_BITS extra bits;
-        # a per-channel s_h is then requantized to one output scale (the finest channel's).
+        # a per-channel s_h is then requantized to one output scale max(s_h) / 2^POOL_BITS:
+        # |pooled| <= 128 * 2^FRAC_BITS and the ratio is <= 2^(POOL_BITS - FRAC_BITS), so the
+        # result stays below 2^(7 + POOL_BITS) = 2^29 (int32, never saturates).
         self.pool = None
         if np.ndim(s_h) > 0:
-            self.out_scale = float(np.min(s_h)) / (1 << FRAC_BITS)
-            self.pool = Requantize(np.asarray(s_h) / np.min(s_h), in_bits=FRAC_BITS + 9, out_bits=32)
+            s_h = np.asarray(s_h, dtype=np.float64)
+            self.out_scale = float(s_h.max()) / (1 << POOL_BITS)
+            self.pool = Requantize(s_h / (1 << FRAC_BITS) / self.out_scale, in_bits=FRAC_BITS + 9, out_bits=32)
             arrays.update({f"pooler.{k}": v for k, v in self.pool.params().items()})
         else:
             self.out_scale = s_h / (1 << FRAC_BITS)
