@@ -207,3 +207,17 @@ def test_stsb_slice_bound_catches_a_wrong_kernel(wrong, minilm_slice, monkeypatc
     got = _integer_spearman(minilm_slice)
     print(f"\nwrong {cls.__name__}.{attr}: integer-only {got:.4f} ({got - fp32:+.4f})")
     assert abs(got - fp32) > BOUND
+
+
+@pytest.mark.slow
+def test_stsb_dev_compiled_minilm_meets_the_target(tmp_path, monkeypatch):
+    """The acceptance figure on the compiled model: STS-B dev integer-only >= FP32 - 0.003 (~10 min)."""
+    from ibert_tvm.tasks import cache_dir
+
+    out = tmp_path / "stsb.json"
+    assert main(["eval", "--task", "stsb", "--model", "default", "-o", str(out)]) == 0
+    rep = json.loads(out.read_text())
+    fp32, integer = rep["results"]["fp32"]["value"], rep["results"]["integer"]["value"]
+    assert fp32 == pytest.approx(0.8672, abs=5e-4)
+    assert integer >= fp32 - 0.003
+    assert str(cache_dir()) in rep["artifact"]["path"]
