@@ -210,7 +210,7 @@ def test_stsb_slice_bound_catches_a_wrong_kernel(wrong, minilm_slice, monkeypatc
 
 
 @pytest.mark.slow
-def test_stsb_dev_compiled_minilm_meets_the_target(tmp_path, monkeypatch):
+def test_stsb_dev_compiled_minilm_meets_the_target(tmp_path):
     """The acceptance figure on the compiled model: STS-B dev integer-only >= FP32 - 0.003 (~10 min)."""
     from ibert_tvm.tasks import cache_dir
 
