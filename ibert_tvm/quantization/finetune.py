@@ -36,12 +36,14 @@ class FinetuneConfig:
     lr: float = 5e-5
     warmup: float = 0.1  # fraction of steps with a linear warm-up
     seed: int = 0
+    train_examples: int | None = None  # first N of the train split (None: all 2400)
 
 
 def _key(source_hash: str, cfg: FinetuneConfig) -> str:
     from ..tasks import SENTIMENT_PACKAGE, SENTIMENT_SEED, SENTIMENT_TEST_FRACTION
 
-    blob = json.dumps([source_hash, asdict(cfg), SENTIMENT_PACKAGE, SENTIMENT_SEED, SENTIMENT_TEST_FRACTION, 1])
+    params = {k: v for k, v in asdict(cfg).items() if not (k == "train_examples" and v is None)}
+    blob = json.dumps([source_hash, params, SENTIMENT_PACKAGE, SENTIMENT_SEED, SENTIMENT_TEST_FRACTION, 1])
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -69,7 +71,7 @@ def finetune_sentiment(cfg: FinetuneConfig = FinetuneConfig(), *, source: str = 
     base = load_checkpoint(source)
     if base.architecture != "BertModel":
         raise IBertTVMError(f"sentiment fine-tuning starts from a BertModel encoder, got {base.architecture}")
-    train = sentiment_task("train").examples
+    train = sentiment_task("train").examples[: cfg.train_examples]
     log(f"fine-tuning {base.path.name if source != 'default' else 'all-MiniLM-L6-v2'} on {len(train)} sentiment "
         f"train sentences ({cfg.epochs} epochs, FP32, CPU) -> {out}")
     torch.manual_seed(cfg.seed)
@@ -102,7 +104,7 @@ def finetune_sentiment(cfg: FinetuneConfig = FinetuneConfig(), *, source: str = 
         res.loss.backward()
         opt.step()
         sched.step()
-        losses.append(float(res.loss))
+        losses.append(float(res.loss.detach()))
         if hasattr(it, "set_postfix"):
             it.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
     model.eval()

@@ -135,7 +135,7 @@ def test_finetune_writes_a_cached_classifier(tiny_factory, tmp_path, monkeypatch
     monkeypatch.setenv("IBERT_TVM_CACHE", str(tmp_path))
     if real_data.is_dir():  # reuse the fetched sentences instead of a second npm pack
         (tmp_path / "data").symlink_to(real_data)
-    cfg = FinetuneConfig(epochs=1, batch_size=128, lr=1e-3)
+    cfg = FinetuneConfig(epochs=1, batch_size=32, lr=1e-3, train_examples=96)
     logs = []
     out = finetune_sentiment(cfg, source=str(tiny_factory("BertModel")), log=logs.append)
     assert out.parent == tmp_path / "models" and len(logs) == 2
