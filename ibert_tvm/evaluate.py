@@ -9,8 +9,9 @@ Columns:
 * ``fp32``: the PyTorch model as loaded.
 * ``integer``: the compiled integer-only TVM artifact (``--artifact out/``, run through
   :class:`~ibert_tvm.deploy.runtime.CompiledModel`). Without ``--artifact`` the model is
-  calibrated (``--calibration``) and compiled for this CPU first (minutes for MiniLM; the result
-  is cached under ``<cache>/compiled/``).
+  calibrated (``--scheme``, ``--calibration``) on 300 training sentences (the sentiment train
+  split for ``sentiment``, STS-B train otherwise; never the evaluated split) and compiled for
+  this CPU first (minutes for MiniLM; the result is cached under ``<cache>/compiled/``).
 * peers (``--peers``): ``torch-int8`` = ``torch.ao.quantization.quantize_dynamic`` (int8 Linear
   weights, activations quantized per batch at run time, float everything else); ``ort-int8`` and
   ``ort-uint8`` = the model exported to ONNX and quantized by ``onnxruntime.quantization.
