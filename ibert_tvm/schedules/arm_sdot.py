@@ -1,0 +1,197 @@
+"""aarch64 NEON dot-product: int8 linears tensorized to ``sdot`` (target ``aarch64``).
+
+``sdot v_c.4s, v_a.16b, v_b.16b`` adds, to each of 4 int32 lanes, the dot product of 4 int8
+pairs. The tensor intrinsic :data:`INTRIN` computes ``C[i] += sum_k A[k] * B[i, k]`` for
+``i, k < 4``: one row of 4 activations (broadcast to the 4 lanes) against a 4x4 tile of weights
+stored row-major, i.e. 4 output channels x 4 consecutive ``k``: a single ``sdot``. It is the
+contract of TVM's ``ARM_DOT_4x4_i8_SDOT_INTRIN``, registered here under our own name because
+importing ``tvm.s_tir.tensor_intrin`` parses every target's intrinsics (CUDA's alone take
+10-30 s) on each compile.
+
+Layout (:class:`SdotLinear`): ``W [N, K] int8 -> Wp [N/4, K/4, 4, 4]`` with
+``Wp[no, ko, ni, ki] = W[4 no + ni, 4 ko + ki]`` (a pure permutation: no padding, no rounding);
+the bias stays ``[N] int32``. A linear whose ``N`` or ``K`` is not a multiple of 4 keeps the
+generic ``[N, K]`` layout (``te`` dispatches on the weight's rank).
+
+Schedule (:func:`sdot_schedule_pass`, applied after ``FuseTIR``): in every fused PrimFunc, each
+``sdot_acc`` block ``acc[m.., n] += x[m.., k] * Wp[n/4, k/4, n%4, k%4]`` is
+
+1. split ``n -> (no, ni=4)``, ``k -> (ko, ki=4)`` and reordered ``.., no, ko, ni, ki``;
+2. the activation rows (batch x sequence, fused) parallelised when the target has more than
+   one core;
+3. its zero-initialisation decomposed out above ``ko`` (tensorize needs a pure update);
+4. the ``ni, ki`` 4x4 tile tensorized with :data:`INTRIN`.
+
+Integer semantics are unchanged (int32 sums of the same products; int32 addition is
+associative), so the build is bit-identical to ``op.int_matmul.linear_np`` and to the golden
+executor; the attention products (``Q K^T``, ``P V``: symbolic sequence extents, ``P`` is
+uint8) keep the default schedule, where LLVM's loop vectorizer may still use ``sdot``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import LinearStrategy, register_linear, register_schedule
+
+TILE = 4  # sdot: 4 int32 lanes x 4 int8 products each
+ACC_BLOCK = "sdot_acc"
+INTRIN = "ibert_sdot_4x4_i8i8i32"
+
+
+def _tiles(n: int, k: int) -> bool:
+    return n % TILE == 0 and k % TILE == 0
+
+
+class SdotLinear(LinearStrategy):
+    """Weights ``[N/4, K/4, 4, 4]`` int8 (see the module docstring), bias ``[N]`` int32."""
+
+    name = "arm-sdot"
+
+    def param_shapes(self, n: int, k: int) -> dict[str, tuple[tuple[int, ...], str]]:
+        if not _tiles(n, k):
+            return super().param_shapes(n, k)
+        return {"weight": ((n // TILE, k // TILE, TILE, TILE), "int8"), "bias": ((n,), "int32")}
+
+    def pack(self, weight: np.ndarray, bias: np.ndarray) -> dict[str, np.ndarray]:
+        """``W [N, K] -> Wp[no, ko, ni, ki] = W[4 no + ni, 4 ko + ki]`` (bias unchanged)."""
+        n, k = weight.shape
+        if not _tiles(n, k):
+            return super().pack(weight, bias)
+        wp = weight.reshape(n // TILE, TILE, k // TILE, TILE).transpose(0, 2, 1, 3)
+        return {"weight": np.ascontiguousarray(wp, dtype=np.int8), "bias": bias}
+
+    def te(self, x, weight, bias):
+        """x [..., K] int8 -> [..., N] int32 = ``x W^T + b`` with ``weight`` packed."""
+        if len(weight.shape) == 2:
+            return super().te(x, weight, bias)
+        from tvm import te
+
+        from ..op._common import check_te_dtype
+        from ..op.int_matmul import BIAS_BOUND, check_accumulator
+
+        check_te_dtype("x", x, ("int8",))  # sdot is signed x signed
+        check_te_dtype("weight", weight, ("int8",))
+        check_te_dtype("bias", bias, ("int32",))
+        no, ko, ni, ki = (int(d) for d in weight.shape)
+        if (ni, ki) != (TILE, TILE) or int(x.shape[-1]) != ko * TILE or int(bias.shape[0]) != no * TILE:
+            raise ValueError(
+                f"packed weight {list(weight.shape)} does not match x K={x.shape[-1]} / bias N={bias.shape[0]}"
+            )
+        check_accumulator(ko * TILE, "int8", "int8", BIAS_BOUND)
+        k = te.reduce_axis((0, ko * TILE), name="k")
+
+        def mac(*idx):
+            *lead, n = idx
+            w = weight[n // TILE, k // TILE, n % TILE, k % TILE]
+            return te.sum(x(*lead, k).astype("int32") * w.astype("int32"), axis=k)
+
+        acc = te.compute((*x.shape[:-1], no * TILE), mac, name=ACC_BLOCK)
+        return te.compute(acc.shape, lambda *idx: acc(*idx) + bias[idx[-1]], name="sdot_bias")
+
+
+def register_intrin() -> str:
+    """Register :data:`INTRIN` (idempotent); returns its name."""
+    from tvm.s_tir import TensorIntrin
+    from tvm.script import tirx as T
+
+    try:
+        TensorIntrin.get(INTRIN)
+        return INTRIN
+    except Exception:  # noqa: BLE001 - ValueError: not registered yet
+        pass
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+        # x [4] int8 (one row, 4 consecutive k); w [4 n, 4 k] int8; acc [4 n] int32
+        x = T.match_buffer(a, (4,), "int8", offset_factor=1)
+        w = T.match_buffer(b, (4, 4), "int8", offset_factor=1)
+        acc = T.match_buffer(c, (4,), "int32", offset_factor=1)
+        with T.sblock("root"):
+            T.reads(acc[0:4], x[0:4], w[0:4, 0:4])
+            T.writes(acc[0:4])
+            for n, k in T.grid(4, 4):
+                with T.sblock("update"):
+                    vn, vk = T.axis.remap("SR", [n, k])
+                    acc[vn] = acc[vn] + T.cast(x[vk], "int32") * T.cast(w[vn, vk], "int32")
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+        x = T.match_buffer(a, (4,), "int8", offset_factor=1)
+        w = T.match_buffer(b, (4, 4), "int8", offset_factor=1)
+        acc = T.match_buffer(c, (4,), "int32", offset_factor=1)
+        with T.sblock("root"):
+            T.reads(acc[0:4], x[0:4], w[0:4, 0:4])
+            T.writes(acc[0:4])
+            # the 4 activations as one int32, repeated in all 4 lanes: lane n meets w[n, 0:4]
+            x_word = T.reinterpret(x.vload([0], "int8x4"), dtype="int32")
+            x_lanes = T.reinterpret(T.broadcast(x_word, 4), dtype="int8x16")
+            acc[T.ramp(T.int32(0), 1, 4)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"),
+                acc.vload([0], "int32x4"),
+                x_lanes,
+                w.vload([0, 0], "int8x16"),
+                dtype="int32x4",
+            )
+
+    TensorIntrin.register(INTRIN, desc, impl, override=True)
+    return INTRIN
+
+
+def _has_dotprod(target) -> bool:
+    attrs = target.attrs.get("mattr", None) or []
+    return "+dotprod" in [str(a) for a in attrs]
+
+
+def _schedule_func(func, parallel: bool):
+    """Tensorize every ``sdot_acc`` block of ``func``; return the new PrimFunc (or ``func``)."""
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    try:
+        root = sch.get_sblock("root")
+    except Exception:  # noqa: BLE001 - ScheduleError: a function without a root block
+        return func
+    # FuseTIR keeps TE names, suffixing duplicates (sdot_acc, sdot_acc_1, ...)
+    blocks = [b for b in sch.get_child_blocks(root) if sch.get(b).name_hint.startswith(ACC_BLOCK)]
+    if not blocks:
+        return func
+    for block in blocks:
+        *lead, n, k = sch.get_loops(block)
+        no, ni = sch.split(n, [None, TILE])
+        ko, ki = sch.split(k, [None, TILE])
+        sch.reorder(no, ko, ni, ki)
+        if parallel and lead:  # rows (batch x sequence) across cores; before blockizing
+            sch.parallel(sch.fuse(*lead) if len(lead) > 1 else lead[0])
+        sch.decompose_reduction(block, ko)
+        sch.tensorize(ni, INTRIN)
+    return sch.mod["main"].with_attr("tir.is_scheduled", True)
+
+
+def sdot_schedule_pass(target):
+    """``IRModule -> IRModule``: tensorize the packed linears of every fused PrimFunc."""
+    import tvm
+    from tvm import tirx
+
+    if not _has_dotprod(target):
+        return None
+    register_intrin()
+    parallel = int(target.attrs.get("num-cores", 1)) > 1
+
+    @tvm.transform.module_pass(opt_level=0, name="ArmSdotSchedule")
+    def _pass(mod, _ctx):
+        updates = {}
+        for gv, func in mod.functions.items():
+            if isinstance(func, tirx.PrimFunc):
+                new = _schedule_func(func, parallel)
+                if new is not func:
+                    updates[gv] = new
+        for gv, func in updates.items():
+            mod[gv] = func
+        return mod
+
+    return _pass
+
+
+register_linear("aarch64", SdotLinear())
+register_schedule("aarch64", sdot_schedule_pass)
