@@ -90,6 +90,11 @@ def compile_quantized(
     mod, names = model.export()
     arrays = model.arrays()
     ex, mod_report, code_report = build(mod, tgt, target_name=spec.name, database_dir=database_dir, dump_dir=dump_dir)
+    cuda_section = ptx_report = None
+    if "gpu" in tgt.keys:  # CUDA: no GPU here; record the CUDA source hash and nvcc's PTX check
+        from .cuda_check import cuda_build_record
+
+        cuda_section, ptx_report = cuda_build_record(ex, tgt)
     d = qm.dims
     manifest = {
         "format": FORMAT,
@@ -122,11 +127,25 @@ def compile_quantized(
         "tuning_database": str(database_dir) if database_dir else None,
         "verify": {"module": _summary(mod_report), "code": _summary(code_report)},
     }
+    if cuda_section is not None:
+        manifest["cuda"] = cuda_section
     with atomic_dir(Path(out_dir)) as tmp:
         export_library(ex, tmp / LIB, spec)
         np.savez(tmp / PARAMS, **{f"p{i:04d}": arrays[n] for i, n in enumerate(names)})
         manifest["lib_sha256"] = sha256_file(tmp / LIB)
         (tmp / TOKENIZER).write_text(qm.tokenizer_json, encoding="utf-8")
+        if ptx_report is not None:
+            from .cuda_check import PTX_REPORT
+
+            (tmp / PTX_REPORT).write_text(json.dumps(ptx_report, indent=1))
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
     log(f"wrote {out_dir} ({spec.name}); {mod_report.float_ops} float ops in the module, {code_report.float_ops} in the code")
+    if cuda_section is not None:
+        ptx = cuda_section["ptx"]
+        log(
+            f"CUDA {cuda_section['arch']}: PTX not checked ({cuda_section['ptx_skipped']})" if ptx is None else
+            f"CUDA {ptx['arch']} PTX ({ptx['nvcc']}): int8 matmul kernels {ptx['int8_matmul_units']}, "
+            f"untensorized {len(ptx['untensorized_int8_matmuls'])}, float ops {ptx['float_ops']}; compiled only, "
+            "not run here (no GPU)"
+        )
     return manifest
