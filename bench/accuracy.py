@@ -51,13 +51,29 @@ def _git_commit() -> str:
         return "unknown"
 
 
-def _integer_column(ckpt, qm, log):
+def _integer_column(ckpt, qm, log, probe_texts=None):
+    """Compile ``qm`` (cached), check it belongs to ``ckpt``, keep ``qm`` in the cache, and check the
+    compiled model against the golden executor on ``probe_texts`` (bit for bit)."""
+    import numpy as np
+
+    from ibert_tvm.deploy.export import quantized_hash
     from ibert_tvm.deploy.runtime import CompiledModel
     from ibert_tvm.evaluate import check_pair, compile_cached, compiled_encoder
     from ibert_tvm.model.hf_loader import load_tokenizer_json
+    from ibert_tvm.model.plan import ModelPlan
+    from ibert_tvm.quantization.qat import integer_forward
+    from ibert_tvm.tasks import cache_dir
 
+    q_dir = cache_dir() / "quantized" / quantized_hash(qm)[:16]
+    if not (q_dir / "quantization.json").is_file():
+        qm.save(q_dir)
     cm = CompiledModel(compile_cached(qm, log=log))
     check_pair(ckpt, cm, load_tokenizer_json(ckpt.path))
+    if probe_texts:
+        enc = cm.tokenizer(list(probe_texts))
+        if not np.array_equal(cm.run_ids(enc), integer_forward(ModelPlan(qm), enc)[0]):
+            raise RuntimeError(f"{cm.dir}: compiled output differs from the golden executor")
+        cm.probe = f"compiled == golden on {len(probe_texts)} test sentences, bit for bit"
     return cm, compiled_encoder(cm)
 
 
@@ -86,6 +102,7 @@ def run_stsb(args, previous: dict | None = None, log=print) -> dict:
     task = stsb_task("dev").head(args.limit)
     ckpt = load_checkpoint("default")
     cal = default_calibration_sentences(300)
+    probe = sorted({s for e in task.examples[:8] for s in (e.text, e.text_b)})
     cols, meta = {}, {k: v for k, v in prev.get("columns", {}).items() if k in kept}
     qms = {}
     for name, (scheme, mode) in STSB_PTQ.items():
@@ -93,9 +110,9 @@ def run_stsb(args, previous: dict | None = None, log=print) -> dict:
         qms[name] = calibrate(ckpt, cal, QuantConfig.from_dict({**QUANTIZATION[scheme].to_dict(), "calibration": mode}))
         if name in kept:
             continue
-        cm, cols[name] = _integer_column(ckpt, qms[name], log)
+        cm, cols[name] = _integer_column(ckpt, qms[name], log, probe)
         meta[name] = {
-            "artifact": cm.manifest["model"]["identity"], "scheme": scheme,
+            "artifact": cm.manifest["model"]["identity"], "scheme": scheme, "check": cm.probe,
             "calibration": f"{mode}, 300 STS-B train sentences",
             "command": f"ibert-tvm eval --task stsb --model default --scheme {scheme} --calibration {mode}"
             + (f" --limit {args.limit}" if args.limit else ""),
@@ -123,7 +140,10 @@ def run_stsb(args, previous: dict | None = None, log=print) -> dict:
                 "lr": args.qat_lr, "cosine_loss_first20": round(float(np.mean(stats.losses[:20])), 5),
                 "cosine_loss_last20": round(float(np.mean(stats.losses[-20:])), 5)}
         qm_qat = qat.export(info=info)
-        cm, enc = _integer_column(ckpt, qm_qat, log)
+        cm, enc = _integer_column(ckpt, qm_qat, log, probe)
+        if not np.array_equal(cm.run_ids(cm.tokenizer(probe)), qat.forward_int(cm.tokenizer(probe))):
+            raise RuntimeError("the compiled QAT model differs from the QAT forward")
+        info["check"] = f"compiled == QAT forward == golden on {len(probe)} dev sentences, bit for bit"
         r = evaluate(task, ckpt, extra_columns={"integer-qat": enc}, progress=_progress, log=log)
         rep["results"]["integer-qat"] = r["results"]["integer-qat"]
         meta["integer-qat"] = {**info, "artifact": cm.manifest["model"]["identity"],
@@ -150,14 +170,19 @@ def run_sentiment(args, log=print) -> dict:
     task = sentiment_task("test").head(args.limit)
     ckpt = load_checkpoint(finetune_sentiment(progress=lambda it: _progress(it, "fine-tune"), log=log))
     cols, meta = {}, {}
-    t0 = time.time()
-    qm = calibrate(ckpt, calibration_sentences("sentiment"), QuantConfig(calibration="minmax"))
-    cm, cols["integer-ptq-minmax"] = _integer_column(ckpt, qm, log)
-    meta["integer-ptq-minmax"] = {"artifact": cm.manifest["model"]["identity"],
-                                  "calibration": "minmax, 300 sentiment train sentences",
-                                  "command": "ibert-tvm eval --task sentiment --model default"
-                                  + (f" --limit {args.limit}" if args.limit else ""),
-                                  "prepare_seconds": round(time.time() - t0, 1)}
+    probe = [e.text for e in task.examples[:16]]
+    qms = {}
+    for mode in ("minmax", "percentile"):
+        t0 = time.time()
+        qms[mode] = calibrate(ckpt, calibration_sentences("sentiment"), QuantConfig(calibration=mode))
+        name = f"integer-ptq-{mode}"
+        cm, cols[name] = _integer_column(ckpt, qms[mode], log, probe)
+        meta[name] = {"artifact": cm.manifest["model"]["identity"],
+                      "calibration": f"{mode}, 300 sentiment train sentences", "check": cm.probe,
+                      "command": f"ibert-tvm eval --task sentiment --model default --calibration {mode}"
+                      + (f" --limit {args.limit}" if args.limit else ""),
+                      "prepare_seconds": round(time.time() - t0, 1)}
+    qm = qms["minmax"]
     # QAT: cross-entropy on the train labels + distillation toward the FP32 logits
     t0 = time.time()
     train = sentiment_task("train").examples
@@ -172,8 +197,12 @@ def run_sentiment(args, log=print) -> dict:
     info = {"task": "sentiment", "init": "ptq-minmax", "sentences": len(texts), "steps": stats.steps,
             "lr": args.qat_lr, "loss_first20": float(np.mean(stats.losses[:20])),
             "loss_last20": float(np.mean(stats.losses[-20:]))}
-    cm, cols["integer-qat"] = _integer_column(ckpt, qat.export(info=info), log)
+    cm, cols["integer-qat"] = _integer_column(ckpt, qat.export(info=info), log, probe)
+    enc = cm.tokenizer(probe)
+    if not np.array_equal(cm.run_ids(enc), qat.forward_int(enc)):
+        raise RuntimeError("the compiled QAT model differs from the QAT forward")
     meta["integer-qat"] = {**info, "artifact": cm.manifest["model"]["identity"],
+                           "check": "compiled == QAT forward == golden on 16 test sentences, bit for bit",
                            "command": "python bench/accuracy.py --part sentiment",
                            "train_seconds": round(time.time() - t0, 1)}
     log("scoring the sentiment test split: fp32, integer (PTQ, QAT), peers")
