@@ -21,7 +21,7 @@ REQUIRED = ("target", "inputs", "params", "output", "family", "head", "max_seq",
 
 
 class CompiledModel:
-    def __init__(self, out_dir, device: str = "cpu"):
+    def __init__(self, out_dir, device: str | None = None):
         self.dir = Path(out_dir)
         if not self.dir.is_dir():
             raise IBertTVMError(f"{self.dir} is not a directory (expected the output of `ibert-tvm compile`)")
@@ -60,6 +60,8 @@ class CompiledModel:
                 f"cannot load {lib_path} (built for target {m.get('target')!r}; a library for another "
                 f"architecture cannot be loaded here): {e}"
             ) from None
+        if device is None:  # CUDA builds run on the first GPU (untested here: no GPU was available)
+            device = "cuda" if str(m.get("target", "")).startswith("cuda") else "cpu"
         dev = tvm.cpu() if device == "cpu" else tvm.device(device)
         self.vm = VirtualMachine(lib, dev)
         self._tvm_params = [tvm.runtime.tensor(p, dev) for p in self.params]

@@ -91,6 +91,10 @@ def scan_binary(so: Path, target: str = "llvm") -> Report:
 def verify_compiled(out_dir: Path) -> Report:
     """Print the recorded IR check, then return the binary scan."""
     m = json.loads((out_dir / "manifest.json").read_text())
+    if str(m.get("target", "")).startswith("cuda"):  # the device code is PTX, not host assembly
+        from .cuda_check import verify_cuda_compiled
+
+        return verify_cuda_compiled(out_dir)
     rec = m.get("verify", {})
     for key in ("module", "code"):
         r = rec.get(key)
