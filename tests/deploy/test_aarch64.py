@@ -112,6 +112,35 @@ def test_missing_cross_compiler_and_qemu_name_the_debian_package(monkeypatch, tm
     assert not (tmp_path / "model.so").exists()
 
 
+def test_runner_ids_json_round_trip_and_errors_on_the_host(compiled_factory, tmp_path, capsys):
+    """The board runner's own contract, checked natively: --ids-json/--print-ints give exactly
+    ``run_ids``; bad requests exit 2 with ``error:`` and no traceback."""
+    from ibert_tvm.deploy.run import main
+    from ibert_tvm.deploy.runtime import CompiledModel
+
+    out = compiled_factory("BertModel")
+    model = CompiledModel(out)
+    bl = arm.batches(model.manifest, [(2, 5), (1, 3)], seed=7)
+    f = tmp_path / "ids.json"
+    f.write_text(json.dumps([{k: v.tolist() for k, v in b.items()} for b in bl]))
+    assert main([str(out), "--ids-json", str(f), "--print-ints"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    for b, o in zip(bl, got["outputs"]):
+        np.testing.assert_array_equal(o, model.run_ids(b))
+    f.write_text(json.dumps({**{k: v.tolist() for k, v in bl[1].items()}}))  # one batch: "output"
+    assert main([str(out), "--ids-json", str(f), "--print-ints"]) == 0
+    np.testing.assert_array_equal(json.loads(capsys.readouterr().out)["output"], model.run_ids(bl[1]))
+    ragged = tmp_path / "ragged.json"
+    ragged.write_text('{"input_ids": [[1, 2], [3]]}')
+    for argv, msg in [([str(out)], "give at least one text"), ([str(out), "x", "--ids-json", str(f)], "not both"),
+                      ([str(out), "--ids-json", str(ragged)], "not a rectangular array"),
+                      ([str(out), "--ids-json", str(tmp_path / "none.json")], "not readable JSON"),
+                      ([str(tmp_path / "missing"), "x"], "is not a directory")]:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and msg in err and "Traceback" not in err
+
+
 # -- the cross-linked build ---------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def arm_out(quantized_factory, tmp_path_factory):
