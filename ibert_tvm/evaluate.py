@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -80,15 +79,6 @@ def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 # -- scoring one column -----------------------------------------------------------------------
 Encoder = Callable[[dict], np.ndarray]  # tokenized batch -> [B, H] embeddings or [B, labels] logits
-
-
-@dataclass
-class ColumnResult:
-    name: str
-    value: float | None
-    seconds: float = 0.0
-    detail: str = ""
-    skipped: str | None = None
 
 
 def score(task, tokenizer, run: Encoder, *, batch_size: int = 32, progress=None, desc: str = "") -> float:
