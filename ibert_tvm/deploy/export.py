@@ -22,20 +22,13 @@ import numpy as np
 from ..errors import IBertTVMError
 from ..quantization.artifact import QuantizedModel, atomic_dir
 from ..targets import TargetSpec, get_target
+from .runtime import sha256_file  # noqa: F401  (re-exported: the board's runtime owns it)
 
 FORMAT = "ibert-tvm-compiled/1"
 LIB = "model.so"
 PARAMS = "params.npz"
 MANIFEST = "manifest.json"
 TOKENIZER = "tokenizer.json"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def quantized_hash(qm: QuantizedModel) -> str:

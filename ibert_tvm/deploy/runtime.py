@@ -20,6 +20,16 @@ REQUIRED = ("target", "inputs", "params", "output", "family", "head", "max_seq",
             "tokenizer")
 
 
+def sha256_file(path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 class CompiledModel:
     def __init__(self, out_dir, device: str | None = None):
         self.dir = Path(out_dir)
@@ -46,8 +56,6 @@ class CompiledModel:
         lib_path = self.dir / "model.so"
         if not lib_path.is_file():
             raise IBertTVMError(f"{self.dir}/model.so is missing")
-        from .export import sha256_file
-
         if m.get("lib_sha256") and sha256_file(lib_path) != m["lib_sha256"]:
             raise IBertTVMError(f"{lib_path} does not match its manifest (sha256 differs): corrupt or replaced")
         import tvm
