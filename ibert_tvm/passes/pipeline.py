@@ -1,9 +1,10 @@
 """The lowering pipeline, in phases, with the integer-only proof built in.
 
     phase 0  export     the integer nn model -> Relax IRModule (integer params as inputs)
-    phase 1  lower      LegalizeOps, AnnotateTIROpPattern, FuseOps, FuseTIR; then the target's
-                        schedule pass (ibert_tvm.schedules) and a MetaSchedule database when one
-                        is given; then TVM's default Relax pipeline (memory planning, VM lowering)
+    phase 1  lower      LegalizeOps, AnnotateTIROpPattern, FuseOps, FuseTIR; then a MetaSchedule
+                        database when one is given, and the target's schedule pass
+                        (ibert_tvm.schedules) for the PrimFuncs the database did not schedule;
+                        then TVM's default Relax pipeline (memory planning, VM lowering)
     phase 2  verify     VerifyIntegerOnly on the lowered Relax + every TIR PrimFunc
     phase 3  build      relax.build with the TIR pipeline (no further Relax passes)
     phase 4  verify     the generated code: LLVM IR of every kernel / CUDA source
@@ -29,6 +30,42 @@ def _dump(dump_dir, name, mod):
         (p / f"{name}.py").write_text(mod.script())
 
 
+OP_PATTERN_ANNOTATION = "ibert_tvm.op_pattern"  # a TE block attr: the PrimFunc's fusion pattern
+
+
+def _declared_op_patterns():
+    """PrimFuncs with a block annotated ``OP_PATTERN_ANNOTATION`` get that ``op_pattern``.
+
+    AnnotateTIROpPattern calls a block opaque when a load index uses a symbolic shape variable
+    (e.g. a kernel that regroups ``batch x seq`` rows into static tiles), which stops FuseOps
+    from fusing its element-wise consumers; a kernel that knows better declares its pattern.
+    """
+    import tvm
+    import tvm_ffi
+    from tvm import tirx
+
+    @tvm.transform.module_pass(opt_level=0, name="DeclaredOpPatterns")
+    def _pass(mod, _ctx):
+        for gv, func in list(mod.functions.items()):
+            if not isinstance(func, tirx.PrimFunc):
+                continue
+            found = []
+
+            def visit(node, visitor, found=found):
+                if isinstance(node, tvm.s_tir.SBlock) and OP_PATTERN_ANNOTATION in node.annotations:
+                    v = node.annotations[OP_PATTERN_ANNOTATION]
+                    found.append(int(getattr(v, "value", v)))
+                if isinstance(node, tvm_ffi.Object) and not isinstance(node, tirx.Expr):
+                    visitor.default_visit(node)  # statements only: annotations sit on blocks
+
+            tvm_ffi.structural_visit(func.body, visit)
+            if found:
+                mod[gv] = func.with_attr("op_pattern", max(found))
+        return mod
+
+    return _pass
+
+
 def fuse(mod):
     """LegalizeOps .. FuseTIR: the fused TIR workloads (what tuning and schedules see)."""
     import tvm
@@ -38,6 +75,7 @@ def fuse(mod):
         [
             relax.transform.LegalizeOps(),
             relax.transform.AnnotateTIROpPattern(),
+            _declared_op_patterns(),
             relax.transform.FoldConstant(),
             relax.transform.FuseOps(),
             relax.transform.FuseTIR(),
@@ -55,12 +93,14 @@ def lower(mod, target, *, target_name: str | None = None, database_dir: str | No
     with target:
         mod = fuse(mod)
         sched = schedule_pass(target_name, target) if target_name else None
-        if sched is not None:
-            mod = sched(mod)
         if database_dir is not None:
+            # the database first: its workloads are the fused, unscheduled PrimFuncs; what it
+            # schedules is marked "tirx.is_scheduled", which the target's schedule pass skips
             from tvm.s_tir import meta_schedule as ms  # noqa: F401  (registers the pass)
 
             mod = relax.transform.MetaScheduleApplyDatabase(str(database_dir))(mod)
+        if sched is not None:
+            mod = sched(mod)
         _dump(dump_dir, "1_scheduled", mod)
         mod = relax.get_default_pipeline(target)(mod) if "gpu" in target.keys else relax.get_pipeline("default")(mod)
     _dump(dump_dir, "2_lowered", mod)

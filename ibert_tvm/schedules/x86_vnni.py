@@ -1,0 +1,343 @@
+"""x86 AVX-512 VNNI: int8 linears on ``vpdpbusd`` (target ``x86``).
+
+``vpdpbusd zmm_c, zmm_a, zmm_b`` adds, to each of 16 int32 lanes, the dot product of 4 *unsigned*
+bytes of ``a`` with 4 *signed* bytes of ``b``. The activations of a linear are int8, so the kernel
+shifts them into uint8 and the bias pays the shift back, exactly:
+
+    sum_k x[k] w[n,k] + b[n]  =  sum_k (x[k] + 128) w[n,k]  +  (b[n] - 128 * sum_k w[n,k])
+                                       \\___ uint8 ___/          \\______ bias' (int32) ______/
+
+Layout (:class:`VnniLinear`, applied by ``pack`` once, at compile time, in integers):
+
+* weight ``W [N, K] int8 -> Wp [Np/16, Kp/4, 16, 4]``, ``Wp[no, ko, ni, ki] = W[16 no + ni, 4 ko + ki]``
+  with ``Np = ceil(N/16)*16``, ``Kp = ceil(K/4)*4``; padded rows/columns are 0 (they add 0);
+* bias ``b [N] int32 -> b' = b - 128 * colsum(W)`` (``colsum`` over the real ``K`` only).
+
+Kernel (:func:`vnni_linear_te`), for ``x [..., K]`` with symbolic leading dims flattened to ``M`` rows:
+
+1. ``vnni_a_u8 [Mo, 32, Kp] uint8 = x + 128`` (rows regrouped in static tiles of ``TILE_M = 32``
+   so that the row tile is a static loop a schedule/MetaSchedule can block in registers; rows
+   ``>= M`` and columns ``>= K`` are 0);
+2. ``vnni_matmul [Mo, 32, Np] int32 = sum_k a[.., k] * Wp[n/16, k/4, n%16, k%4]`` (the block
+   tensorized with :data:`VNNI_INTRIN`);
+3. ``linear_bias [..., N] int32 = acc[m / 32, m % 32, n] + b'[n]``.
+
+int32 bounds (:func:`check_vnni_accumulator`, with ``|b| <= 2^30`` as for every linear): any
+partial sum of step 2 is at most ``K * 255 * 128`` in magnitude; ``|b'| <= 2^30 + 128*128*K``;
+the final sum equals the exact ``x W^T + b``, at most ``K * 128 * 128 + 2^30``. All three fit
+int32 for ``K <= 65535`` (``linear_np``'s own limit), so no step wraps (``vpdpbusd`` wraps, it
+does not saturate; ``vpdpbusds`` would). The build is bit-identical to ``linear_np``.
+
+Intrinsic: TVM's stock ``dot_16x4_vnni`` passes ``<16 x i32>`` operands to
+``llvm.x86.avx512.vpdpbusd.512``, which LLVM 22 declares with ``<64 x i8>`` ones (verification
+fails). :func:`register_vnni_intrin` registers the same description with an implementation whose
+operands are reinterpreted as ``uint8x64`` / ``int8x64``, under its own name
+(:data:`VNNI_INTRIN`): overriding the stock name would make any later
+``import tvm.s_tir.tensor_intrin`` fail (the stock module registers without ``override``), and
+that import costs ~40 s of CPU, so this module never triggers it. Tuning gives MetaSchedule a
+``MultiLevelTilingWithIntrin`` rule for this name (``schedules.tune``).
+
+Schedule (:func:`vnni_schedule_pass`, after ``FuseTIR`` and after any tuning database): in every
+fused PrimFunc not already scheduled, the ``vnni_matmul`` block is tiled ``rows 4 x channels 64``,
+reduction split by 4, tensorized; row tiles x channel tiles run in parallel; the ``+128``
+relayout and the element-wise epilogue blocks are parallelised over rows.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import LinearStrategy, register_linear, register_schedule
+
+VNNI_INTRIN = "ibert_tvm.dot_16x4_vnni"  # u8 x s8 -> s32, 16 lanes x 4, LLVM 22 operand types
+LANES, KGROUP = 16, 4  # vpdpbusd: 16 int32 lanes x 4 u8*s8 products each
+TILE_M = 32  # rows per static row tile (the dynamic part is the number of tiles)
+A_BLOCK, MM_BLOCK, OUT_BLOCK = "vnni_a_u8", "vnni_matmul", "linear_bias"
+SHIFT = 128  # int8 -> uint8: x + 128
+OP_PATTERN_ANNOTATION = "ibert_tvm.op_pattern"  # == passes.pipeline.OP_PATTERN_ANNOTATION (no tvm import here)
+OUT_EWISE_FUSABLE = 4  # relay/relax OpPatternKind kOutEWiseFusable (matmul + element-wise epilogue)
+_BIAS_BOUND = 1 << 30  # op.int_matmul.BIAS_BOUND
+_INT32_MAX = (1 << 31) - 1
+
+
+def _ceil(a: int, b: int) -> int:
+    return -(-a // b) * b
+
+
+def check_vnni_accumulator(k: int) -> None:
+    """Prove the three int32 bounds of the module docstring for reduction length ``k``."""
+    k = int(k)
+    bounds = {
+        "a partial u8*s8 sum": k * 255 * 128,
+        "the compensated bias": _BIAS_BOUND + SHIFT * 128 * k,
+        "the result": k * 128 * 128 + _BIAS_BOUND,
+    }
+    for what, b in bounds.items():
+        if b > _INT32_MAX:
+            raise ValueError(f"VNNI linear with K={k}: {what} can reach {b} > 2^31-1")
+
+
+# -- packing (numpy, integers only) ---------------------------------------------------------
+def pack_weight(weight: np.ndarray) -> np.ndarray:
+    """``W [N, K] int8 -> [Np/16, Kp/4, 16, 4] int8`` (zero padded, a permutation otherwise)."""
+    w = np.asarray(weight)
+    if w.dtype != np.int8 or w.ndim != 2:
+        raise ValueError(f"weight must be [N, K] int8, got {w.shape} {w.dtype}")
+    n, k = w.shape
+    np_, kp = _ceil(n, LANES), _ceil(k, KGROUP)
+    padded = np.zeros((np_, kp), np.int8)
+    padded[:n, :k] = w
+    packed = padded.reshape(np_ // LANES, LANES, kp // KGROUP, KGROUP).transpose(0, 2, 1, 3)
+    return np.ascontiguousarray(packed)
+
+
+def compensate_bias(weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """``b' = b - 128 * sum_k W[n, k]`` as int32 (computed in int64, range-checked)."""
+    w = np.asarray(weight)
+    b = np.asarray(bias)
+    if b.dtype != np.int32 or b.shape != (w.shape[0],):
+        raise ValueError(f"bias must be [{w.shape[0]}] int32, got {b.shape} {b.dtype}")
+    if np.abs(b.astype(np.int64)).max(initial=0) > _BIAS_BOUND:
+        raise ValueError("|bias| must be <= 2^30")
+    check_vnni_accumulator(w.shape[1])
+    out = b.astype(np.int64) - SHIFT * w.astype(np.int64).sum(axis=1)
+    assert np.abs(out).max(initial=0) <= _INT32_MAX  # proven by check_vnni_accumulator
+    return out.astype(np.int32)
+
+
+def vnni_linear_np(x: np.ndarray, packed_weight: np.ndarray, packed_bias: np.ndarray) -> np.ndarray:
+    """What the kernel computes, in numpy: ``(x + 128) . Wp + b'`` (x [..., K] int8 -> [..., N] int32)."""
+    x = np.asarray(x)
+    if x.dtype != np.int8:
+        raise ValueError(f"x must be int8, got {x.dtype}")
+    k, n = x.shape[-1], packed_bias.shape[0]
+    nb, kb, _, _ = packed_weight.shape
+    w = packed_weight.transpose(0, 2, 1, 3).reshape(nb * LANES, kb * KGROUP).astype(np.int64)
+    a = np.zeros((*x.shape[:-1], kb * KGROUP), np.int64)
+    a[..., :k] = x.astype(np.int64) + SHIFT  # uint8 range [0, 255]
+    acc = a @ w.T
+    assert np.abs(acc).max(initial=0) <= k * 255 * 128
+    return (acc[..., :n] + packed_bias.astype(np.int64)).astype(np.int32)
+
+
+# -- TE body --------------------------------------------------------------------------------
+def _i64(v: int):
+    from tvm import tirx
+
+    return tirx.IntImm("int64", int(v))
+
+
+def _unflatten(m, dims):
+    """Row index ``m`` -> indices into the (possibly symbolic) leading ``dims``."""
+    from tvm import tirx
+
+    idx = []
+    stride = None
+    for d in reversed(dims):
+        q = m if stride is None else tirx.floordiv(m, stride)
+        idx.append(q if len(idx) == len(dims) - 1 else tirx.floormod(q, d))
+        stride = d if stride is None else stride * d
+    return idx[::-1]
+
+
+def _flatten(idx, dims):
+    m = idx[0]
+    for i, d in zip(idx[1:], dims[1:]):
+        m = m * d + i
+    return m
+
+
+def vnni_linear_te(x, weight, bias):
+    """x [..., K] int8, weight [Np/16, Kp/4, 16, 4] int8, bias' [N] int32 -> [..., N] int32."""
+    from tvm import te, tirx
+
+    from ..op._common import check_te_dtype
+
+    check_te_dtype("x", x, ("int8",))
+    check_te_dtype("weight", weight, ("int8",))
+    check_te_dtype("bias", bias, ("int32",))
+    nb, kb, ni, ki = (int(d) for d in weight.shape)
+    k_dim, n_dim = int(x.shape[-1]), int(bias.shape[0])
+    if (ni, ki) != (LANES, KGROUP) or kb * KGROUP != _ceil(k_dim, KGROUP) or nb * LANES != _ceil(n_dim, LANES):
+        raise ValueError(f"packed weight {[nb, kb, ni, ki]} does not fit K={k_dim}, N={n_dim}")
+    check_vnni_accumulator(k_dim)
+    lead = list(x.shape[:-1])
+    if not lead:
+        raise ValueError("x must have at least one leading (row) dimension")
+    m_total = lead[0]  # M = prod(lead), the number of rows
+    for d in lead[1:]:
+        m_total = m_total * d
+    tm = _i64(TILE_M)
+    mo_extent = tirx.floordiv(m_total - 1, tm) + 1  # = ceil(M / 32), in the form region analysis derives
+    kp, np_ = kb * KGROUP, nb * LANES
+
+    def a_u8(mo, mi, k):
+        # rows >= M and columns >= K read a clamped (valid) element: padded columns meet zero
+        # weights, padded rows are never read back, so their values do not matter
+        m = tirx.min(mo * tm + mi, m_total - 1)
+        kk = k if kp == k_dim else tirx.min(k, k_dim - 1)
+        return (x(*_unflatten(m, lead), kk).astype("int32") + SHIFT).astype("uint8")
+
+    a = te.compute((mo_extent, tm, _i64(kp)), a_u8, name=A_BLOCK)
+    k = te.reduce_axis((_i64(0), _i64(kp)), name="k")
+    acc = te.compute(
+        (mo_extent, tm, _i64(np_)),
+        lambda mo, mi, n: te.sum(
+            a[mo, mi, k].astype("int32")
+            * weight[n // LANES, k // KGROUP, n % LANES, k % KGROUP].astype("int32"),
+            axis=k,
+        ),
+        name=MM_BLOCK,
+        # the row regrouping indexes x with the symbolic shape: AnnotateTIROpPattern would call
+        # the function opaque; it is a matmul with an element-wise epilogue (see passes.pipeline)
+        attrs={OP_PATTERN_ANNOTATION: OUT_EWISE_FUSABLE},
+    )
+
+    def out(*idx):
+        *row, n = idx
+        m = _flatten(row, lead)
+        return acc[tirx.floordiv(m, tm), tirx.floormod(m, tm), n] + bias[n]
+
+    return te.compute((*lead, _i64(n_dim)), out, name=OUT_BLOCK)
+
+
+class VnniLinear(LinearStrategy):
+    """Weights ``[Np/16, Kp/4, 16, 4]`` int8, bias ``b - 128 colsum(W)`` ``[N]`` int32."""
+
+    name = "x86-vnni"
+
+    def param_shapes(self, n: int, k: int) -> dict[str, tuple[tuple[int, ...], str]]:
+        check_vnni_accumulator(k)
+        return {
+            "weight": ((_ceil(n, LANES) // LANES, _ceil(k, KGROUP) // KGROUP, LANES, KGROUP), "int8"),
+            "bias": ((n,), "int32"),
+        }
+
+    def pack(self, weight: np.ndarray, bias: np.ndarray) -> dict[str, np.ndarray]:
+        return {"weight": pack_weight(weight), "bias": compensate_bias(weight, bias)}
+
+    def te(self, x, weight, bias):
+        register_vnni_intrin()  # MetaSchedule may tensorize this workload later in the process
+        return vnni_linear_te(x, weight, bias)
+
+
+# -- the tensor intrinsic -------------------------------------------------------------------
+_REGISTERED = False
+
+
+def register_vnni_intrin() -> str:
+    """Register :data:`VNNI_INTRIN` (LLVM 22's ``vpdpbusd.512`` operand types). Idempotent."""
+    global _REGISTERED
+    if _REGISTERED:
+        return VNNI_INTRIN
+    from tvm.s_tir import TensorIntrin
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def desc(
+        A: T.Buffer((4,), "uint8", offset_factor=1),
+        B: T.Buffer((16, 4), "int8", offset_factor=1),
+        C: T.Buffer((16,), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+            T.writes(C[0:16])
+            for i in T.serial(0, 16):
+                for k in T.serial(0, 4):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+
+    @T.prim_func(s_tir=True)
+    def impl(
+        A: T.Buffer((4,), "uint8", offset_factor=1),
+        B: T.Buffer((16, 4), "int8", offset_factor=1),
+        C: T.Buffer((16,), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+            T.writes(C[0:16])
+            # the 4 activation bytes, broadcast to all 16 lanes, seen as <64 x i8>
+            a_u8x64 = T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), 16), dtype="uint8x64")
+            C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
+                C.vload([0], dtype="int32x16"),
+                a_u8x64,
+                B.vload([0, 0], dtype="int8x64"),
+                dtype="int32x16",
+            )
+
+    TensorIntrin.register(VNNI_INTRIN, desc, impl, override=True)
+    _REGISTERED = True
+    return VNNI_INTRIN
+
+
+# -- the default (untuned) schedule ---------------------------------------------------------
+ROW_TILE, CHANNEL_BLOCKS = 4, 4  # 4 rows x 4 x 16 channels of int32 accumulators per step
+
+
+def _parallel_rows(sch, block) -> None:
+    """Fuse every loop but the innermost of an all-spatial block and run it in parallel."""
+    loops = sch.get_loops(block)
+    if len(loops) < 2 or any(int(iv.iter_type) != 0 for iv in sch.get(block).iter_vars):  # 0: spatial
+        return
+    outer = sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0]
+    sch.parallel(outer)
+
+
+def _schedule_func(func):
+    """Tensorize the ``vnni_matmul`` block of ``func``; return the new PrimFunc (or ``func``)."""
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    try:
+        block = sch.get_sblock(MM_BLOCK)
+    except Exception:  # noqa: BLE001 - no such block (ScheduleError): not a VNNI linear
+        return func
+    epilogue = [sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))]
+    mo, mi, n, k = sch.get_loops(block)
+    n_blocks = int(sch.get(n).extent) // LANES
+    cb = max(c for c in (CHANNEL_BLOCKS, 2, 1) if n_blocks % c == 0)
+    mi0, mi1 = sch.split(mi, [None, ROW_TILE])  # TILE_M % ROW_TILE == 0
+    n0, n1, n2 = sch.split(n, [None, cb, LANES])
+    k0, k1 = sch.split(k, [None, KGROUP])
+    sch.reorder(mo, n0, mi0, k0, mi1, n1, n2, k1)
+    sch.parallel(sch.fuse(mo, n0))  # row tiles x channel tiles across cores
+    sch.decompose_reduction(block, k0)
+    sch.tensorize(n2, VNNI_INTRIN)
+    for name in epilogue:
+        if name != MM_BLOCK:
+            _parallel_rows(sch, sch.get_sblock(name))
+    return sch.mod["main"].with_attr("tirx.is_scheduled", True)
+
+
+def vnni_schedule_pass(target):
+    """``IRModule -> IRModule``: tensorize the VNNI linears of every fused, unscheduled PrimFunc."""
+    import tvm
+    from tvm import tirx
+
+    register_vnni_intrin()
+
+    @tvm.transform.module_pass(opt_level=0, name="X86VnniSchedule")
+    def _pass(mod, _ctx):
+        updates = {}
+        for gv, func in mod.functions.items():
+            if isinstance(func, tirx.PrimFunc) and not is_scheduled(func):
+                new = _schedule_func(func)
+                if new is not func:
+                    updates[gv] = new
+        for gv, func in updates.items():
+            mod[gv] = func
+        return mod
+
+    return _pass
+
+
+def is_scheduled(func) -> bool:
+    """A PrimFunc already scheduled (by a tuning database or another pass)."""
+    attrs = func.attrs
+    return any(bool(attrs.get(a, False)) for a in ("tirx.is_scheduled", "tir.is_scheduled")) if attrs else False
+
+
+register_linear("x86", VnniLinear())
+register_schedule("x86", vnni_schedule_pass)
