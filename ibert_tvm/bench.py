@@ -1,0 +1,177 @@
+"""``ibert-tvm bench``: integer-only TVM against every engine a user would pick, side by side.
+
+    ibert-tvm bench                                         # MiniLM + BERT-Base, all engines, 4 shapes
+    ibert-tvm bench --models minilm --engines tvm-int8,ort-int8 --shapes 1x32 --runs 20
+    ibert-tvm bench --trials 64 --profile -o bench/results/bench.json
+
+Engines (``ibert_tvm.benchmarks.engines``): tvm-int8 (ours), tvm-fp32, torch-fp32, torch-int8,
+ort-fp32, ort-int8. Each runs in its own worker process with the same number of threads;
+engines are interleaved in repeated rounds; each latency is the median of >= ``--runs`` timed
+runs after warm-up, with its interquartile range. An engine that cannot run (a missing
+package, a failed export) is skipped with the reason; the run goes on.
+
+Writes ``OUT.json`` (every timing, machine, load average, versions, git commit), ``OUT.md``
+(latency, speedups vs PyTorch FP32 and ONNX Runtime int8, sizes, memory, GEMM throughput vs the
+measured int8 peak, where the time goes) and ``OUT.png`` (chart).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from .errors import IBertTVMError
+
+ENGINE_NAMES = ("tvm-int8", "tvm-fp32", "torch-fp32", "torch-int8", "ort-fp32", "ort-int8")
+
+
+def parse_shapes(s: str) -> list[tuple[int, int]]:
+    shapes = []
+    for part in s.split(","):
+        part = part.strip().lower()
+        if not part:
+            continue
+        try:
+            b, q = part.split("x")
+            shapes.append((int(b), int(q)))
+        except ValueError:
+            raise IBertTVMError(f"bad shape {part!r}: use BATCHxSEQ, e.g. 8x128") from None
+        if shapes[-1][0] < 1 or shapes[-1][1] < 1:
+            raise IBertTVMError(f"bad shape {part!r}: batch and sequence must be >= 1")
+    if not shapes:
+        raise IBertTVMError("no shape given")
+    return shapes
+
+
+def parse_list(s: str, known=None, what="engine") -> list[str]:
+    items = [x.strip() for x in s.split(",") if x.strip()]
+    if known is not None:
+        if items == ["all"]:
+            return list(known)
+        bad = [x for x in items if x not in known]
+        if bad:
+            raise IBertTVMError(f"unknown {what} {', '.join(bad)}; known: {', '.join(known)}")
+    if not items:
+        raise IBertTVMError(f"no {what} given")
+    return items
+
+
+def write_outputs(report: dict, out_json: Path, *, log=print) -> dict[str, Path]:
+    """JSON + markdown (+ PNG when matplotlib is available), each written atomically."""
+    from .benchmarks.report import chart, json_safe, markdown
+
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out_json, "md": out_json.with_suffix(".md"), "png": out_json.with_suffix(".png")}
+    try:
+        tmp = paths["png"].with_name(f".{paths['png'].stem}.tmp-{os.getpid()}.png")
+        chart(report, tmp)
+        os.replace(tmp, paths["png"])
+        report["chart"] = paths["png"].name
+    except ModuleNotFoundError as e:
+        report["chart"] = f"skipped: {e.name} is not installed (pip install matplotlib)"
+        log(f"no chart: {report['chart']}")
+        paths.pop("png")
+    for key, text in (("md", markdown(report)), ("json", json.dumps(json_safe(report), indent=1, allow_nan=False))):
+        tmp = paths[key].with_name(f".{paths[key].name}.tmp-{os.getpid()}")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, paths[key])
+    return paths
+
+
+def cmd_bench(args) -> int:
+    from tqdm.auto import tqdm
+
+    from .benchmarks.harness import BenchConfig, run_bench
+
+    out_json = Path(args.output)
+    if out_json.suffix != ".json":
+        raise IBertTVMError(f"--output {out_json} must end in .json (the .md and .png go next to it)")
+    if out_json.is_dir():
+        raise IBertTVMError(f"--output {out_json} is a directory")
+    cfg = BenchConfig(
+        models=parse_list(args.models, what="model"), engines=parse_list(args.engines, ENGINE_NAMES),
+        shapes=parse_shapes(args.shapes), runs=args.runs, rounds=args.rounds, warmup=args.warmup,
+        threads=args.threads, trials=args.trials, target=args.target, profile=args.profile,
+        max_run_seconds=args.max_run_seconds, cache=args.cache or "", peak=not args.no_peak,
+        wait_policy=args.wait_policy,
+    )
+    print(f"bench: models {', '.join(cfg.models)}; engines {', '.join(cfg.engines)}; shapes "
+          f"{', '.join(f'{b}x{s}' for b, s in cfg.shapes)}; {cfg.threads} threads; >= {cfg.runs} runs in {cfg.rounds} rounds")
+    report = run_bench(cfg, progress=lambda total, desc: tqdm(total=total, desc=desc, unit="block", leave=False,
+                                                              disable=None))
+    paths = write_outputs(report, out_json)
+    from .benchmarks.report import loaded
+
+    for t in report.get("targets", []):
+        mark = "n/a" if t["reached"] is None else ("reached" if t["reached"] else "NOT reached")
+        print(f"  {t['target']}: {t['display']} ({mark})")
+    if loaded(report):
+        print(f"note: load average {report['load_average']} on {os.cpu_count()} CPUs: figures are indicative only")
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def _positive_int(s: str) -> int:
+    try:
+        n = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{s} must be at least 1")
+    return n
+
+
+def _nonneg_int(s: str) -> int:
+    try:
+        n = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{s} must be >= 0")
+    return n
+
+
+def _positive_float(s: str) -> float:
+    try:
+        x = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not a number") from None
+    if not x > 0:
+        raise argparse.ArgumentTypeError(f"{s} must be > 0")
+    return x
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "bench", help="latency of integer-only TVM vs PyTorch / ONNX Runtime / TVM FP32, side by side",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--models", default="minilm,bert-base",
+                   help="comma-separated: minilm (the default model), bert-base (BERT-Base shape, random weights, "
+                   "calibrated on random text), or Hugging Face model directories (default minilm,bert-base)")
+    p.add_argument("--engines", default="all", help=f"comma-separated subset of {', '.join(ENGINE_NAMES)} (default all)")
+    p.add_argument("--shapes", default="1x32,8x32,1x128,8x128", help="BATCHxSEQ list (default 1x32,8x32,1x128,8x128)")
+    p.add_argument("--runs", type=_positive_int, default=20, help="timed runs per engine and shape, at least (default 20)")
+    p.add_argument("--rounds", type=_positive_int, default=5, help="interleaved rounds the runs are split into (default 5)")
+    p.add_argument("--warmup", type=_nonneg_int, default=2, help="untimed runs per shape when an engine starts (default 2)")
+    p.add_argument("--threads", type=_positive_int, default=2, help="threads of every engine (default 2)")
+    p.add_argument("--trials", type=_nonneg_int, default=0,
+                   help="MetaSchedule budget. The integer model uses its tuning database (tuning_logs/, found by "
+                   "`ibert-tvm tune`'s lookup) when there is one, else is tuned with this many trials (0: untuned); "
+                   "TVM FP32 is tuned per shape with the integer database's trial count, else with this (default 0)")
+    p.add_argument("--target", choices=["llvm", "x86"],
+                   help="target of the integer model (default: x86 when this CPU has VNNI and the project has it, else llvm)")
+    p.add_argument("--profile", action="store_true",
+                   help="add per-kernel tables (top kernels of TVM int8, and a TVM FP32 profile) to the report")
+    p.add_argument("--max-run-seconds", type=_positive_float, default=30.0,
+                   help="skip an engine's shape (and larger ones) when one run takes longer (default 30)")
+    p.add_argument("--wait-policy", choices=["auto", "spin", "passive"], default="auto",
+                   help="idle threads of every engine spin (the libraries' default) or sleep (passive); auto: passive "
+                   "when the load average exceeds half the CPUs at start (default auto)")
+    p.add_argument("--no-peak", action="store_true", help="do not measure the int8 GEMM peak")
+    p.add_argument("--cache", help="cache of built artifacts (default ~/.cache/ibert-tvm/bench)")
+    p.add_argument("-o", "--output", default="bench.json",
+                   help="JSON report; OUT.md and OUT.png are written next to it (default bench.json)")
+    p.set_defaults(func=cmd_bench)

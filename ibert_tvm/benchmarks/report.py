@@ -1,0 +1,334 @@
+"""Derived figures (statistics, ratios, GEMM throughput, targets), the markdown report, the chart.
+
+Speedups are ratios of medians measured in the same interleaved rounds of one run:
+``speedup of E vs R = median(R) / median(E)`` (> 1: E is faster).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from .engines import ENGINES
+from .profile import CATEGORIES, NONLINEAR, gemm_throughput
+
+REFERENCES = ("torch-fp32", "ort-int8")  # the ratio columns of the report
+FP32_REFERENCES = ("torch-fp32", "ort-fp32", "tvm-fp32")  # for the output check
+TARGET_SPEEDUP = 1.3  # issue 6: >= 1.3x ONNX Runtime dynamic int8
+TARGET_GEMM = 0.60  # int8 GEMMs at >= 60% of the measured peak
+TARGET_SIZE = 0.30  # int8 artifact <= 30% of the FP32 model on disk
+
+
+def stats(times_ms) -> dict:
+    t = np.sort(np.asarray(times_ms, dtype=np.float64))
+    q1, med, q3 = (float(np.percentile(t, p)) for p in (25, 50, 75))
+    return {"n": int(t.size), "median_ms": med, "q1_ms": q1, "q3_ms": q3, "min_ms": float(t[0]),
+            "max_ms": float(t[-1]), "iqr_pct": 100.0 * (q3 - q1) / med if med > 0 else None}
+
+
+def median(mres: dict, engine: str, shape: str) -> float | None:
+    e = mres["engines"].get(engine) or {}
+    cell = (e.get("shapes") or {}).get(shape) or {}
+    return (cell.get("stats") or {}).get("median_ms")
+
+
+def _cosine(a, b) -> tuple[float, float]:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    c = (a * b).sum(-1) / np.maximum(np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1), 1e-30)
+    return float(c.mean()), float(c.min())
+
+
+def _gemm_summary(prof: dict, peak_gops: float | None) -> dict:
+    rows = gemm_throughput(prof)
+    ops = sum(2 * r["M"] * r["N"] * r["K"] * r["calls"] for r in rows)
+    ms = sum(r["ms_per_call"] * r["calls"] for r in rows)
+    total = ops / (ms * 1e-3) / 1e9 if ms > 0 else None
+    for r in rows:
+        r["pct_of_peak"] = 100.0 * r["gops"] / peak_gops if peak_gops else None
+    return {"kernels": rows, "gops": total, "pct_of_peak": 100.0 * total / peak_gops if total and peak_gops else None,
+            "linear_ms": ms}
+
+
+def summarize(report: dict) -> dict:
+    """Add ``stats`` to every timed cell, ``speedups``, output cosines, GEMM figures, ``targets``."""
+    peak = report.get("peak") or {}
+    peak_gops = peak.get("int8_gops")
+    for mres in report["models"].values():
+        shapes = sorted({s for e in mres["engines"].values() for s in (e.get("shapes") or {})},
+                        key=lambda k: tuple(int(x) for x in k[1:].split("_s"))[::-1])
+        for e in mres["engines"].values():
+            for cell in (e.get("shapes") or {}).values():
+                if cell.get("times_ms"):
+                    cell["stats"] = stats(cell["times_ms"])
+                elif "skipped" not in cell:
+                    cell["skipped"] = "no timed run completed"
+            if e.get("rss_mb_after_load") is not None and e.get("rss_mb_before_load") is not None:
+                e["load_rss_mb"] = round(e["rss_mb_after_load"] - e["rss_mb_before_load"], 1)
+                e["libs_rss_mb"] = round(e["rss_mb_before_load"] - e["rss_mb_bare"], 1)
+        sp = mres["speedups"] = {}
+        for shape in shapes:
+            sp[shape] = {}
+            for name in mres["engines"]:
+                m = median(mres, name, shape)
+                if m is None:
+                    continue
+                sp[shape][name] = {f"vs_{ref}": (median(mres, ref, shape) / m) if median(mres, ref, shape) else None
+                                   for ref in REFERENCES}
+        # outputs: every engine against the first FP32 reference that produced one
+        ref = next((r for r in FP32_REFERENCES if "output" in mres["engines"].get(r, {})), None)
+        for name, e in mres["engines"].items():
+            if "output" in e and ref is not None:
+                mean, low = _cosine(e["output"], mres["engines"][ref]["output"])
+                e["cosine_vs_fp32"] = {"reference": ref, "mean": mean, "min": low}
+        for e in mres["engines"].values():
+            e.pop("output", None)
+        ours = mres["engines"].get("tvm-int8") or {}
+        mres["gemm"] = {s: _gemm_summary(p, peak_gops) for s, p in (ours.get("profiles") or {}).items()}
+        for e in mres["engines"].values():
+            for p in (e.get("profiles") or {}).values():
+                total = sum(p["categories"].values()) or 1.0
+                p["nonlinear_pct"] = 100.0 * sum(p["categories"].get(c, 0.0) for c in NONLINEAR) / total
+    report["targets"] = targets(report)
+    return report
+
+
+def targets(report: dict) -> list[dict]:
+    """The issue's three targets, each with what was measured and whether it was reached."""
+    out = []
+
+    def speed(model, shape):
+        mres = report["models"].get(model)
+        if mres is None:
+            return None
+        return ((mres.get("speedups") or {}).get(shape) or {}).get("tvm-int8", {}).get("vs_ort-int8")
+
+    for model, shape in (("bert-base", "b8_s128"), ("minilm", "b1_s32"), ("minilm", "b1_s128")):
+        v = speed(model, shape)
+        out.append({"target": f"TVM int8 >= {TARGET_SPEEDUP}x ONNX Runtime int8, {model} {shape}",
+                    "value": v, "display": f"{v:.2f}x" if v else "not measured",
+                    "reached": None if v is None else v >= TARGET_SPEEDUP})
+    for model, mres in report["models"].items():
+        g = mres.get("gemm") or {}
+        if g:
+            best_shape = max(g, key=lambda s: g[s].get("gops") or 0)
+            pct = g[best_shape].get("pct_of_peak")
+            out.append({"target": f"int8 GEMMs >= {TARGET_GEMM:.0%} of the measured int8 peak, {model}",
+                        "value": pct, "display": f"{pct:.0f}% ({g[best_shape]['gops']:.0f} GOP/s at {best_shape})"
+                        if pct is not None else "no peak measured", "reached": None if pct is None else pct >= 100 * TARGET_GEMM})
+        ours, fp32 = mres["engines"].get("tvm-int8", {}), mres["engines"].get("torch-fp32", {})
+        if ours.get("size_bytes") and fp32.get("size_bytes"):
+            r = ours["size_bytes"] / fp32["size_bytes"]
+            out.append({"target": f"int8 artifact <= {TARGET_SIZE:.0%} of the FP32 model on disk, {model}", "value": r,
+                        "display": f"{r:.0%} ({_mb(ours['size_bytes'])} vs {_mb(fp32['size_bytes'])} MB)",
+                        "reached": r <= TARGET_SIZE})
+    return out
+
+
+# -- markdown -------------------------------------------------------------------------------------
+def _mb(n) -> str:
+    return "-" if n is None else f"{n / 2**20:.1f}"
+
+
+def _ms(x) -> str:
+    return "-" if x is None else (f"{x:.3g}" if x < 10 else f"{x:.0f}" if x >= 100 else f"{x:.1f}")
+
+
+def _shape_label(key: str) -> str:
+    b, s = key[1:].split("_s")
+    return f"batch {b}, seq {s}"
+
+
+def _engines_in(mres):
+    return [n for n in ENGINES if n in mres["engines"]] + [n for n in mres["engines"] if n not in ENGINES]
+
+
+def loaded(report: dict) -> bool:
+    cpus = (report.get("machine") or {}).get("cpu", {}).get("logical_cpus") or 1
+    loads = [x for k in ("start", "end") for x in ((report.get("load_average") or {}).get(k) or [])[:1]]
+    return bool(loads) and max(loads) > 0.5 * cpus
+
+
+def markdown(report: dict) -> str:
+    m = report.get("machine") or {}
+    cpu = m.get("cpu") or {}
+    cfg = report["config"]
+    git = report.get("git") or {}
+    v = report.get("versions") or {}
+    la = report.get("load_average") or {}
+    L = ["# ibert-tvm bench", ""]
+    L.append(f"{report.get('started')} ({report.get('seconds')} s); git {str(git.get('commit'))[:10]}"
+             f"{' (uncommitted changes)' if git.get('dirty') else ''}; {cpu.get('model')}, {cpu.get('logical_cpus')} CPUs, "
+             f"{m.get('memory_gb')} GB; {cfg['threads']} threads per engine (idle threads: {cfg.get('wait_policy')}), "
+             "one worker process per engine; "
+             f"median of >= {cfg['runs']} timed runs ({cfg['rounds']} interleaved rounds x {cfg['runs_per_round']}) "
+             "after warm-up; spread = interquartile range.")
+    L.append("")
+    L.append("Versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if val))
+    L.append("")
+    L.append(f"Load average (1/5/15 min) at start {la.get('start')}, at end {la.get('end')}.")
+    if loaded(report):
+        L += ["", f"**The machine was loaded (other processes were running): absolute figures are indicative "
+                  "only; ratios between engines are fairer, since engines were interleaved.**"]
+    peak = report.get("peak") or {}
+    if peak.get("int8_gops"):
+        L += ["", f"Measured peak of this machine, {peak['threads']} threads: int8 {peak['int8_gops']:.0f} GOP/s "
+                  f"(`torch._int_mm`), FP32 {peak['fp32_gflops']:.0f} GFLOP/s (`torch.mm`); best of "
+                  + ", ".join(f"{r['M']}x{r['N']}x{r['K']}" for r in peak["int8"]) + "."]
+    if report.get("targets"):
+        L += ["", "## Targets (issue 6)", "", "| target | measured | reached |", "|---|---|---|"]
+        for t in report["targets"]:
+            mark = "n/a" if t["reached"] is None else ("yes" if t["reached"] else "**no**")
+            L.append(f"| {t['target']} | {t['display']} | {mark} |")
+    for name, mres in report["models"].items():
+        L += ["", *model_markdown(name, mres, report)]
+    return "\n".join(L) + "\n"
+
+
+def model_markdown(name: str, mres: dict, report: dict) -> list[str]:
+    md = mres["model"]
+    engines = _engines_in(mres)
+    ok = [e for e in engines if mres["engines"][e].get("status") == "ok"]
+    shapes = list(mres.get("speedups") or {})
+    L = [f"## {name}: {md['layers']} layers, hidden {md['hidden']}, {md['heads']} heads, intermediate "
+         f"{md['intermediate']} (calibration {md['calibration']})", ""]
+    if not ok:
+        L.append("No engine ran.")
+    head = "| shape | " + " | ".join(mres["engines"][e]["label"] for e in ok) + " |"
+    sep = "|---|" + "---|" * len(ok)
+    L += ["### Latency, ms: median [q1-q3] (n runs)", "", head, sep]
+    for s in shapes:
+        cells = []
+        for e in ok:
+            c = mres["engines"][e]["shapes"].get(s) or {}
+            st = c.get("stats")
+            cells.append(f"{_ms(st['median_ms'])} [{_ms(st['q1_ms'])}-{_ms(st['q3_ms'])}] ({st['n']})" if st
+                         else f"skipped: {c.get('skipped', 'not run')}")
+        L.append(f"| {_shape_label(s)} | " + " | ".join(cells) + " |")
+    for ref in REFERENCES:
+        if ref not in ok:
+            L += ["", f"(no ratios against {ref}: it did not run)"]
+            continue
+        L += ["", f"### Speedup vs {mres['engines'][ref]['label']} (median ratio, > 1 = faster)", "", head, sep]
+        for s in shapes:
+            row = mres["speedups"][s]
+            L.append(f"| {_shape_label(s)} | " + " | ".join(
+                f"{row[e][f'vs_{ref}']:.2f}x" if e in row and row[e].get(f"vs_{ref}") else "-" for e in ok) + " |")
+    L += ["", "### Engines: artifacts, memory, outputs", "",
+          "| engine | status | notes | size on disk, MB | peak RSS, MB | libraries, MB | model, MB | cosine vs FP32 (mean/min) |",
+          "|---|---|---|---|---|---|---|---|"]
+    for e in engines:
+        d = mres["engines"][e]
+        spec = d.get("spec") or {}
+        notes = "; ".join(str(x) for x in (spec.get("tuning"), spec.get("target") and f"target {spec['target']}",
+                                            spec.get("fusions") and f"ORT fusions: {spec['fusions']}",
+                                            spec.get("backend") and f"quantized engine {spec['backend']}") if x)
+        cos = d.get("cosine_vs_fp32")
+        status = d.get("status", "?") + (f": {d['reason']}" if d.get("reason") else "")
+        L.append(f"| {d['label']} | {status} | {notes or '-'} | {_mb(d.get('size_bytes'))} | {d.get('peak_rss_mb', '-')} | "
+                 f"{d.get('libs_rss_mb', '-')} | {d.get('load_rss_mb', '-')} | "
+                 + (f"{cos['mean']:.4f} / {cos['min']:.4f} vs {cos['reference']}" if cos else "-") + " |")
+    L += ["", "Size on disk: what a deployment ships (TVM: model.so + params; PyTorch FP32: safetensors; PyTorch "
+              "int8: the quantized state dict; ONNX Runtime: the .onnx file). Peak RSS: the whole worker process "
+              "during the run (interpreter, engine libraries, model, activations); libraries: the RSS the engine's "
+              "imports add; model: the RSS loading the model adds. The TVM workers do not import PyTorch, as on a "
+              "deployment."]
+    gemm = mres.get("gemm") or {}
+    peak = (report.get("peak") or {}).get("int8_gops")
+    if gemm:
+        L += ["", "### int8 GEMM throughput of our linear kernels (per-kernel profile of TVM int8)", "",
+              f"Against the measured int8 peak {peak:.0f} GOP/s." if peak else "No peak measured.", "",
+              "| shape | kernel | M x N x K | calls | ms per call | GOP/s | % of peak |", "|---|---|---|---|---|---|---|"]
+        for s, g in gemm.items():
+            for r in g["kernels"]:
+                pct = f"{r['pct_of_peak']:.0f}%" if r.get("pct_of_peak") is not None else "-"
+                L.append(f"| {_shape_label(s)} | `{r['kernel']}` | {r['M']}x{r['N']}x{r['K']} | {r['calls']} | "
+                         f"{r['ms_per_call']:.3f} | {r['gops']:.0f} | {pct} |")
+            if g.get("gops"):
+                pct = f"{g['pct_of_peak']:.0f}%" if g.get("pct_of_peak") is not None else "-"
+                L.append(f"| {_shape_label(s)} | **all linears** | | | {g['linear_ms']:.2f} ms | **{g['gops']:.0f}** | **{pct}** |")
+    for e in ("tvm-int8", "tvm-fp32"):
+        profs = (mres["engines"].get(e) or {}).get("profiles") or {}
+        if not profs:
+            continue
+        cats = [c for c in CATEGORIES if any(c in p["categories"] for p in profs.values())]
+        L += ["", f"### Where the time goes: {mres['engines'][e]['label']} (% of kernel time, profiled run)", "",
+              "| shape | total ms | " + " | ".join(cats) + " | non-linear |", "|---|---|" + "---|" * (len(cats) + 1)]
+        for s, p in profs.items():
+            tot = sum(p["categories"].values()) or 1.0
+            L.append(f"| {_shape_label(s)} | {p['total_ms']:.1f} | " + " | ".join(
+                f"{100 * p['categories'].get(c, 0.0) / tot:.0f}%" for c in cats) + f" | {p['nonlinear_pct']:.0f}% |")
+        if report["config"].get("profile"):
+            s = max(profs, key=lambda k: profs[k]["total_ms"])
+            p = profs[s]
+            L += ["", f"Top kernels, {_shape_label(s)}:", "", "| kernel | category | calls | ms | % |", "|---|---|---|---|---|"]
+            tot = sum(p["categories"].values()) or 1.0
+            for k in p["kernels"][:12]:
+                L.append(f"| `{k['name']}` | {k['category']} | {k['calls']} | {k['ms']:.2f} | {100 * k['ms'] / tot:.1f}% |")
+    return L
+
+
+# -- chart ----------------------------------------------------------------------------------------
+COLORS = {"tvm-int8": "#d62728", "tvm-fp32": "#ff9896", "torch-fp32": "#1f77b4", "torch-int8": "#aec7e8",
+          "ort-fp32": "#2ca02c", "ort-int8": "#98df8a"}
+
+
+def chart(report: dict, path: Path) -> Path:
+    """Latency (log scale, IQR whiskers) and speedup vs ONNX Runtime int8 per model, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(report["models"])
+    fig, axes = plt.subplots(2, max(1, len(models)), figsize=(7 * max(1, len(models)), 8), squeeze=False)
+    for col, name in enumerate(models):
+        mres = report["models"][name]
+        ok = [e for e in _engines_in(mres) if mres["engines"][e].get("status") == "ok"]
+        shapes = list(mres.get("speedups") or {})
+        width = 0.8 / max(1, len(ok))
+        x = np.arange(len(shapes))
+        ax = axes[0][col]
+        ref = "ort-int8" if "ort-int8" in ok else "torch-fp32"
+        for i, e in enumerate(ok):
+            meds, lo, hi = [], [], []
+            for s in shapes:
+                st = (mres["engines"][e]["shapes"].get(s) or {}).get("stats")
+                meds.append(st["median_ms"] if st else np.nan)
+                lo.append(st["median_ms"] - st["q1_ms"] if st else 0)
+                hi.append(st["q3_ms"] - st["median_ms"] if st else 0)
+            ax.bar(x + i * width, meds, width, yerr=[lo, hi], label=mres["engines"][e]["label"],
+                   color=COLORS.get(e), capsize=2)
+            sp = [((mres["speedups"].get(s) or {}).get(e) or {}).get(f"vs_{ref}") or np.nan for s in shapes]
+            axes[1][col].bar(x + i * width, sp, width, color=COLORS.get(e), label=mres["engines"][e]["label"])
+        for ax_, ylabel in ((ax, "latency, ms (log)"), (axes[1][col], f"speedup vs {ENGINES[ref].label if ref in ENGINES else ref}")):
+            ax_.set_xticks(x + width * (len(ok) - 1) / 2)
+            ax_.set_xticklabels([_shape_label(s).replace("batch ", "b").replace(", seq ", " s") for s in shapes])
+            ax_.set_ylabel(ylabel)
+        ax.set_yscale("log")
+        axes[1][col].set_yscale("log")
+        ax.set_title(f"{name} ({mres['model']['layers']} layers, hidden {mres['model']['hidden']})")
+        axes[1][col].axhline(1.0, color="black", lw=0.8)
+        if ref == "ort-int8":
+            axes[1][col].axhline(TARGET_SPEEDUP, color="grey", lw=0.8, ls="--", label=f"target {TARGET_SPEEDUP}x")
+        ax.legend(fontsize=7)
+        axes[1][col].legend(fontsize=7)
+    note = " (machine loaded: indicative)" if loaded(report) else ""
+    fig.suptitle(f"ibert-tvm bench, {report['config']['threads']} threads, median of >= {report['config']['runs']} runs{note}")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def json_safe(obj):
+    """NaN/inf -> None, recursively (strict JSON)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
