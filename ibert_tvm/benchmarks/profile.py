@@ -88,13 +88,18 @@ def profile_vm(vm, call, *, repeat: int = 3) -> dict:
     call()
     runs = []
     stack: list[float] = []
+    info: dict[str, dict] = {}
 
     def instrument(func, name, before, ret, *args):
         if before:
             stack.append(time.perf_counter())
-        else:
-            t = time.perf_counter() - stack.pop()
-            runs[-1].append((str(name), t, args))
+            return 0
+        t = time.perf_counter() - stack.pop()
+        name = str(name)
+        runs[-1].append((name, t))
+        if name not in info:  # shapes once; no reference to the tensors is kept (the VM reuses them)
+            shapes = _shapes(args)
+            info[name] = {"shapes": shapes, "calls": 0, "category": category(name, shapes)}
         return 0
 
     vm.set_instrument(instrument)
@@ -108,16 +113,12 @@ def profile_vm(vm, call, *, repeat: int = 3) -> dict:
     finally:
         vm.set_instrument(lambda *a: 0)
     per_run: list[dict] = []
-    info: dict[str, dict] = {}
     for recs in runs:
         acc: dict[str, float] = defaultdict(float)
-        for name, t, args in recs:
+        for name, t in recs:
             acc[name] += t
-            if name not in info:
-                shapes = _shapes(args)
-                info[name] = {"shapes": shapes, "calls": 0, "category": category(name, shapes)}
         per_run.append(acc)
-    for name, t, args in runs[0]:
+    for name, _t in runs[0]:
         info[name]["calls"] += 1
     kernels = []
     for name, d in info.items():
