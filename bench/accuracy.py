@@ -266,8 +266,10 @@ def render(results: dict) -> str:
                          "each channel's max), so min/max and percentile nearly coincide; the per-tensor scheme "
                          "shows the choice where it matters")
             notes.append(f"- target: integer-only >= FP32 - {STSB_TARGET} = {fp32 - STSB_TARGET:.4f}; "
-                         + ("QAT was needed." if rep.get("qat_needed") else "met by post-training calibration alone "
-                            "(QAT column only if run with `--stsb-qat`)."))
+                         + ("QAT was needed." if rep.get("qat_needed") else "met by post-training calibration alone"
+                            + ("; the QAT column (forced with `--stsb-qat`) starts from "
+                               f"`{rep['columns']['integer-qat']['init']}` to show what QAT recovers."
+                               if "integer-qat" in rep.get("columns", {}) else " (QAT only with `--stsb-qat`).")))
         if part == "sentiment" and "finetune" in rep:
             f = rep["finetune"]
             notes.append(f"- FP32 classifier: `python -m ibert_tvm.quantization.finetune` ({f['config']}, "
