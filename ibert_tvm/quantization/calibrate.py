@@ -7,8 +7,11 @@ used by the next layer (the transformers/fairseq I-BERT feed every layer the emb
 scale, issue 26738).
 
 Scales: symmetric, ``S = range / (2^(b-1) - 1)``; ``range`` is the max |x| (``minmax``) or
-its ``percentile`` (``percentile``) for the int8 activations that feed matmuls; residual sums
-and the pre-GELU/pre-tanh values always use max |x| with headroom (they are wide).
+its ``percentile`` (``percentile``) for the per-tensor int8 activations that feed matmuls
+(q, k, v, context); residual sums and the pre-GELU/pre-tanh values always use max |x| with
+headroom (they are wide). With ``per_channel_acts`` (the default), the LayerNorm and GELU
+outputs get one scale per channel from that channel's max |x|: ``percentile`` does not apply to
+them (clipping BERT's outlier channels loses accuracy: see README, "Which tensors lose the most").
 """
 
 from __future__ import annotations
