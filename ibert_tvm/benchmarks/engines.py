@@ -400,8 +400,8 @@ def onnx_fp32(model: BenchModel, cache: Path, *, log=print) -> dict:
     """FP32 ONNX of ``pooled_module`` + ONNX Runtime's BERT fusions, cached; checked against PyTorch.
 
     ``{"fp32": the graph ORT runs, "plain": the unfused export, "fusions": what was fused}``."""
-    import onnx  # noqa: F401  (a missing package is reported before any work)
-    import onnxruntime as ort  # noqa: F401
+    import onnxruntime as ort  # noqa: F401  (a missing package is reported before any work)
+    import onnx  # noqa: F401
 
     from ..model.hf_loader import hash_model_dir
 

@@ -69,6 +69,7 @@ class BenchConfig:
             raise IBertTVMError("no model to benchmark")
         if not self.engines:
             raise IBertTVMError("no engine to benchmark")
+        self.engines = [e for e in ENGINES if e in self.engines]  # tvm-int8 first: its budget sets TVM FP32's
         for n, what in ((self.runs, "runs"), (self.rounds, "rounds"), (self.threads, "threads")):
             if int(n) < 1:
                 raise IBertTVMError(f"{what} must be at least 1")
@@ -256,8 +257,8 @@ def bench_model(model, cfg: BenchConfig, log_dir: Path, *, log=print, progress=N
             ans = w.request({"cmd": "load", "engine": name, "model": model.to_dict(),
                              "spec": {**spec, "passive_wait": cfg.passive},
                              "threads": cfg.threads}, timeout=1800)
-            e.update(load_s=round(ans["load_s"], 2), rss_mb_bare=round(ans["rss_mb_bare"], 1),
-                     rss_mb_before_load=round(ans["rss_mb_before"], 1), rss_mb_after_load=round(ans["rss_mb_after"], 1))
+            e.update(load_s=round(ans["load_s"], 2), rss_mb_bare=_r1(ans["rss_mb_bare"]),
+                     rss_mb_before_load=_r1(ans["rss_mb_before"]), rss_mb_after_load=_r1(ans["rss_mb_after"]))
             shapes, too_slow = [], None
             for shape in cfg.shapes:
                 if too_slow is not None and shape[0] * shape[1] >= too_slow[0] * too_slow[1]:
@@ -331,9 +332,13 @@ def bench_model(model, cfg: BenchConfig, log_dir: Path, *, log=print, progress=N
                     break
     for name, w in list(workers.items()):
         ans = w.close()
-        if "peak_rss_mb" in ans:
-            res["engines"][name]["peak_rss_mb"] = round(ans["peak_rss_mb"], 1)
+        if ans.get("peak_rss_mb") is not None:
+            res["engines"][name]["peak_rss_mb"] = _r1(ans["peak_rss_mb"])
     return res
+
+
+def _r1(x):
+    return None if x is None else round(float(x), 1)
 
 
 def _loadavg():

@@ -6,7 +6,9 @@ Speedups are ratios of medians measured in the same interleaved rounds of one ru
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -40,8 +42,27 @@ def _cosine(a, b) -> tuple[float, float]:
     return float(c.mean()), float(c.min())
 
 
+def kernel_family(name: str) -> str:
+    """``fused_linear1_requantize2_int_gelu7`` -> ``fused_linear1_requantize2_int_gelu*``: the same
+    kernel with another layer's constants (TVM numbers the copies)."""
+    return re.sub(r"\d+$", "", name) + ("*" if re.search(r"\d+$", name) else "")
+
+
+def group_kernels(kernels: list[dict]) -> list[dict]:
+    """Kernels of one family (and shapes) merged: calls and ms summed; sorted by ms."""
+    out: dict[tuple, dict] = {}
+    for k in kernels:
+        key = (kernel_family(k["name"]), k["category"], json.dumps(k.get("gemm")))
+        if key not in out:
+            out[key] = {**k, "name": key[0], "calls": 0, "ms": 0.0, "variants": 0}
+        out[key]["calls"] += k["calls"]
+        out[key]["ms"] += k["ms"]
+        out[key]["variants"] += 1
+    return sorted(out.values(), key=lambda k: -k["ms"])
+
+
 def _gemm_summary(prof: dict, peak_gops: float | None) -> dict:
-    rows = gemm_throughput(prof)
+    rows = gemm_throughput({"kernels": group_kernels(prof["kernels"])})
     ops = sum(2 * r["M"] * r["N"] * r["K"] * r["calls"] for r in rows)
     ms = sum(r["ms_per_call"] * r["calls"] for r in rows)
     total = ops / (ms * 1e-3) / 1e9 if ms > 0 else None
@@ -64,7 +85,7 @@ def summarize(report: dict) -> dict:
                     cell["stats"] = stats(cell["times_ms"])
                 elif "skipped" not in cell:
                     cell["skipped"] = "no timed run completed"
-            if e.get("rss_mb_after_load") is not None and e.get("rss_mb_before_load") is not None:
+            if None not in (e.get("rss_mb_after_load"), e.get("rss_mb_before_load"), e.get("rss_mb_bare")):
                 e["load_rss_mb"] = round(e["rss_mb_after_load"] - e["rss_mb_before_load"], 1)
                 e["libs_rss_mb"] = round(e["rss_mb_before_load"] - e["rss_mb_bare"], 1)
         sp = mres["speedups"] = {}
@@ -216,8 +237,8 @@ def model_markdown(name: str, mres: dict, report: dict) -> list[str]:
             L.append(f"| {_shape_label(s)} | " + " | ".join(
                 f"{row[e][f'vs_{ref}']:.2f}x" if e in row and row[e].get(f"vs_{ref}") else "-" for e in ok) + " |")
     L += ["", "### Engines: artifacts, memory, outputs", "",
-          "| engine | status | notes | size on disk, MB | peak RSS, MB | libraries, MB | model, MB | cosine vs FP32 (mean/min) |",
-          "|---|---|---|---|---|---|---|---|"]
+          "| engine | status | notes | size on disk, MB | peak RSS, MB | of which libraries, MB | cosine vs FP32 (mean/min) |",
+          "|---|---|---|---|---|---|---|"]
     for e in engines:
         d = mres["engines"][e]
         spec = d.get("spec") or {}
@@ -227,13 +248,14 @@ def model_markdown(name: str, mres: dict, report: dict) -> list[str]:
         cos = d.get("cosine_vs_fp32")
         status = d.get("status", "?") + (f": {d['reason']}" if d.get("reason") else "")
         L.append(f"| {d['label']} | {status} | {notes or '-'} | {_mb(d.get('size_bytes'))} | {d.get('peak_rss_mb', '-')} | "
-                 f"{d.get('libs_rss_mb', '-')} | {d.get('load_rss_mb', '-')} | "
+                 f"{d.get('libs_rss_mb', '-')} | "
                  + (f"{cos['mean']:.4f} / {cos['min']:.4f} vs {cos['reference']}" if cos else "-") + " |")
     L += ["", "Size on disk: what a deployment ships (TVM: model.so + params; PyTorch FP32: safetensors; PyTorch "
-              "int8: the quantized state dict; ONNX Runtime: the .onnx file). Peak RSS: the whole worker process "
-              "during the run (interpreter, engine libraries, model, activations); libraries: the RSS the engine's "
-              "imports add; model: the RSS loading the model adds. The TVM workers do not import PyTorch, as on a "
-              "deployment."]
+              "int8: the quantized state dict; ONNX Runtime: the .onnx file). Peak RSS: the worker process's high-water "
+              "mark over the whole run (interpreter, engine libraries, model, activations of the largest shape); of "
+              "which libraries: what importing the engine added before the model was loaded. The TVM workers do not "
+              "import PyTorch, as on a deployment. Cosine: pooled outputs on the same random input, batch "
+              f"{(mres.get('output_shape') or ['?'])[0]}, sequence {(mres.get('output_shape') or ['?', '?'])[1]}."]
     gemm = mres.get("gemm") or {}
     peak = (report.get("peak") or {}).get("int8_gops")
     if gemm:
@@ -266,9 +288,10 @@ def model_markdown(name: str, mres: dict, report: dict) -> list[str]:
         if report["config"].get("profile"):
             s = max(profs, key=lambda k: profs[k]["total_ms"])
             p = profs[s]
-            L += ["", f"Top kernels, {_shape_label(s)}:", "", "| kernel | category | calls | ms | % |", "|---|---|---|---|---|"]
+            L += ["", f"Top kernels, {_shape_label(s)} (`*`: the same kernel with each layer's constants, summed):", "",
+                  "| kernel | category | calls | ms | % |", "|---|---|---|---|---|"]
             tot = sum(p["categories"].values()) or 1.0
-            for k in p["kernels"][:12]:
+            for k in group_kernels(p["kernels"])[:12]:
                 L.append(f"| `{k['name']}` | {k['category']} | {k['calls']} | {k['ms']:.2f} | {100 * k['ms'] / tot:.1f}% |")
     return L
 

@@ -31,20 +31,27 @@ import time
 import traceback
 
 
-def rss_mb() -> float:
-    """Current resident set size (MB)."""
+def _status_mb(key: str) -> float | None:
     try:
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(key + ":"):
                     return int(line.split()[1]) / 1024
     except OSError:
         pass
-    return float("nan")
+    return None
+
+
+def rss_mb() -> float | None:
+    """Current resident set size (MB)."""
+    return _status_mb("VmRSS")
 
 
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB on Linux
+    """This process image's peak RSS (MB). ``VmHWM``, not ``ru_maxrss``: on Linux the latter
+    survives exec, so a worker would report its parent's size at fork time when that was larger."""
+    hwm = _status_mb("VmHWM")
+    return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 class Server:
