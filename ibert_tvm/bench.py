@@ -3,6 +3,7 @@
     ibert-tvm bench                                         # MiniLM + BERT-Base, all engines, 4 shapes
     ibert-tvm bench --models minilm --engines tvm-int8,ort-int8 --shapes 1x32 --runs 20
     ibert-tvm bench --trials 64 --profile -o bench/results/bench.json
+    ibert-tvm bench --compare bench/results/bench.json -o new.json   # what changed since
 
 Engines (``ibert_tvm.benchmarks.engines``): tvm-int8 (ours), tvm-fp32, torch-fp32, torch-int8,
 ort-fp32, ort-int8. Each runs in its own worker process with the same number of threads;
@@ -90,6 +91,14 @@ def cmd_bench(args) -> int:
         raise IBertTVMError(f"--output {out_json} must end in .json (the .md and .png go next to it)")
     if out_json.is_dir():
         raise IBertTVMError(f"--output {out_json} is a directory")
+    prev = None
+    if args.compare:
+        try:
+            prev = json.loads(Path(args.compare).read_text())
+        except (OSError, ValueError) as e:
+            raise IBertTVMError(f"--compare {args.compare}: not a readable JSON report ({e})") from None
+        if not isinstance(prev, dict) or prev.get("format") != "ibert-tvm-bench/1":
+            raise IBertTVMError(f"--compare {args.compare} is not an ibert-tvm bench report")
     cfg = BenchConfig(
         models=parse_list(args.models, what="model"), engines=parse_list(args.engines, ENGINE_NAMES),
         shapes=parse_shapes(args.shapes), runs=args.runs, rounds=args.rounds, warmup=args.warmup,
@@ -101,6 +110,10 @@ def cmd_bench(args) -> int:
           f"{', '.join(f'{b}x{s}' for b, s in cfg.shapes)}; {cfg.threads} threads; >= {cfg.runs} runs in {cfg.rounds} rounds")
     report = run_bench(cfg, progress=lambda total, desc: tqdm(total=total, desc=desc, unit="block", leave=False,
                                                               disable=None))
+    if prev is not None:
+        from .benchmarks.report import compare
+
+        report["compare"] = compare(report, prev, str(args.compare))
     paths = write_outputs(report, out_json)
     from .benchmarks.report import loaded
 
@@ -171,6 +184,8 @@ def add_parser(sub) -> None:
                    help="idle threads of every engine spin (the libraries' default) or sleep (passive); auto: passive "
                    "when the load average exceeds half the CPUs at start (default auto)")
     p.add_argument("--no-peak", action="store_true", help="do not measure the int8 GEMM peak")
+    p.add_argument("--compare", metavar="PREV.json",
+                   help="an earlier report: add a section comparing its medians and speedups with this run's")
     p.add_argument("--cache", help="cache of built artifacts (default ~/.cache/ibert-tvm/bench)")
     p.add_argument("-o", "--output", default="bench.json",
                    help="JSON report; OUT.md and OUT.png are written next to it (default bench.json)")

@@ -101,6 +101,21 @@ def test_ratios_are_medians_of_the_same_run(tmp_path):
         _check_png(paths["png"])
 
 
+def test_compare_with_an_earlier_report():
+    old = _synthetic({"tvm-int8": {"b1_s32": [4.0, 4.0, 4.0]}, "ort-int8": {"b1_s32": [2.0, 2.0, 2.0]}})
+    new = _synthetic({"tvm-int8": {"b1_s32": [1.0, 1.0, 1.0]}, "ort-int8": {"b1_s32": [2.0, 2.0, 2.0]},
+                      "torch-fp32": {"b1_s32": [9.0, 9.0, 9.0]}})
+    rep.summarize(old)
+    rep.summarize(new)
+    cmp = rep.compare(new, json.loads(json.dumps(old)), "old.json")
+    rows = {r["engine"]: r for r in cmp["rows"]}
+    assert set(rows) == {"tvm-int8", "ort-int8"}  # torch-fp32 was not in the earlier run
+    assert rows["tvm-int8"]["ratio"] == pytest.approx(0.25)
+    assert rows["tvm-int8"]["previous_vs_ort_int8"] == pytest.approx(0.5) and rows["tvm-int8"]["vs_ort_int8"] == 2.0
+    new["compare"] = cmp
+    assert "| m | tvm-int8 | batch 1, seq 32 | 4 | 1 | 0.25 | 0.50x -> 2.00x |" in rep.markdown(new)
+
+
 def test_missing_reference_and_skipped_cells_are_reported():
     r = _synthetic({"tvm-int8": {"b1_s32": [1.0, 2.0, 3.0]}, "torch-fp32": {"b1_s32": [4.0, 5.0, 6.0]}})
     r["models"]["m"]["engines"]["tvm-int8"]["shapes"]["b8_s128"] = {"skipped": "one run takes 99 s"}
@@ -139,6 +154,7 @@ def test_gemm_dims_and_categories():
     (["--shapes", "0x128"], "must be >= 1"),
     (["-o", "bench.txt"], "must end in .json"),
     (["--models", "/no/such/model", "--no-peak"], "does not exist"),
+    (["--compare", "/no/such/report.json"], "not a readable JSON report"),
 ])
 def test_bench_bad_input(argv, msg, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)

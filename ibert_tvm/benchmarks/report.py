@@ -204,6 +204,8 @@ def markdown(report: dict) -> str:
             L.append(f"| {t['target']} | {t['display']} | {mark} |")
     for name, mres in report["models"].items():
         L += ["", *model_markdown(name, mres, report)]
+    if report.get("compare"):
+        L += ["", *compare_markdown(report["compare"])]
     return "\n".join(L) + "\n"
 
 
@@ -296,6 +298,46 @@ def model_markdown(name: str, mres: dict, report: dict) -> list[str]:
     return L
 
 
+# -- against an earlier run ----------------------------------------------------------------------------
+def compare(report: dict, prev: dict, prev_name: str = "previous") -> dict:
+    """Per (model, engine, shape) in both runs: the earlier and the new median and their ratio.
+
+    Latencies of two runs are only as comparable as the machine's load allowed (both load
+    averages are kept); speedups against a reference engine, each taken within its own run,
+    compare better."""
+    rows = []
+    for model, mres in report["models"].items():
+        pm = (prev.get("models") or {}).get(model)
+        if not pm:
+            continue
+        for engine in _engines_in(mres):
+            for shape in mres.get("speedups") or {}:
+                new, old = median(mres, engine, shape), median(pm, engine, shape)
+                if new is None or old is None:
+                    continue
+                sp_new = ((mres["speedups"].get(shape) or {}).get(engine) or {}).get("vs_ort-int8")
+                sp_old = (((pm.get("speedups") or {}).get(shape) or {}).get(engine) or {}).get("vs_ort-int8")
+                rows.append({"model": model, "engine": engine, "shape": shape, "previous_ms": old, "ms": new,
+                             "ratio": new / old, "previous_vs_ort_int8": sp_old, "vs_ort_int8": sp_new})
+    return {"previous": prev_name, "previous_started": prev.get("started"),
+            "previous_git": (prev.get("git") or {}).get("commit"),
+            "previous_load_average": prev.get("load_average"), "rows": rows}
+
+
+def compare_markdown(cmp: dict) -> list[str]:
+    L = ["## Against the previous run", "",
+         f"{cmp['previous']} ({cmp.get('previous_started')}, git {str(cmp.get('previous_git'))[:10]}, load average "
+         f"{(cmp.get('previous_load_average') or {}).get('start')}). Ratio < 1: faster now.", "",
+         "| model | engine | shape | previous, ms | now, ms | now / previous | vs ORT int8: previous -> now |",
+         "|---|---|---|---|---|---|---|"]
+    for r in cmp["rows"]:
+        sp = (f"{r['previous_vs_ort_int8']:.2f}x -> {r['vs_ort_int8']:.2f}x"
+              if r.get("previous_vs_ort_int8") and r.get("vs_ort_int8") else "-")
+        L.append(f"| {r['model']} | {r['engine']} | {_shape_label(r['shape'])} | {_ms(r['previous_ms'])} | "
+                 f"{_ms(r['ms'])} | {r['ratio']:.2f} | {sp} |")
+    return L
+
+
 # -- chart ----------------------------------------------------------------------------------------
 COLORS = {"tvm-int8": "#d62728", "tvm-fp32": "#ff9896", "torch-fp32": "#1f77b4", "torch-int8": "#aec7e8",
           "ort-fp32": "#2ca02c", "ort-int8": "#98df8a"}
@@ -315,6 +357,7 @@ def chart(report: dict, path: Path) -> Path:
         ok = [e for e in _engines_in(mres) if mres["engines"][e].get("status") == "ok"]
         shapes = list(mres.get("speedups") or {})
         width = 0.8 / max(1, len(ok))
+        top = 1.5
         x = np.arange(len(shapes))
         ax = axes[0][col]
         ref = "ort-int8" if "ort-int8" in ok else "torch-fp32"
@@ -328,13 +371,18 @@ def chart(report: dict, path: Path) -> Path:
             ax.bar(x + i * width, meds, width, yerr=[lo, hi], label=mres["engines"][e]["label"],
                    color=COLORS.get(e), capsize=2)
             sp = [((mres["speedups"].get(s) or {}).get(e) or {}).get(f"vs_{ref}") or np.nan for s in shapes]
-            axes[1][col].bar(x + i * width, sp, width, color=COLORS.get(e), label=mres["engines"][e]["label"])
-        for ax_, ylabel in ((ax, "latency, ms (log)"), (axes[1][col], f"speedup vs {ENGINES[ref].label if ref in ENGINES else ref}")):
+            bars = axes[1][col].bar(x + i * width, sp, width, color=COLORS.get(e), label=mres["engines"][e]["label"])
+            for b, v in zip(bars, sp):
+                if np.isfinite(v):
+                    axes[1][col].annotate(f"{v:.2f}", (b.get_x() + b.get_width() / 2, min(v, 3.0)), ha="center",
+                                          va="bottom", fontsize=6)
+            top = max([top, *[v for v in sp if np.isfinite(v)]])
+        for ax_, ylabel in ((ax, "latency, ms (log)"), (axes[1][col], f"speedup vs {ENGINES[ref].label if ref in ENGINES else ref} (> 1: faster)")):
             ax_.set_xticks(x + width * (len(ok) - 1) / 2)
             ax_.set_xticklabels([_shape_label(s).replace("batch ", "b").replace(", seq ", " s") for s in shapes])
             ax_.set_ylabel(ylabel)
         ax.set_yscale("log")
-        axes[1][col].set_yscale("log")
+        axes[1][col].set_ylim(0, min(3.0, max(1.5, top)) * 1.12)
         ax.set_title(f"{name} ({mres['model']['layers']} layers, hidden {mres['model']['hidden']})")
         axes[1][col].axhline(1.0, color="black", lw=0.8)
         if ref == "ort-int8":
