@@ -1,0 +1,204 @@
+"""Tuning: MetaSchedule databases kept per target and model, resumable, applied by compile,
+refused when foreign or corrupt.
+
+One small real tune (2 then 4 trials of the tiny model's q/k/v linear for x86) is shared by the
+tests: the second run resumes the first (records accumulate, nothing is lost), compile applies
+the result (that workload comes from the database, the others from the x86 schedule pass) and
+the compiled model stays bit-identical to the golden executor.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from ibert_tvm.errors import IBertTVMError
+from ibert_tvm.schedules import tune as T
+
+WORKLOAD = "fused_linear_requantize"  # the q/k/v linear (+ requantize) of the tiny model
+
+
+def _lines(p: Path) -> list[str]:
+    return [ln for ln in p.read_text().splitlines() if ln.strip()] if p.exists() else []
+
+
+def _state(d: Path) -> dict:
+    meta = json.loads((d / T.META).read_text())
+    return {
+        "search_records": _lines(d / T.SEARCH / T.RECORDS),
+        "search_workloads": _lines(d / T.SEARCH / T.WORKLOADS),
+        "records": _lines(d / T.RECORDS),
+        "workloads": _lines(d / T.WORKLOADS),
+        "meta": meta,
+        "tuned_group": next(g for g in meta["groups"].values() if WORKLOAD in g["members"]),
+    }
+
+
+@pytest.fixture(scope="module")
+def tuned(quantized_factory, tmp_path_factory):
+    qm, qdir = quantized_factory("BertModel")
+    d = tmp_path_factory.mktemp("tune") / "db"
+    quiet = dict(target="x86", work_dir=d, only=[WORKLOAD], progress=False, log=lambda *a: None)
+    T.tune(qm, trials=2, **quiet)
+    first = _state(d)
+    T.tune(qm, trials=4, **quiet)  # resumes: only the 2 missing trials are run
+    return qm, qdir, d, first, _state(d)
+
+
+def test_resume_accumulates_records_and_loses_nothing(tuned):
+    _, _, _, first, second = tuned
+    assert len(first["search_records"]) == 2 and len(second["search_records"]) == 4
+    assert second["search_records"][:2] == first["search_records"]  # append-only
+    assert len(second["search_workloads"]) == len(first["search_workloads"]) == 1
+    assert first["tuned_group"]["trials"] == 2 and second["tuned_group"]["trials"] == 4
+    for s in (first, second):  # the dynamic workload has its record after each run
+        assert s["tuned_group"]["applied"] == [WORKLOAD]
+        assert len(s["workloads"]) == 1 and len(s["records"]) == 1
+    assert second["tuned_group"]["best_us"] <= first["tuned_group"]["best_us"]
+    untouched = [g for g in second["meta"]["groups"].values() if WORKLOAD not in g["members"]]
+    assert untouched and all(g["trials"] == 0 and not g["applied"] for g in untouched)
+
+
+def test_metadata_names_target_model_and_hashes(tuned):
+    qm, _, d, _, second = tuned
+    meta = second["meta"]
+    assert meta["format"] == T.FORMAT and meta["target"] == "x86" and meta["identity"] == qm.identity
+    assert meta["tune_shape"] == {"batch": 1, "seq": 32} and meta["linear_strategy"] == "x86-vnni"
+    assert T.check_database(d, "x86", qm.identity)["identity"] == qm.identity
+
+
+def test_compile_applies_the_database_and_stays_bit_exact(tuned, tmp_path):
+    import tvm
+    from tvm import relax
+
+    from ibert_tvm.deploy.export import compile_quantized
+    from ibert_tvm.model.ibert_model import IntBertModel
+    from ibert_tvm.model.plan import ModelPlan
+    from ibert_tvm.passes.pipeline import fuse
+    from ibert_tvm.schedules import linear_strategy, schedule_pass
+    from ibert_tvm.targets import get_target
+    from test_x86_vnni import check_bit_exact, disassemble
+
+    qm, _, d, _, _ = tuned
+    tgt = get_target("x86").tvm_target()
+    mod, _ = IntBertModel(ModelPlan(qm), linear_strategy("x86")).export()
+    schedule_pass("x86", tgt)  # registers the VNNI intrinsic the records tensorize with
+    with tgt:
+        applied = relax.transform.MetaScheduleApplyDatabase(str(d))(fuse(mod))
+    scheduled = {gv.name_hint for gv, f in applied.functions.items()
+                 if isinstance(f, tvm.tirx.PrimFunc) and f.attrs and f.attrs.get("tirx.is_scheduled", False)}
+    assert scheduled == {WORKLOAD}
+
+    out = tmp_path / "out"
+    manifest = compile_quantized(qm, out, target="x86", database_dir=str(d), log=lambda *a: None)
+    assert manifest["tuning_database"] == str(d)
+    check_bit_exact(qm, out)
+    assert "vpdpbusd" in disassemble(out / "model.so")
+
+
+# -- foreign / corrupt databases ------------------------------------------------------------
+def _copy(d: Path, tmp_path: Path) -> Path:
+    c = tmp_path / "copy"
+    shutil.copytree(d, c, ignore=shutil.ignore_patterns(T.SEARCH))
+    return c
+
+
+def _edit_meta(c: Path, **kw) -> None:
+    meta = json.loads((c / T.META).read_text())
+    meta.update(kw)
+    (c / T.META).write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize(
+    "damage,message",
+    [
+        (lambda c: _edit_meta(c, target="aarch64"), "tuned for target 'aarch64'"),
+        (lambda c: _edit_meta(c, identity="0123456789ab-ibert-w8a8"), "belongs to model '0123456789ab"),
+        (lambda c: (c / T.META).write_text("{not json"), "corrupt"),
+        (lambda c: (c / T.META).unlink(), "not an ibert-tvm tuning database"),
+        (lambda c: (c / T.RECORDS).write_text((c / T.RECORDS).read_text()[:-40]), "corrupt or was modified"),
+        (lambda c: (c / T.WORKLOADS).unlink(), "missing"),
+        (lambda c: _edit_meta(c, format="something/9"), "format"),
+    ],
+    ids=["other-target", "other-model", "bad-metadata", "no-metadata", "truncated-records", "no-workloads",
+         "format"],
+)
+def test_foreign_or_corrupt_database_is_refused(tuned, tmp_path, damage, message):
+    qm, _, d, _, _ = tuned
+    c = _copy(d, tmp_path)
+    T.check_database(c, "x86", qm.identity)  # intact copy: accepted
+    damage(c)
+    with pytest.raises(IBertTVMError, match=message):
+        T.resolve_database(str(c), "x86", qm.identity)
+
+
+def test_lookup_by_root_and_environment(tuned, tmp_path, monkeypatch):
+    qm, _, d, _, _ = tuned
+    root = tmp_path / "logs"
+    shutil.copytree(d, root / "x86" / qm.identity)
+    assert T.resolve_database(str(root), "x86", qm.identity) == root / "x86" / qm.identity
+    monkeypatch.chdir(tmp_path)  # no ./tuning_logs here
+    monkeypatch.setenv(T.ENV_ROOT, str(root))
+    assert T.find_database("x86", qm.identity) == root / "x86" / qm.identity
+    assert T.find_database("llvm", qm.identity) is None
+    assert T.resolve_database(None, "llvm", qm.identity) is None
+    assert T.resolve_database(False, "x86", qm.identity) is None
+    with pytest.raises(IBertTVMError, match="does not exist"):
+        T.resolve_database(str(tmp_path / "nope"), "x86", qm.identity)
+
+
+def _export_resolves_databases() -> bool:
+    import inspect
+
+    from ibert_tvm.deploy import export
+
+    return "resolve_database" in inspect.getsource(export)
+
+
+@pytest.mark.skipif(not _export_resolves_databases(), reason="compile does not look databases up yet")
+def test_compile_refuses_a_foreign_database(tuned, tmp_path):
+    from ibert_tvm.deploy.export import compile_quantized
+
+    qm, _, d, _, _ = tuned
+    c = _copy(d, tmp_path)
+    _edit_meta(c, identity="0123456789ab-ibert-w8a8")
+    with pytest.raises(IBertTVMError, match="belongs to model"):
+        compile_quantized(qm, tmp_path / "out", target="x86", database_dir=str(c), log=lambda *a: None)
+    assert not (tmp_path / "out").exists()
+
+
+def test_tune_refuses_a_directory_of_another_model(tuned, tmp_path):
+    qm, _, d, _, _ = tuned
+    c = _copy(d, tmp_path)
+    _edit_meta(c, identity="0123456789ab-ibert-w8a8")
+    with pytest.raises(IBertTVMError, match="another --work-dir"):
+        T.tune(qm, target="x86", trials=1, work_dir=c, progress=False, log=lambda *a: None)
+
+
+# -- CLI ------------------------------------------------------------------------------------
+def test_cli_tune_bad_input_fails_fast(tuned, tmp_path, capsys):
+    from ibert_tvm.cli import main
+
+    _, qdir, _, _, _ = tuned
+    work = ["--work-dir", str(tmp_path / "w")]
+    assert main(["tune", str(qdir), "--target", "cuda-t4", "--trials", "1", *work]) == 2
+    assert "RPC tracker" in capsys.readouterr().err
+    assert main(["tune", str(qdir), "--trials", "1", "--rpc-tracker", "127.0.0.1:9", "--rpc-key", "k", *work]) == 2
+    assert "unreachable" in capsys.readouterr().err
+    assert main(["tune", str(qdir), "--trials", "1", "--rpc-tracker", "nohostport", "--rpc-key", "k", *work]) == 2
+    assert "HOST:PORT" in capsys.readouterr().err
+    assert main(["tune", str(qdir), "--trials", "-1", *work]) == 2
+    with pytest.raises(SystemExit):
+        main(["tune", "--help"])
+    assert "resumes" in capsys.readouterr().out
+
+
+def test_trial_budget_is_deterministic_and_skips_copies():
+    g = [T.Group(key=k, flops=f, calls=c) for k, f, c in [("a", 1e6, 6), ("b", 1e4, 1), ("c", 0.0, 12)]]
+    a = T.allocate_trials(g, 100)
+    assert a == T.allocate_trials(g, 100) and a["c"] == 0 and a["a"] > a["b"] > 0
+    assert sum(a.values()) <= 100
+    assert T.allocate_trials(g, 1) == {"a": 0, "b": 0, "c": 0}
