@@ -82,6 +82,13 @@ def compile_quantized(
     model = IntBertModel(plan, linear_strategy(spec.name))
     mod, names = model.export()
     arrays = model.arrays()
+    from ..schedules.tune import resolve_database
+
+    # An explicit database is checked (target + model identity + sha256); otherwise the matching
+    # tuning_logs/<target>/<identity>/ is applied when there is one.
+    db = resolve_database(database_dir, spec.name, qm.identity)
+    log(f"tuning database: {db}" if db is not None else f"tuning database: none for {spec.name}/{qm.identity} (untuned)")
+    database_dir = str(db) if db is not None else None
     ex, mod_report, code_report = build(mod, tgt, target_name=spec.name, database_dir=database_dir, dump_dir=dump_dir)
     cuda_section = ptx_report = None
     if "gpu" in tgt.keys:  # CUDA: no GPU here; record the CUDA source hash and nvcc's PTX check
