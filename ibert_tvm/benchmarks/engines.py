@@ -289,36 +289,51 @@ class TvmFp32(_TvmEngine):
         # the integer model's budget (what its database holds) when it is tuned, else --trials
         trials = int(ctx.get("int8_trials") or ctx.get("trials") or 0)
         out = Path(ctx["cache"]) / "tvm-fp32" / (
-            f"{model_slug(model.name)}-{hash_model_dir(Path(model.path))[:12]}-{target_name}-t{trials}")
+            f"{model_slug(model.name)}-{hash_model_dir(Path(model.path))[:12]}-{target_name}-t{trials}-v2")
         module = pooled_module(load_checkpoint(model.path).model, model.head)
         log(f"building TVM FP32 {model.name} for {target_name} ({'%d trials per shape' % trials if trials else 'untuned'})")
         meta = build_fp32(module, [tuple(s) for s in ctx["shapes"]], out, target, trials=trials, log=log)
         note = (f"tuned: {trials} trials per shape (the integer model's budget)" if trials
                 else "untuned (default pipeline, no schedules)")
-        return {"out": str(out), "target": target_name, "trials": trials, "tuning": note, "meta": meta}
+        return {"out": str(out), "target": target_name, "trials": trials, "tuning": note, "meta": meta,
+                "shapes": [list(x) for x in ctx["shapes"]]}
 
     def load(self, model, spec, threads):
         return TvmFp32Runner(spec["out"])
 
     def files(self, model, spec):
-        out = Path(spec["out"])
-        libs = sorted(out.glob("b*_s*.so"))
-        return _sizes([out / "params.npz", *libs[:1]])  # one shape's library: what one deployment ships
+        """One shape's library and weights (the first shape): what a deployment for it ships."""
+        from .tvm_fp32 import lib_name
+
+        b, s = spec["shapes"][0]
+        lib = Path(spec["out"]) / lib_name(b, s)
+        return _sizes([lib, lib.with_suffix(".npz")])
 
 
 class TvmFp32Runner(Runner):
     def __init__(self, out):
+        import hashlib
+
         import tvm
         from tvm.runtime.vm import VirtualMachine
 
         self.out = Path(out)
         self.dev = tvm.cpu()
-        with np.load(self.out / "params.npz") as z:
-            self.params = [tvm.runtime.tensor(z[f"p{i:04d}"], self.dev) for i in range(len(z.files))]
-        self.vms = {}
+        self.vms, self.params = {}, {}
+        shared: dict = {}  # one device copy of each distinct weight across the shapes' libraries
         for lib in sorted(self.out.glob("b*_s*.so")):
             b, s = lib.stem[1:].split("_s")
-            self.vms[(int(b), int(s))] = VirtualMachine(tvm.runtime.load_module(str(lib)), self.dev)
+            key = (int(b), int(s))
+            self.vms[key] = VirtualMachine(tvm.runtime.load_module(str(lib)), self.dev)
+            params = []
+            with np.load(lib.with_suffix(".npz")) as z:
+                for i in range(len(z.files)):
+                    a = z[f"p{i:04d}"]
+                    h = (a.shape, str(a.dtype), hashlib.sha1(a.tobytes()).hexdigest())
+                    if h not in shared:
+                        shared[h] = tvm.runtime.tensor(a, self.dev)
+                    params.append(shared[h])
+            self.params[key] = params
 
     def _vm(self, inputs):
         shape = tuple(int(d) for d in inputs["input_ids"].shape)
@@ -332,7 +347,8 @@ class TvmFp32Runner(Runner):
         return [tvm.runtime.tensor(inputs[n], self.dev) for n in _INPUTS]
 
     def __call__(self, inputs):
-        out = self._vm(inputs)["main"](*self._args(inputs), *self.params)
+        shape = tuple(int(d) for d in inputs["input_ids"].shape)
+        out = self._vm(inputs)["main"](*self._args(inputs), *self.params[shape])
         out = out if hasattr(out, "numpy") else out[0]
         return out.numpy().astype(np.float64)
 
@@ -346,7 +362,7 @@ class TvmFp32Runner(Runner):
         self._vm(inputs)
         vm = VirtualMachine(tvm.runtime.load_module(str(self.out / f"b{shape[0]}_s{shape[1]}.so")), self.dev)
         args = self._args(inputs)
-        return profile_vm(vm, lambda: vm["main"](*args, *self.params))
+        return profile_vm(vm, lambda: vm["main"](*args, *self.params[shape]))
 
 
 # -- PyTorch -----------------------------------------------------------------------------------------

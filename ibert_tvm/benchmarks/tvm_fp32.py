@@ -13,9 +13,9 @@ must not go through it (see the field notes).
 The graph is :func:`ibert_tvm.benchmarks.engines.pooled_module`: ids -> the pooled embedding
 (or the classifier's logits), the same function every engine computes.
 
-Directory (``build_fp32``): ``params.npz`` (the float32 weights as ``main`` takes them, after
-``main_transform_params``; shared by every shape), ``b{B}_s{S}.so``, ``tuning-b{B}_s{S}/``
-(MetaSchedule database when tuned) and ``meta.json``.
+Directory (``build_fp32``), per shape: ``b{B}_s{S}.so``, ``b{B}_s{S}.npz`` (the float32 weights
+as its ``main`` takes them, after ``main_transform_params``), ``tuning-b{B}_s{S}/`` (MetaSchedule
+database when tuned); and ``meta.json``.
 """
 
 from __future__ import annotations
@@ -165,18 +165,19 @@ def build_fp32(module, shapes, out_dir: Path, target, *, trials: int = 0, log=pr
     """Compile ``module`` (a ``pooled_module``) for every ``(batch, seq)``; cached in ``out_dir``.
 
     The weights are model inputs; ``LiftTransformParams`` moves what depends on weights only (the
-    importer's ``permute_dims`` of every linear weight) into ``main_transform_params``, which runs
-    here once: ``params.npz`` holds the transformed weights ``main`` takes, so no run transposes
-    a weight (the integer model's packing is also done at compile time)."""
+    importer's ``permute_dims`` of every linear weight, and for batch > 1 a ``broadcast_to`` of
+    some weights over the batch) into ``main_transform_params``, which runs here once:
+    ``b{B}_s{S}.npz`` holds the weights ``main`` takes, so no run transposes a weight (the integer
+    model's packing is also done at compile time)."""
     from tvm import relax
 
     out_dir.mkdir(parents=True, exist_ok=True)
     meta_path = out_dir / "meta.json"
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {"shapes": {}}
     meta.update({"target": str(target), "trials": int(trials)})
-    params_path = out_dir / "params.npz"
     for batch, seq in shapes:
         lib = out_dir / lib_name(batch, seq)
+        params_path = lib.with_suffix(".npz")
         if lib.is_file() and params_path.is_file():
             continue
         t0 = time.time()
@@ -189,21 +190,14 @@ def build_fp32(module, shapes, out_dir: Path, target, *, trials: int = 0, log=pr
                 tune(mod, target, db, trials, log=log)
         ex = compile_module(mod, target, db)
         params = transform_params(ex, raw)
-        if params_path.is_file():  # every shape's transform must give the same weights
-            with np.load(params_path) as z:
-                same = len(z.files) == len(params) and all(
-                    z[f"p{i:04d}"].shape == p.shape and z[f"p{i:04d}"].dtype == p.dtype for i, p in enumerate(params))
-            if not same:
-                raise RuntimeError(f"the transformed weights of shape {batch}x{seq} differ from {params_path}")
-        else:
-            tmp = out_dir / ".params.tmp.npz"
-            np.savez(tmp, **{f"p{i:04d}": p for i, p in enumerate(params)})
-            tmp.rename(params_path)
+        tmp = out_dir / f".{params_path.name}.tmp.npz"
+        np.savez(tmp, **{f"p{i:04d}": p for i, p in enumerate(params)})
+        tmp.rename(params_path)
         tmp = out_dir / f".{lib.name}.tmp.so"
         ex.export_library(str(tmp))
         tmp.rename(lib)
-        meta["shapes"][f"{batch}x{seq}"] = {"lib": lib.name, "seconds": round(time.time() - t0, 1),
-                                            "database": db.name if db else None}
+        meta["shapes"][f"{batch}x{seq}"] = {"lib": lib.name, "params": params_path.name,
+                                            "seconds": round(time.time() - t0, 1), "database": db.name if db else None}
         log(f"  TVM FP32 {batch}x{seq}: {'tuned' if db else 'untuned'}, built in {time.time() - t0:.0f} s")
         meta_path.write_text(json.dumps(meta, indent=1))
     meta_path.write_text(json.dumps(meta, indent=1))
