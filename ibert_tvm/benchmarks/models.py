@@ -150,7 +150,10 @@ def quantized(model: BenchModel, cache: Path, *, log=print):
     from ..quantization.artifact import QuantizedModel
     from ..quantization.calibrate import calibrate
 
-    q = cache / "quantized" / f"{model_slug(model.name)}-{hash_model_dir(Path(model.path))[:12]}-{model.calibration.replace(':', '')}"
+    from .engines import code_hash
+
+    q = cache / "quantized" / (f"{model_slug(model.name)}-{hash_model_dir(Path(model.path))[:12]}-"
+                               f"{model.calibration.replace(':', '')}-{code_hash()}")
     if (q / "quantization.json").is_file():
         return QuantizedModel.load(q)
     sentences = calibration_sentences(model)
