@@ -43,13 +43,14 @@ def _cosine(a, b) -> tuple[float, float]:
 
 
 def kernel_family(name: str) -> str:
-    """``fused_linear1_requantize2_int_gelu7`` -> ``fused_linear1_requantize2_int_gelu*``: the same
-    kernel with another layer's constants (TVM numbers the copies)."""
-    return re.sub(r"\d+$", "", name) + ("*" if re.search(r"\d+$", name) else "")
+    """``fused_linear1_requantize2_int_gelu7`` -> ``fused_linear1_requantize2_int_gelu``: the same
+    kernel with another layer's constants (TVM numbers the copies ``name``, ``name1``, ...)."""
+    return re.sub(r"\d+$", "", name)
 
 
 def group_kernels(kernels: list[dict]) -> list[dict]:
-    """Kernels of one family (and shapes) merged: calls and ms summed; sorted by ms."""
+    """Kernels of one family (and shapes) merged: calls and ms summed, ``*`` marks a family of
+    several copies; sorted by ms."""
     out: dict[tuple, dict] = {}
     for k in kernels:
         key = (kernel_family(k["name"]), k["category"], json.dumps(k.get("gemm")))
@@ -58,6 +59,9 @@ def group_kernels(kernels: list[dict]) -> list[dict]:
         out[key]["calls"] += k["calls"]
         out[key]["ms"] += k["ms"]
         out[key]["variants"] += 1
+    for g in out.values():
+        if g["variants"] > 1:
+            g["name"] += "*"
     return sorted(out.values(), key=lambda k: -k["ms"])
 
 
