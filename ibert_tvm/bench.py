@@ -6,7 +6,7 @@
     ibert-tvm bench --compare bench/results/bench.json -o new.json   # what changed since
 
 Engines (``ibert_tvm.benchmarks.engines``): tvm-int8 (ours), tvm-fp32, torch-fp32, torch-int8,
-ort-fp32, ort-int8. Each runs in its own worker process with the same number of threads;
+ort-fp32, ort-int8 (``all``), and on request tvm-int8-untuned (ours without a tuning database). Each runs in its own worker process with the same number of threads;
 engines are interleaved in repeated rounds; each latency is the median of >= ``--runs`` timed
 runs after warm-up, with its interquartile range. An engine that cannot run (a missing
 package, a failed export) is skipped with the reason; the run goes on.
@@ -25,7 +25,8 @@ from pathlib import Path
 
 from .errors import IBertTVMError
 
-ENGINE_NAMES = ("tvm-int8", "tvm-fp32", "torch-fp32", "torch-int8", "ort-fp32", "ort-int8")
+ENGINE_NAMES = ("tvm-int8", "tvm-fp32", "torch-fp32", "torch-int8", "ort-fp32", "ort-int8")  # "all"
+EXTRA_ENGINES = ("tvm-int8-untuned",)  # ours without a tuning database, on request
 
 
 def parse_shapes(s: str) -> list[tuple[int, int]]:
@@ -46,14 +47,14 @@ def parse_shapes(s: str) -> list[tuple[int, int]]:
     return shapes
 
 
-def parse_list(s: str, known=None, what="engine") -> list[str]:
+def parse_list(s: str, known=None, what="engine", extra=()) -> list[str]:
     items = [x.strip() for x in s.split(",") if x.strip()]
     if known is not None:
-        if items == ["all"]:
-            return list(known)
-        bad = [x for x in items if x not in known]
+        items = [y for x in items for y in (known if x == "all" else [x])]
+        items = list(dict.fromkeys(items))
+        bad = [x for x in items if x not in known and x not in extra]
         if bad:
-            raise IBertTVMError(f"unknown {what} {', '.join(bad)}; known: {', '.join(known)}")
+            raise IBertTVMError(f"unknown {what} {', '.join(bad)}; known: {', '.join((*known, *extra))}")
     if not items:
         raise IBertTVMError(f"no {what} given")
     return items
@@ -100,7 +101,7 @@ def cmd_bench(args) -> int:
         if not isinstance(prev, dict) or prev.get("format") != "ibert-tvm-bench/1":
             raise IBertTVMError(f"--compare {args.compare} is not an ibert-tvm bench report")
     cfg = BenchConfig(
-        models=parse_list(args.models, what="model"), engines=parse_list(args.engines, ENGINE_NAMES),
+        models=parse_list(args.models, what="model"), engines=parse_list(args.engines, ENGINE_NAMES, extra=EXTRA_ENGINES),
         shapes=parse_shapes(args.shapes), runs=args.runs, rounds=args.rounds, warmup=args.warmup,
         threads=args.threads, trials=args.trials, target=args.target, profile=args.profile,
         max_run_seconds=args.max_run_seconds, cache=args.cache or "", peak=not args.no_peak,
@@ -164,7 +165,9 @@ def add_parser(sub) -> None:
     p.add_argument("--models", default="minilm,bert-base",
                    help="comma-separated: minilm (the default model), bert-base (BERT-Base shape, random weights, "
                    "calibrated on random text), or Hugging Face model directories (default minilm,bert-base)")
-    p.add_argument("--engines", default="all", help=f"comma-separated subset of {', '.join(ENGINE_NAMES)} (default all)")
+    p.add_argument("--engines", default="all",
+                   help=f"comma-separated: all (= {', '.join(ENGINE_NAMES)}), any of those, or "
+                   f"{', '.join(EXTRA_ENGINES)} (ours without a tuning database: what tuning changes); default all")
     p.add_argument("--shapes", default="1x32,8x32,1x128,8x128", help="BATCHxSEQ list (default 1x32,8x32,1x128,8x128)")
     p.add_argument("--runs", type=_positive_int, default=20, help="timed runs per engine and shape, at least (default 20)")
     p.add_argument("--rounds", type=_positive_int, default=5, help="interleaved rounds the runs are split into (default 5)")

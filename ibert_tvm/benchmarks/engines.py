@@ -221,6 +221,7 @@ class TvmInt8(_TvmEngine):
     name = "tvm-int8"
     label = "TVM int8 (ours)"
     precision = "int8"
+    use_database = True
 
     def prepare(self, ctx, log=print):
         from ..deploy.export import compile_quantized, quantized_hash
@@ -236,13 +237,17 @@ class TvmInt8(_TvmEngine):
         cache = Path(ctx["cache"])
         qm = quantized(model, cache, log=log)
         target = ctx.get("target") or default_int8_target()
-        db, trials, note = int8_database(qm, target, cache, int(ctx.get("trials") or 0), log=log)
+        if self.use_database:
+            db, trials, note = int8_database(qm, target, cache, int(ctx.get("trials") or 0), log=log)
+        else:
+            db, trials, note = None, 0, "untuned: the target's default schedules, no database"
         tag = _dir_hash(Path(db)) if db else "untuned"
         out = cache / "tvm-int8" / f"{model_slug(model.name)}-{quantized_hash(qm)[:12]}-{target}-{tag}-{code_hash()}"
         if not (out / "manifest.json").is_file():
             log(f"compiling the integer-only {model.name} for {target} ({note}); minutes for a full model")
             t0 = time.time()
-            compile_quantized(qm, out, target=target, database_dir=db, log=lambda *a: None)
+            # False: no database lookup at all (None would let compile pick a matching one up)
+            compile_quantized(qm, out, target=target, database_dir=db or False, log=lambda *a: None)
             log(f"  compiled in {time.time() - t0:.0f} s")
         return {"out": str(out), "target": target, "database": db, "trials": trials, "tuning": note}
 
@@ -271,6 +276,17 @@ class TvmIntRunner(Runner):
 
         m = CompiledModel(self.out)  # a fresh VM: the timed one stays uninstrumented
         return profile_vm(m.vm, lambda: m.run_ids(inputs))
+
+
+class TvmInt8Untuned(TvmInt8):
+    """Ours without any tuning database: what the database changes (not in ``all``)."""
+
+    name = "tvm-int8-untuned"
+    label = "TVM int8 (ours, untuned)"
+    use_database = False
+
+    def prepare(self, ctx, log=print):
+        return super().prepare({**ctx, "prebuilt": None}, log=log)
 
 
 # -- TVM FP32 ---------------------------------------------------------------------------------------
@@ -548,7 +564,9 @@ class OrtInt8(OrtFp32):
     precision = "int8"
 
 
-ENGINES: dict[str, Engine] = {e.name: e for e in (TvmInt8(), TvmFp32(), TorchFp32(), TorchInt8(), OrtFp32(), OrtInt8())}
+ENGINES: dict[str, Engine] = {e.name: e for e in (TvmInt8(), TvmInt8Untuned(), TvmFp32(), TorchFp32(), TorchInt8(),
+                                                   OrtFp32(), OrtInt8())}
+DEFAULT_ENGINES = ("tvm-int8", "tvm-fp32", "torch-fp32", "torch-int8", "ort-fp32", "ort-int8")  # the issue's six
 
 
 def skip_reason(e: BaseException) -> str:

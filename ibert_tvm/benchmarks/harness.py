@@ -35,7 +35,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..errors import IBertTVMError
-from .engines import ENGINES, skip_reason, thread_env
+from .engines import DEFAULT_ENGINES, ENGINES, skip_reason, thread_env
 
 DEFAULT_SHAPES = ((1, 32), (8, 32), (1, 128), (8, 128))
 
@@ -43,7 +43,7 @@ DEFAULT_SHAPES = ((1, 32), (8, 32), (1, 128), (8, 128))
 @dataclass
 class BenchConfig:
     models: list[str]
-    engines: list[str] = field(default_factory=lambda: list(ENGINES))
+    engines: list[str] = field(default_factory=lambda: list(DEFAULT_ENGINES))
     shapes: list[tuple[int, int]] = field(default_factory=lambda: list(DEFAULT_SHAPES))
     runs: int = 20  # timed runs per (engine, shape), at least
     rounds: int = 5
@@ -317,7 +317,7 @@ def bench_model(model, cfg: BenchConfig, log_dir: Path, *, log=print, progress=N
         except WorkerError as err:
             log(f"[{model.name}] {name}: no output: {err}")
     res["output_shape"] = list(out_shape)
-    for name in ("tvm-int8", "tvm-fp32"):
+    for name in ("tvm-int8", "tvm-int8-untuned", "tvm-fp32"):
         if name not in active or (name == "tvm-fp32" and not cfg.profile):
             continue
         prof = res["engines"][name]["profiles"] = {}

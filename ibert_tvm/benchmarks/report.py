@@ -276,7 +276,7 @@ def model_markdown(name: str, mres: dict, report: dict) -> list[str]:
             if g.get("gops"):
                 pct = f"{g['pct_of_peak']:.0f}%" if g.get("pct_of_peak") is not None else "-"
                 L.append(f"| {_shape_label(s)} | **all linears** | | | {g['linear_ms']:.2f} ms | **{g['gops']:.0f}** | **{pct}** |")
-    for e in ("tvm-int8", "tvm-fp32"):
+    for e in ("tvm-int8", "tvm-int8-untuned", "tvm-fp32"):
         profs = (mres["engines"].get(e) or {}).get("profiles") or {}
         if not profs:
             continue
@@ -343,7 +343,7 @@ def compare_markdown(cmp: dict) -> list[str]:
 
 
 # -- chart ----------------------------------------------------------------------------------------
-COLORS = {"tvm-int8": "#d62728", "tvm-fp32": "#ff9896", "torch-fp32": "#1f77b4", "torch-int8": "#aec7e8",
+COLORS = {"tvm-int8": "#d62728", "tvm-int8-untuned": "#8c564b", "tvm-fp32": "#ff9896", "torch-fp32": "#1f77b4", "torch-int8": "#aec7e8",
           "ort-fp32": "#2ca02c", "ort-int8": "#98df8a"}
 
 
