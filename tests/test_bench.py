@@ -163,6 +163,18 @@ def test_bench_bad_input(argv, msg, tmp_path, capsys, monkeypatch):
     assert not list(tmp_path.glob("*.json"))
 
 
+def test_engine_lists():
+    from ibert_tvm.bench import ENGINE_NAMES, EXTRA_ENGINES, parse_list, parse_shapes
+
+    assert parse_list("all", ENGINE_NAMES, extra=EXTRA_ENGINES) == list(ENGINE_NAMES)
+    got = parse_list("all,tvm-int8-untuned,tvm-int8", ENGINE_NAMES, extra=EXTRA_ENGINES)
+    assert got == [*ENGINE_NAMES, "tvm-int8-untuned"]
+    # the harness runs tvm-int8 first (its trial budget sets TVM FP32's), whatever the order given
+    assert BenchConfig(models=["m"], engines=["ort-int8", "tvm-fp32", "tvm-int8"]).engines == [
+        "tvm-int8", "tvm-fp32", "ort-int8"]
+    assert parse_shapes("8x128, 1x32") == [(8, 128), (1, 32)]
+
+
 def test_config_validation():
     with pytest.raises(IBertTVMError, match="unknown engine"):
         BenchConfig(models=["m"], engines=["nope"])
