@@ -10,8 +10,14 @@ shapes, so a tune works on two views of the same fused module (``passes.pipeline
 * the *dynamic* view: what ``compile`` sees. After a workload is tuned, the best static traces
   are replayed on its dynamic twin (a tile decision on a symbolic loop degrades to "untiled",
   ``sample_perfect_tile``'s rule) and the first one that replays and builds becomes the
-  dynamic workload's record. With ``TUNE_SHAPE = (1, 32)`` the x86 VNNI linears' row-tile loop
-  has extent 1, so the tuned schedule is exactly what runs per 32-row tile at any batch/seq.
+  dynamic workload's record (:func:`dynamic_trace`). With ``TUNE_SHAPE = (1, 32)`` the x86
+  VNNI linears' row-tile loop has extent 1, so the tuned schedule is what runs per 32-row tile.
+
+A schedule that is fast on the static twin can be slow on the dynamic workload (a cache or a
+compute-at placed under a loop that became symbolic). So the *guard* measures the dynamic
+workload, with the same builder and runner, at ``GUARD_SHAPES`` (batch x seq 1x32 and 8x128):
+the default schedule (what compile does without a database) against the best few derived ones;
+a tuned schedule is kept only if it wins (:func:`guard_choice`); the numbers go to the metadata.
 
 Workloads that differ only in constants (the per-layer requantization/GELU/LayerNorm constants
 are baked into the kernels) form one *group*: one member is tuned, every member gets the trace.
@@ -507,36 +513,51 @@ def _best(db, static_mod, k=32):
     return list(db.get_top_k(db.commit_workload(static_mod), k))
 
 
-def dynamic_trace(trace, dyn_mod, *, max_rounds: int = 8):
+def dynamic_trace(trace, dyn_mod, *, max_rounds: int = 16):
     """``trace`` (tuned on the static twin) made replayable on the dynamic workload, or None.
 
-    Replaying a ``sample_perfect_tile`` on a loop with a symbolic extent yields constants, not
-    random variables, and the replay aborts. Such a sample is dropped and the split that used
-    its factors gets ``[None, 1, .., 1]``: the symbolic loop stays whole at the outer tile level
-    (what the sampler itself does for symbolic extents) and the other loops keep their tuned tiles.
+    Two instructions do not carry over to a loop whose extent is symbolic:
+
+    * ``sample_perfect_tile``: its replay yields constants, not random variables, and the replay
+      aborts. The sample is dropped and the split that used its factors gets ``[None, 1, .., 1]``:
+      the loop stays whole at the outer tile level (the sampler's own rule for symbolic extents),
+      the other loops keep their tuned tiles;
+    * ``vectorize``: LLVM cannot vectorize a symbolic extent on x86; it is dropped (serial loop).
     """
     from tvm import s_tir, tirx
     from tvm.s_tir.schedule import Instruction, Trace
 
     insts = list(trace.insts)
     decisions = list(trace.decisions.items())
+
+    def symbolic(sch, rv) -> bool:
+        return not isinstance(sch.get(rv).extent, tirx.IntImm)
+
     for _ in range(max_rounds):
         t = Trace(insts, {k: v for k, v in decisions if any(k.same_as(i) for i in insts)})
         sch = s_tir.Schedule(dyn_mod)
-        symbolic = []
+        samples, vectorizes = [], []
 
-        def provider(inst, inputs, _attrs, decision, sch=sch, symbolic=symbolic):
-            if inst.kind.name == "SamplePerfectTile" and not isinstance(sch.get(inputs[0]).extent, tirx.IntImm):
-                symbolic.append(inst)
+        def provider(inst, inputs, _attrs, decision, sch=sch, samples=samples, vectorizes=vectorizes):
+            if inst.kind.name == "SamplePerfectTile" and symbolic(sch, inputs[0]):
+                samples.append(inst)
+            elif inst.kind.name == "Vectorize" and symbolic(sch, inputs[0]):
+                vectorizes.append(inst)
             return decision
 
         try:
             t.apply_to_schedule(sch, remove_postproc=False, decision_provider=provider)
+            replayed = True
+        except Exception:  # noqa: BLE001 - fixed below if a symbolic sample caused it
+            replayed = False
+        if replayed and not vectorizes:
             return t
-        except Exception:  # noqa: BLE001 - fix the first symbolic sample, if that was the cause
-            if not symbolic:
-                return None
-        bad = symbolic[0]
+        if vectorizes:
+            insts = [x for x in insts if not any(x.same_as(v) for v in vectorizes)]
+            continue
+        if not samples:
+            return None
+        bad = samples[0]
         at = next(i for i, x in enumerate(insts) if x.same_as(bad))
         consts = [None] + [tirx.IntImm("int64", 1)] * (len(bad.outputs) - 1)
 
@@ -574,6 +595,107 @@ def _replays(trace, dyn_mod, tgt):
     except Exception:  # noqa: BLE001 - try the next record
         return None
     return t
+
+
+GUARD_SHAPES = ((1, 32), (8, 128))  # (batch, seq) at which a derived dynamic schedule must win
+GUARD_CANDIDATES = 4  # best static records tried on the dynamic workload
+
+
+def _arg_infos(qm, spec, tgt, shapes) -> list[dict]:
+    """Per shape: workload name -> MetaSchedule ``ArgInfo`` list of its static twin at that shape."""
+    from tvm import tirx
+    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+
+    out = []
+    for shape in shapes:
+        _, static, _ = _fused_views(qm, spec, tgt, shape)
+        out.append({gv.name_hint: ArgInfo.from_prim_func(f) for gv, f in static.functions.items()
+                    if isinstance(f, tirx.PrimFunc)})
+    return out
+
+
+def _default_schedule(spec, tgt, dyn_mod):
+    """The workload as compile schedules it without a database (the target's schedule pass)."""
+    from . import schedule_pass
+
+    sched = schedule_pass(spec.name, tgt)
+    return dyn_mod if sched is None else sched(dyn_mod)
+
+
+def _measure(builder, runner, tgt, mods, infos) -> list[list[float | None]]:
+    """Median seconds of each module at each argument shape (None: did not build or run),
+    through the tuning builder and runner (own processes, timeouts; RPC when tuning remotely)."""
+    import shutil
+
+    from tvm.s_tir import meta_schedule as ms
+
+    built = builder.build([ms.builder.BuilderInput(m, tgt) for m in mods])
+    inputs, where = [], []
+    for i, b in enumerate(built):
+        if b.error_msg is None:
+            for j, info in enumerate(infos):
+                inputs.append(ms.runner.RunnerInput(b.artifact_path, "cuda" if tgt.kind.name == "cuda" else "cpu", info))
+                where.append((i, j))
+    times: list[list[float | None]] = [[None] * len(infos) for _ in mods]
+    for (i, j), fut in zip(where, runner.run(inputs)):
+        r = fut.result()
+        if r.error_msg is None and r.run_secs:
+            secs = sorted(float(x) for x in r.run_secs)
+            times[i][j] = secs[len(secs) // 2]
+    for b in built:
+        if b.artifact_path:
+            shutil.rmtree(os.path.dirname(b.artifact_path), ignore_errors=True)
+    return times
+
+
+def guard_choice(default: list, candidates: list[list]) -> int | None:
+    """The candidate to keep: measured at every shape, no shape more than 10% slower than the
+    default and the geometric-mean speedup over it > 1; the fastest such. None: keep the default."""
+    import math
+
+    best, best_gain = None, 1.0
+    for i, c in enumerate(candidates):
+        if any(t is None for t in c):
+            continue
+        if any(d is not None and t > 1.1 * d for t, d in zip(c, default)):
+            continue
+        ratios = [d / t for t, d in zip(c, default) if d is not None]
+        gain = math.exp(sum(math.log(r) for r in ratios) / len(ratios)) if ratios else 2.0
+        if gain > best_gain:
+            best, best_gain = i, gain
+    return best
+
+
+def _pick(g, best, spec, tgt, builder, runner, infos):
+    """Index into ``best`` of the record the group's workloads get, and the guard's measurements."""
+    from tvm import s_tir
+
+    name = g.name
+    dyn = g.members[name][0]
+    cands = []
+    for i, rec in enumerate(best):
+        t = dynamic_trace(rec.trace, dyn)
+        if t is not None:
+            cands.append((i, t))
+        if len(cands) == GUARD_CANDIDATES:
+            break
+    if not cands:
+        return None, None
+    if infos is None or any(name not in per_shape for per_shape in infos):
+        return cands[0][0], None
+    mods = [_default_schedule(spec, tgt, dyn)]
+    for _, t in cands:
+        sch = s_tir.Schedule(dyn)
+        t.apply_to_schedule(sch, remove_postproc=False)
+        mods.append(sch.mod)
+    times = _measure(builder, runner, tgt, mods, [per_shape[name] for per_shape in infos])
+    choice = guard_choice(times[0], times[1:])
+    us = lambda ts: [None if t is None else round(t * 1e6, 1) for t in ts]  # noqa: E731
+    checked = {
+        "shapes": [list(s) for s in GUARD_SHAPES], "default_us": us(times[0]),
+        "candidates_us": [us(t) for t in times[1:]], "kept": "default" if choice is None else "tuned",
+    }
+    return (None if choice is None else cands[choice][0]), checked
 
 
 def _write_apply_db(out: Path, derived: dict, tgt) -> dict[str, str]:
@@ -617,6 +739,7 @@ def tune(
     shape: tuple[int, int] = TUNE_SHAPE,
     trials_per_iter: int = 16,
     seed: int = 0,
+    guard: bool = True,
     progress: bool = True,
     log=print,
 ) -> Path:
@@ -625,6 +748,8 @@ def tune(
 
     ``only``: tune just the groups with a member whose name contains one of these strings.
     Re-running with the same arguments resumes: trials already in ``search/`` count.
+    ``guard``: keep a tuned schedule only if it beats the default one on the dynamic workload,
+    measured at ``GUARD_SHAPES`` (see :func:`_pick`); off, the best record that replays is kept.
     """
     from tqdm.auto import tqdm
     from tvm.s_tir import meta_schedule as ms
@@ -660,6 +785,7 @@ def tune(
     meta.setdefault("groups", {})
     meta.setdefault("sha256", {})
     spaces = {v: _space(spec, vnni=v) for v in (True, False)}
+    infos = _arg_infos(qm, spec, tgt, GUARD_SHAPES) if guard else None
     derived: dict = {}
     t0 = time.time()
     log(f"tuning {qm.identity} for {spec.name}: {sum(len(g.members) for g in groups)} workloads in "
@@ -693,18 +819,24 @@ def tune(
                     outer.write(f"  {g.name}: MetaSchedule failed ({error}); its records so far are kept", file=tty)
                 bar.close()
             best = _best(search_db, g.rep_static)
+            trials_now = _count_trials(search_db, g.rep_static)
+            if previous.get("derived_at") == trials_now and "pick" in previous and previous.get("guarded") == guard:
+                pick, checked = previous["pick"], previous.get("guard")  # same records: same choice
+            else:
+                pick, checked = _pick(g, best, spec, tgt, builder, runner, infos if guard else None)
             applied = []
-            for name, (dyn_mod, _s) in g.members.items():
-                for rec in best:
-                    trace = _replays(rec.trace, dyn_mod, tgt)
+            if pick is not None:
+                for name, (dyn_mod, _s) in g.members.items():
+                    trace = _replays(best[pick].trace, dyn_mod, tgt)
                     if trace is not None:
-                        derived[name] = (dyn_mod, trace, rec.run_secs)
+                        derived[name] = (dyn_mod, trace, best[pick].run_secs)
                         applied.append(name)
-                        break
             meta["groups"][g.key] = {
                 "members": sorted(g.members), "applied": sorted(applied), "budget": want,
-                "trials": _count_trials(search_db, g.rep_static), "flops": g.flops,
+                "trials": trials_now, "flops": g.flops, "calls": g.calls,
                 "best_us": round(_run_secs(best[0]) * 1e6, 3) if best else None,
+                "pick": pick, "derived_at": trials_now, "guarded": guard,
+                **({"guard": checked} if checked else {}),
                 **({"error": error} if error else {}),
             }
             meta["sha256"] = _write_apply_db(out, derived, tgt)

@@ -326,8 +326,10 @@ def vnni_schedule_pass(target):
                 new = _schedule_func(func)
                 if new is not func:
                     updates[gv] = new
-        for gv, func in updates.items():
-            mod[gv] = func
+        if updates:
+            mod = mod.clone()  # the caller's module stays as it was
+            for gv, func in updates.items():
+                mod[gv] = func
         return mod
 
     return _pass

@@ -41,7 +41,8 @@ def _state(d: Path) -> dict:
 def tuned(quantized_factory, tmp_path_factory):
     qm, qdir = quantized_factory("BertModel")
     d = tmp_path_factory.mktemp("tune") / "db"
-    quiet = dict(target="x86", work_dir=d, only=[WORKLOAD], progress=False, log=lambda *a: None)
+    # guard off: keep the best record that replays, whatever its speed (the test needs a record)
+    quiet = dict(target="x86", work_dir=d, only=[WORKLOAD], progress=False, guard=False, log=lambda *a: None)
     T.tune(qm, trials=2, **quiet)
     first = _state(d)
     T.tune(qm, trials=4, **quiet)  # resumes: only the 2 missing trials are run
@@ -97,6 +98,30 @@ def test_compile_applies_the_database_and_stays_bit_exact(tuned, tmp_path):
     assert manifest["tuning_database"] == str(d)
     check_bit_exact(qm, out)
     assert "vpdpbusd" in disassemble(out / "model.so")
+
+
+def test_guard_measures_the_dynamic_workload_and_decides(tuned, tmp_path):
+    """With the guard on, the derived schedule is timed against the default at 1x32 and 8x128
+    and kept only if it wins; either way the decision and the numbers are recorded."""
+    qm, _, d, _, _ = tuned
+    c = tmp_path / "guarded"
+    shutil.copytree(d, c)
+    T.tune(qm, target="x86", trials=4, work_dir=c, only=[WORKLOAD], progress=False, log=lambda *a: None)
+    after = _state(c)
+    assert len(after["search_records"]) == 4  # nothing new to measure: only the decision is redone
+    guard = after["tuned_group"]["guard"]
+    assert guard["shapes"] == [[1, 32], [8, 128]]
+    assert all(t is not None and t > 0 for t in guard["default_us"])
+    assert guard["candidates_us"] and guard["kept"] in ("tuned", "default")
+    assert after["tuned_group"]["applied"] == ([WORKLOAD] if guard["kept"] == "tuned" else [])
+    assert len(after["records"]) == (1 if guard["kept"] == "tuned" else 0)
+
+
+def test_guard_choice():
+    assert T.guard_choice([10.0, 100.0], [[5.0, 90.0], [4.0, 120.0]]) == 0  # #1 is >10% slower at 8x128
+    assert T.guard_choice([10.0, 100.0], [[11.5, 100.0]]) is None  # slower
+    assert T.guard_choice([10.0, 100.0], [[None, 50.0]]) is None  # not measured everywhere
+    assert T.guard_choice([10.0, 100.0], [[9.0, 95.0], [8.0, 80.0]]) == 1  # the fastest wins
 
 
 # -- foreign / corrupt databases ------------------------------------------------------------
