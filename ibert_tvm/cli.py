@@ -80,7 +80,10 @@ def cmd_compile(args) -> int:
     qm = QuantizedModel.load(args.quantized)
     t0 = time.time()
     print(f"compiling {args.quantized} for {args.target} (this builds every integer kernel; minutes for a full model)")
-    m = compile_quantized(qm, args.output, target=args.target, database_dir=args.database, dump_dir=args.dump_ir)
+    if args.no_tuning and args.database:
+        raise IBertTVMError("--no-tuning and --database contradict each other: pick one")
+    database = False if args.no_tuning else args.database
+    m = compile_quantized(qm, args.output, target=args.target, database_dir=database, dump_dir=args.dump_ir)
     print(f"output: {m['output']['name']} int32, scale {m['output']['scale']:.6g}; max sequence {m['max_seq']} "
           f"({time.time() - t0:.1f} s)")
     return 0
@@ -187,7 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("quantized", help="directory written by `ibert-tvm calibrate`")
     p.add_argument("-o", "--output", required=True, help="output directory")
     p.add_argument("--target", default="llvm", choices=list(TARGETS), help="target (default llvm: this CPU)")
-    p.add_argument("--database", help="MetaSchedule database directory to apply")
+    p.add_argument("--database", help="MetaSchedule database directory to apply (default: the matching "
+                   "tuning_logs/<target>/<model-id>/ if there is one)")
+    p.add_argument("--no-tuning", action="store_true", help="apply no tuning database (the default schedules)")
     p.add_argument("--dump-ir", help="write mod.script() after each pipeline phase to this directory")
     p.set_defaults(func=cmd_compile)
 
