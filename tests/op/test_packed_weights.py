@@ -10,8 +10,8 @@ def test_hand_packed_bytes():
     # 4 bits: u = q + 8 = 15, 1 -> low nibble first
     assert pack_np(np.array([[7, -7]], np.int8), 4).tolist() == [[0x1F]]
     # 3 bits: u = q + 4 = 7, 1, 5 -> stream 111 100 101 (LSB first) = bits 0..8; value 2 straddles
-    # byte 0 = 0b10_001_111 = 0x8F, byte 1 = 0b1, plus the 3-bit padding byte
-    assert pack_np(np.array([[3, -3, 1]], np.int8), 3).tolist() == [[0x8F, 0x01, 0x00]]
+    # byte 0 = 0b0_1_001_111 (bit 6 = low bit of value 2) = 0x4F, byte 1 = 0b1, then the padding byte
+    assert pack_np(np.array([[3, -3, 1]], np.int8), 3).tolist() == [[0x4F, 0x01, 0x00]]
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4])
