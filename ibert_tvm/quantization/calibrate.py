@@ -16,6 +16,7 @@ them (clipping BERT's outlier channels loses accuracy: see README, "Which tensor
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
@@ -26,6 +27,7 @@ from ..deploy.tokenize import Tokenizer
 from ..model.hf_loader import HFCheckpoint, load_tokenizer_json
 from ..op.int_matmul import BIAS_BOUND
 from .artifact import QuantizedModel
+from ..op.packed_weights import qmax
 from .config import QuantConfig
 
 _RESERVOIR = 400_000  # abs values kept per point for percentiles
@@ -155,11 +157,23 @@ def _sym_scale(r: float, bits: int, what: str) -> float:
     return float(r) / ((1 << (bits - 1)) - 1)
 
 
-def quantize_weight(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-output-channel symmetric int8: ``w[n, :] ~= q[n, :] * s[n]``."""
-    amax = np.abs(w).max(axis=1).astype(np.float64)
-    s = np.where(amax > 0, amax / 127.0, 1.0)
-    q = np.clip(np.round(w / s[:, None]), -127, 127).astype(np.int8)
+def quantize_weight(w: np.ndarray, bits: int = 8, groups: int = 0, what: str = "weight") -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric ``bits``-bit weights: ``w[n, :] ~= q[n, :] * s[n]``, ``|q| <= 2^(bits-1) - 1``.
+
+    ``groups``: 0 = a scale per output row; G >= 1 = G groups of consecutive rows sharing the
+    scale of their largest magnitude (1 = per tensor). ``s`` is returned per row either way.
+    """
+    qm = qmax(bits)
+    n = w.shape[0]
+    if groups == 0:
+        amax = np.abs(w).max(axis=1).astype(np.float64)
+    else:
+        if n % groups:
+            raise IBertTVMError(f"weight_groups={groups} does not divide the {n} output rows of {what}; "
+                                f"pick a divisor of {n} (0 = one scale per row, 1 = per tensor)")
+        amax = np.repeat(np.abs(w).reshape(groups, -1).max(axis=1).astype(np.float64), n // groups)
+    s = np.where(amax > 0, amax / qm, 1.0)
+    q = np.clip(np.round(w / s[:, None]), -qm, qm).astype(np.int8)
     return q, s
 
 
@@ -179,6 +193,7 @@ def build_quantized(ckpt: HFCheckpoint, obs: dict[str, RangeObserver], config: Q
     base, cfg = ckpt.base, ckpt.config
     scales: dict = {}
     tensors: dict[str, np.ndarray] = {}
+    packed: dict[str, int] = {}  # linear prefix -> weight bits, for the packed (< 8-bit) ones
 
     def act(name):  # int8 activation feeding a matmul
         s = _sym_scale(obs[name].range(pct), config.act_bits, name)
@@ -203,13 +218,15 @@ def build_quantized(ckpt: HFCheckpoint, obs: dict[str, RangeObserver], config: Q
     def np_(t):
         return t.detach().float().numpy()
 
-    def linear(prefix, mod, s_in):
+    def linear(prefix, mod, s_in, bits=8, groups=0):
         """Per-channel input scales are folded into the weight: W diag(s) x_int; input scale 1."""
         w = np_(mod.weight).astype(np.float64)
         if np.ndim(s_in) > 0:
             w = w * np.asarray(s_in)[None, :]
             s_in = 1.0
-        q, s_w = quantize_weight(w)
+        q, s_w = quantize_weight(w, bits, groups, prefix + ".weight")
+        if bits < 8:
+            packed[prefix] = bits
         tensors[prefix + ".weight"] = q
         tensors[prefix + ".bias"] = quantize_bias(np_(mod.bias), s_in, s_w)
         scales[prefix + ".weight"] = s_w.tolist()
@@ -227,23 +244,25 @@ def build_quantized(ckpt: HFCheckpoint, obs: dict[str, RangeObserver], config: Q
     wide("embeddings.sum", config.residual_bits, config.residual_headroom)
     layernorm("embeddings.LayerNorm", emb.LayerNorm)
     s_h = act_pc("embeddings.ln")
+    num_layers = len(base.encoder.layer)
     for i, layer in enumerate(base.encoder.layer):
         p, hp = f"layer{i}.", f"encoder.layer.{i}."
+        wq = dict(bits=config.bits_for_layer(i, num_layers), groups=config.weight_groups)
         a = layer.attention
         for n in ("q", "k", "v"):
             act(p + n)
-        linear(hp + "attention.self.query", a.self.query, s_h)
-        linear(hp + "attention.self.key", a.self.key, s_h)
-        linear(hp + "attention.self.value", a.self.value, s_h)
+        linear(hp + "attention.self.query", a.self.query, s_h, **wq)
+        linear(hp + "attention.self.key", a.self.key, s_h, **wq)
+        linear(hp + "attention.self.value", a.self.value, s_h, **wq)
         s_ctx = act(p + "ctx")
-        linear(hp + "attention.output.dense", a.output.dense, s_ctx)
+        linear(hp + "attention.output.dense", a.output.dense, s_ctx, **wq)
         wide(p + "res1", config.residual_bits, config.residual_headroom)
         layernorm(hp + "attention.output.LayerNorm", a.output.LayerNorm)
         s_a = act_pc(p + "ln1")
-        linear(hp + "intermediate.dense", layer.intermediate.dense, s_a)
+        linear(hp + "intermediate.dense", layer.intermediate.dense, s_a, **wq)
         wide(p + "inter", config.gelu_in_bits, config.gelu_headroom)
         s_g = act_pc(p + "gelu")
-        linear(hp + "output.dense", layer.output.dense, s_g)
+        linear(hp + "output.dense", layer.output.dense, s_g, **wq)
         wide(p + "res2", config.residual_bits, config.residual_headroom)
         layernorm(hp + "output.LayerNorm", layer.output.LayerNorm)
         s_h = act_pc(p + "ln2")
@@ -270,7 +289,24 @@ def build_quantized(ckpt: HFCheckpoint, obs: dict[str, RangeObserver], config: Q
         num_labels=len(labels),
     )
     source = dict(path=str(ckpt.path), architecture=ckpt.architecture, model_hash=ckpt.model_hash)
-    return QuantizedModel(config, dims, scales, tensors, source, load_tokenizer_json(ckpt.path), labels)
+    return QuantizedModel(config, dims, scales, tensors, source, load_tokenizer_json(ckpt.path), labels,
+                          weight_bits_map=packed)
+
+
+def check_weight_config(ckpt: HFCheckpoint, config: QuantConfig) -> None:
+    """Before any work: the weight groups divide every encoder matrix's rows and the per-layer
+    bits match the layer count (``IBertTVMError`` naming the problem otherwise)."""
+    cfg = ckpt.config
+    layers = int(cfg.num_hidden_layers)
+    if config.layer_weight_bits and len(config.layer_weight_bits) != layers:
+        raise IBertTVMError(f"layer_weight_bits has {len(config.layer_weight_bits)} entries, the model has {layers} "
+                            "encoder layers")
+    g = config.weight_groups
+    for rows, what in ((int(cfg.hidden_size), "hidden"), (int(cfg.intermediate_size), "intermediate")):
+        if g > 1 and rows % g:
+            raise IBertTVMError(f"weight_groups={g} does not divide the {rows} output rows of the {what}-sized "
+                                f"encoder matrices; pick a divisor of {math.gcd(int(cfg.hidden_size), int(cfg.intermediate_size))} "
+                                "(0 = one scale per row, 1 = per tensor)")
 
 
 def calibrate(
@@ -282,6 +318,7 @@ def calibrate(
     progress=None,
 ) -> QuantizedModel:
     config = config or QuantConfig()
+    check_weight_config(ckpt, config)
     obs = collect_ranges(
         ckpt, sentences, batch_size=batch_size, keep_samples=config.calibration == "percentile", progress=progress
     )

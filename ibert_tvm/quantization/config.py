@@ -9,12 +9,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 from ..op._common import check_bits
+from ..op.packed_weights import WEIGHT_BITS
 
 
 @dataclass(frozen=True)
 class QuantConfig:
     name: str = "ibert-w8a8"
-    weight_bits: int = 8  # per-output-channel symmetric weights
+    weight_bits: int = 8  # symmetric weights of the encoder linears: 8, or 4/3/2 (packed, Q-BERT)
     act_bits: int = 8  # activations between layers (inputs of every matmul)
     residual_bits: int = 24  # residual sums feeding LayerNorm (I-BERT uses 22)
     gelu_in_bits: int = 16  # intermediate-dense output requantized to this before i-GELU
@@ -27,10 +28,24 @@ class QuantConfig:
     # Per-channel int8 scales for the LayerNorm and GELU outputs (BERT's outlier channels):
     # folded into the consuming linears' weights and into the residual/pooling requantization.
     per_channel_acts: bool = True
+    # Weight scales of the encoder linears (Q-BERT's group-wise quantization): 0 = one scale per
+    # output row (per channel), 1 = one per matrix (per tensor, "DirectQ"), G > 1 = G groups of
+    # consecutive output rows (G must divide every matrix's rows). Each row's requantization
+    # constant is dyadic either way; groups only decide which rows share a weight scale.
+    weight_groups: int = 0
+    # Per encoder layer weight bits (from `ibert-tvm sensitivity`), overriding weight_bits;
+    # empty: every layer has weight_bits. Embeddings, pooler and classifier head stay 8-bit.
+    layer_weight_bits: tuple = ()
 
     def __post_init__(self):
-        if self.weight_bits != 8:
-            raise ValueError(f"weight_bits must be 8 for this scheme, got {self.weight_bits}")
+        if isinstance(self.weight_bits, bool) or self.weight_bits not in WEIGHT_BITS:
+            raise ValueError(f"weight_bits must be one of {WEIGHT_BITS}, got {self.weight_bits!r}")
+        object.__setattr__(self, "layer_weight_bits", tuple(self.layer_weight_bits))
+        for i, b in enumerate(self.layer_weight_bits):
+            if isinstance(b, bool) or b not in WEIGHT_BITS:
+                raise ValueError(f"layer_weight_bits[{i}] must be one of {WEIGHT_BITS}, got {b!r}")
+        if isinstance(self.weight_groups, bool) or not isinstance(self.weight_groups, int) or self.weight_groups < 0:
+            raise ValueError(f"weight_groups must be an integer >= 0 (0: per output row), got {self.weight_groups!r}")
         if self.act_bits != 8:
             raise ValueError(f"act_bits must be 8 (int8 x int8 matmuls), got {self.act_bits}")
         check_bits("residual_bits", self.residual_bits, 16, 25)
@@ -45,8 +60,37 @@ class QuantConfig:
             if not float(getattr(self, f)) >= 1.0:
                 raise ValueError(f"{f} must be >= 1, got {getattr(self, f)}")
 
+    def bits_for_layer(self, i: int, num_layers: int | None = None) -> int:
+        """Weight bits of encoder layer ``i``."""
+        if not self.layer_weight_bits:
+            return self.weight_bits
+        if num_layers is not None and len(self.layer_weight_bits) != num_layers:
+            raise ValueError(f"layer_weight_bits has {len(self.layer_weight_bits)} entries, the model has "
+                             f"{num_layers} encoder layers")
+        return self.layer_weight_bits[i]
+
+    def with_weights(self, bits: int | None = None, groups: int | None = None, layer_bits=None) -> "QuantConfig":
+        """This scheme with other weight bits / groups / per-layer bits, under a name that says so
+        (the name is part of the model identity that tuning logs and caches are keyed by)."""
+        d = self.to_dict()
+        if bits is not None:
+            d["weight_bits"] = bits
+        if groups is not None:
+            d["weight_groups"] = groups
+        if layer_bits is not None:
+            d["layer_weight_bits"] = tuple(layer_bits)
+        c = QuantConfig.from_dict(d)
+        if c == self:
+            return self
+        tag = (f"-w{'mix' + ''.join(map(str, c.layer_weight_bits)) if c.layer_weight_bits else c.weight_bits}"
+               f"{'' if c.weight_groups == 0 else 'pt' if c.weight_groups == 1 else 'g%d' % c.weight_groups}")
+        base = self.name.split("+")[0]
+        return QuantConfig.from_dict({**c.to_dict(), "name": base + "+" + tag.lstrip("-")})
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d["layer_weight_bits"] = list(self.layer_weight_bits)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "QuantConfig":
