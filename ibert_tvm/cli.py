@@ -31,6 +31,16 @@ def _positive_int(s: str) -> int:
     return n
 
 
+def _nonneg_int(s: str) -> int:
+    try:
+        n = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{s} must be >= 0")
+    return n
+
+
 def _check_output(output, source) -> None:
     """Before any work: the output must not be the input, nor a directory we must not replace."""
     from pathlib import Path
@@ -55,11 +65,22 @@ def cmd_calibrate(args) -> int:
     config = QUANTIZATION[args.scheme]
     if args.calibration:
         config = QuantConfig.from_dict({**config.to_dict(), "calibration": args.calibration})
+    if args.bits_plan and args.weight_bits is not None:
+        raise IBertTVMError("--bits-plan and --weight-bits contradict each other: the plan sets every layer's bits")
     sentences = read_sentences(args.text) if args.text else default_calibration_sentences(args.num_sentences)
     if args.num_sentences and args.text:
         sentences = sentences[: args.num_sentences]
     t0 = time.time()
     ckpt = load_checkpoint(args.model)
+    layer_bits = None
+    if args.bits_plan:
+        from .quantization.sensitivity import load_bits_plan
+
+        layer_bits = load_bits_plan(args.bits_plan, ckpt.config.num_hidden_layers)
+    try:
+        config = config.with_weights(args.weight_bits, args.weight_groups, layer_bits)
+    except ValueError as e:
+        raise IBertTVMError(str(e)) from None
     print(f"model: {ckpt.architecture} ({ckpt.family}, {ckpt.config.num_hidden_layers} layers, "
           f"hidden {ckpt.config.hidden_size}) from {ckpt.path}")
     print(f"calibrating on {len(sentences)} sentences ({config.calibration})")
@@ -68,6 +89,11 @@ def cmd_calibrate(args) -> int:
     n_int = sum(v.size for k, v in qm.tensors.items() if v.dtype.kind == "i")
     print(f"wrote {args.output}: {len(qm.scales)} scales, {n_int:,} integer weights, id {qm.identity} "
           f"({time.time() - t0:.1f} s)")
+    if qm.weight_bits_map:
+        b = qm.weight_bytes()
+        bits = "/".join(str(x) for x in sorted(set(config.layer_weight_bits or (config.weight_bits,))))
+        print(f"weights: {b['total']:,} bytes ({b['encoder_linears']:,} in the encoder linears at {bits} bits, "
+              f"{b['embeddings']:,} in the embeddings)")
     return 0
 
 
@@ -178,6 +204,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text", help="calibration text file, one sentence per line (default: STS-B train sentences)")
     p.add_argument("-n", "--num-sentences", type=_positive_int, default=300, help="sentences to use (default 300)")
     p.add_argument("--scheme", default="ibert-w8a8", help="quantization scheme (default ibert-w8a8)")
+    p.add_argument("--weight-bits", type=int, choices=(2, 3, 4, 8), help="encoder linear weight bits "
+                   "(default: the scheme's, 8); 2/3/4-bit weights are stored packed and unpacked in the kernels")
+    p.add_argument("--weight-groups", type=_nonneg_int, help="weight scales per encoder matrix: 0 = per output row "
+                   "(default), 1 = per tensor (DirectQ), G = G groups of consecutive rows (Q-BERT group-wise)")
+    p.add_argument("--bits-plan", help="per-layer weight bits from `ibert-tvm sensitivity -o plan.json`")
     p.add_argument("--calibration", choices=["minmax", "percentile"], help="activation range statistic")
     p.add_argument("--batch-size", type=_positive_int, default=16)
     p.set_defaults(func=cmd_calibrate)
