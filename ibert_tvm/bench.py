@@ -103,7 +103,7 @@ def cmd_bench(args) -> int:
     cfg = BenchConfig(
         models=parse_list(args.models, what="model"), engines=parse_list(args.engines, ENGINE_NAMES, extra=EXTRA_ENGINES),
         shapes=parse_shapes(args.shapes), runs=args.runs, rounds=args.rounds, warmup=args.warmup,
-        threads=args.threads, trials=args.trials, target=args.target, profile=args.profile,
+        threads=args.threads, trials=args.trials, fp32_trials=args.fp32_trials, target=args.target, profile=args.profile,
         max_run_seconds=args.max_run_seconds, cache=args.cache or "", peak=not args.no_peak,
         wait_policy=args.wait_policy,
     )
@@ -177,6 +177,8 @@ def add_parser(sub) -> None:
                    help="MetaSchedule budget. The integer model uses its tuning database (tuning_logs/, found by "
                    "`ibert-tvm tune`'s lookup) when there is one, else is tuned with this many trials (0: untuned); "
                    "TVM FP32 is tuned per shape with the integer database's trial count, else with this (default 0)")
+    p.add_argument("--fp32-trials", type=_nonneg_int, default=None,
+                   help="TVM FP32's MetaSchedule budget per shape, overriding the rule above (0: untuned)")
     p.add_argument("--target", choices=["llvm", "x86"],
                    help="target of the integer model (default: x86 when this CPU has VNNI and the project has it, else llvm)")
     p.add_argument("--profile", action="store_true",

@@ -304,13 +304,17 @@ class TvmFp32(_TvmEngine):
         target = get_target(target_name).tvm_target()  # the integer engine's target: same CPU features
         # the integer model's budget (what its database holds) when it is tuned, else --trials
         trials = int(ctx.get("int8_trials") or ctx.get("trials") or 0)
+        explicit = ctx.get("fp32_trials") is not None
+        if explicit:  # --fp32-trials
+            trials = int(ctx["fp32_trials"])
         out = Path(ctx["cache"]) / "tvm-fp32" / (
             f"{model_slug(model.name)}-{hash_model_dir(Path(model.path))[:12]}-{target_name}-t{trials}-v2")
         module = pooled_module(load_checkpoint(model.path).model, model.head)
         log(f"building TVM FP32 {model.name} for {target_name} ({'%d trials per shape' % trials if trials else 'untuned'})")
         meta = build_fp32(module, [tuple(s) for s in ctx["shapes"]], out, target, trials=trials, log=log)
-        note = (f"tuned: {trials} trials per shape (the integer model's budget)" if trials
-                else "untuned (default pipeline, no schedules)")
+        note = (f"tuned: {trials} trials per shape ({'--fp32-trials' if explicit else 'the integer model budget'})"
+                if trials else "untuned (default pipeline, no schedules)"
+                + (f"; the integer model had {ctx['int8_trials']} trials" if ctx.get("int8_trials") else ""))
         return {"out": str(out), "target": target_name, "trials": trials, "tuning": note, "meta": meta,
                 "shapes": [list(x) for x in ctx["shapes"]]}
 

@@ -50,6 +50,7 @@ class BenchConfig:
     warmup: int = 2  # untimed runs per shape when a worker starts
     threads: int = 2
     trials: int = 0  # MetaSchedule trials for TVM FP32 (and the integer model, via the tuner)
+    fp32_trials: int | None = None  # TVM FP32's per-shape budget (None: the integer model's)
     target: str | None = None  # integer target (None: x86 with VNNI, else llvm)
     profile: bool = False  # per-kernel tables in the report (+ TVM FP32 profiles)
     max_run_seconds: float = 30.0
@@ -215,7 +216,7 @@ def bench_model(model, cfg: BenchConfig, log_dir: Path, *, log=print, progress=N
     """Everything measured for one model (see the module docstring)."""
     res = {"model": model.to_dict(), "engines": {}}
     ctx = {"model": model.to_dict(), "shapes": [list(s) for s in cfg.shapes], "cache": cfg.cache,
-           "target": cfg.target, "trials": cfg.trials,
+           "target": cfg.target, "trials": cfg.trials, "fp32_trials": cfg.fp32_trials,
            "prebuilt": cfg.prebuilt.get(model.name) or cfg.prebuilt.get(model.path)}
     specs = {}
     for name in cfg.engines:
