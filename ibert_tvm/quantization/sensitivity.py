@@ -1,0 +1,656 @@
+"""Q-BERT sensitivity: per-layer Hessian top eigenvalues, and the bit widths they buy for a size budget.
+
+    ibert-tvm sensitivity default --task sentiment --like-uniform 3 -o plan.json
+    ibert-tvm calibrate MODEL --bits-plan plan.json -o q/
+
+Offline analysis in float32 PyTorch: nothing here enters the compiled model, only the plan.
+
+1. **Eigenvalues** (:func:`top_eigenvalues`). For each encoder layer ``l``, the block ``H_l`` of
+   the Hessian of the task loss restricted to that layer's six linear weights (query, key, value,
+   attention output, intermediate, output; :data:`LINEARS`) is probed by power iteration on
+   Hessian-vector products (double backward through PyTorch autograd)::
+
+       v <- H_l v / ||H_l v||,   lambda_l = v^T H_l v          (v a unit vector)
+
+   stopping when ``lambda`` changes by less than ``tol`` relatively, or after ``iters`` steps.
+   ``H_l v`` is the weighted mean of the per-batch products (weights = batch sizes), i.e. the
+   Hessian of the mean loss over the data sample (Q-BERT averages over its data sample). The
+   value is the *dominant* eigenvalue, with its sign (largest magnitude; for a trained model it
+   is the largest positive one). The first-order graph of a batch is built once per iteration
+   and shared by the six layers' products.
+
+2. **Bits** (:func:`assign_bits`, :func:`solve_bits`). Q-BERT's rule: minimise
+
+       sum_l |lambda_l| * ||Q_b(W_l) - W_l||^2       subject to  sum_l size_l(b_l) <= budget
+
+   over ``b_l`` in ``choices`` (a subset of {2, 3, 4, 8}). ``Q_b`` is the symmetric weight
+   quantizer of :func:`ibert_tvm.quantization.calibrate.quantize_weight`, rewritten here in numpy
+   (:func:`fake_quantize`): scale = absmax of the row / group / tensor over ``2^(b-1) - 1``,
+   round to nearest (half to even, as ``np.round``), clip. ``W_l`` is the float weight as loaded;
+   calibrate later folds per-channel activation scales into some weights before quantizing, which
+   this error does not model. ``size_l(b)`` counts the stored weight bytes only:
+   ``N * row_bytes(K, b)`` packed (``op/packed_weights.py``) for b < 8, ``N * K`` at 8 bits;
+   scales (in the JSON) and biases are not counted, exactly as
+   ``QuantizedModel.weight_bytes()["encoder_linears"]``. The search is exact: a dynamic program
+   over layers keeping only the Pareto front (size, cost) of partial assignments.
+
+3. **The plan file** (``ibert-tvm-bits/1``, read back by :func:`load_bits_plan`)::
+
+       {"format": "ibert-tvm-bits/1", "model": ..., "model_hash": ..., "task": ..., "layers": L,
+        "layer_bits": [b_0, ..., b_{L-1}], "eigenvalues": [...], "weight_groups": G,
+        "budget_bytes": ..., "size_bytes": ..., "errors": {"2": [per layer], ...}, ...}
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from ..errors import IBertTVMError
+from ..op.packed_weights import WEIGHT_BITS, row_bytes
+
+PLAN_FORMAT = "ibert-tvm-bits/1"
+# The six weight matrices of an encoder layer (HF names under encoder.layer.<i>.)
+LINEARS = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
+           "intermediate.dense", "output.dense")
+
+
+# -- 1. Hessian top eigenvalues -----------------------------------------------------------------
+@dataclass(frozen=True)
+class Eigen:
+    """The dominant eigenvalue of one layer's Hessian block, as power iteration found it."""
+
+    value: float
+    iterations: int  # Hessian-vector products taken (each over the whole data sample)
+    converged: bool  # relative change < tol before running out of iterations
+    history: tuple = ()  # the Rayleigh quotient after each iteration
+
+
+def top_eigenvalues(model, batches: Sequence, loss_fn: Callable, layers: Sequence[Sequence], *, iters: int = 20,
+                    tol: float = 1e-3, seed: int = 0, weights: Sequence[float] | None = None,
+                    progress=None) -> list[Eigen]:
+    """Dominant eigenvalue of each layer's Hessian block, by power iteration on Hessian-vector products.
+
+    ``model``: a ``torch.nn.Module`` (its other parameters are frozen meanwhile, then restored);
+    ``batches``: the data sample, each item passed as ``loss_fn(model, batch) -> scalar tensor``
+    (the batch's mean loss); ``layers``: for each layer, the parameters (tensors of ``model``)
+    whose Hessian block is wanted; ``weights``: per-batch weights (default equal; pass the batch
+    sizes to get the Hessian of the mean loss over all examples); ``seed``: the random start
+    vectors; ``progress``: ``(total) -> bar`` with ``update(n)`` / ``set_postfix_str`` (ticks are
+    layers x iterations).
+    """
+    import torch
+
+    layers = [list(ps) for ps in layers]
+    batches = list(batches)
+    if not layers or any(not ps for ps in layers):
+        raise IBertTVMError("top_eigenvalues needs at least one layer, each with at least one parameter")
+    if not batches:
+        raise IBertTVMError("top_eigenvalues needs at least one batch of data")
+    if int(iters) < 1 or not tol >= 0:
+        raise IBertTVMError(f"iters must be >= 1 and tol >= 0, got iters={iters}, tol={tol}")
+    seen = set()
+    for ps in layers:
+        for p in ps:
+            if not isinstance(p, torch.Tensor) or not p.is_floating_point():
+                raise IBertTVMError("every layer parameter must be a floating-point torch tensor")
+            if id(p) in seen:
+                raise IBertTVMError("a parameter appears in two layers: the Hessian blocks must not overlap")
+            seen.add(id(p))
+    w = np.ones(len(batches)) if weights is None else np.asarray(weights, dtype=np.float64)
+    if w.shape != (len(batches),) or not np.all(w >= 0) or w.sum() <= 0:
+        raise IBertTVMError(f"weights must be {len(batches)} non-negative numbers, not all zero")
+    w = (w / w.sum()).tolist()
+
+    gen = torch.Generator().manual_seed(int(seed))
+    vecs = []  # per layer: the current unit vector, as one tensor per parameter
+    for ps in layers:
+        v = [torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p.dtype) for p in ps]
+        vecs.append(_normalized(v))
+    hist: list[list[float]] = [[] for _ in layers]
+    done: dict[int, bool] = {}  # layer -> converged
+    bar = progress(len(layers) * int(iters)) if progress else None
+    saved = {p: p.requires_grad for p in model.parameters()}
+    try:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for ps in layers:
+            for p in ps:
+                p.requires_grad_(True)
+        for it in range(int(iters)):
+            active = [i for i in range(len(layers)) if i not in done]
+            if not active:
+                break
+            hv = {i: [torch.zeros_like(p) for p in layers[i]] for i in active}
+            for b, batch in enumerate(batches):
+                if w[b] == 0:
+                    continue
+                loss = loss_fn(model, batch)
+                if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+                    raise IBertTVMError("loss_fn must return a scalar tensor")
+                flat = [p for i in active for p in layers[i]]
+                grads = torch.autograd.grad(loss, flat, create_graph=True, allow_unused=True)
+                k = 0
+                for j, i in enumerate(active):
+                    g = grads[k : k + len(layers[i])]
+                    k += len(layers[i])
+                    terms = [(gg * vv).sum() for gg, vv in zip(g, vecs[i]) if gg is not None and gg.requires_grad]
+                    if not terms:  # the loss is at most linear in this layer: H_l = 0
+                        continue
+                    h = torch.autograd.grad(sum(terms), layers[i], retain_graph=j < len(active) - 1,
+                                            allow_unused=True)
+                    for acc, x in zip(hv[i], h):
+                        if x is not None:
+                            acc.add_(x.detach(), alpha=w[b])
+                del loss, grads
+            for i in active:
+                lam = float(sum((v.double() * h.double()).sum() for v, h in zip(vecs[i], hv[i])))
+                prev = hist[i][-1] if hist[i] else None
+                hist[i].append(lam)
+                norm = math.sqrt(float(sum((h.double() ** 2).sum() for h in hv[i])))
+                if norm == 0.0:
+                    done[i] = True  # H_l v = 0: v is an eigenvector of eigenvalue 0 (and so is every v)
+                elif prev is not None and abs(lam - prev) <= tol * abs(lam):
+                    done[i] = True
+                else:
+                    vecs[i] = [h / norm for h in hv[i]]
+                if bar is not None:
+                    bar.update(int(iters) - it if i in done else 1)
+            if bar is not None:
+                bar.set_postfix_str(" ".join(f"{h[-1]:.3g}" for h in hist))
+    finally:
+        for p, r in saved.items():
+            p.requires_grad_(r)
+        if bar is not None and hasattr(bar, "close"):
+            bar.close()
+    return [Eigen(h[-1], len(h), done.get(i, False), tuple(h)) for i, h in enumerate(hist)]
+
+
+def _normalized(v):
+    n = math.sqrt(float(sum((x.double() ** 2).sum() for x in v)))
+    return [x / n for x in v]
+
+
+def encoder_layer_weights(model_base) -> list[list[tuple[str, object]]]:
+    """``[(name, weight Parameter)] * 6`` for each encoder layer of a BERT-like base model."""
+    out = []
+    for i, layer in enumerate(model_base.encoder.layer):
+        row = []
+        for name in LINEARS:
+            mod = layer
+            for part in name.split("."):
+                mod = getattr(mod, part)
+            row.append((f"encoder.layer.{i}.{name}.weight", mod.weight))
+        out.append(row)
+    return out
+
+
+# -- 2. quantization error, packed sizes, the bit assignment --------------------------------------
+def check_choices(choices) -> tuple[int, ...]:
+    """``choices`` as a sorted tuple of distinct bit widths, each in {2, 3, 4, 8}."""
+    try:
+        cs = list(choices)
+    except TypeError:
+        cs = [choices]
+    bad = [c for c in cs if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or int(c) not in WEIGHT_BITS]
+    if bad or not cs:
+        raise IBertTVMError(f"weight bits must be among {set(WEIGHT_BITS)}, got {bad or 'none'}")
+    return tuple(sorted({int(c) for c in cs}))
+
+
+def _check_groups(groups, rows: int, what: str = "weight") -> int:
+    if isinstance(groups, bool) or not isinstance(groups, (int, np.integer)) or groups < 0:
+        raise IBertTVMError(f"weight groups must be an integer >= 0 (0 = per output row), got {groups!r}")
+    if groups > 1 and rows % groups:
+        raise IBertTVMError(f"weight groups {groups} does not divide the {rows} output rows of {what} "
+                            "(0 = one scale per row, 1 = per tensor)")
+    return int(groups)
+
+
+def fake_quantize(w: np.ndarray, bits: int, groups: int = 0) -> np.ndarray:
+    """``Q_b(W)``: symmetric ``bits``-bit quantization of ``w [N, K]`` and back, in float64.
+
+    Scale per output row (``groups=0``), per tensor (1), or per group of ``N/G`` consecutive rows
+    (``G``): ``s = absmax / (2^(b-1) - 1)`` (1 for an all-zero group); ``q = clip(round(w / s))``.
+    """
+    (bits,) = check_choices([bits])
+    w = np.asarray(w, dtype=np.float64)
+    if w.ndim != 2:
+        raise IBertTVMError(f"a weight matrix [N, K] expected, got shape {w.shape}")
+    n = w.shape[0]
+    groups = _check_groups(groups, n)
+    qm = (1 << (bits - 1)) - 1
+    if groups == 0:
+        amax = np.abs(w).max(axis=1)
+    else:
+        amax = np.repeat(np.abs(w).reshape(groups, -1).max(axis=1), n // groups)
+    s = np.where(amax > 0, amax / qm, 1.0)[:, None]
+    return np.clip(np.round(w / s), -qm, qm) * s
+
+
+def quantization_error(w: np.ndarray, bits: int, groups: int = 0) -> float:
+    """``||Q_b(W) - W||_F^2`` (float64)."""
+    w64 = np.asarray(w, dtype=np.float64)
+    return float(((fake_quantize(w64, bits, groups) - w64) ** 2).sum())
+
+
+def weight_bytes(shape, bits: int) -> int:
+    """Stored bytes of one ``[N, K]`` weight at ``bits``: packed rows below 8 bits, int8 at 8."""
+    (bits,) = check_choices([bits])
+    n, k = (int(x) for x in shape)
+    return n * k if bits == 8 else n * row_bytes(k, bits)
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One layer for :func:`assign_bits`: its Hessian eigenvalue and its weight matrices."""
+
+    eigenvalue: float
+    weights: Sequence[np.ndarray]
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class BitPlan:
+    bits: tuple  # per layer
+    size_bytes: int
+    budget_bytes: int
+    objective: float  # sum_l |lambda_l| * error_l(b_l)
+    eigenvalues: tuple = ()
+    errors: tuple = ()  # per layer: {bits: ||Q_b(W_l) - W_l||^2}
+    sizes: tuple = ()  # per layer: {bits: bytes}
+    choices: tuple = WEIGHT_BITS
+    groups: int = 0
+    names: tuple = field(default=())
+
+    def uniform(self, b: int) -> tuple[int, float]:
+        """(size, objective) of every layer at ``b`` bits."""
+        return (sum(s[b] for s in self.sizes),
+                float(sum(abs(lam) * e[b] for lam, e in zip(self.eigenvalues, self.errors))))
+
+
+def solve_bits(eigenvalues: Sequence[float], errors: Sequence[dict], sizes: Sequence[dict], budget_bytes: int,
+               choices=WEIGHT_BITS) -> tuple[tuple[int, ...], float, int]:
+    """Exact ``argmin_b sum_l |lambda_l| errors[l][b_l]`` s.t. ``sum_l sizes[l][b_l] <= budget_bytes``.
+
+    Returns ``(bits, objective, size)``. Dynamic program over layers on the Pareto front of partial
+    assignments (a prefix with more bytes and no smaller cost than another can never win, since the
+    remaining layers add the same to both). Ties: the smaller size, then the first found in
+    ascending-bits order. ``IBertTVMError`` if no assignment fits, naming the smallest size.
+    """
+    choices = check_choices(choices)
+    L = len(eigenvalues)
+    if L == 0 or len(errors) != L or len(sizes) != L:
+        raise IBertTVMError(f"one eigenvalue, error table and size table per layer needed, got "
+                            f"{L}, {len(errors)}, {len(sizes)}")
+    lam = [abs(float(x)) for x in eigenvalues]
+    if not all(math.isfinite(x) for x in lam):
+        raise IBertTVMError(f"eigenvalues must be finite, got {list(eigenvalues)}")
+    for i in range(L):
+        missing = [b for b in choices if b not in errors[i] or b not in sizes[i]]
+        if missing:
+            raise IBertTVMError(f"layer {i} has no error or size for {missing} bits")
+    if isinstance(budget_bytes, bool) or int(budget_bytes) != budget_bytes:
+        raise IBertTVMError(f"the budget must be a whole number of bytes, got {budget_bytes!r}")
+    budget = int(budget_bytes)
+    smallest = sum(min(int(sizes[i][b]) for b in choices) for i in range(L))
+    if budget < smallest:
+        raise IBertTVMError(f"no bit assignment fits {budget:,} bytes: the smallest achievable size with bits "
+                            f"{'/'.join(map(str, choices))} is {smallest:,} bytes")
+    # suffix minimum sizes: a prefix whose size + the rest's minimum exceeds the budget is dead
+    rest = [0] * (L + 1)
+    for i in range(L - 1, -1, -1):
+        rest[i] = rest[i + 1] + min(int(sizes[i][b]) for b in choices)
+    front: list[tuple[int, float, tuple]] = [(0, 0.0, ())]  # (size, cost, bits), size ascending, cost descending
+    for i in range(L):
+        best: dict[int, tuple[float, tuple]] = {}
+        for size, cost, bits in front:
+            for b in choices:
+                s2 = size + int(sizes[i][b])
+                if s2 + rest[i + 1] > budget:
+                    continue
+                c2 = cost + lam[i] * float(errors[i][b])
+                if s2 not in best or c2 < best[s2][0]:
+                    best[s2] = (c2, bits + (b,))
+        front = []
+        for s2 in sorted(best):
+            c2, bits = best[s2]
+            if not front or c2 < front[-1][1]:
+                front.append((s2, c2, bits))
+    size, cost, bits = front[-1]  # the cheapest (front costs fall as sizes grow)
+    return bits, cost, size
+
+
+def layer_tables(layers_info: Sequence[LayerInfo], choices=WEIGHT_BITS, groups: int = 0):
+    """Per layer: ``{bits: ||Q_b(W) - W||^2 summed over its matrices}`` and ``{bits: stored bytes}``."""
+    choices = check_choices(choices)
+    errors, sizes = [], []
+    for i, info in enumerate(layers_info):
+        if not len(info.weights):
+            raise IBertTVMError(f"layer {info.name or i} has no weights")
+        for w in info.weights:
+            if np.ndim(w) != 2:
+                raise IBertTVMError(f"layer {info.name or i}: weights must be [N, K] matrices, got {np.shape(w)}")
+            _check_groups(groups, np.shape(w)[0], f"a {np.shape(w)} weight of layer {info.name or i}")
+        errors.append({b: sum(quantization_error(w, b, groups) for w in info.weights) for b in choices})
+        sizes.append({b: sum(weight_bytes(np.shape(w), b) for w in info.weights) for b in choices})
+    return errors, sizes
+
+
+def assign_bits(layers_info: Sequence[LayerInfo], budget_bytes: int, choices=WEIGHT_BITS,
+                groups: int = 0) -> BitPlan:
+    """Q-BERT's bits per layer for a weight-size budget (see the module docstring)."""
+    choices = check_choices(choices)
+    errors, sizes = layer_tables(layers_info, choices, groups)
+    eig = [float(x.eigenvalue) for x in layers_info]
+    bits, cost, size = solve_bits(eig, errors, sizes, budget_bytes, choices)
+    return BitPlan(bits, size, int(budget_bytes), cost, tuple(eig), tuple(errors), tuple(sizes), choices,
+                   int(groups), tuple(x.name for x in layers_info))
+
+
+# -- 3. the plan file -----------------------------------------------------------------------------------
+def plan_dict(plan: BitPlan, *, model: str, model_hash: str | None, task: str, extra: dict | None = None) -> dict:
+    d = {
+        "format": PLAN_FORMAT,
+        "model": model,
+        "model_hash": model_hash,
+        "task": task,
+        "layers": len(plan.bits),
+        "layer_bits": list(plan.bits),
+        "eigenvalues": list(plan.eigenvalues),
+        "weight_groups": plan.groups,
+        "budget_bytes": plan.budget_bytes,
+        "size_bytes": plan.size_bytes,
+        "size_counts": "stored encoder-linear weight bytes (packed rows below 8 bits); scales and biases not counted",
+        "objective": plan.objective,
+        "choices": list(plan.choices),
+        "errors": {str(b): [e[b] for e in plan.errors] for b in plan.choices},
+        "sizes": {str(b): [s[b] for s in plan.sizes] for b in plan.choices},
+        "uniform": {str(b): dict(zip(("size_bytes", "objective"), plan.uniform(b))) for b in plan.choices},
+    }
+    d.update(extra or {})
+    return d
+
+
+def write_plan(path: str | os.PathLike, d: dict) -> Path:
+    """Write the plan JSON atomically (temporary sibling, then rename)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps(d, indent=1) + "\n", encoding="utf-8")
+        os.replace(tmp, p)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return p
+
+
+def load_bits_plan(path: str | os.PathLike, num_layers: int) -> tuple[int, ...]:
+    """The per-layer weight bits of a ``ibert-tvm-bits/1`` plan, checked against ``num_layers``."""
+    p = Path(path)
+    try:
+        d = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise IBertTVMError(f"bits plan {p} does not exist") from None
+    except (OSError, ValueError) as e:
+        raise IBertTVMError(f"bits plan {p} is unreadable or not JSON: {e}") from None
+    if not isinstance(d, dict) or d.get("format") != PLAN_FORMAT:
+        got = d.get("format") if isinstance(d, dict) else type(d).__name__
+        raise IBertTVMError(f"{p} is not a bits plan (format {got!r}, expected {PLAN_FORMAT!r}); "
+                            "write one with `ibert-tvm sensitivity -o plan.json`")
+    bits = d.get("layer_bits")
+    if not isinstance(bits, list):
+        raise IBertTVMError(f"bits plan {p} has no layer_bits list")
+    bad = [b for b in bits if isinstance(b, bool) or not isinstance(b, int) or b not in WEIGHT_BITS]
+    if bad:
+        raise IBertTVMError(f"bits plan {p}: layer bits must be among {set(WEIGHT_BITS)}, got {bad}")
+    if len(bits) != int(num_layers):
+        raise IBertTVMError(f"bits plan {p} is for {len(bits)} encoder layers, the model has {num_layers}")
+    if "layers" in d and d["layers"] != len(bits):
+        raise IBertTVMError(f"bits plan {p} is inconsistent: layers={d['layers']} but {len(bits)} layer_bits")
+    return tuple(bits)
+
+
+# -- the task: data sample and loss ---------------------------------------------------------------------
+def task_batches(task, ckpt, samples: int, batch_size: int) -> tuple[list[dict], list[int]]:
+    """The first ``samples`` examples of ``task`` in batches (grouped by length), and the batch sizes."""
+    import torch
+
+    from ..deploy.tokenize import Tokenizer
+    from ..model.hf_loader import load_tokenizer_json
+    from .calibrate import torch_inputs
+
+    ex = task.examples[:samples]
+    if not ex:
+        raise IBertTVMError(f"task {task.name} has no examples")
+    tok = Tokenizer(load_tokenizer_json(ckpt.path), ckpt.max_positions, ckpt.family, ckpt.pad_token_id)
+    ex = sorted(ex, key=lambda e: (len(e.text) + len(e.text_b or ""), e.text))
+    out = []
+    if task.kind == "similarity":
+        top = max(1.0, float(np.abs(task.labels).max()))  # STS-B scores 0..5 -> 0..1
+        for i in range(0, len(ex), batch_size):
+            chunk = ex[i : i + batch_size]
+            out.append({"a": torch_inputs(tok([e.text for e in chunk])),
+                        "b": torch_inputs(tok([e.text_b for e in chunk])),
+                        "target": torch.tensor([e.label / top for e in chunk], dtype=torch.float32)})
+    else:
+        for i in range(0, len(ex), batch_size):
+            chunk = ex[i : i + batch_size]
+            pairs = [e.text_b for e in chunk] if task.pairs else None
+            out.append({"inputs": torch_inputs(tok([e.text for e in chunk], pairs)),
+                        "labels": torch.tensor([int(e.label) for e in chunk], dtype=torch.int64)})
+    return out, [len(b["target"] if "target" in b else b["labels"]) for b in out]
+
+
+def task_loss(kind: str) -> Callable:
+    """Classification: cross-entropy of the logits. Similarity: MSE between the cosine of the two
+    mean-pooled embeddings and the score scaled to [0, 1]."""
+    import torch
+
+    def pooled(model, enc):
+        hs = model(**enc).last_hidden_state
+        m = enc["attention_mask"].unsqueeze(-1).to(hs.dtype)
+        return (hs * m).sum(1) / m.sum(1).clamp(min=1.0)
+
+    def similarity(model, batch):
+        cos = torch.nn.functional.cosine_similarity(pooled(model, batch["a"]), pooled(model, batch["b"]), dim=-1)
+        return torch.nn.functional.mse_loss(cos, batch["target"])
+
+    def classification(model, batch):
+        return torch.nn.functional.cross_entropy(model(**batch["inputs"]).logits, batch["labels"])
+
+    return similarity if kind == "similarity" else classification
+
+
+def _train_task(name: str):
+    """The task's *training* data (sensitivity is measured where the model was fitted, not on test)."""
+    from ..tasks import load_task
+
+    return load_task(name, split="train") if name in ("sentiment", "stsb") else load_task(name)
+
+
+# -- CLI --------------------------------------------------------------------------------------------------
+def _budget(args, mats: list[list[np.ndarray]]) -> tuple[int, str]:
+    """The budget in bytes from --budget-bytes / --budget-bits / --like-uniform, and how to say it."""
+    if args.budget_bytes is not None:
+        return args.budget_bytes, f"{args.budget_bytes:,} bytes"
+    if args.budget_bits is not None:
+        if not 0 < args.budget_bits <= 8:
+            raise IBertTVMError(f"--budget-bits must be in (0, 8], got {args.budget_bits}")
+        b = math.floor(sum(w.size for layer in mats for w in layer) * args.budget_bits / 8)
+        return b, f"{args.budget_bits:g} bits per weight on average ({b:,} bytes)"
+    u = args.like_uniform
+    (u,) = check_choices([u])
+    b = sum(weight_bytes(w.shape, u) for layer in mats for w in layer)
+    return b, f"the size of uniform {u}-bit weights ({b:,} bytes)"
+
+
+def _reused_eigenvalues(path, model_hash: str, task: str, num_layers: int) -> tuple[list[Eigen], dict]:
+    """The eigenvalues (and how they were measured) of an earlier plan for the same model and task."""
+    load_bits_plan(path, num_layers)  # format and layer count
+    d = json.loads(Path(path).read_text(encoding="utf-8"))
+    if d.get("model_hash") != model_hash:
+        raise IBertTVMError(f"--reuse {path} was measured on another model (hash {str(d.get('model_hash'))[:12]}, "
+                            f"this one {model_hash[:12]})")
+    if d.get("task") != task:
+        raise IBertTVMError(f"--reuse {path} was measured on task {d.get('task')!r}, not {task!r}")
+    lam = d.get("eigenvalues")
+    if (not isinstance(lam, list) or len(lam) != num_layers
+            or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in lam)):
+        raise IBertTVMError(f"--reuse {path} has no valid eigenvalues ({num_layers} finite numbers expected)")
+    conv = d.get("converged") or [False] * num_layers
+    its = d.get("iterations") or [0] * num_layers
+    eig = [Eigen(float(x), int(n), bool(c)) for x, n, c in zip(lam, its, conv)]
+    keys = ("samples", "batch", "iters", "tol", "seed", "iterations", "converged")
+    return eig, {**{k: d[k] for k in keys if k in d}, "eigenvalues_from": str(path)}
+
+
+def _table(plan: BitPlan) -> str:
+    cs = plan.choices
+    head = ["layer", "lambda"] + [f"err@{b}" for b in cs] + ["bits", "bytes"]
+    rows = []
+    for i, lam in enumerate(plan.eigenvalues):
+        b = plan.bits[i]
+        rows.append([str(i), f"{lam:.4g}"] + [f"{plan.errors[i][c]:.4g}" for c in cs] + [str(b), f"{plan.sizes[i][b]:,}"])
+    widths = [max(len(h), *(len(r[j]) for r in rows)) for j, h in enumerate(head)]
+    fmt = lambda r: "  ".join(x.rjust(w) for x, w in zip(r, widths))  # noqa: E731
+    return "\n".join([fmt(head), fmt(["-" * w for w in widths]), *(fmt(r) for r in rows)])
+
+
+def cmd_sensitivity(args) -> int:
+    import torch
+
+    from ..evaluate import check_task_model, resolve_model
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.output)
+    if out.is_dir():
+        raise IBertTVMError(f"--output {out} is a directory; give a file name such as plan.json")
+    choices = check_choices(args.choices)
+    t0 = time.time()
+    task = _train_task(args.task)
+    ckpt = resolve_model(args.task, args.model)
+    check_task_model(task, ckpt)
+    ckpt.model.set_attn_implementation("eager")  # SDPA has no double backward on CPU
+    named = encoder_layer_weights(ckpt.base)
+    mats = [[p.detach().double().numpy() for _, p in layer] for layer in named]
+    for layer in mats:  # before any long work: groups, budget
+        for w in layer:
+            _check_groups(args.groups, w.shape[0], f"the {w.shape[0]}x{w.shape[1]} encoder matrices")
+    budget, budget_text = _budget(args, mats)
+    smallest = sum(min(sum(weight_bytes(w.shape, b) for w in layer) for b in choices) for layer in mats)
+    if budget < smallest:
+        raise IBertTVMError(f"no bit assignment fits {budget:,} bytes: the smallest achievable size with bits "
+                            f"{'/'.join(map(str, choices))} is {smallest:,} bytes")
+    print(f"model: {ckpt.architecture}, {len(named)} encoder layers, from {ckpt.path}")
+    t1 = time.time()
+    if args.reuse:
+        eig, measured = _reused_eigenvalues(args.reuse, ckpt.model_hash, args.task, len(named))
+        print(f"eigenvalues from {args.reuse} (no Hessian run)")
+    else:
+        from tqdm.auto import tqdm
+
+        batches, sizes = task_batches(task, ckpt, args.samples, args.batch)
+        print(f"task: {task.name} ({task.kind}), {sum(sizes)} examples in {len(batches)} batches; power iteration "
+              f"up to {args.iters} steps, tol {args.tol:g}, seed {args.seed}")
+        eig = top_eigenvalues(ckpt.model, batches, task_loss(task.kind), [[p for _, p in layer] for layer in named],
+                              iters=args.iters, tol=args.tol, seed=args.seed, weights=sizes,
+                              progress=lambda total: tqdm(total=total, desc="hessian (layers x iterations)",
+                                                          unit="step", leave=False, disable=None))
+        measured = {"samples": sum(sizes), "batch": args.batch, "iters": args.iters, "tol": args.tol,
+                    "seed": args.seed, "iterations": [e.iterations for e in eig],
+                    "converged": [e.converged for e in eig]}
+    t_eig = time.time() - t1
+    infos = [LayerInfo(e.value, layer, f"layer{i}") for i, (e, layer) in enumerate(zip(eig, mats))]
+    plan = assign_bits(infos, budget, choices, args.groups)
+    print(_table(plan))
+    print(f"budget: {budget_text}; plan: {plan.size_bytes:,} bytes, bits {list(plan.bits)}, "
+          f"objective sum |lambda| err = {plan.objective:.4g}")
+    for b in choices:
+        s, c = plan.uniform(b)
+        print(f"  uniform {b}-bit: {s:,} bytes, objective {c:.4g}" + ("" if s <= budget else " (over budget)"))
+    unconverged = [i for i, e in enumerate(eig) if not e.converged]
+    if unconverged:
+        print(f"note: power iteration did not reach the tolerance for layers {unconverged}")
+    extra = {"model_path": str(ckpt.path), **measured, "budget": budget_text,
+             "seconds": {"eigenvalues": round(t_eig, 1), "total": round(time.time() - t0, 1)}}
+    write_plan(out, plan_dict(plan, model=str(args.model), model_hash=ckpt.model_hash, task=args.task, extra=extra))
+    print(f"wrote {out} (eigenvalues in {t_eig:.0f} s, {time.time() - t0:.0f} s in all)")
+    return 0
+
+
+def _positive_int(s: str) -> int:
+    try:
+        n = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{s} must be at least 1")
+    return n
+
+
+def _nonneg_int(s: str) -> int:
+    try:
+        n = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{s} must be >= 0")
+    return n
+
+
+def _bits_list(s: str) -> tuple[int, ...]:
+    try:
+        vals = [int(x) for x in s.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r}: comma-separated bit widths expected, e.g. 2,3,4,8") from None
+    try:
+        return check_choices(vals)
+    except IBertTVMError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "sensitivity", help="Q-BERT: per-layer Hessian top eigenvalues -> weight bits per layer for a size budget",
+        description="Estimate each encoder layer's Hessian top eigenvalue (power iteration on Hessian-vector "
+        "products of the task loss, FP32 PyTorch, on a sample of the task's training data), then choose each "
+        "layer's weight bits to minimise sum |lambda| * ||Q_b(W) - W||^2 within a size budget (exact search). "
+        "Writes a plan for `ibert-tvm calibrate --bits-plan`.",
+    )
+    p.add_argument("model", help="Hugging Face model directory, or 'default' (all-MiniLM-L6-v2; for --task "
+                   "sentiment its fine-tuned sentiment classifier, trained once and cached)")
+    p.add_argument("--task", required=True, help="sentiment (train split, cross-entropy), stsb (train pairs, MSE "
+                   "of the embedding cosine vs score/5) or tsv:PATH (a GLUE-format TSV of training data)")
+    p.add_argument("-o", "--output", required=True, help="plan JSON to write (atomically)")
+    p.add_argument("--samples", type=_positive_int, default=64, help="examples in the data sample (default 64)")
+    p.add_argument("--batch", type=_positive_int, default=8, help="batch size of the Hessian-vector products (default 8)")
+    p.add_argument("--iters", type=_positive_int, default=20, help="power iterations at most (default 20)")
+    p.add_argument("--tol", type=float, default=1e-3, help="stop when the eigenvalue changes by less than this, "
+                   "relatively (default 1e-3)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the start vectors (default 0)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--budget-bits", type=float, metavar="AVG", help="budget: AVG bits per encoder weight on "
+                   "average, i.e. floor(weights * AVG / 8) bytes (3-bit rows carry a spare byte, so AVG=3 is a "
+                   "little less than uniform 3-bit: use --like-uniform 3 for that)")
+    g.add_argument("--budget-bytes", type=_positive_int, metavar="N", help="budget: N bytes of encoder weights")
+    g.add_argument("--like-uniform", type=int, metavar="B", default=3, help="budget: the packed size of every "
+                   "layer at B bits (default 3)")
+    p.add_argument("--groups", type=_nonneg_int, default=0, help="weight scales per matrix for the error: "
+                   "0 = per output row (default), 1 = per tensor, G = G groups of consecutive rows")
+    p.add_argument("--choices", type=_bits_list, default=WEIGHT_BITS, help="bit widths to choose from "
+                   "(default 2,3,4,8)")
+    p.add_argument("--reuse", metavar="PLAN", help="take the eigenvalues from an earlier plan of the same model "
+                   "and task (skips the Hessian run; to re-plan for another budget, groups or choices)")
+    p.add_argument("--threads", type=_positive_int, default=None, help="PyTorch threads (default: PyTorch's)")
+    p.set_defaults(func=cmd_sensitivity)
