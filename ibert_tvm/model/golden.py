@@ -7,6 +7,10 @@ Inputs (all int32 ``[B, S]``): ``input_ids``, ``attention_mask`` (1 = token, 0 =
 ``token_type_ids``, ``position_ids`` (see ``quantization.calibrate.position_ids``).
 Output: ``[B, H]`` int32 mean-pooled embedding (scale ``plan.out_scale``) or ``[B, labels]``
 int32 logits.
+
+A linear with packed low-bit weights (``LinearPlan.packed``) is unpacked here with
+``op.packed_weights.unpack_np`` (numpy, independent of the kernels' TE unpack) and multiplied
+with ``linear_np`` like any int8 weight.
 """
 
 from __future__ import annotations
@@ -14,14 +18,27 @@ from __future__ import annotations
 import numpy as np
 
 from ..op.int_matmul import batch_matmul_np, linear_np
+from ..op.packed_weights import unpack_np
 from ..op.pooling import mean_pool_np
-from .plan import ModelPlan
+from .plan import LinearPlan, ModelPlan
 
 
 def _heads(x: np.ndarray, n: int) -> np.ndarray:
     """[B, S, H] -> [B, n, S, H/n]"""
     B, S, H = x.shape
     return x.reshape(B, S, n, H // n).transpose(0, 2, 1, 3)
+
+
+def weight_np(plan: ModelPlan, lp: LinearPlan) -> np.ndarray:
+    """The int8 ``[N, K]`` weight of linear ``lp`` (unpacked once per plan when packed)."""
+    if not lp.packed:
+        return plan.arrays[lp.weight_name]
+    cache = plan.__dict__.setdefault("_golden_unpacked", {})
+    packed = plan.arrays[lp.weight_name]
+    hit = cache.get(lp.name)
+    if hit is None or hit[0] is not packed:
+        hit = cache[lp.name] = (packed, unpack_np(packed, lp.bits, lp.in_features))
+    return hit[1]
 
 
 def encoder_np(plan: ModelPlan, input_ids, attention_mask, token_type_ids, position_ids) -> np.ndarray:
@@ -39,7 +56,7 @@ def encoder_np(plan: ModelPlan, input_ids, attention_mask, token_type_ids, posit
     for L in plan.layers:
 
         def lin(lp, inp):
-            return linear_np(inp, A[lp.name + ".weight"], A[lp.name + ".bias"])
+            return linear_np(inp, weight_np(plan, lp), A[lp.name + ".bias"])
 
         q = _heads(L.q.requant.numpy(lin(L.q, h)), plan.heads)
         k = _heads(L.k.requant.numpy(lin(L.k, h)), plan.heads)
@@ -61,5 +78,6 @@ def run_golden(plan: ModelPlan, input_ids, attention_mask, token_type_ids, posit
         return pooled if plan.pool is None else plan.pool.numpy(pooled)
     A = plan.arrays
     cls = np.ascontiguousarray(h[:, 0, :])
-    t = plan.tanh.numpy(plan.head_dense.requant.numpy(linear_np(cls, A["head.dense.weight"], A["head.dense.bias"])))
-    return plan.head_out.requant.numpy(linear_np(t, A["head.out.weight"], A["head.out.bias"]))
+    pre = linear_np(cls, weight_np(plan, plan.head_dense), A["head.dense.bias"])
+    t = plan.tanh.numpy(plan.head_dense.requant.numpy(pre))
+    return plan.head_out.requant.numpy(linear_np(t, weight_np(plan, plan.head_out), A["head.out.bias"]))

@@ -1,10 +1,11 @@
 """The integer BERT as ``relax.frontend.nn`` modules, named like Hugging Face's.
 
-Every module holds integer ``nn.Parameter``s only (int8 weights, int32 biases, int32
-per-channel requantization multipliers/shifts, LayerNorm integer affine) and emits the TE
-bodies of the op plans in :mod:`ibert_tvm.model.plan` through ``op.tensor_expr_op``; the
-parameter names equal the keys of ``ModelPlan.arrays``. Batch and sequence length are
-symbolic. ``IntBertModel.export(plan)`` returns the Relax IRModule and the ordered param names.
+Every module holds integer ``nn.Parameter``s only (int8 weights, or uint8 packed 2/3/4-bit
+weights; int32 biases, int32 per-channel requantization multipliers/shifts, LayerNorm integer
+affine) and emits the TE bodies of the op plans in :mod:`ibert_tvm.model.plan` through
+``op.tensor_expr_op``; the parameter names equal the keys of ``ModelPlan.arrays``. Batch and
+sequence length are symbolic. ``IntBertModel.export(plan)`` returns the Relax IRModule and the
+ordered param names.
 """
 
 from __future__ import annotations
@@ -24,12 +25,19 @@ class IntLinear(nn.Module):
     """``x [.., K] int8 -> requant(x W^T + b)``; weight/bias laid out by the target's
     :class:`~ibert_tvm.schedules.LinearStrategy` (generic: [N, K] int8, [N] int32); the
     requantization's per-channel tensors (``m``, ``s``; ``mb``, ``sb`` for a per-channel
-    residual input) are int32 [N] parameters named as in ``requant.params()``."""
+    residual input) are int32 [N] parameters named as in ``requant.params()``. A packed
+    low-bit linear (``lp.packed``) declares the strategy's ``packed_param_shapes`` (a uint8
+    ``weight_packed``) and its kernel is the strategy's ``packed_te`` (unpack in-kernel)."""
 
     def __init__(self, lp: LinearPlan, in_features: int, out_features: int, strategy: LinearStrategy = GENERIC):
         self.plan = lp
         self.strategy = strategy
-        shapes = strategy.param_shapes(out_features, in_features)
+        if lp.packed:
+            if lp.in_features != in_features:
+                raise ValueError(f"{lp.name}: plan K={lp.in_features}, module K={in_features}")
+            shapes = strategy.packed_param_shapes(out_features, in_features, lp.bits)
+        else:
+            shapes = strategy.param_shapes(out_features, in_features)
         self._packed = sorted(shapes)
         for pname, (shape, dtype) in shapes.items():
             setattr(self, pname, nn.Parameter(shape, dtype))
@@ -43,10 +51,14 @@ class IntLinear(nn.Module):
 
     def acc(self, x: nn.Tensor) -> nn.Tensor:
         names = self._packed
-        st = self.strategy
-        return op.tensor_expr_op(
-            lambda a, *ps: st.te(a, **dict(zip(names, ps))), "linear", [x, *(getattr(self, n) for n in names)]
-        )
+        st, lp = self.strategy, self.plan
+        if lp.packed:
+            def body(a, *ps):
+                return st.packed_te(a, **dict(zip(names, ps)), bits=lp.bits, k=lp.in_features)
+        else:
+            def body(a, *ps):
+                return st.te(a, **dict(zip(names, ps)))
+        return op.tensor_expr_op(body, "linear", [x, *(getattr(self, n) for n in names)])
 
     def forward(self, x: nn.Tensor) -> nn.Tensor:
         rq, names = self.plan.requant, self._rq

@@ -8,7 +8,10 @@ It is the single source of truth for both executors:
 
 ``arrays`` holds every run-time integer tensor under the parameter name the Relax model uses
 (HF-like: ``encoder.layer.0.attention.self.query.weight``, ``... .m`` / ``.s`` for a linear's
-per-channel requantization, ``... LayerNorm.g`` / ``.beta_q``).
+per-channel requantization, ``... LayerNorm.g`` / ``.beta_q``). A linear with low-bit weights
+(``qm.weight_bits(prefix) < 8``, Q-BERT) holds ``<prefix>.weight_packed`` (uint8
+``[N, row_bytes(K, bits)]``, :mod:`ibert_tvm.op.packed_weights`) instead of ``<prefix>.weight``:
+the compiled model stores and reads the packed bytes and unpacks them in its kernels.
 
 Dataflow of one layer (``S_*`` are static scales from calibration)::
 
@@ -38,8 +41,10 @@ from ..op.int_layernorm import IntLayerNorm
 from ..op.int_softmax import IntSoftmax
 from ..op.int_tanh import IntTanh
 from ..op.pooling import FRAC_BITS
+from ..op.packed_weights import check_weight_bits, row_bytes
 from ..op.requantize import Requantize
 from ..op.residual_add import ResidualAdd
+from ..errors import IBertTVMError
 from ..quantization.artifact import QuantizedModel
 
 
@@ -48,13 +53,35 @@ POOL_BITS = 22  # fractional bits of the pooled embedding below the largest chan
 
 @dataclass
 class LinearPlan:
-    """A linear ``x W^T + b`` whose int32 output is requantized per channel by ``requant``."""
+    """A linear ``x W^T + b`` whose int32 output is requantized per channel by ``requant``.
+
+    ``bits < 8``: the weight is a run-time uint8 ``<name>.weight_packed`` [N, row_bytes(K, bits)]
+    (unpacked in the kernel; the golden executor unpacks it with ``unpack_np``); else the int8
+    ``<name>.weight`` [N, K]. ``in_features`` is K."""
 
     name: str  # parameter prefix
     requant: object  # Requantize or ResidualAdd (both carry per-channel m, s)
+    bits: int = 8
+    in_features: int = 0
+
+    @property
+    def packed(self) -> bool:
+        return self.bits < 8
+
+    @property
+    def weight_name(self) -> str:
+        return f"{self.name}.weight_packed" if self.packed else f"{self.name}.weight"
 
     def arrays(self, qm: QuantizedModel) -> dict[str, np.ndarray]:
-        out = {f"{self.name}.weight": qm.tensor(f"{self.name}.weight"), f"{self.name}.bias": qm.tensor(f"{self.name}.bias")}
+        if self.packed:
+            w = np.asarray(qm.packed_weight(self.name))
+            want = (int(qm.tensor(f"{self.name}.weight").shape[0]), row_bytes(self.in_features, self.bits))
+            if w.dtype != np.uint8 or w.shape != want:
+                raise IBertTVMError(f"{self.name}: packed {self.bits}-bit weight is {w.dtype} {list(w.shape)}, "
+                                    f"expected uint8 {list(want)}")
+        else:
+            w = qm.tensor(f"{self.name}.weight")
+        out = {self.weight_name: w, f"{self.name}.bias": qm.tensor(f"{self.name}.bias")}
         out.update({f"{self.name}.{k}": v for k, v in self.requant.params().items()})
         return out
 
@@ -98,9 +125,13 @@ class ModelPlan:
             arrays.update({f"{prefix}.{k}": v for k, v in plan.params().items()})
             return plan
 
+        linears: dict[str, LinearPlan] = {}
+
         def linear(name, requant):
-            lp = LinearPlan(name, requant)
+            k = int(qm.tensor(name + ".weight").shape[1])
+            lp = LinearPlan(name, requant, bits=check_weight_bits(qm.weight_bits(name)), in_features=k)
             arrays.update(lp.arrays(qm))
+            linears[name] = lp
             return lp
 
         def lin_in(name, s_in):
@@ -178,20 +209,27 @@ class ModelPlan:
             )
             self.out_scale = s_log
         self.arrays = arrays
+        self.linears = linears
 
     def linear_names(self) -> list[str]:
-        """Parameter prefixes of every int8 linear (weight + bias in ``arrays``)."""
-        return sorted(k[: -len(".m")] for k in self.arrays if k.endswith(".m") and k[:-2] + ".weight" in self.arrays)
+        """Parameter prefixes of every linear (weight or packed weight, + bias in ``arrays``)."""
+        return sorted(self.linears)
 
     def arrays_for(self, strategy) -> dict[str, np.ndarray]:
-        """``arrays`` with every linear's weight/bias replaced by ``strategy.pack``'s tensors."""
+        """``arrays`` with every linear's weight/bias replaced by the strategy's tensors
+        (``strategy.pack`` for int8 weights, ``strategy.pack_packed`` for packed low-bit ones)."""
         if strategy.name == "generic":
             return self.arrays
         out = dict(self.arrays)
-        for name in self.linear_names():
-            w, b = out.pop(name + ".weight"), out.pop(name + ".bias")
-            out.update({f"{name}.{k}": v for k, v in strategy.pack(w, b).items()})
+        for name, lp in sorted(self.linears.items()):
+            w, b = out.pop(lp.weight_name), out.pop(name + ".bias")
+            packed = strategy.pack_packed(w, b, lp.bits, lp.in_features) if lp.packed else strategy.pack(w, b)
+            out.update({f"{name}.{k}": v for k, v in packed.items()})
         return out
+
+    def weight_bits(self) -> dict[str, int]:
+        """Linear prefix -> weight bits, for the packed (< 8-bit) linears."""
+        return {n: lp.bits for n, lp in sorted(self.linears.items()) if lp.packed}
 
     @property
     def output_name(self) -> str:

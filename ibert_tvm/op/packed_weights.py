@@ -80,3 +80,81 @@ def unpack_np(packed: np.ndarray, bits: int, k: int) -> np.ndarray:
     hi = packed[:, np.minimum(i + 1, packed.shape[1] - 1)].astype(np.int64) if bits == 3 else 0
     u = ((lo | (hi << 8)) >> o[None, :]) & ((1 << bits) - 1)
     return (u - (1 << (bits - 1))).astype(np.int8)
+
+
+# -- the packed linear: numpy reference and TVM tensor expressions ---------------------------
+def packed_linear_np(x, packed, bias, bits: int, k: int | None = None) -> np.ndarray:
+    """``x [..., K] int8 -> [..., N] int32``: ``linear_np(x, unpack_np(packed), bias)``."""
+    from .int_matmul import linear_np
+
+    x = np.asarray(x)
+    return linear_np(x, unpack_np(packed, bits, x.shape[-1] if k is None else k), bias)
+
+
+def unpack_value_te(packed, n, k, bits: int):
+    """The weight ``q[n, k]`` (an int32 ``PrimExpr``) read from ``packed`` (a TE tensor, uint8
+    ``[N, row_bytes(K, bits)]``), with the format's formula in int32 arithmetic::
+
+        i, o = (k*bits) >> 3, (k*bits) & 7
+        u = ((packed[n, i] | packed[n, i+1] << 8) >> o) & (2^bits - 1)   # i+1 only at 3 bits
+        q = u - 2^(bits-1)
+
+    ``n``/``k`` are index expressions (any integer dtype) with ``0 <= k < K``: at 2/4 bits a
+    value never crosses a byte (8 is a multiple of ``bits``); at 3 bits the byte ``i + 1`` exists
+    for every ``k < K`` (``row_bytes`` keeps one spare byte).
+    """
+    from tvm import tirx
+
+    bits = int(bits)
+    if bits not in PACKED_BITS:
+        raise ValueError(f"only {PACKED_BITS}-bit weights are packed, got {bits}")
+    j = k * bits
+    i = j >> 3
+    o = (j & 7).astype("int32")
+    word = packed[n, i].astype("int32")
+    if bits == 3:
+        word = word | (packed[n, i + 1].astype("int32") << 8)
+    return ((word >> o) & tirx.IntImm("int32", (1 << bits) - 1)) - tirx.IntImm("int32", 1 << (bits - 1))
+
+
+def _check_packed_te(packed, bits: int, k: int) -> tuple[int, int]:
+    from ._common import check_te_dtype
+
+    check_te_dtype("packed", packed, ("uint8",))
+    bits, k = int(bits), int(k)
+    if bits not in PACKED_BITS:
+        raise ValueError(f"only {PACKED_BITS}-bit weights are packed, got {bits}")
+    if len(packed.shape) != 2 or int(packed.shape[1]) != row_bytes(k, bits):
+        raise ValueError(f"packed {bits}-bit weights for K={k} must be uint8 [N, {row_bytes(k, bits)}], "
+                         f"got {list(packed.shape)}")
+    return int(packed.shape[0]), k
+
+
+UNPACK_BLOCK = "unpack_weight"  # the TE stage (and TIR block) that unpacks a packed weight
+
+
+def unpack_te(packed, bits: int, k: int):
+    """``packed`` uint8 ``[N, row_bytes(K, bits)]`` -> int8 ``[N, K]`` (a TE compute stage)."""
+    from tvm import te
+
+    _check_packed_te(packed, bits, k)
+    shape = (packed.shape[0], _imm_like(packed.shape[0], k))
+    return te.compute(shape, lambda n, kk: unpack_value_te(packed, n, kk, bits).astype("int8"), name=UNPACK_BLOCK)
+
+
+def packed_linear_te(x, packed, bias, bits: int, k: int):
+    """``x [..., K] int8/uint8 -> [..., N] int32``: ``x W^T + b`` with ``W`` unpacked in-kernel.
+
+    One PrimFunc with two stages: ``unpack_weight`` (int8 ``[N, K]``, :func:`unpack_te`) and the
+    generic int8 x int8 -> int32 linear (:func:`~ibert_tvm.op.int_matmul.linear_te`) reading it.
+    """
+    from .int_matmul import linear_te
+
+    return linear_te(x, unpack_te(packed, bits, k), bias)
+
+
+def _imm_like(ref, v: int):
+    """``v`` as an IntImm of the dtype of the shape entry ``ref`` (int32/int64 shapes do not mix)."""
+    from tvm import tirx
+
+    return tirx.IntImm(str(getattr(ref, "dtype", "int64")), int(v))

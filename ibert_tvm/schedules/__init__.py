@@ -11,6 +11,13 @@ A target contributes two things, looked up by target name (``ibert_tvm.targets.T
   ``FuseTIR`` and before any MetaSchedule database, or ``None`` (CPU default: none needed).
 
 The generic strategy is the plain NT layout of ``nn.Linear`` (``W [N, K]``).
+
+Low-bit linears (Q-BERT's 2/3/4-bit weights, :mod:`ibert_tvm.op.packed_weights`) have a second
+set of hooks: ``packed_param_shapes`` / ``pack_packed`` / ``packed_te``. Their weight is a
+parameter ``weight_packed`` (uint8 ``[N, row_bytes(K, bits)]``, the packed row format itself:
+the run-time tensor keeps ``bits`` bits per weight) and the TE body unpacks it *inside the
+kernel*, in a stage named ``op.packed_weights.UNPACK_BLOCK`` of the same PrimFunc, into whatever
+int8 layout the strategy's matmul reads; the bias may be pre-compensated as for 8-bit weights.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from typing import Callable
 import numpy as np
 
 from ..op.int_matmul import linear_te
+from ..op.packed_weights import packed_linear_te, row_bytes
 
 
 class LinearStrategy:
@@ -36,6 +44,19 @@ class LinearStrategy:
     def te(self, x, weight, bias):
         """x [..., K] int8 -> [..., N] int32 (``x W^T + b``)."""
         return linear_te(x, weight, bias)
+
+    # -- packed low-bit weights ---------------------------------------------------------------
+    def packed_param_shapes(self, n: int, k: int, bits: int) -> dict[str, tuple[tuple[int, ...], str]]:
+        """Parameters of a ``bits``-bit linear: ``weight_packed`` uint8 ``[N, row_bytes(K, bits)]``,
+        ``bias`` ``[N]`` int32 (generic: the packed row format as stored, bias unchanged)."""
+        return {"weight_packed": ((n, row_bytes(k, bits)), "uint8"), "bias": ((n,), "int32")}
+
+    def pack_packed(self, packed: np.ndarray, bias: np.ndarray, bits: int, k: int) -> dict[str, np.ndarray]:
+        return {"weight_packed": packed, "bias": bias}
+
+    def packed_te(self, x, weight_packed, bias, *, bits: int, k: int):
+        """x [..., K] int8 -> [..., N] int32 = ``x W^T + b``, ``W`` unpacked in the kernel."""
+        return packed_linear_te(x, weight_packed, bias, bits, k)
 
 
 GENERIC = LinearStrategy()

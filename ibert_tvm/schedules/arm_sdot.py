@@ -65,29 +65,58 @@ class SdotLinear(LinearStrategy):
         """x [..., K] int8 -> [..., N] int32 = ``x W^T + b`` with ``weight`` packed."""
         if len(weight.shape) == 2:
             return super().te(x, weight, bias)
-        from tvm import te
+        return sdot_linear_te(x, weight, bias)
 
-        from ..op._common import check_te_dtype
-        from ..op.int_matmul import BIAS_BOUND, check_accumulator
+    # packed low-bit weights: the packed rows as stored; the kernel unpacks them into
+    # [N/4, K/4, 4, 4] (UNPACK_BLOCK) and runs the same sdot matmul (generic when N, K % 4 != 0)
+    def packed_te(self, x, weight_packed, bias, *, bits: int, k: int):
+        if not _tiles(int(weight_packed.shape[0]), k):
+            return super().packed_te(x, weight_packed, bias, bits=bits, k=k)
+        return sdot_linear_te(x, sdot_unpack_te(weight_packed, bits, k), bias)
 
-        check_te_dtype("x", x, ("int8",))  # sdot is signed x signed
-        check_te_dtype("weight", weight, ("int8",))
-        check_te_dtype("bias", bias, ("int32",))
-        no, ko, ni, ki = (int(d) for d in weight.shape)
-        if (ni, ki) != (TILE, TILE) or int(x.shape[-1]) != ko * TILE or int(bias.shape[0]) != no * TILE:
-            raise ValueError(
-                f"packed weight {list(weight.shape)} does not match x K={x.shape[-1]} / bias N={bias.shape[0]}"
-            )
-        check_accumulator(ko * TILE, "int8", "int8", BIAS_BOUND)
-        k = te.reduce_axis((0, ko * TILE), name="k")
 
-        def mac(*idx):
-            *lead, n = idx
-            w = weight[n // TILE, k // TILE, n % TILE, k % TILE]
-            return te.sum(x(*lead, k).astype("int32") * w.astype("int32"), axis=k)
+def sdot_unpack_te(packed, bits: int, k: int):
+    """uint8 ``[N, row_bytes(K, bits)]`` -> int8 ``[N/4, K/4, 4, 4]`` (``Wp[no, ko, ni, ki] =
+    W[4 no + ni, 4 ko + ki]``), the first stage of a packed low-bit kernel."""
+    from tvm import te
 
-        acc = te.compute((*x.shape[:-1], no * TILE), mac, name=ACC_BLOCK)
-        return te.compute(acc.shape, lambda *idx: acc(*idx) + bias[idx[-1]], name="sdot_bias")
+    from ..op.packed_weights import UNPACK_BLOCK, _check_packed_te, _imm_like, unpack_value_te
+
+    n, k = _check_packed_te(packed, bits, k)
+    shape = tuple(_imm_like(packed.shape[0], d) for d in (n // TILE, k // TILE, TILE, TILE))
+    return te.compute(
+        shape,
+        lambda no, ko, ni, ki: unpack_value_te(packed, no * TILE + ni, ko * TILE + ki, bits).astype("int8"),
+        name=UNPACK_BLOCK,
+    )
+
+
+def sdot_linear_te(x, weight, bias):
+    """x [..., K] int8, weight [N/4, K/4, 4, 4] int8 (a placeholder or an unpack stage), bias
+    [N] int32 -> [..., N] int32: the ``sdot_acc`` block the schedule tensorizes, + bias."""
+    from tvm import te
+
+    from ..op._common import check_te_dtype
+    from ..op.int_matmul import BIAS_BOUND, check_accumulator
+
+    check_te_dtype("x", x, ("int8",))  # sdot is signed x signed
+    check_te_dtype("weight", weight, ("int8",))
+    check_te_dtype("bias", bias, ("int32",))
+    no, ko, ni, ki = (int(d) for d in weight.shape)
+    if (ni, ki) != (TILE, TILE) or int(x.shape[-1]) != ko * TILE or int(bias.shape[0]) != no * TILE:
+        raise ValueError(
+            f"packed weight {list(weight.shape)} does not match x K={x.shape[-1]} / bias N={bias.shape[0]}"
+        )
+    check_accumulator(ko * TILE, "int8", "int8", BIAS_BOUND)
+    k = te.reduce_axis((0, ko * TILE), name="k")
+
+    def mac(*idx):
+        *lead, n = idx
+        w = weight[n // TILE, k // TILE, n % TILE, k % TILE]
+        return te.sum(x(*lead, k).astype("int32") * w.astype("int32"), axis=k)
+
+    acc = te.compute((*x.shape[:-1], no * TILE), mac, name=ACC_BLOCK)
+    return te.compute(acc.shape, lambda *idx: acc(*idx) + bias[idx[-1]], name="sdot_bias")
 
 
 def register_intrin() -> str:
