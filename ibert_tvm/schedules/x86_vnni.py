@@ -201,6 +201,100 @@ def vnni_linear_te(x, weight, bias):
     return te.compute((*lead, _i64(n_dim)), out, name=OUT_BLOCK)
 
 
+# -- packed low-bit weights (op.packed_weights): VNNI tiles of bits ---------------------------
+# A VNNI weight tile Wp[no, ko] (16 channels x 4 k = 64 int8, t = 4 ni + ki) is stored in
+# 64 * bits / 8 bytes, laid out so that unpacking is lane-wise (no byte gathers):
+#   4 bits: byte j < 32 holds u[j] (low nibble) and u[j + 32] (high nibble);
+#   2 bits: byte j < 16 holds u[j + 16 q] in bits 2q..2q+1, q < 4;
+#   3 bits: bytes j < 16 hold the low 2 bits of u[j + 16 q] as at 2 bits; bytes 16 + j (j < 8)
+#           hold bit 2 of u[j + 8 g] in bit g, g < 8;
+# with u = q + 2^(bits-1) (offset binary, as in the row format); padding channels/columns hold
+# u = 2^(bits-1), i.e. the weight 0. It is a permutation of the row format's bits (plus padding):
+# the same bits per weight.
+TILE_BYTES = {b: LANES * KGROUP * b // 8 for b in (2, 3, 4)}  # 16, 24, 32
+UNPACK_VECTOR = {4: 32, 2: 16, 3: 8}  # lanes of one contiguous byte load in the unpack
+
+
+def pack_weight_bits(packed: np.ndarray, bits: int, k: int) -> np.ndarray:
+    """Row format uint8 ``[N, row_bytes(K, bits)]`` -> VNNI bit tiles ``[Np/16, Kp/4, TILE_BYTES]``."""
+    from ..op.packed_weights import unpack_np
+
+    bits = int(bits)
+    q = unpack_np(packed, bits, k)
+    n = q.shape[0]
+    np_, kp = _ceil(n, LANES), _ceil(k, KGROUP)
+    u = np.full((np_, kp), 1 << (bits - 1), np.uint8)
+    u[:n, :k] = (q.astype(np.int16) + (1 << (bits - 1))).astype(np.uint8)
+    t = u.reshape(np_ // LANES, LANES, kp // KGROUP, KGROUP).transpose(0, 2, 1, 3)
+    t = t.reshape(np_ // LANES, kp // KGROUP, LANES * KGROUP)  # [no, ko, t = 4 ni + ki]
+    if bits == 4:
+        out = t[..., :32] | (t[..., 32:] << 4)
+    elif bits == 2:
+        out = t[..., 0:16] | (t[..., 16:32] << 2) | (t[..., 32:48] << 4) | (t[..., 48:64] << 6)
+    elif bits == 3:
+        lo, hi = t & 3, t >> 2
+        low = lo[..., 0:16] | (lo[..., 16:32] << 2) | (lo[..., 32:48] << 4) | (lo[..., 48:64] << 6)
+        high = np.zeros((*t.shape[:2], 8), np.uint8)
+        for g in range(8):
+            high |= hi[..., 8 * g : 8 * g + 8] << g
+        out = np.concatenate([low, high], axis=-1)
+    else:
+        raise ValueError(f"only 2/3/4-bit weights are packed, got {bits}")
+    return np.ascontiguousarray(out.astype(np.uint8))
+
+
+def unpack_weight_bits_np(tiles: np.ndarray, bits: int, n: int, k: int) -> np.ndarray:
+    """VNNI bit tiles -> int8 ``[N, K]`` (the inverse of :func:`pack_weight_bits`, for tests)."""
+    tiles = np.asarray(tiles).astype(np.int64)
+    t = np.arange(64)
+    if bits == 4:
+        u = (tiles[..., t % 32] >> (4 * (t // 32))) & 15
+    elif bits == 2:
+        u = (tiles[..., t % 16] >> (2 * (t // 16))) & 3
+    else:
+        u = ((tiles[..., t % 16] >> (2 * (t // 16))) & 3) | (((tiles[..., 16 + t % 8] >> (t // 8)) & 1) << 2)
+    nb, kb = tiles.shape[:2]
+    w = (u - (1 << (bits - 1))).reshape(nb, kb, LANES, KGROUP).transpose(0, 2, 1, 3).reshape(nb * LANES, kb * KGROUP)
+    return w[:n, :k].astype(np.int8)
+
+
+def vnni_unpack_te(tiles, bits: int):
+    """uint8 ``[Np/16, Kp/4, TILE_BYTES]`` -> int8 ``[Np/16, Kp/4, 16, 4]`` (:func:`pack_weight`'s
+    layout), the first stage of a packed kernel (``op.packed_weights.UNPACK_BLOCK``); int32
+    arithmetic, each output lane reads byte ``t % L`` of its tile for ``L`` consecutive lanes."""
+    from tvm import te, tirx
+
+    from ..op._common import check_te_dtype
+    from ..op.packed_weights import UNPACK_BLOCK
+
+    check_te_dtype("weight_packed", tiles, ("uint8",))
+    bits = int(bits)
+    nb, kb, tb = (int(d) for d in tiles.shape)
+    if tb != TILE_BYTES.get(bits):
+        raise ValueError(f"{bits}-bit VNNI weight tiles must have {TILE_BYTES.get(bits)} bytes, got {tb}")
+
+    def i32(v):
+        return tirx.IntImm("int32", v)
+
+    def value(no, ko, ni, ki):
+        t = ni * KGROUP + ki
+
+        def byte(j):
+            return tiles[no, ko, j].astype("int32")
+
+        if bits == 4:
+            u = (byte(t % 32) >> (t // 32 * 4).astype("int32")) & i32(15)
+        elif bits == 2:
+            u = (byte(t % 16) >> (t // 16 * 2).astype("int32")) & i32(3)
+        else:
+            lo = (byte(t % 16) >> (t // 16 * 2).astype("int32")) & i32(3)
+            hi = (byte(t % 8 + 16) >> (t // 8).astype("int32")) & i32(1)
+            u = lo | (hi << i32(2))
+        return (u - i32(1 << (bits - 1))).astype("int8")
+
+    return te.compute((tiles.shape[0], tiles.shape[1], _i64(LANES), _i64(KGROUP)), value, name=UNPACK_BLOCK)
+
+
 class VnniLinear(LinearStrategy):
     """Weights ``[Np/16, Kp/4, 16, 4]`` int8, bias ``b - 128 colsum(W)`` ``[N]`` int32."""
 
@@ -219,6 +313,28 @@ class VnniLinear(LinearStrategy):
     def te(self, x, weight, bias):
         register_vnni_intrin()  # MetaSchedule may tensorize this workload later in the process
         return vnni_linear_te(x, weight, bias)
+
+    # packed low-bit weights: VNNI bit tiles [Np/16, Kp/4, 64 bits / 8] (pack_weight_bits),
+    # ``b - 128 colsum(W)`` for the unpacked W; the kernel unpacks the tiles into
+    # [Np/16, Kp/4, 16, 4] int8 (vnni_unpack_te) and runs the same VNNI matmul
+    def packed_param_shapes(self, n: int, k: int, bits: int) -> dict[str, tuple[tuple[int, ...], str]]:
+        check_vnni_accumulator(k)
+        tb = TILE_BYTES[int(bits)]
+        return {"weight_packed": ((_ceil(n, LANES) // LANES, _ceil(k, KGROUP) // KGROUP, tb), "uint8"),
+                "bias": ((n,), "int32")}
+
+    def pack_packed(self, packed: np.ndarray, bias: np.ndarray, bits: int, k: int) -> dict[str, np.ndarray]:
+        from ..op.packed_weights import unpack_np
+
+        return {"weight_packed": pack_weight_bits(packed, bits, k),
+                "bias": compensate_bias(unpack_np(packed, bits, k), bias)}
+
+    def packed_te(self, x, weight_packed, bias, *, bits: int, k: int):
+        register_vnni_intrin()
+        nb, kb = (int(d) for d in weight_packed.shape[:2])
+        if kb * KGROUP != _ceil(int(k), KGROUP) or nb * LANES != _ceil(int(bias.shape[0]), LANES):
+            raise ValueError(f"VNNI weight tiles {list(weight_packed.shape)} do not fit K={k}, N={bias.shape[0]}")
+        return vnni_linear_te(x, vnni_unpack_te(weight_packed, bits), bias)
 
 
 # -- the tensor intrinsic -------------------------------------------------------------------
@@ -294,6 +410,8 @@ def _schedule_func(func):
         block = sch.get_sblock(MM_BLOCK)
     except Exception:  # noqa: BLE001 - no such block (ScheduleError): not a VNNI linear
         return func
+    from ..op.packed_weights import UNPACK_BLOCK
+
     epilogue = [sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))]
     mo, mi, n, k = sch.get_loops(block)
     n_blocks = int(sch.get(n).extent) // LANES
@@ -301,14 +419,33 @@ def _schedule_func(func):
     mi0, mi1 = sch.split(mi, [None, ROW_TILE])  # TILE_M % ROW_TILE == 0
     n0, n1, n2 = sch.split(n, [None, cb, LANES])
     k0, k1 = sch.split(k, [None, KGROUP])
-    sch.reorder(mo, n0, mi0, k0, mi1, n1, n2, k1)
-    sch.parallel(sch.fuse(mo, n0))  # row tiles x channel tiles across cores
+    if UNPACK_BLOCK in epilogue:
+        _schedule_unpack(sch, sch.get_sblock(UNPACK_BLOCK), (mo, mi0, mi1, n0, n1, n2, k0, k1))
+    else:
+        sch.reorder(mo, n0, mi0, k0, mi1, n1, n2, k1)
+        sch.parallel(sch.fuse(mo, n0))  # row tiles x channel tiles across cores
     sch.decompose_reduction(block, k0)
     sch.tensorize(n2, VNNI_INTRIN)
     for name in epilogue:
-        if name != MM_BLOCK:
+        if name not in (MM_BLOCK, UNPACK_BLOCK):
             _parallel_rows(sch, sch.get_sblock(name))
     return sch.mod["main"].with_attr("tirx.is_scheduled", True)
+
+
+def _schedule_unpack(sch, unpack, loops) -> None:
+    """Packed low-bit weights: channel tiles outermost and in parallel; each unpacks its weight
+    tile (``cb x 16`` channels x ``Kp``, at most 4 x 16 x 4 KiB) right before the matmul reads it
+    for every row, so the int8 weights stay in cache and are unpacked once per call; the unpack
+    is vectorized over the contiguous bytes of a VNNI bit tile (``UNPACK_VECTOR`` lanes)."""
+    mo, mi0, mi1, n0, n1, n2, k0, k1 = loops
+    sch.reorder(n0, mo, mi0, k0, mi1, n1, n2, k1)
+    sch.parallel(n0)
+    sch.compute_at(unpack, n0)
+    *_, ni, ki = sch.get_loops(unpack)
+    bits = {b for b, tb in TILE_BYTES.items() if tb == int(sch.get(unpack).reads[0].source.shape[-1])}
+    lanes = UNPACK_VECTOR[bits.pop()] if len(bits) == 1 else KGROUP
+    _, nl = sch.split(ni, [None, lanes // KGROUP])
+    sch.vectorize(sch.fuse(nl, ki))
 
 
 def vnni_schedule_pass(target):
