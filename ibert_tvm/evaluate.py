@@ -240,17 +240,18 @@ def calibration_sentences(task_name: str, n: int = 300) -> list[str]:
     return default_calibration_sentences(n)
 
 
-def compile_cached(qm, *, log=print) -> Path:
-    """Compile ``qm`` for this CPU into ``<cache>/compiled/<hash>`` (reused when present)."""
+def compile_cached(qm, *, target: str = "llvm", log=print) -> Path:
+    """Compile ``qm`` for ``target`` (default: this CPU, generic) into ``<cache>/compiled/<hash>-<target>``
+    (reused when present)."""
     from .deploy.export import compile_quantized, quantized_hash
     from .tasks import cache_dir
 
-    out = cache_dir() / "compiled" / f"{quantized_hash(qm)[:16]}-llvm"
+    out = cache_dir() / "compiled" / f"{quantized_hash(qm)[:16]}-{target}"
     if (out / "manifest.json").is_file():
         log(f"using the cached compiled model {out}")
         return out
-    log(f"compiling the integer-only model for this CPU into {out} (MiniLM takes 2-3 minutes; cached afterwards)")
-    compile_quantized(qm, out, target="llvm", log=log)
+    log(f"compiling the integer-only model for {target} into {out} (MiniLM takes 1-3 minutes; cached afterwards)")
+    compile_quantized(qm, out, target=target, log=log)
     return out
 
 
