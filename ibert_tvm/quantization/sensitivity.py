@@ -26,9 +26,12 @@ Offline analysis in float32 PyTorch: nothing here enters the compiled model, onl
    over ``b_l`` in ``choices`` (a subset of {2, 3, 4, 8}). ``Q_b`` is the symmetric weight
    quantizer of :func:`ibert_tvm.quantization.calibrate.quantize_weight`, rewritten here in numpy
    (:func:`fake_quantize`): scale = absmax of the row / group / tensor over ``2^(b-1) - 1``,
-   round to nearest (half to even, as ``np.round``), clip. ``W_l`` is the float weight as loaded;
-   calibrate later folds per-channel activation scales into some weights before quantizing, which
-   this error does not model. ``size_l(b)`` counts the stored weight bytes only:
+   round to nearest (half to even, as ``np.round``), clip. ``W_l`` is the float weight as loaded.
+   With per-channel activation scales (the default scheme) calibrate quantizes ``W diag(s)``
+   instead (``s`` = the scales of the LayerNorm / GELU output feeding the linear), so the error
+   it really makes is ``||(Q_b(W diag s) - W diag s) diag(s)^-1||^2``: ``--fold-activations``
+   measures that one (:func:`folded_input_scales`; often several times larger at 3-4 bits,
+   because outlier input channels set each row's absmax). ``size_l(b)`` counts the stored weight bytes only:
    ``N * row_bytes(K, b)`` packed (``op/packed_weights.py``) for b < 8, ``N * K`` at 8 bits;
    scales (in the JSON) and biases are not counted, exactly as
    ``QuantizedModel.weight_bytes()["encoder_linears"]``. The search is exact: a dynamic program
@@ -236,10 +239,21 @@ def fake_quantize(w: np.ndarray, bits: int, groups: int = 0) -> np.ndarray:
     return np.clip(np.round(w / s), -qm, qm) * s
 
 
-def quantization_error(w: np.ndarray, bits: int, groups: int = 0) -> float:
-    """``||Q_b(W) - W||_F^2`` (float64)."""
+def quantization_error(w: np.ndarray, bits: int, groups: int = 0, input_scale: np.ndarray | None = None) -> float:
+    """``||Q_b(W) - W||_F^2`` (float64).
+
+    With ``input_scale`` (``[K]``, the per-channel scales of the activation feeding ``W``), the
+    error of the weight calibrate really stores: it quantizes ``W' = W diag(s)`` (the folded
+    weight), so the perturbation of ``W`` is ``(Q_b(W') - W') diag(s)^-1``.
+    """
     w64 = np.asarray(w, dtype=np.float64)
-    return float(((fake_quantize(w64, bits, groups) - w64) ** 2).sum())
+    if input_scale is None:
+        return float(((fake_quantize(w64, bits, groups) - w64) ** 2).sum())
+    s = np.asarray(input_scale, dtype=np.float64)
+    if s.shape != (w64.shape[1],) or not np.all(s > 0):
+        raise IBertTVMError(f"input scales must be {w64.shape[1]} positive numbers, got shape {s.shape}")
+    wf = w64 * s[None, :]
+    return float((((fake_quantize(wf, bits, groups) - wf) / s[None, :]) ** 2).sum())
 
 
 def weight_bytes(shape, bits: int) -> int:
@@ -256,6 +270,9 @@ class LayerInfo:
     eigenvalue: float
     weights: Sequence[np.ndarray]
     name: str = ""
+    # per weight: the per-channel activation scales calibrate folds into it, or None (see
+    # quantization_error); None for the whole layer: errors of the weights as they are
+    input_scales: Sequence | None = None
 
 
 @dataclass(frozen=True)
@@ -340,7 +357,11 @@ def layer_tables(layers_info: Sequence[LayerInfo], choices=WEIGHT_BITS, groups: 
             if np.ndim(w) != 2:
                 raise IBertTVMError(f"layer {info.name or i}: weights must be [N, K] matrices, got {np.shape(w)}")
             _check_groups(groups, np.shape(w)[0], f"a {np.shape(w)} weight of layer {info.name or i}")
-        errors.append({b: sum(quantization_error(w, b, groups) for w in info.weights) for b in choices})
+        scales = info.input_scales if info.input_scales is not None else [None] * len(info.weights)
+        if len(scales) != len(info.weights):
+            raise IBertTVMError(f"layer {info.name or i}: {len(scales)} input scales for {len(info.weights)} weights")
+        errors.append({b: sum(quantization_error(w, b, groups, s) for w, s in zip(info.weights, scales))
+                       for b in choices})
         sizes.append({b: sum(weight_bytes(np.shape(w), b) for w in info.weights) for b in choices})
     return errors, sizes
 
@@ -354,6 +375,26 @@ def assign_bits(layers_info: Sequence[LayerInfo], budget_bytes: int, choices=WEI
     bits, cost, size = solve_bits(eig, errors, sizes, budget_bytes, choices)
     return BitPlan(bits, size, int(budget_bytes), cost, tuple(eig), tuple(errors), tuple(sizes), choices,
                    int(groups), tuple(x.name for x in layers_info))
+
+
+def folded_input_scales(ckpt, sentences: Sequence[str], *, progress=None) -> list[list]:
+    """Per encoder layer, per :data:`LINEARS`: the per-channel activation scales calibrate (with
+    per-channel activations, the default) folds into that weight, from the FP32 ranges over
+    ``sentences`` (calibrate's own observers and rule); None for the attention output dense,
+    whose input (the attention context) has one per-tensor scale."""
+    from .calibrate import collect_ranges
+
+    obs = collect_ranges(ckpt, list(sentences), progress=progress)
+
+    def pc(name):  # calibrate's act_pc: max(channel absmax, 1e-4 absmax) / 127 (the /127 cancels here)
+        o = obs[name]
+        return np.maximum(o.channel_absmax, o.absmax * 1e-4).astype(np.float64) / 127.0
+
+    out = []
+    for i in range(len(ckpt.base.encoder.layer)):
+        h = pc("embeddings.ln" if i == 0 else f"layer{i - 1}.ln2")
+        out.append([h, h, h, None, pc(f"layer{i}.ln1"), pc(f"layer{i}.gelu")])
+    return out
 
 
 # -- 3. the plan file -----------------------------------------------------------------------------------
@@ -571,7 +612,15 @@ def cmd_sensitivity(args) -> int:
                     "seed": args.seed, "iterations": [e.iterations for e in eig],
                     "converged": [e.converged for e in eig]}
     t_eig = time.time() - t1
-    infos = [LayerInfo(e.value, layer, f"layer{i}") for i, (e, layer) in enumerate(zip(eig, mats))]
+    folded = None
+    if args.fold_activations:
+        from ..evaluate import calibration_sentences
+
+        sentences = calibration_sentences(args.task, args.fold_sentences)
+        print(f"errors of the folded weights: activation channel scales from {len(sentences)} calibration sentences")
+        folded = folded_input_scales(ckpt, sentences)
+    infos = [LayerInfo(e.value, layer, f"layer{i}", folded[i] if folded else None)
+             for i, (e, layer) in enumerate(zip(eig, mats))]
     plan = assign_bits(infos, budget, choices, args.groups)
     print(_table(plan))
     print(f"budget: {budget_text}; plan: {plan.size_bytes:,} bytes, bits {list(plan.bits)}, "
@@ -583,6 +632,8 @@ def cmd_sensitivity(args) -> int:
     if unconverged:
         print(f"note: power iteration did not reach the tolerance for layers {unconverged}")
     extra = {"model_path": str(ckpt.path), **measured, "budget": budget_text,
+             "error_of": (f"W as calibrate stores it: W diag(s) quantized, s = per-channel activation scales from "
+                          f"{args.fold_sentences} calibration sentences of the task" if folded else "W as loaded"),
              "seconds": {"eigenvalues": round(t_eig, 1), "total": round(time.time() - t0, 1)}}
     write_plan(out, plan_dict(plan, model=str(args.model), model_hash=ckpt.model_hash, task=args.task, extra=extra))
     print(f"wrote {out} (eigenvalues in {t_eig:.0f} s, {time.time() - t0:.0f} s in all)")
@@ -650,6 +701,11 @@ def add_parser(sub) -> None:
                    "0 = per output row (default), 1 = per tensor, G = G groups of consecutive rows")
     p.add_argument("--choices", type=_bits_list, default=WEIGHT_BITS, help="bit widths to choose from "
                    "(default 2,3,4,8)")
+    p.add_argument("--fold-activations", action="store_true", help="measure each weight's error as calibrate "
+                   "stores it (default scheme): per-channel activation scales folded into W before quantizing "
+                   "(outlier input channels then coarsen the other columns); default: W as loaded")
+    p.add_argument("--fold-sentences", type=_positive_int, default=300, help="calibration sentences for "
+                   "--fold-activations (default 300, the task's training text, as `ibert-tvm eval` calibrates)")
     p.add_argument("--reuse", metavar="PLAN", help="take the eigenvalues from an earlier plan of the same model "
                    "and task (skips the Hessian run; to re-plan for another budget, groups or choices)")
     p.add_argument("--threads", type=_positive_int, default=None, help="PyTorch threads (default: PyTorch's)")

@@ -214,6 +214,40 @@ def test_sizes_match_the_calibrated_artifact(tiny_factory, calibration_sentences
     assert qm.weight_bytes()["encoder_linears"] == plan.size_bytes
 
 
+@pytest.mark.parametrize("bits,groups", [(3, 0), (4, 4), (2, 1)])
+def test_folded_errors_match_the_calibrated_weights(tiny_factory, calibration_sentences, bits, groups):
+    """--fold-activations: the error is that of the weights calibrate stores (W diag(s) quantized)."""
+    from ibert_tvm.model.hf_loader import load_checkpoint
+    from ibert_tvm.quantization.calibrate import calibrate
+    from ibert_tvm.quantization.config import QuantConfig
+
+    ck = load_checkpoint(tiny_factory())
+    sentences = calibration_sentences[:16]
+    folded = S.folded_input_scales(ck, sentences)
+    qm = calibrate(ck, sentences, QuantConfig(weight_bits=bits, weight_groups=groups))
+    for i, layer in enumerate(S.encoder_layer_weights(ck.base)):
+        h = "embeddings.ln" if i == 0 else f"layer{i - 1}.ln2"
+        act = [h, h, h, None, f"layer{i}.ln1", f"layer{i}.gelu"]  # the activation feeding each linear
+        ref = mine = raw = 0.0
+        for j, (name, p) in enumerate(layer):
+            w = p.detach().double().numpy()
+            prefix = name[: -len(".weight")]
+            w_hat = qm.tensor(name).astype(np.float64) * qm.scale(name)[:, None]
+            if act[j] is not None:  # per-channel input scales folded into the stored weight
+                w_hat = w_hat / qm.scale(act[j])[None, :]
+            assert qm.weight_bits(prefix) == bits
+            ref += float(((w_hat - w) ** 2).sum())
+            mine += S.quantization_error(w, bits, groups, folded[i][j])
+            raw += S.quantization_error(w, bits, groups)
+        assert mine == pytest.approx(ref, rel=1e-6)
+        assert mine > raw  # folding the outlier channels costs accuracy
+    infos = [S.LayerInfo(1.0, [p.detach().numpy() for _, p in x], input_scales=f)
+             for x, f in zip(S.encoder_layer_weights(ck.base), folded)]
+    errors, _ = S.layer_tables(infos, (bits,), groups)
+    assert errors[0][bits] == pytest.approx(sum(S.quantization_error(p.detach().numpy(), bits, groups, s)
+                                                for (_, p), s in zip(S.encoder_layer_weights(ck.base)[0], folded[0])))
+
+
 # -- the assignment -------------------------------------------------------------------------------------------
 def _brute(lam, errors, sizes, budget, choices):
     best = None
@@ -362,9 +396,10 @@ def test_cli_similarity_and_errors(tiny_factory, tmp_path, capsys):
     out = tmp_path / "plan.json"
     args = ["sensitivity", str(model), "--task", f"tsv:{_tsv(tmp_path, pairs=True)}", "--samples", "6",
             "--iters", "2", "-o", str(out)]
-    assert main(args + ["--budget-bits", "2.5", "--choices", "2,4"]) == 0
+    assert main(args + ["--budget-bits", "2.5", "--choices", "2,4", "--fold-activations", "--fold-sentences", "8"]) == 0
     d = json.loads(out.read_text())
     assert d["task"].startswith("tsv:") and set(d["layer_bits"]) <= {2, 4} and d["choices"] == [2, 4]
+    assert d["error_of"].startswith("W as calibrate stores it")
     n_weights = 2 * (4 * 32 * 32 + 2 * 32 * 64)
     assert d["budget_bytes"] == n_weights * 25 // 80 >= d["size_bytes"]
     out.unlink()
