@@ -46,6 +46,11 @@ they are:
   addition is associative as long as nothing wraps, and nothing does: every partial sum of
   int8 x int8 (uint8 x int8) products is bounded by the full-length bound
   ``K * 128 * 128`` (``K * 255 * 128``) that ``op.int_matmul.check_accumulator`` proves < 2^31;
+* a packed low-bit linear (``op.packed_weights``, generic strategy: the packed uint8 rows are
+  the parameter) has one more block, ``unpack_weight``, an injective int32 expression of the
+  packed bytes; ``auto_inline_producers`` inlines it into the shared-memory load of the weight
+  (``compute_inline`` substitutes the same expression, evaluated when the tile is loaded), so
+  the tensor cores read exactly the int8 weights ``unpack_np`` gives;
 * tensorization replaces a block by an intrinsic whose description is that same block
   (TVM checks the structural match): ``dp4a`` computes ``c + sum of 4 byte products`` exactly
   in int32 (signed x signed, or unsigned x signed for ``dp4a.u32.s32``); ``wmma.mma.sync

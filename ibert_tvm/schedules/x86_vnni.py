@@ -41,6 +41,15 @@ Schedule (:func:`vnni_schedule_pass`, after ``FuseTIR`` and after any tuning dat
 fused PrimFunc not already scheduled, the ``vnni_matmul`` block is tiled ``rows 4 x channels 64``,
 reduction split by 4, tensorized; row tiles x channel tiles run in parallel; the ``+128``
 relayout and the element-wise epilogue blocks are parallelised over rows.
+
+Packed 2/3/4-bit weights (Q-BERT; ``VnniLinear.packed_*``): the run-time weight is a uint8
+``[Np/16, Kp/4, 64 * bits / 8]`` array of *VNNI bit tiles* (:func:`pack_weight_bits`: each
+16 x 4 weight tile in ``64 * bits / 8`` bytes, arranged so that unpacking is lane-wise), the bias
+is ``b - 128 colsum(W)`` of the unpacked ``W``. The kernel's first stage (``unpack_weight``,
+:func:`vnni_unpack_te`) rebuilds ``[Np/16, Kp/4, 16, 4]`` int8, which the same ``vnni_matmul``
+reads. Its schedule (:func:`_schedule_unpack`) puts the channel tiles outermost (in parallel),
+unpacks each tile's weights (at most 64 channels x Kp) right there, vectorized, and runs every row
+tile against them: each weight is unpacked once per call and read from cache by the matmul.
 """
 
 from __future__ import annotations

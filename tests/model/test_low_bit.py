@@ -248,3 +248,16 @@ def test_aarch64_packed_model_on_the_board_is_bit_exact(lowbit, tmp_path, tmp_pa
 @pytest.mark.parametrize("target", ["llvm", "x86"])
 def test_classifier_packed_model_is_bit_exact(target, lowbit, tmp_path):
     compile_check(lowbit(4, "RobertaForSequenceClassification"), target, tmp_path, shapes=((1, 1), (3, 33)))
+
+
+@pytest.mark.slow
+def test_minilm_4_bit_on_x86_is_bit_exact_and_smaller(calibration_sentences, tmp_path):
+    """The default MiniLM with 4-bit encoder weights (~1 minute of compile)."""
+    from ibert_tvm.model.hf_loader import load_checkpoint
+    from ibert_tvm.quantization.calibrate import calibrate
+    from ibert_tvm.quantization.config import QuantConfig
+
+    qm = calibrate(load_checkpoint("default"), calibration_sentences, QuantConfig().with_weights(bits=4))
+    out, _ = compile_check(qm, "x86", tmp_path, shapes=((1, 1), (4, 40), (2, 128)))
+    # 6 layers x (4 x 384 x 384 + 2 x 384 x 1536) weights, 4 bits saved on each
+    assert _saved_bytes(qm, "x86") == 6 * (4 * 384 * 384 + 2 * 384 * 1536) // 2
