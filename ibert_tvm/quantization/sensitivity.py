@@ -17,7 +17,9 @@ Offline analysis in float32 PyTorch: nothing here enters the compiled model, onl
    Hessian of the mean loss over the data sample (Q-BERT averages over its data sample). The
    value is the *dominant* eigenvalue, with its sign (largest magnitude; for a trained model it
    is the largest positive one). The first-order graph of a batch is built once per iteration
-   and shared by the six layers' products.
+   and shared by the six layers' products. The top eigenvalue of a few hundred examples is
+   dominated by the few with the sharpest loss, so it moves with the sample; ``--subsets K``
+   takes Q-BERT's statistic instead, ``|mean| + std`` of the K disjoint subsets' eigenvalues.
 
 2. **Bits** (:func:`assign_bits`, :func:`solve_bits`). Q-BERT's rule: minimise
 
@@ -462,22 +464,22 @@ def load_bits_plan(path: str | os.PathLike, num_layers: int) -> tuple[int, ...]:
 
 
 # -- the task: data sample and loss ---------------------------------------------------------------------
-def task_batches(task, ckpt, samples: int, batch_size: int) -> tuple[list[dict], list[int]]:
-    """The first ``samples`` examples of ``task`` in batches (grouped by length), and the batch sizes."""
+def task_batches(task, ckpt, samples: int, batch_size: int, *, skip: int = 0) -> tuple[list[dict], list[int]]:
+    """Examples ``skip .. skip + samples`` of ``task`` in batches (grouped by length), and the batch sizes."""
     import torch
 
     from ..deploy.tokenize import Tokenizer
     from ..model.hf_loader import load_tokenizer_json
     from .calibrate import torch_inputs
 
-    ex = task.examples[:samples]
+    ex = task.examples[skip : skip + samples]
     if not ex:
-        raise IBertTVMError(f"task {task.name} has no examples")
+        raise IBertTVMError(f"task {task.name} has no examples from {skip}")
     tok = Tokenizer(load_tokenizer_json(ckpt.path), ckpt.max_positions, ckpt.family, ckpt.pad_token_id)
     ex = sorted(ex, key=lambda e: (len(e.text) + len(e.text_b or ""), e.text))
     out = []
     if task.kind == "similarity":
-        top = max(1.0, float(np.abs(task.labels).max()))  # STS-B scores 0..5 -> 0..1
+        top = max(1.0, float(np.abs(task.labels).max()))  # of the whole task: STS-B scores 0..5 -> 0..1
         for i in range(0, len(ex), batch_size):
             chunk = ex[i : i + batch_size]
             out.append({"a": torch_inputs(tok([e.text for e in chunk])),
@@ -535,6 +537,45 @@ def _budget(args, mats: list[list[np.ndarray]]) -> tuple[int, str]:
     return b, f"the size of uniform {u}-bit weights ({b:,} bytes)"
 
 
+def _measure(args, task, ckpt, named) -> tuple[list[Eigen], dict]:
+    """Power iteration on each of ``--subsets`` disjoint slices of the sample. One subset: the
+    eigenvalues of the whole sample. K > 1: Q-BERT's sensitivity ``|mean| + std`` over the subsets
+    (as ``Eigen.value``; the plan also keeps every subset's eigenvalues)."""
+    from tqdm.auto import tqdm
+
+    k = args.subsets
+    n = min(args.samples, len(task.examples))
+    if n < k:
+        raise IBertTVMError(f"--subsets {k} needs at least {k} examples, the sample has {n}")
+    edges = [round(i * n / k) for i in range(k + 1)]
+    layers = [[p for _, p in layer] for layer in named]
+    print(f"task: {task.name} ({task.kind}), {n} examples" + (f" in {k} subsets" if k > 1 else "")
+          + f"; power iteration up to {args.iters} steps, tol {args.tol:g}, seed {args.seed}")
+    runs = []
+    for j in range(k):
+        batches, sizes = task_batches(task, ckpt, edges[j + 1] - edges[j], args.batch, skip=edges[j])
+        desc = "hessian (layers x iterations)" + (f" subset {j + 1}/{k}" if k > 1 else "")
+        runs.append(top_eigenvalues(ckpt.model, batches, task_loss(task.kind), layers, iters=args.iters,
+                                    tol=args.tol, seed=args.seed, weights=sizes,
+                                    progress=lambda total, d=desc: tqdm(total=total, desc=d, unit="step",
+                                                                        leave=False, disable=None)))
+    lam = np.array([[e.value for e in run] for run in runs])  # [subsets, layers]
+    measured = {"samples": n, "batch": args.batch, "iters": args.iters, "tol": args.tol, "seed": args.seed,
+                "iterations": [[e.iterations for e in run] for run in runs] if k > 1 else [e.iterations for e in runs[0]],
+                "converged": [all(run[i].converged for run in runs) for i in range(len(layers))]}
+    if k == 1:
+        return runs[0], measured
+    omega = np.abs(lam.mean(0)) + lam.std(0)
+    measured.update({"subsets": k, "subset_eigenvalues": lam.tolist(), "eigenvalue_mean": lam.mean(0).tolist(),
+                     "eigenvalue_std": lam.std(0).tolist(),
+                     "sensitivity_of": "Q-BERT's |mean| + std of the subsets' top eigenvalues (the 'eigenvalues')"})
+    for i in range(len(layers)):
+        print(f"  layer {i}: eigenvalues over the subsets {np.array2string(lam[:, i], precision=3)} -> "
+              f"|mean| + std = {omega[i]:.4g}")
+    return [Eigen(float(omega[i]), sum(run[i].iterations for run in runs), measured["converged"][i])
+            for i in range(len(layers))], measured
+
+
 def _reused_eigenvalues(path, model_hash: str, task: str, num_layers: int) -> tuple[list[Eigen], dict]:
     """The eigenvalues (and how they were measured) of an earlier plan for the same model and task."""
     load_bits_plan(path, num_layers)  # format and layer count
@@ -549,9 +590,9 @@ def _reused_eigenvalues(path, model_hash: str, task: str, num_layers: int) -> tu
             or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in lam)):
         raise IBertTVMError(f"--reuse {path} has no valid eigenvalues ({num_layers} finite numbers expected)")
     conv = d.get("converged") or [False] * num_layers
-    its = d.get("iterations") or [0] * num_layers
-    eig = [Eigen(float(x), int(n), bool(c)) for x, n, c in zip(lam, its, conv)]
-    keys = ("samples", "batch", "iters", "tol", "seed", "iterations", "converged")
+    eig = [Eigen(float(x), 0, bool(c)) for x, c in zip(lam, conv)]
+    keys = ("samples", "batch", "iters", "tol", "seed", "iterations", "converged", "subsets", "subset_eigenvalues",
+            "eigenvalue_mean", "eigenvalue_std", "sensitivity_of")
     return eig, {**{k: d[k] for k in keys if k in d}, "eigenvalues_from": str(path)}
 
 
@@ -599,18 +640,7 @@ def cmd_sensitivity(args) -> int:
         eig, measured = _reused_eigenvalues(args.reuse, ckpt.model_hash, args.task, len(named))
         print(f"eigenvalues from {args.reuse} (no Hessian run)")
     else:
-        from tqdm.auto import tqdm
-
-        batches, sizes = task_batches(task, ckpt, args.samples, args.batch)
-        print(f"task: {task.name} ({task.kind}), {sum(sizes)} examples in {len(batches)} batches; power iteration "
-              f"up to {args.iters} steps, tol {args.tol:g}, seed {args.seed}")
-        eig = top_eigenvalues(ckpt.model, batches, task_loss(task.kind), [[p for _, p in layer] for layer in named],
-                              iters=args.iters, tol=args.tol, seed=args.seed, weights=sizes,
-                              progress=lambda total: tqdm(total=total, desc="hessian (layers x iterations)",
-                                                          unit="step", leave=False, disable=None))
-        measured = {"samples": sum(sizes), "batch": args.batch, "iters": args.iters, "tol": args.tol,
-                    "seed": args.seed, "iterations": [e.iterations for e in eig],
-                    "converged": [e.converged for e in eig]}
+        eig, measured = _measure(args, task, ckpt, named)
     t_eig = time.time() - t1
     folded = None
     if args.fold_activations:
@@ -690,6 +720,9 @@ def add_parser(sub) -> None:
     p.add_argument("--tol", type=float, default=1e-3, help="stop when the eigenvalue changes by less than this, "
                    "relatively (default 1e-3)")
     p.add_argument("--seed", type=int, default=0, help="seed of the start vectors (default 0)")
+    p.add_argument("--subsets", type=_positive_int, default=1, help="split the sample into K disjoint subsets, "
+                   "take each one's top eigenvalues and rank layers by Q-BERT's |mean| + std over them (default 1: "
+                   "the eigenvalues of the whole sample)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--budget-bits", type=float, metavar="AVG", help="budget: AVG bits per encoder weight on "
                    "average, i.e. floor(weights * AVG / 8) bytes (3-bit rows carry a spare byte, so AVG=3 is a "

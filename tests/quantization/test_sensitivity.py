@@ -389,6 +389,23 @@ def test_cli_classifier(tiny_factory, tmp_path, capsys):
     assert "another model" in capsys.readouterr().err and not (tmp_path / "x.json").exists()
 
 
+def test_cli_subsets(tiny_factory, tmp_path):
+    """--subsets K: each disjoint slice's eigenvalues, ranked by Q-BERT's |mean| + std."""
+    from ibert_tvm.cli import main
+
+    model = tiny_factory("BertForSequenceClassification")
+    tsv = f"tsv:{_tsv(tmp_path)}"
+    common = ["sensitivity", str(model), "--task", tsv, "--iters", "3", "--batch", "2"]
+    assert main(common + ["--samples", "6", "--subsets", "2", "-o", str(tmp_path / "k2.json")]) == 0
+    assert main(common + ["--samples", "3", "-o", str(tmp_path / "first.json")]) == 0
+    d = json.loads((tmp_path / "k2.json").read_text())
+    lam = np.array(d["subset_eigenvalues"])
+    assert lam.shape == (2, 2) and d["subsets"] == 2 and d["samples"] == 6
+    np.testing.assert_allclose(d["eigenvalues"], np.abs(lam.mean(0)) + lam.std(0), rtol=1e-12)
+    assert lam[0].tolist() == json.loads((tmp_path / "first.json").read_text())["eigenvalues"]  # subset 1 = examples 0-2
+    assert main(common + ["--samples", "6", "--subsets", "7", "-o", str(tmp_path / "x.json")]) == 2
+
+
 def test_cli_similarity_and_errors(tiny_factory, tmp_path, capsys):
     from ibert_tvm.cli import main
 
