@@ -107,6 +107,7 @@ def compile_quantized(
             "quantized_hash": quantized_hash(qm),
             "identity": qm.identity,
             "quantization": qm.config.name,
+            "weight_bits": plan.weight_bits(),  # packed (< 8-bit) linears; every other linear is int8
         },
         "inputs": list(INPUTS),
         "params": names,

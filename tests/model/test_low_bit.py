@@ -154,6 +154,7 @@ def compile_check(qm, target, tmp_path, shapes=SHAPES):
     out, dump = tmp_path / "out", tmp_path / "dump"
     manifest = compile_quantized(qm, out, target=target, database_dir=False, dump_dir=dump, log=lambda *a: None)
     assert manifest["verify"]["module"]["float_ops"] == 0 and manifest["verify"]["code"]["float_ops"] == 0
+    assert manifest["model"]["weight_bits"] == qm.weight_bits_map  # the manifest says which linears are packed
     model, plan, d = CompiledModel(out), ModelPlan(qm), qm.dims
     rng = np.random.default_rng(11)
     for batch, seq in shapes:
