@@ -109,7 +109,8 @@ def _latency(qm, log) -> dict:
     rng = np.random.default_rng(0)
     for b, s in SHAPES:
         ids = rng.integers(1000, 20000, size=(b, s)).astype(np.int32)
-        inputs = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+        inputs = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids),
+                  "position_ids": np.broadcast_to(np.arange(s, dtype=np.int32), (b, s)).copy()}
         for _ in range(2):
             cm.run_ids(inputs)
         ts = []
