@@ -40,7 +40,8 @@ that import costs ~40 s of CPU, so this module never triggers it. Tuning gives M
 Schedule (:func:`vnni_schedule_pass`, after ``FuseTIR`` and after any tuning database): in every
 fused PrimFunc not already scheduled, the ``vnni_matmul`` block is tiled ``rows 4 x channels 64``,
 reduction split by 4, tensorized; row tiles x channel tiles run in parallel; the ``+128``
-relayout and the element-wise epilogue blocks are parallelised over rows.
+relayout and the element-wise epilogue blocks are parallelised over rows. The same pass schedules
+the attention products ``Q K^T`` / ``P V`` on ``vpdpbusd`` too (:mod:`.x86_attention`).
 
 Packed 2/3/4-bit weights (Q-BERT; ``VnniLinear.packed_*``): the run-time weight is a uint8
 ``[Np/16, Kp/4, 64 * bits / 8]`` array of *VNNI bit tiles* (:func:`pack_weight_bits`: each
@@ -458,9 +459,12 @@ def _schedule_unpack(sch, unpack, loops) -> None:
 
 
 def vnni_schedule_pass(target):
-    """``IRModule -> IRModule``: tensorize the VNNI linears of every fused, unscheduled PrimFunc."""
+    """``IRModule -> IRModule``: tensorize the VNNI linears and the attention products
+    (:mod:`.x86_attention`) of every fused, unscheduled PrimFunc."""
     import tvm
     from tvm import tirx
+
+    from .x86_attention import schedule_attention
 
     register_vnni_intrin()
 
@@ -470,6 +474,8 @@ def vnni_schedule_pass(target):
         for gv, func in mod.functions.items():
             if isinstance(func, tirx.PrimFunc) and not is_scheduled(func):
                 new = _schedule_func(func)
+                if new is func:  # not a VNNI linear: maybe an attention product (x86_attention)
+                    new = schedule_attention(func)
                 if new is not func:
                     updates[gv] = new
         if updates:

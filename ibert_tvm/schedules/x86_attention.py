@@ -1,0 +1,210 @@
+"""x86 AVX-512 VNNI: the attention products ``Q K^T`` and ``P V`` on ``vpdpbusd`` (target ``x86``).
+
+The model computes both with ``op.int_matmul.batch_matmul_te`` (a block named ``batch_matmul``,
+``C[b, h, i, j] = sum_k A[b, h, i, k] * B[b, h, j, k]``), batch and sequence symbolic. This module
+schedules that block in place, with schedule primitives only (the integer result is unchanged):
+
+* ``P V`` (``A`` = P uint8 ``[B, h, S, S]``, ``B`` = V^T int8 ``[B, h, d, S]``, ``d`` static):
+  uint8 x int8 is exactly ``vpdpbusd``'s operand pair. ``pad_einsum`` pads the reduction (the
+  symbolic ``S``) to a multiple of 4 with zeros (they add 0); V^T is copied, per ``(b, h)``, into
+  the intrinsic's layout ``[d/16, S/4, 16, 4]`` (``d`` padded to 16 with zero rows); the block is tensorized with
+  ``x86_vnni.VNNI_INTRIN``.
+* ``Q K^T`` (int8 x int8, ``d`` static, padded to a multiple of 4 with zeros): ``vpdpbusd`` wants unsigned bytes, so
+  the intrinsic :data:`S8S8_INTRIN` makes them inside the instruction sequence, exactly:
+
+      sum_k q[k] k[j, k]  =  vpdpbusd(C, q ^ 0x80, Kj)  -  vpdpbusd(0, 0x80, Kj)
+                           = sum_k (q[k] + 128) k[j, k]  -  128 sum_k k[j, k]
+
+  (``q ^ 0x80`` is ``q + 128`` as a uint8). The rows ``i`` are padded to a multiple of
+  :data:`ROW_TILE` (zero rows), the key rows ``j`` to 16 (zero keys); K is copied per ``(b, h)``
+  into ``[S/16, d/4, 16, 4]``. The ``i`` tile is unrolled, so LLVM computes the compensation
+  ``vpdpbusd(0, 0x80, Kj)`` once per tile (the same pure call) instead of once per row.
+
+int32 bounds: a ``vpdpbusd`` lane adds 4 products of at most ``255 * 128`` each, and every
+partial sum is bounded by the full one: ``Q K^T``: ``d * 255 * 128`` (the biased sum) and
+``128 * 128 * d`` (the compensation), fine for ``d <= 65535``; ``P V``: ``S * 255 * 128``, which
+``batch_matmul_te`` already proved for ``max_k`` (``check_accumulator``). ``vpdpbusd`` wraps
+(never saturates), and int32 wrap-around is exact for the difference anyway.
+
+Both run ``(b, h)`` in parallel; the padding copies, the copy back to the unpadded output and
+any element-wise epilogue fused into the PrimFunc (``P V``'s requantize) run at ``(b, h)`` too,
+on data still in cache. Anything that does not match (another dtype, e.g. uint16 P; a static
+dimension) keeps the generic schedule: :func:`schedule_attention` returns
+the PrimFunc unchanged.
+
+Applied by ``x86_vnni.vnni_schedule_pass`` (one schedule pass per target) to every fused,
+unscheduled PrimFunc that is not a VNNI linear.
+"""
+
+from __future__ import annotations
+
+from .x86_vnni import KGROUP, LANES, register_vnni_intrin
+
+BLOCK = "batch_matmul"  # op.int_matmul.batch_matmul_te's block name
+S8S8_INTRIN = "ibert_tvm.dot_16x4_s8s8_vnni"  # s8 x s8 -> s32 via (a + 128) and a compensation
+ROW_TILE = 4  # query rows per Q K^T tile (unrolled; the compensation is shared by the tile)
+_BIAS_128 = -2139062144  # 0x80808080 as int32: four bytes of 128
+
+
+def _static(e):
+    try:
+        return int(e)
+    except TypeError:
+        return None
+
+
+_S8S8_REGISTERED = False
+
+
+def register_s8s8_intrin() -> str:
+    """Register :data:`S8S8_INTRIN` (description: int8 ``A[4]`` x int8 ``B[16, 4]``). Idempotent."""
+    global _S8S8_REGISTERED
+    if _S8S8_REGISTERED:
+        return S8S8_INTRIN
+    from tvm.s_tir import TensorIntrin
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def desc(
+        A: T.Buffer((4,), "int8", offset_factor=1),
+        B: T.Buffer((16, 4), "int8", offset_factor=1),
+        C: T.Buffer((16,), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+            T.writes(C[0:16])
+            for i in T.serial(0, 16):
+                for k in T.serial(0, 4):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+
+    @T.prim_func(s_tir=True)
+    def impl(
+        A: T.Buffer((4,), "int8", offset_factor=1),
+        B: T.Buffer((16, 4), "int8", offset_factor=1),
+        C: T.Buffer((16,), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+            T.writes(C[0:16])
+            # the 4 bytes of A broadcast to 16 lanes, each byte ^ 0x80 (= a + 128 as uint8)
+            a_u8x64 = T.reinterpret(
+                T.bitwise_xor(
+                    T.broadcast(T.reinterpret(A.vload([0], "int8x4"), dtype="int32"), 16),
+                    T.broadcast(T.int32(_BIAS_128), 16),
+                ),
+                dtype="uint8x64",
+            )
+            c128_u8x64 = T.reinterpret(T.broadcast(T.int32(_BIAS_128), 16), dtype="uint8x64")
+            C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
+                C.vload([0], dtype="int32x16"),
+                a_u8x64,
+                B.vload([0, 0], dtype="int8x64"),
+                dtype="int32x16",
+            ) - T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
+                T.broadcast(T.int32(0), 16),
+                c128_u8x64,
+                B.vload([0, 0], dtype="int8x64"),
+                dtype="int32x16",
+            )
+
+    TensorIntrin.register(S8S8_INTRIN, desc, impl, override=True)
+    _S8S8_REGISTERED = True
+    return S8S8_INTRIN
+
+
+def _kind(sch, block):
+    """``"qk"``, ``"pv"`` or None: which attention product ``block`` is (see the module doc)."""
+    blk = sch.get(block)
+    if len(blk.iter_vars) != 5 or [int(iv.iter_type) for iv in blk.iter_vars] != [0, 0, 0, 0, 2]:
+        return None  # 0: spatial, 2: reduction
+    if len(blk.writes) != 1:
+        return None
+    c = blk.writes[0].source
+    inputs = [r.source for r in blk.reads if not r.source.same_as(c)]
+    if len(inputs) != 2:
+        return None
+    a, b = inputs
+    if len(a.shape) != 4 or len(b.shape) != 4 or str(c.dtype) != "int32" or str(b.dtype) != "int8":
+        return None
+    if str(a.dtype) == "int8" and _static(a.shape[-1]) is not None:
+        return "qk"
+    if str(a.dtype) == "uint8" and _static(b.shape[-2]) is not None:
+        return "pv"
+    return None
+
+
+def _padded(sch, block, index):
+    """The ``pad_einsum`` copy block of ``block``'s input ``index`` (0: A, 1: B)."""
+    blk = sch.get(block)
+    name = [r.source for r in blk.reads if not r.source.same_as(blk.writes[0].source)][index].name
+    return sch.get_sblock(name + "_pad") if not name.endswith("_pad") else sch.get_sblock(name)
+
+
+def _around(sch, block, bh) -> None:
+    """Padding copies (producers) and the copy back + epilogue (consumers) at the ``(b, h)`` loop."""
+    for p in sch.get_producers(block):
+        sch.compute_at(p, bh)
+    for c in sch.get_consumers(block):
+        after = sch.get_consumers(c)
+        sch.reverse_compute_at(c, bh)
+        for e in after:
+            sch.reverse_compute_at(e, bh)
+
+
+def _schedule_qk(sch, block) -> None:
+    intrin = register_s8s8_intrin()
+    sch.pad_einsum(block, [1, 1, ROW_TILE, LANES, KGROUP])
+    b, h, i, j, k = sch.get_loops(block)
+    bh = sch.fuse(b, h)
+    io, ii = sch.split(i, [None, ROW_TILE])
+    jo, ji = sch.split(j, [None, LANES])
+    ko, ki = sch.split(k, [None, KGROUP])
+    sch.reorder(io, jo, ko, ii, ji, ki)
+    keys = _padded(sch, block, 1)  # the padded K
+    sch.transform_layout(keys, ("write", 0), lambda b, h, j, k: (b, h, j // LANES, k // KGROUP, j % LANES, k % KGROUP))
+    _around(sch, block, bh)
+    sch.parallel(bh)
+    sch.decompose_reduction(block, ko)
+    sch.tensorize(ji, intrin)
+    sch.unroll(ii)
+
+
+def _schedule_pv(sch, block) -> None:
+    intrin = register_vnni_intrin()
+    sch.pad_einsum(block, [1, 1, 1, LANES, KGROUP])
+    b, h, i, n, s = sch.get_loops(block)
+    bh = sch.fuse(b, h)
+    no, ni = sch.split(n, [None, LANES])
+    so, si = sch.split(s, [None, KGROUP])
+    sch.reorder(i, no, so, ni, si)
+    vt = _padded(sch, block, 1)  # the padded V^T
+    sch.transform_layout(vt, ("write", 0), lambda b, h, n, s: (b, h, n // LANES, s // KGROUP, n % LANES, s % KGROUP))
+    _around(sch, block, bh)
+    sch.parallel(bh)
+    sch.decompose_reduction(block, so)
+    sch.tensorize(ni, intrin)
+
+
+def schedule_attention(func):
+    """Schedule the ``batch_matmul`` block of ``func`` (see the module doc); return the new
+    PrimFunc marked ``tirx.is_scheduled``, or ``func`` itself when it is not an attention product
+    this schedule handles."""
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    try:
+        block = sch.get_sblock(BLOCK)
+    except Exception:  # noqa: BLE001 - no such block (ScheduleError)
+        return func
+    kind = _kind(sch, block)
+    if kind is None:
+        return func
+    try:
+        (_schedule_qk if kind == "qk" else _schedule_pv)(sch, block)
+    except Exception:  # noqa: BLE001 - a shape this schedule cannot handle: keep the generic one
+        return func
+    return sch.mod["main"].with_attr("tirx.is_scheduled", True)
