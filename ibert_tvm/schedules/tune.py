@@ -333,11 +333,49 @@ def _space(spec, *, vnni: bool):
                 reuse_write=ms.schedule_rule.ReuseType(req="may", levels=[1, 2], scope="global"),
             ),
         )
-        at = next(i for i, p in enumerate(postprocs) if type(p).__name__ == "RewriteReductionBlock") + 1
-        postprocs.insert(at, ms.postproc.RewriteTensorize(vectorize_init_loop=True))
+        at = next(i for i, p in enumerate(postprocs) if type(p).__name__ == "RewriteReductionBlock")
+        postprocs.insert(at, no_vectorized_tensorize())
+        postprocs.insert(at + 2, ms.postproc.RewriteTensorize(vectorize_init_loop=True))
     return ms.space_generator.PostOrderApply(
         sch_rules=rules, postprocs=postprocs, mutator_probs=ms.Mutator.create("llvm")
     )
+
+
+def no_vectorized_tensorize():
+    """A postprocessor that rejects a sample whose tensorized tile sits inside a vectorized loop.
+
+    ``RewriteParallelVectorizeUnroll`` may vectorize the innermost tile loops *around* the block
+    ``RewriteTensorize`` turns into the VNNI intrinsic; TVM then fails to build it ("VectorizeLoop
+    before LiftStorageAlloc"). About half of the random samples did, each a wasted trial (a
+    2-trial tune could end with no valid record at all). Rejected here, the search draws another
+    sample instead of spending a measurement on it."""
+    from tvm import tirx
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.postproc import PyPostproc
+
+    @derived_object
+    class NoVectorizedTensorize(PyPostproc):
+        def _initialize_with_tune_context(self, context) -> None:
+            pass
+
+        def apply(self, sch) -> bool:
+            for gv, func in sch.mod.functions_items():
+                if not hasattr(func, "body"):
+                    continue
+                stack = [sch.get_sblock("root", func_name=gv.name_hint)]
+                while stack:
+                    for b in sch.get_child_blocks(stack.pop()):
+                        if "meta_schedule.auto_tensorize" in sch.get(b).annotations and any(
+                            sch.get(lp).kind == tirx.ForKind.VECTORIZED for lp in sch.get_loops(b)
+                        ):
+                            return False
+                        stack.append(b)
+            return True
+
+        def clone(self):
+            return NoVectorizedTensorize()
+
+    return NoVectorizedTensorize()
 
 
 def _symbolic_reduction(dyn_mod) -> bool:

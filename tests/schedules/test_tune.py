@@ -227,3 +227,41 @@ def test_trial_budget_is_deterministic_and_skips_copies():
     assert a == T.allocate_trials(g, 100) and a["c"] == 0 and a["a"] > a["b"] > 0
     assert sum(a.values()) <= 100
     assert T.allocate_trials(g, 1) == {"a": 0, "b": 0, "c": 0}
+
+
+def test_search_rejects_tensorized_tiles_inside_vectorized_loops():
+    """The x86 space's postprocessor drops samples TVM cannot build (a tensorized tile under a
+    vectorized loop) before they cost a measurement, and keeps the others."""
+    from tvm import s_tir
+    from tvm.script import ir as I
+    from tvm.script import tirx as T_
+
+    @I.ir_module
+    class Mod:
+        @T_.prim_func(s_tir=True)
+        def main(a: T_.Buffer((8, 16), "int32"), b: T_.Buffer((8, 16), "int32")):
+            for i, j in T_.grid(8, 16):
+                with T_.sblock("c"):
+                    vi, vj = T_.axis.remap("SS", [i, j])
+                    b[vi, vj] = a[vi, vj] + 1
+
+    def sample(vectorize_outer: bool, annotate: bool = True):
+        sch = s_tir.Schedule(Mod)
+        i, j = sch.get_loops(sch.get_sblock("c"))
+        tile = sch.blockize(j)
+        if annotate:
+            sch.annotate(tile, "meta_schedule.auto_tensorize", "ibert_tvm.dot_16x4_vnni")
+        if vectorize_outer:
+            sch.vectorize(i)
+        return sch
+
+    post = T.no_vectorized_tensorize()
+    assert post.apply(sample(False)) is True
+    assert post.apply(sample(True)) is False
+    assert post.apply(sample(True, annotate=False)) is True  # plain vectorized loops are fine
+    assert post.clone().apply(sample(True)) is False
+    from ibert_tvm.targets import get_target
+
+    names = [type(p).__name__ for p in T._space(get_target("x86"), vnni=True).postprocs]
+    # after the vectorize rewrite, before the tensorize rewrite (a Python postproc shows as _PyPostproc)
+    assert names.index("RewriteParallelVectorizeUnroll") < names.index("_PyPostproc") < names.index("RewriteTensorize")
