@@ -386,13 +386,15 @@ def chart(report: dict, path: Path) -> Path:
             ax_.set_xticklabels([_shape_label(s).replace("batch ", "b").replace(", seq ", " s") for s in shapes])
             ax_.set_ylabel(ylabel)
         ax.set_yscale("log")
-        axes[1][col].set_ylim(0, min(3.0, max(1.5, top)) * 1.12)
+        axes[1][col].set_ylim(0, min(3.0, max(1.5, top)) * 1.45)  # headroom: the legend sits above the bars
+        lo_, hi_ = ax.get_ylim()
+        ax.set_ylim(lo_, hi_ * 6)
         ax.set_title(f"{name} ({mres['model']['layers']} layers, hidden {mres['model']['hidden']})")
         axes[1][col].axhline(1.0, color="black", lw=0.8)
         if ref == "ort-int8":
             axes[1][col].axhline(TARGET_SPEEDUP, color="grey", lw=0.8, ls="--", label=f"target {TARGET_SPEEDUP}x")
-        ax.legend(fontsize=7)
-        axes[1][col].legend(fontsize=7)
+        ax.legend(fontsize=7, ncol=3, loc="upper left")
+        axes[1][col].legend(fontsize=7, ncol=3, loc="upper left")
     note = " (machine loaded: indicative)" if loaded(report) else ""
     fig.suptitle(f"ibert-tvm bench, {report['config']['threads']} threads, median of >= {report['config']['runs']} runs{note}")
     fig.tight_layout()
