@@ -460,11 +460,13 @@ def _schedule_unpack(sch, unpack, loops) -> None:
 
 def vnni_schedule_pass(target):
     """``IRModule -> IRModule``: tensorize the VNNI linears and the attention products
-    (:mod:`.x86_attention`) of every fused, unscheduled PrimFunc."""
+    (:mod:`.x86_attention`) and schedule the integer softmax (:mod:`.x86_softmax`) of every
+    fused, unscheduled PrimFunc."""
     import tvm
     from tvm import tirx
 
     from .x86_attention import schedule_attention
+    from .x86_softmax import schedule_softmax
 
     register_vnni_intrin()
 
@@ -476,6 +478,8 @@ def vnni_schedule_pass(target):
                 new = _schedule_func(func)
                 if new is func:  # not a VNNI linear: maybe an attention product (x86_attention)
                     new = schedule_attention(func)
+                if new is func:  # nor an attention product: maybe a softmax (x86_softmax)
+                    new = schedule_softmax(func)
                 if new is not func:
                     updates[gv] = new
         if updates:
