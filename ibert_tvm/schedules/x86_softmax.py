@@ -18,7 +18,8 @@ bit-identical to the unscheduled PrimFunc and to ``IntSoftmax.numpy``.
   :data:`LANES` = 8 and vectorized explicitly (8 int64 lanes: one zmm register; LLVM's own
   vectorizer stops at 256 bits for ``-mcpu=cascadelake``). The row length ``S`` is symbolic, so
   the split leaves a last partial vector; the outer loop carries ``pragma_loop_partition_hint``
-  and TVM's LoopPartition peels it off as a scalar tail: any ``S`` (1, 7, 77, ...) is exact. The
+  and TVM's LoopPartition peels it off as a scalar tail: any ``S`` (1, 7, 77, ...) is exact (a
+  static row shorter than a vector is left to LLVM: TVM cannot build that split). The
   two reductions (max, sum) stay serial loops, which LLVM vectorizes itself.
 
 Masked positions are the TE's ``Select`` (a masked score never wins the max and gets ``e = 0``;
@@ -68,7 +69,9 @@ def _vectorize_row(sch, block) -> None:
 
 
 def _schedule(sch, blocks) -> None:
-    *lead, row, _ = sch.get_loops(blocks[OUT])
+    from tvm import tirx
+
+    *lead, row, col = sch.get_loops(blocks[OUT])
     if lead:  # [B, h, S, S]: (b, h) in parallel, rows in order (the row buffers are per task)
         outer = sch.fuse(*lead) if len(lead) > 1 else lead[0]
         sch.parallel(outer)
@@ -77,8 +80,10 @@ def _schedule(sch, blocks) -> None:
     # producers at the row, last consumer first (compute_at needs the consumers placed)
     for name in (FACTOR, SUM, EXP, MAX):
         sch.compute_at(blocks[name], row, preserve_unit_loops=False)
-    for name in (EXP, OUT):
-        _vectorize_row(sch, blocks[name])
+    length = sch.get(col).extent  # the row length: symbolic in the model; a static row
+    if not isinstance(length, tirx.IntImm) or length.value >= LANES:  # shorter than a vector stays scalar
+        for name in (EXP, OUT):
+            _vectorize_row(sch, blocks[name])
 
 
 def schedule_softmax(func):

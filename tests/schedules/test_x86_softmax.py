@@ -4,7 +4,8 @@ parallel, exp/out vectorized with a scalar tail.
 * kernel: the ``IntSoftmax`` TE with symbolic batch and seq, through the x86 schedule pass (what
   ``compile --target x86`` applies), built once, equals ``IntSoftmax.numpy`` bit for bit for many
   (batch, seq) (1, 7, 8, 9, 77, 128: full vectors, tails, single elements) with random padding
-  masks and an all-masked row; several mask dtypes, 16-bit outputs, a pre-shifted exp, other ranks;
+  masks and an all-masked row; several mask dtypes, 16-bit outputs, a pre-shifted exp, other ranks,
+  static shapes;
 * the schedule really applied (``tirx.is_scheduled``, a parallel loop, vector loops), and a
   PrimFunc without the softmax blocks is returned unchanged;
 * model: every softmax PrimFunc of a tiny BERT lowered for x86 is scheduled, and the compiled
@@ -105,6 +106,25 @@ def test_other_ranks(lead):
     for B, S in [(1, 1), (3, 7), (2, 77)]:
         x, mask = _inputs(rng, (B, S) if lead == 1 else (B, S, S), "int32")
         np.testing.assert_array_equal(_run(lib, x, mask, plan), plan.numpy(x, mask), err_msg=f"B={B} S={S}")
+
+
+@pytest.mark.parametrize("S", [1, 5, 8, 9, 77])
+def test_static_shapes(S):
+    """Static rows too (shorter than a vector: left to LLVM; longer: vector loop + tail)."""
+    import tvm
+    from tvm import te
+
+    from ibert_tvm.schedules.x86_softmax import schedule_softmax
+
+    plan = IntSoftmax(7e-5)
+    x = te.placeholder((2, 3, S, S), "int32", name="x")
+    mask = te.placeholder((2, S), "int32", name="attention_mask")
+    func = te.create_prim_func([x, mask, plan.te(x, mask)]).with_attr("global_symbol", "main")
+    scheduled = schedule_softmax(func)
+    assert scheduled is not func
+    lib = tvm.compile(tvm.IRModule({"main": scheduled}), target=_target())
+    xv, mv = _inputs(np.random.default_rng(S), (2, 3, S, S), "int32")
+    np.testing.assert_array_equal(_run(lib, xv, mv, plan), plan.numpy(xv, mv))
 
 
 def test_schedule_applied_and_unscheduled_is_the_same():
