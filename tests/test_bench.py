@@ -266,3 +266,18 @@ def test_engine_that_cannot_run_is_skipped(tiny_factory, tmp_path, monkeypatch):
     md = paths["md"].read_text()
     assert "skipped: onnxruntime is not installed" in md and "failed:" in md
     assert _strict_json(paths["json"])["models"]
+
+
+def test_loaded_counts_other_processes_not_the_bench_itself():
+    r = _synthetic({"tvm-int8": {"b1_s32": [1.0, 2.0, 3.0]}})
+    threads = r["config"]["threads"]
+    assert threads == 2
+    # quiet: before the run 0.1; during and after it, about the bench's own 2 busy threads
+    r["load_average"] = {"start": [0.1, 0.5, 0.5], "end": [1.9, 1.2, 0.8]}
+    r["models"]["m"]["load_during"] = [[1.7, 1.0, 0.7], [2.0, 1.1, 0.7]]
+    assert not rep.loaded(r)
+    r["models"]["m"]["load_during"].append([3.5, 1.5, 0.8])  # another process joined during timing
+    assert rep.loaded(r)
+    del r["models"]["m"]["load_during"]
+    r["load_average"]["start"] = [1.5, 1.0, 0.8]  # busy before the bench began
+    assert rep.loaded(r)
