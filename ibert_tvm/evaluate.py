@@ -241,12 +241,13 @@ def calibration_sentences(task_name: str, n: int = 300) -> list[str]:
 
 
 def compile_cached(qm, *, target: str = "llvm", log=print) -> Path:
-    """Compile ``qm`` for ``target`` (default: this CPU, generic) into ``<cache>/compiled/<hash>-<target>``
-    (reused when present)."""
-    from .deploy.export import compile_quantized, quantized_hash
+    """Compile ``qm`` for ``target`` (default: this CPU, generic) into
+    ``<cache>/compiled/<model hash>-<target>-<compiler hash>`` (reused when present: same model,
+    target and compiler sources)."""
+    from .deploy.export import compile_quantized, compiler_hash, quantized_hash
     from .tasks import cache_dir
 
-    out = cache_dir() / "compiled" / f"{quantized_hash(qm)[:16]}-{target}"
+    out = cache_dir() / "compiled" / f"{quantized_hash(qm)[:16]}-{target}-{compiler_hash()}"
     if (out / "manifest.json").is_file():
         log(f"using the cached compiled model {out}")
         return out

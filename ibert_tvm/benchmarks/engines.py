@@ -75,15 +75,10 @@ def _weights_files(model_dir: str) -> list[Path]:
 
 
 def code_hash() -> str:
-    """Hash of the sources that decide what ``compile_quantized`` builds (cache key)."""
-    root = Path(__file__).resolve().parents[1]
-    h = hashlib.sha256()
-    for sub in ("op", "model", "passes", "schedules", "quantization", "deploy/export.py", "targets.py"):
-        p = root / sub
-        for f in sorted(p.rglob("*.py")) if p.is_dir() else [p]:
-            h.update(str(f.relative_to(root)).encode())
-            h.update(f.read_bytes())
-    return h.hexdigest()[:12]
+    """Hash of the compiler's sources (cache key): :func:`ibert_tvm.deploy.export.compiler_hash`."""
+    from ..deploy.export import compiler_hash
+
+    return compiler_hash()
 
 
 def _dir_hash(d: Path) -> str:

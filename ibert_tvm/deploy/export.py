@@ -40,6 +40,19 @@ def quantized_hash(qm: QuantizedModel) -> str:
     return h.hexdigest()
 
 
+def compiler_hash() -> str:
+    """Hash of the sources that decide what ``compile_quantized`` builds: a compile cache keyed by
+    it is not reused after the compiler changes (new schedules would otherwise never be built)."""
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for sub in ("op", "model", "passes", "schedules", "quantization", "deploy/export.py", "targets.py"):
+        p = root / sub
+        for f in sorted(p.rglob("*.py")) if p.is_dir() else [p]:
+            h.update(str(f.relative_to(root)).encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:12]
+
+
 def export_library(ex, path: Path, spec: TargetSpec) -> None:
     if spec.cross_compiler is None:
         ex.export_library(str(path))
