@@ -16,7 +16,7 @@ schedules that block in place, with schedule primitives only (the integer result
                            = sum_k (q[k] + 128) k[j, k]  -  128 sum_k k[j, k]
 
   (``q ^ 0x80`` is ``q + 128`` as a uint8). The rows ``i`` are padded to a multiple of
-  :data:`ROW_TILE` (zero rows), the key rows ``j`` to 16 (zero keys); K is copied per ``(b, h)``
+  :data:`QK_ROWS` (zero rows), the key rows ``j`` to 16 (zero keys); K is copied per ``(b, h)``
   into ``[S/16, d/4, 16, 4]``. The ``i`` tile is unrolled, so LLVM computes the compensation
   ``vpdpbusd(0, 0x80, Kj)`` once per tile (the same pure call) instead of once per row.
 
@@ -26,9 +26,14 @@ partial sum is bounded by the full one: ``Q K^T``: ``d * 255 * 128`` (the biased
 ``batch_matmul_te`` already proved for ``max_k`` (``check_accumulator``). ``vpdpbusd`` wraps
 (never saturates), and int32 wrap-around is exact for the difference anyway.
 
-Both run ``(b, h)`` in parallel; the padding copies, the copy back to the unpadded output and
-any element-wise epilogue fused into the PrimFunc (``P V``'s requantize) run at ``(b, h)`` too,
-on data still in cache. Anything that does not match (another dtype, e.g. uint16 P; a static
+Both run ``(b, h)`` in parallel, the padding copies at ``(b, h)`` (K and V^T relaid out once
+per head). The output is computed in register tiles (a ``"local"`` accumulator, hence intrinsic
+variants with a local ``C``): ``Q K^T`` :data:`QK_ROWS` query rows x 16 keys (key tiles
+outermost, so a K tile stays in L1 for all rows), ``P V`` ``rows x d`` with :data:`PV_ACC`
+int32x16 accumulators (independent ``vpdpbusd`` chains instead of one latency-bound chain per
+row). Each tile is written back right after it, vectorized, together with any element-wise
+epilogue fused into the PrimFunc (``P V``'s requantize); LoopPartition peels the partial edge
+tiles off (``pragma_loop_partition_hint``), so full tiles store without per-element predicates. Anything that does not match (another dtype, e.g. uint16 P; a static
 dimension) keeps the generic schedule: :func:`schedule_attention` returns
 the PrimFunc unchanged.
 
@@ -38,11 +43,15 @@ unscheduled PrimFunc that is not a VNNI linear.
 
 from __future__ import annotations
 
-from .x86_vnni import KGROUP, LANES, register_vnni_intrin
+from .x86_vnni import KGROUP, LANES
 
 BLOCK = "batch_matmul"  # op.int_matmul.batch_matmul_te's block name
 S8S8_INTRIN = "ibert_tvm.dot_16x4_s8s8_vnni"  # s8 x s8 -> s32 via (a + 128) and a compensation
-ROW_TILE = 4  # query rows per Q K^T tile (unrolled; the compensation is shared by the tile)
+U8S8_INTRIN = "ibert_tvm.dot_16x4_u8s8_vnni"  # + "_local": x86_vnni.VNNI_INTRIN, accumulator in "local"
+QK_ROWS = 8  # query rows per Q K^T tile (unrolled; the compensation is shared by the tile)
+P_VECTOR = 64  # bytes of P per vector copy
+PV_ACC = 16  # int32x16 accumulators per P V tile (rows x d/16)
+PARTITION_HINT = "pragma_loop_partition_hint"  # LoopPartition: peel the partial edge tiles off
 _BIAS_128 = -2139062144  # 0x80808080 as int32: four bytes of 128
 
 
@@ -53,22 +62,34 @@ def _static(e):
         return None
 
 
-_S8S8_REGISTERED = False
+_REGISTERED: set = set()
 
 
-def register_s8s8_intrin() -> str:
-    """Register :data:`S8S8_INTRIN` (description: int8 ``A[4]`` x int8 ``B[16, 4]``). Idempotent."""
-    global _S8S8_REGISTERED
-    if _S8S8_REGISTERED:
-        return S8S8_INTRIN
+def register_s8s8_intrin(scope: str = "global") -> str:
+    """Register :data:`S8S8_INTRIN` (description: int8 ``A[4]`` x int8 ``B[16, 4]``, the
+    accumulator ``C`` in ``scope``; ``"local"``: ``S8S8_INTRIN + "_local"``). Idempotent."""
+    return _register(True, scope)
+
+
+def register_u8s8_local_intrin() -> str:
+    """``x86_vnni.VNNI_INTRIN`` (uint8 ``A[4]`` x int8 ``B[16, 4]``) with a ``"local"`` accumulator."""
+    return _register(False, "local")
+
+
+def _register(signed: bool, scope: str) -> str:
+    name = (S8S8_INTRIN if signed else U8S8_INTRIN) + ("" if scope == "global" else "_" + scope)
+    if name in _REGISTERED:
+        return name
     from tvm.s_tir import TensorIntrin
     from tvm.script import tirx as T
 
+    a_dtype = "int8" if signed else "uint8"
+
     @T.prim_func(s_tir=True)
     def desc(
-        A: T.Buffer((4,), "int8", offset_factor=1),
+        A: T.Buffer((4,), a_dtype, offset_factor=1),
         B: T.Buffer((16, 4), "int8", offset_factor=1),
-        C: T.Buffer((16,), "int32", offset_factor=1),
+        C: T.Buffer((16,), "int32", offset_factor=1, scope=scope),
     ) -> None:
         with T.sblock("root"):
             T.reads(C[0:16], A[0:4], B[0:16, 0:4])
@@ -80,10 +101,10 @@ def register_s8s8_intrin() -> str:
                         C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
 
     @T.prim_func(s_tir=True)
-    def impl(
+    def impl_s8s8(
         A: T.Buffer((4,), "int8", offset_factor=1),
         B: T.Buffer((16, 4), "int8", offset_factor=1),
-        C: T.Buffer((16,), "int32", offset_factor=1),
+        C: T.Buffer((16,), "int32", offset_factor=1, scope=scope),
     ) -> None:
         with T.sblock("root"):
             T.reads(C[0:16], A[0:4], B[0:16, 0:4])
@@ -111,9 +132,27 @@ def register_s8s8_intrin() -> str:
                 dtype="int32x16",
             )
 
-    TensorIntrin.register(S8S8_INTRIN, desc, impl, override=True)
-    _S8S8_REGISTERED = True
-    return S8S8_INTRIN
+    @T.prim_func(s_tir=True)
+    def impl_u8s8(
+        A: T.Buffer((4,), "uint8", offset_factor=1),
+        B: T.Buffer((16, 4), "int8", offset_factor=1),
+        C: T.Buffer((16,), "int32", offset_factor=1, scope=scope),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+            T.writes(C[0:16])
+            a_u8x64 = T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), 16), dtype="uint8x64")
+            C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
+                C.vload([0], dtype="int32x16"),
+                a_u8x64,
+                B.vload([0, 0], dtype="int8x64"),
+                dtype="int32x16",
+            )
+
+    TensorIntrin.register(name, desc, impl_s8s8 if signed else impl_u8s8, override=True)
+    _REGISTERED.add(name)
+    return name
 
 
 def _kind(sch, block):
@@ -156,37 +195,71 @@ def _around(sch, block, bh) -> None:
 
 
 def _schedule_qk(sch, block) -> None:
-    intrin = register_s8s8_intrin()
-    sch.pad_einsum(block, [1, 1, ROW_TILE, LANES, KGROUP])
+    intrin = register_s8s8_intrin("local")
+    sch.pad_einsum(block, [1, 1, QK_ROWS, LANES, KGROUP])
     b, h, i, j, k = sch.get_loops(block)
     bh = sch.fuse(b, h)
-    io, ii = sch.split(i, [None, ROW_TILE])
+    io, ii = sch.split(i, [None, QK_ROWS])
     jo, ji = sch.split(j, [None, LANES])
     ko, ki = sch.split(k, [None, KGROUP])
-    sch.reorder(io, jo, ko, ii, ji, ki)
+    sch.reorder(jo, io, ko, ii, ji, ki)
     keys = _padded(sch, block, 1)  # the padded K
     sch.transform_layout(keys, ("write", 0), lambda b, h, j, k: (b, h, j // LANES, k // KGROUP, j % LANES, k % KGROUP))
     _around(sch, block, bh)
+    _local_tile(sch, block, io, (jo, io))
     sch.parallel(bh)
     sch.decompose_reduction(block, ko)
     sch.tensorize(ji, intrin)
     sch.unroll(ii)
 
 
+def _local_tile(sch, block, tile, partition=()) -> None:
+    """Accumulate the ``tile`` in registers (a local buffer) and write it back right after the
+    tile, vectorized, together with any element-wise epilogue."""
+    cw = sch.cache_write(block, 0, "local")
+    (copy,) = sch.get_consumers(cw)  # the padded output -> the unpadded one
+    sch.compute_inline(cw)
+    sch.reverse_compute_at(copy, tile)
+    for e in sch.get_consumers(copy):  # e.g. P V's requantize: computed from the registers
+        try:
+            sch.reverse_compute_inline(e)
+        except Exception:  # noqa: BLE001 - not inlinable: right after the copy, at the tile
+            sch.reverse_compute_at(e, tile)
+            sch.vectorize(sch.get_loops(e)[-1])
+    sch.vectorize(sch.get_loops(copy)[-1])
+    for loop in partition:
+        sch.annotate(loop, PARTITION_HINT, 1)
+
+
 def _schedule_pv(sch, block) -> None:
-    intrin = register_vnni_intrin()
-    sch.pad_einsum(block, [1, 1, 1, LANES, KGROUP])
+    intrin = register_u8s8_local_intrin()
+    b, h, i, n, s = sch.get_loops(block)
+    rows = max(1, PV_ACC // (_ceil_static(sch.get(n).extent, LANES) // LANES))
+    sch.pad_einsum(block, [1, 1, rows, LANES, KGROUP])
     b, h, i, n, s = sch.get_loops(block)
     bh = sch.fuse(b, h)
+    io, ii = sch.split(i, [None, rows])
     no, ni = sch.split(n, [None, LANES])
     so, si = sch.split(s, [None, KGROUP])
-    sch.reorder(i, no, so, ni, si)
+    sch.reorder(io, so, ii, no, ni, si)
     vt = _padded(sch, block, 1)  # the padded V^T
     sch.transform_layout(vt, ("write", 0), lambda b, h, n, s: (b, h, n // LANES, s // KGROUP, n % LANES, s % KGROUP))
     _around(sch, block, bh)
+    _local_tile(sch, block, io, (io,))
+    rows_pad = _padded(sch, block, 0)  # the padded P: per row tile, vectorized
+    sch.compute_at(rows_pad, io)
+    po, pi = sch.split(sch.get_loops(rows_pad)[-1], [None, P_VECTOR])
+    sch.annotate(po, PARTITION_HINT, 1)
+    sch.vectorize(pi)
     sch.parallel(bh)
     sch.decompose_reduction(block, so)
     sch.tensorize(ni, intrin)
+    sch.unroll(no)
+    sch.unroll(ii)
+
+
+def _ceil_static(e, m: int) -> int:
+    return (int(e) + m - 1) // m * m
 
 
 def schedule_attention(func):
