@@ -26,8 +26,9 @@ partial sum is bounded by the full one: ``Q K^T``: ``d * 255 * 128`` (the biased
 ``batch_matmul_te`` already proved for ``max_k`` (``check_accumulator``). ``vpdpbusd`` wraps
 (never saturates), and int32 wrap-around is exact for the difference anyway.
 
-Both run ``(b, h)`` in parallel, the padding copies at ``(b, h)`` (K and V^T relaid out once
-per head). The output is computed in register tiles (a ``"local"`` accumulator, hence intrinsic
+Both run ``(b, h)`` in parallel. The padding copies are vectorized: Q and K at ``(b, h)``, P per
+row tile, V^T's relayout in a ``(b, h)``-parallel loop nest of its own (at the matmul's
+``(b, h)`` loop its inferred bounds carry min/max terms into every index: 1.4x slower ``P V``). The output is computed in register tiles (a ``"local"`` accumulator, hence intrinsic
 variants with a local ``C``): ``Q K^T`` :data:`QK_ROWS` query rows x 16 keys (key tiles
 outermost, so a K tile stays in L1 for all rows), ``P V`` ``rows x d`` with :data:`PV_ACC`
 int32x16 accumulators (independent ``vpdpbusd`` chains instead of one latency-bound chain per
@@ -183,10 +184,12 @@ def _padded(sch, block, index):
     return sch.get_sblock(name + "_pad") if not name.endswith("_pad") else sch.get_sblock(name)
 
 
-def _around(sch, block, bh) -> None:
-    """Padding copies (producers) and the copy back + epilogue (consumers) at the ``(b, h)`` loop."""
+def _around(sch, block, bh, apart=None) -> None:
+    """Padding copies (producers) and the copy back + epilogue (consumers) at the ``(b, h)`` loop;
+    ``apart`` (a producer) keeps a loop nest of its own."""
     for p in sch.get_producers(block):
-        sch.compute_at(p, bh)
+        if apart is None or not sch.get(p).same_as(sch.get(apart)):
+            sch.compute_at(p, bh)
     for c in sch.get_consumers(block):
         after = sch.get_consumers(c)
         sch.reverse_compute_at(c, bh)
@@ -196,6 +199,7 @@ def _around(sch, block, bh) -> None:
 
 def _schedule_qk(sch, block) -> None:
     intrin = register_s8s8_intrin("local")
+    d_whole = int(sch.get(sch.get_loops(block)[-1]).extent) % KGROUP == 0  # no zero columns in Q, K
     sch.pad_einsum(block, [1, 1, QK_ROWS, LANES, KGROUP])
     b, h, i, j, k = sch.get_loops(block)
     bh = sch.fuse(b, h)
@@ -205,8 +209,12 @@ def _schedule_qk(sch, block) -> None:
     sch.reorder(jo, io, ko, ii, ji, ki)
     keys = _padded(sch, block, 1)  # the padded K
     sch.transform_layout(keys, ("write", 0), lambda b, h, j, k: (b, h, j // LANES, k // KGROUP, j % LANES, k % KGROUP))
+    queries = _padded(sch, block, 0)
     _around(sch, block, bh)
     _local_tile(sch, block, io, (jo, io))
+    if d_whole:  # (a padded d would make the vector lanes' condition differ: the build fails)
+        sch.vectorize(sch.get_loops(queries)[-1])  # d bytes per (padded) query row
+        _vector_copy(sch, keys, KGROUP)  # 4 bytes of a key row per K tile entry
     sch.parallel(bh)
     sch.decompose_reduction(block, ko)
     sch.tensorize(ji, intrin)
@@ -244,18 +252,35 @@ def _schedule_pv(sch, block) -> None:
     sch.reorder(io, so, ii, no, ni, si)
     vt = _padded(sch, block, 1)  # the padded V^T
     sch.transform_layout(vt, ("write", 0), lambda b, h, n, s: (b, h, n // LANES, s // KGROUP, n % LANES, s % KGROUP))
-    _around(sch, block, bh)
+    _around(sch, block, bh, vt)
     _local_tile(sch, block, io, (io,))
     rows_pad = _padded(sch, block, 0)  # the padded P: per row tile, vectorized
     sch.compute_at(rows_pad, io)
-    po, pi = sch.split(sch.get_loops(rows_pad)[-1], [None, P_VECTOR])
-    sch.annotate(po, PARTITION_HINT, 1)
-    sch.vectorize(pi)
+    _vector_copy(sch, rows_pad, P_VECTOR)
+    _relayout(sch, vt, KGROUP)
     sch.parallel(bh)
     sch.decompose_reduction(block, so)
     sch.tensorize(ni, intrin)
     sch.unroll(no)
     sch.unroll(ii)
+
+
+def _relayout(sch, copy, lanes) -> None:
+    """The padded relayout of K / V^T as a loop nest of its own, ``(b, h)`` in parallel: exact
+    loop bounds (at the matmul's ``(b, h)`` loop, the inferred ones carry min/max terms into every
+    index), ``lanes`` bytes per vector store."""
+    b, h, *_ = sch.get_loops(copy)
+    sch.parallel(sch.fuse(b, h))
+    if lanes:
+        _vector_copy(sch, copy, lanes)
+
+
+def _vector_copy(sch, copy, lanes: int) -> None:
+    """Split the innermost loop of ``copy`` by ``lanes`` and vectorize; LoopPartition peels the
+    partial vector (and the padding) off."""
+    outer, inner = sch.split(sch.get_loops(copy)[-1], [None, lanes])
+    sch.annotate(outer, PARTITION_HINT, 1)
+    sch.vectorize(inner)
 
 
 def _ceil_static(e, m: int) -> int:

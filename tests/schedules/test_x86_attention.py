@@ -16,7 +16,7 @@ HEADS = 12
 SEQS = (1, 7, 32, 77, 128)
 
 
-def _kernel(kind: str, d: int, p_dtype: str = "uint8"):
+def _kernel(kind: str, d: int, p_dtype: str = "uint8", epilogue=None):
     """The PrimFunc as the model fuses it: symbolic batch/seq, ``batch_matmul_te``, through the
     x86 schedule pass (the one ``compile --target x86`` applies)."""
     import tvm
@@ -34,6 +34,8 @@ def _kernel(kind: str, d: int, p_dtype: str = "uint8"):
         a = te.placeholder((B, h, S, S), p_dtype, name="p")
         b = te.placeholder((B, h, dd, S), "int8", name="vt")
         out = batch_matmul_te(a, b, max_k=512)
+    if epilogue is not None:
+        out = epilogue(out)
     func = te.create_prim_func([a, b, out]).with_attr("global_symbol", "main")
     tgt = tvm.target.Target({"kind": "llvm", "mcpu": "cascadelake", "num-cores": 2})
     with tgt:
@@ -55,7 +57,7 @@ def _operands(kind, rng, B, S, d, p_dtype="uint8"):
     return p, s8((B, HEADS, d, S))
 
 
-@pytest.mark.parametrize("kind,d", [("qk", 32), ("pv", 32), ("qk", 8), ("pv", 8), ("qk", 6)])
+@pytest.mark.parametrize("kind,d", [("qk", 32), ("pv", 32), ("qk", 64), ("pv", 64), ("qk", 8), ("pv", 8), ("qk", 6)])
 def test_scheduled_attention_kernel_equals_numpy(kind, d):
     import tvm
 
@@ -108,3 +110,38 @@ def test_other_dtypes_keep_the_generic_schedule():
     out = te.compute((1, h, S, d), lambda b, n, i, j: te.sum(p[b, n, i, k].astype("int32") * vt[b, n, j, k].astype("int32"), axis=k), name=BLOCK)
     func = te.create_prim_func([p, vt, out])
     assert schedule_attention(func) is func
+
+
+MULT, SHIFT = 71933249, 38  # a requantize as the model fuses it into P V (int64 multiply-shift, clip)
+
+
+def _requantize_te(acc):
+    from tvm import te, tirx
+
+    def f(*idx):
+        x = acc(*idx).astype("int64") * tirx.IntImm("int64", MULT) + tirx.IntImm("int64", 1 << (SHIFT - 1))
+        return tirx.max(tirx.min(x >> tirx.IntImm("int64", SHIFT), tirx.IntImm("int64", 127)), tirx.IntImm("int64", -128)).astype("int8")
+
+    return te.compute(acc.shape, f, name="requantize")
+
+
+def _requantize_np(acc):
+    return np.clip((acc.astype(np.int64) * MULT + (1 << (SHIFT - 1))) >> SHIFT, -128, 127).astype(np.int8)
+
+
+@pytest.mark.parametrize("d", [32, 64])
+def test_pv_with_fused_requantize_equals_numpy(d):
+    """``P V`` + the requantize epilogue (computed per register tile, from the accumulators)."""
+    import tvm
+
+    from ibert_tvm.schedules.x86_vnni import is_scheduled
+
+    mod, tgt = _kernel("pv", d, epilogue=_requantize_te)
+    assert is_scheduled(mod["main"])
+    lib = tvm.compile(mod, target=tgt)
+    rng = np.random.default_rng(d)
+    for B, S in [(1, 1), (2, 7), (1, 16), (3, 77), (2, 128), (1, 130)]:
+        p, vt = _operands("pv", rng, B, S, d)
+        out = tvm.runtime.tensor(np.zeros((B, HEADS, S, d), np.int8))
+        lib["main"](tvm.runtime.tensor(p), tvm.runtime.tensor(vt), out)
+        np.testing.assert_array_equal(out.numpy(), _requantize_np(batch_matmul_np(p, vt)), err_msg=f"B={B} S={S}")
