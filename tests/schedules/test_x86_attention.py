@@ -66,6 +66,8 @@ def test_scheduled_attention_kernel_equals_numpy(kind, d):
 
     mod, tgt = _kernel(kind, d)
     assert is_scheduled(mod["main"]), "the x86 schedule pass did not schedule the attention product"
+    if kind == "qk":  # the bare product: (Q + 128) K^T with the K row sums as the accumulators' init
+        assert "k_rowsum" in mod["main"].script()
     lib = tvm.compile(mod, target=tgt)
     assert "vpdpbusd" in lib.mod.inspect_source("asm")
     verify_integer_only(mod)
@@ -145,3 +147,21 @@ def test_pv_with_fused_requantize_equals_numpy(d):
         out = tvm.runtime.tensor(np.zeros((B, HEADS, S, d), np.int8))
         lib["main"](tvm.runtime.tensor(p), tvm.runtime.tensor(vt), out)
         np.testing.assert_array_equal(out.numpy(), _requantize_np(batch_matmul_np(p, vt)), err_msg=f"B={B} S={S}")
+
+
+def test_qk_with_an_epilogue_keeps_the_s8s8_intrinsic():
+    """``Q K^T`` fused with an element-wise epilogue is not the bare product: it keeps the s8 x s8
+    intrinsic (``q ^ 0x80`` and the compensation in the instruction sequence); still exact."""
+    import tvm
+
+    from ibert_tvm.schedules.x86_vnni import is_scheduled
+
+    mod, tgt = _kernel("qk", 32, epilogue=_requantize_te)
+    assert is_scheduled(mod["main"]) and "k_rowsum" not in mod["main"].script()
+    lib = tvm.compile(mod, target=tgt)
+    rng = np.random.default_rng(5)
+    for B, S in [(1, 1), (2, 7), (3, 77), (1, 128)]:
+        q, k = _operands("qk", rng, B, S, 32)
+        out = tvm.runtime.tensor(np.zeros((B, HEADS, S, S), np.int8))
+        lib["main"](tvm.runtime.tensor(q), tvm.runtime.tensor(k), out)
+        np.testing.assert_array_equal(out.numpy(), _requantize_np(batch_matmul_np(q, k)), err_msg=f"B={B} S={S}")
