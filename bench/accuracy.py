@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -44,11 +43,9 @@ def _progress(it, desc=""):
 
 
 def _git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except Exception:  # noqa: BLE001
-        return "unknown"
+    from ibert_tvm.benchmarks.machine import git_info
+
+    return (git_info()["commit"] or "unknown")[:7]
 
 
 def _integer_column(ckpt, qm, log, probe_texts=None):

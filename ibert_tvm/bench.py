@@ -23,6 +23,11 @@ import json
 import os
 from pathlib import Path
 
+from .argtypes import (
+    nonneg_int as _nonneg_int,
+    positive_float as _positive_float,
+    positive_int as _positive_int,
+)
 from .errors import IBertTVMError
 
 ENGINE_NAMES = ("tvm-int8", "tvm-fp32", "torch-fp32", "torch-int8", "ort-fp32", "ort-int8")  # "all"
@@ -125,36 +130,6 @@ def cmd_bench(args) -> int:
         print(f"note: load average {report['load_average']} on {os.cpu_count()} CPUs: figures are indicative only")
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
-
-
-def _positive_int(s: str) -> int:
-    try:
-        n = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"{s} must be at least 1")
-    return n
-
-
-def _nonneg_int(s: str) -> int:
-    try:
-        n = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"{s} must be >= 0")
-    return n
-
-
-def _positive_float(s: str) -> float:
-    try:
-        x = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{s!r} is not a number") from None
-    if not x > 0:
-        raise argparse.ArgumentTypeError(f"{s} must be > 0")
-    return x
 
 
 def add_parser(sub) -> None:

@@ -12,6 +12,7 @@ import argparse
 import sys
 import time
 
+from .argtypes import nonneg_int as _nonneg_int, positive_int as _positive_int
 from .errors import IBertTVMError
 
 
@@ -19,26 +20,6 @@ def _progress(desc: str):
     from tqdm.auto import tqdm
 
     return lambda it: tqdm(it, desc=desc, unit="batch", leave=False, disable=None)
-
-
-def _positive_int(s: str) -> int:
-    try:
-        n = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"{s} must be at least 1")
-    return n
-
-
-def _nonneg_int(s: str) -> int:
-    try:
-        n = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"{s} must be >= 0")
-    return n
 
 
 def _check_output(output, source) -> None:

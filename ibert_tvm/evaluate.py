@@ -24,7 +24,6 @@ Output: a JSON file and a markdown table (``-o``), both written only when everyt
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
@@ -33,6 +32,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from .argtypes import positive_int as _positive_int
 from .errors import IBertTVMError
 
 PEERS = ("torch-int8", "ort-int8", "ort-uint8")
@@ -450,11 +450,3 @@ def add_parser(sub) -> None:
     p.set_defaults(func=cmd_eval)
 
 
-def _positive_int(s: str) -> int:
-    try:
-        n = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"{s} must be at least 1")
-    return n

@@ -59,6 +59,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from ..argtypes import nonneg_int as _nonneg_int, positive_int as _positive_int
 from ..errors import IBertTVMError
 from ..op.packed_weights import WEIGHT_BITS, row_bytes
 
@@ -668,26 +669,6 @@ def cmd_sensitivity(args) -> int:
     write_plan(out, plan_dict(plan, model=str(args.model), model_hash=ckpt.model_hash, task=args.task, extra=extra))
     print(f"wrote {out} (eigenvalues in {t_eig:.0f} s, {time.time() - t0:.0f} s in all)")
     return 0
-
-
-def _positive_int(s: str) -> int:
-    try:
-        n = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"{s} must be at least 1")
-    return n
-
-
-def _nonneg_int(s: str) -> int:
-    try:
-        n = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"{s} must be >= 0")
-    return n
 
 
 def _bits_list(s: str) -> tuple[int, ...]:
