@@ -57,11 +57,10 @@ unscheduled PrimFunc that is not a VNNI linear.
 
 from __future__ import annotations
 
-from .x86_vnni import KGROUP, LANES
+from .x86_vnni import KGROUP, LANES, register_vnni_intrin
 
 BLOCK = "batch_matmul"  # op.int_matmul.batch_matmul_te's block name
 S8S8_INTRIN = "ibert_tvm.dot_16x4_s8s8_vnni"  # s8 x s8 -> s32 via (a + 128) and a compensation
-U8S8_INTRIN = "ibert_tvm.dot_16x4_u8s8_vnni"  # + "_local": x86_vnni.VNNI_INTRIN, accumulator in "local"
 QK_UNSIGNED = True  # Q K^T as (Q + 128) K^T - 128 rowsum(K) when the PrimFunc is the bare product
 QK_ROWS = 8  # query rows per Q K^T tile (unrolled; the compensation is shared by the tile)
 P_VECTOR = 64  # bytes of P per vector copy
@@ -83,37 +82,13 @@ _REGISTERED: set = set()
 def register_s8s8_intrin(scope: str = "global") -> str:
     """Register :data:`S8S8_INTRIN` (description: int8 ``A[4]`` x int8 ``B[16, 4]``, the
     accumulator ``C`` in ``scope``; ``"local"``: ``S8S8_INTRIN + "_local"``). Idempotent."""
-    return _register(True, scope)
-
-
-def register_u8s8_local_intrin() -> str:
-    """``x86_vnni.VNNI_INTRIN`` (uint8 ``A[4]`` x int8 ``B[16, 4]``) with a ``"local"`` accumulator."""
-    return _register(False, "local")
-
-
-def _register(signed: bool, scope: str) -> str:
-    name = (S8S8_INTRIN if signed else U8S8_INTRIN) + ("" if scope == "global" else "_" + scope)
+    name = S8S8_INTRIN + ("" if scope == "global" else "_" + scope)
     if name in _REGISTERED:
         return name
     from tvm.s_tir import TensorIntrin
     from tvm.script import tirx as T
 
-    a_dtype = "int8" if signed else "uint8"
-
-    @T.prim_func(s_tir=True)
-    def desc(
-        A: T.Buffer((4,), a_dtype, offset_factor=1),
-        B: T.Buffer((16, 4), "int8", offset_factor=1),
-        C: T.Buffer((16,), "int32", offset_factor=1, scope=scope),
-    ) -> None:
-        with T.sblock("root"):
-            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
-            T.writes(C[0:16])
-            for i in T.serial(0, 16):
-                for k in T.serial(0, 4):
-                    with T.sblock("update"):
-                        vi, vk = T.axis.remap("SR", [i, k])
-                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+    from .x86_vnni import dot_16x4_desc
 
     @T.prim_func(s_tir=True)
     def impl_s8s8(
@@ -147,25 +122,7 @@ def _register(signed: bool, scope: str) -> str:
                 dtype="int32x16",
             )
 
-    @T.prim_func(s_tir=True)
-    def impl_u8s8(
-        A: T.Buffer((4,), "uint8", offset_factor=1),
-        B: T.Buffer((16, 4), "int8", offset_factor=1),
-        C: T.Buffer((16,), "int32", offset_factor=1, scope=scope),
-    ) -> None:
-        with T.sblock("root"):
-            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
-            T.writes(C[0:16])
-            a_u8x64 = T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), 16), dtype="uint8x64")
-            C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
-                C.vload([0], dtype="int32x16"),
-                a_u8x64,
-                B.vload([0, 0], dtype="int8x64"),
-                dtype="int32x16",
-            )
-
-    TensorIntrin.register(name, desc, impl_s8s8 if signed else impl_u8s8, override=True)
+    TensorIntrin.register(name, dot_16x4_desc("int8", scope), impl_s8s8, override=True)
     _REGISTERED.add(name)
     return name
 
@@ -254,7 +211,7 @@ def _local_tile(sch, block, tile, partition=()) -> None:
 
 
 def _schedule_pv(sch, block) -> None:
-    intrin = register_u8s8_local_intrin()
+    intrin = register_vnni_intrin("local")
     b, h, i, n, s = sch.get_loops(block)
     rows = max(1, PV_ACC // (_ceil_static(sch.get(n).extent, LANES) // LANES))
     sch.pad_einsum(block, [1, 1, rows, LANES, KGROUP])
@@ -390,7 +347,7 @@ def _qk_biased_func(heads: int, d: int):
 
 
 def _schedule_qk_biased(sch, block) -> None:
-    intrin = register_u8s8_local_intrin()
+    intrin = register_vnni_intrin("local")
     d_whole = int(sch.get(sch.get_loops(block)[-1]).extent) % KGROUP == 0
     sch.pad_einsum(block, [1, 1, QK_ROWS, LANES, KGROUP])
     b, h, i, j, k = sch.get_loops(block)

@@ -348,22 +348,20 @@ class VnniLinear(LinearStrategy):
 
 
 # -- the tensor intrinsic -------------------------------------------------------------------
-_REGISTERED = False
+_REGISTERED: set = set()
 
 
-def register_vnni_intrin() -> str:
-    """Register :data:`VNNI_INTRIN` (LLVM 22's ``vpdpbusd.512`` operand types). Idempotent."""
-    global _REGISTERED
-    if _REGISTERED:
-        return VNNI_INTRIN
-    from tvm.s_tir import TensorIntrin
+def dot_16x4_desc(a_dtype: str, scope: str = "global"):
+    """The description every 16 x 4 dot-product intrinsic here shares: ``C[16] += A[4] . B[16, 4]``
+    with ``A`` of ``a_dtype`` (uint8 for VNNI, int8 for ``x86_attention``'s s8 x s8 variant) and
+    the int32 accumulator ``C`` in ``scope``."""
     from tvm.script import tirx as T
 
     @T.prim_func(s_tir=True)
     def desc(
-        A: T.Buffer((4,), "uint8", offset_factor=1),
+        A: T.Buffer((4,), a_dtype, offset_factor=1),
         B: T.Buffer((16, 4), "int8", offset_factor=1),
-        C: T.Buffer((16,), "int32", offset_factor=1),
+        C: T.Buffer((16,), "int32", offset_factor=1, scope=scope),
     ) -> None:
         with T.sblock("root"):
             T.reads(C[0:16], A[0:4], B[0:16, 0:4])
@@ -374,11 +372,24 @@ def register_vnni_intrin() -> str:
                         vi, vk = T.axis.remap("SR", [i, k])
                         C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
 
+    return desc
+
+
+def register_vnni_intrin(scope: str = "global") -> str:
+    """Register :data:`VNNI_INTRIN` (LLVM 22's ``vpdpbusd.512`` operand types); with the
+    accumulator in another ``scope`` (``"local"``: register tiles), ``VNNI_INTRIN + "_" + scope``.
+    Idempotent; returns the name."""
+    name = VNNI_INTRIN if scope == "global" else f"{VNNI_INTRIN}_{scope}"
+    if name in _REGISTERED:
+        return name
+    from tvm.s_tir import TensorIntrin
+    from tvm.script import tirx as T
+
     @T.prim_func(s_tir=True)
     def impl(
         A: T.Buffer((4,), "uint8", offset_factor=1),
         B: T.Buffer((16, 4), "int8", offset_factor=1),
-        C: T.Buffer((16,), "int32", offset_factor=1),
+        C: T.Buffer((16,), "int32", offset_factor=1, scope=scope),
     ) -> None:
         with T.sblock("root"):
             T.reads(C[0:16], A[0:4], B[0:16, 0:4])
@@ -393,9 +404,9 @@ def register_vnni_intrin() -> str:
                 dtype="int32x16",
             )
 
-    TensorIntrin.register(VNNI_INTRIN, desc, impl, override=True)
-    _REGISTERED = True
-    return VNNI_INTRIN
+    TensorIntrin.register(name, dot_16x4_desc("uint8", scope), impl, override=True)
+    _REGISTERED.add(name)
+    return name
 
 
 # -- the default (untuned) schedule ---------------------------------------------------------
