@@ -5,24 +5,22 @@ from __future__ import annotations
 import argparse
 
 
-def positive_int(s: str) -> int:
+def _int_at_least(s: str, low: int, what: str) -> int:
     try:
         n = int(s)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"{s} must be at least 1")
+    if n < low:
+        raise argparse.ArgumentTypeError(f"{s} must be {what}")
     return n
+
+
+def positive_int(s: str) -> int:
+    return _int_at_least(s, 1, "at least 1")
 
 
 def nonneg_int(s: str) -> int:
-    try:
-        n = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"{s} must be >= 0")
-    return n
+    return _int_at_least(s, 0, ">= 0")
 
 
 def positive_float(s: str) -> float:
