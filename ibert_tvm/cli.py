@@ -13,6 +13,7 @@ import sys
 import time
 
 from .argtypes import nonneg_int as _nonneg_int, positive_int as _positive_int
+from .deploy.batching import DEFAULT_BATCH_SIZE
 from .errors import IBertTVMError
 
 
@@ -112,7 +113,8 @@ def cmd_run(args) -> int:
             raise IBertTVMError("--pair takes exactly two texts (a sentence pair)")
         texts, pairs = [texts[0]], [texts[1]]
     t0 = time.perf_counter()
-    out = model.run_text(texts, pairs)
+    out = model.run_text(texts, pairs, batch_size=args.batch_size, truncate=args.truncate,
+                         progress=_progress("run") if len(texts) > args.batch_size else None)
     ms = (time.perf_counter() - t0) * 1000
     scale = model.output_scale
     m = model.manifest
@@ -213,6 +215,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("compiled", help="directory written by `ibert-tvm compile`")
     p.add_argument("texts", nargs="*", help="texts (each a batch row)")
     p.add_argument("--pair", action="store_true", help="treat the two texts as one sentence pair")
+    p.add_argument("--batch-size", type=_positive_int, default=DEFAULT_BATCH_SIZE,
+                   help=f"texts per batch (default {DEFAULT_BATCH_SIZE}); texts are sorted by length and "
+                   "batched, so memory stays bounded however many texts are given")
+    p.add_argument("--truncate", action="store_true", help="cut texts longer than the model's maximum "
+                   "sequence length (default: such a text is an error)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("verify", help="prove a model has no floating point", description=

@@ -301,8 +301,11 @@ class RemoteModel:
 
         return with_deadline(call, self.timeout, "running the model on the board")
 
-    def run_text(self, texts, pairs=None) -> np.ndarray:
-        return self.run_ids(self.tokenizer(texts, pairs))
+    def run_text(self, texts, pairs=None, **batching) -> np.ndarray:
+        """Like :meth:`CompiledModel.run_text <ibert_tvm.deploy.runtime.CompiledModel.run_text>`."""
+        from .batching import run_batched
+
+        return run_batched(self.run_ids, self.tokenizer, texts, pairs, **batching)
 
 
 def open_remote(out_dir, *, tracker: str | None = None, key: str | None = None, server: str | None = None,

@@ -7,12 +7,14 @@ No PyTorch, no transformers, no Relax compiler import: this is what runs on a bo
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from ..errors import IBertTVMError
+from .batching import DEFAULT_BATCH_SIZE, run_batched
 from .tokenize import Tokenizer
 
 FORMAT = "ibert-tvm-compiled/1"
@@ -72,6 +74,7 @@ class CompiledModel:
             device = "cuda" if str(m.get("target", "")).startswith("cuda") else "cpu"
         dev = tvm.cpu() if device == "cpu" else tvm.device(device)
         self.vm = VirtualMachine(lib, dev)
+        self._lock = threading.Lock()  # one VM, shared by every thread: see run_ids
         self._tvm_params = [tvm.runtime.tensor(p, dev) for p in self.params]
         self.dev = dev
         try:
@@ -120,12 +123,24 @@ class CompiledModel:
         return {k: v.astype(np.int32) for k, v in out.items()}
 
     def run_ids(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        """Integer inputs -> integer output (``[B, H]`` embedding or ``[B, labels]`` logits)."""
+        """Integer inputs -> integer output (``[B, H]`` embedding or ``[B, labels]`` logits), as one batch.
+
+        Thread-safe: the Relax VM keeps per-call state, so calls on one model are serialised by
+        a lock (eight threads sharing a VM without it crashed the process). Each call already
+        runs its kernels on TVM's thread pool, so running two at once would gain nothing; the
+        uncontended lock costs well under a microsecond against a millisecond-scale call.
+        """
         import tvm
 
         x = self.check_inputs(inputs)
-        args = [tvm.runtime.tensor(x[n], self.dev) for n in self.manifest["inputs"]]
-        return self.vm["forward"](*args, *self._tvm_params).numpy()
+        with self._lock:
+            args = [tvm.runtime.tensor(x[n], self.dev) for n in self.manifest["inputs"]]
+            return self.vm["forward"](*args, *self._tvm_params).numpy()
 
-    def run_text(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> np.ndarray:
-        return self.run_ids(self.tokenizer(texts, pairs))
+    def run_text(self, texts: Sequence[str], pairs: Sequence[str] | None = None, *,
+                 batch_size: int = DEFAULT_BATCH_SIZE, truncate: bool = False, progress=None) -> np.ndarray:
+        """Texts (and sentence pairs) -> integer outputs in input order, in length-sorted batches
+        of at most ``batch_size`` rows (bounded memory; identical to one text at a time).
+        A text over the model's maximum is an error unless ``truncate``."""
+        return run_batched(self.run_ids, self.tokenizer, texts, pairs, batch_size=batch_size, truncate=truncate,
+                           progress=progress)

@@ -98,7 +98,7 @@ def test_empty_batch(bert):
 
 
 def test_text_too_long(bert):
-    with pytest.raises(IBertTVMError, match="a text has 302 tokens; the model's maximum sequence length is 128"):
+    with pytest.raises(IBertTVMError, match="text 1 has 302 tokens; the model's maximum sequence length is 128"):
         bert.run_text(["fine", " ".join(["word"] * 300)])
 
 
