@@ -2,8 +2,12 @@
 
 A board runs TVM's stock server, registered with a tracker under a device key::
 
-    python -m tvm.exec.rpc_tracker --host 0.0.0.0 --port 9190               # anywhere
+    python -m tvm.exec.rpc_tracker --host 127.0.0.1 --port 9190             # on the host
     python -m tvm.exec.rpc_server --tracker HOST:9190 --key rk3588          # on each board
+
+TVM's tracker and server have **no authentication**: anyone who reaches the port can upload
+and run code on the board. Keep them on loopback (with boards reached through SSH port
+forwarding or a VPN), and bind them to a network address only on a network you control.
 
 and the host runs the model there (:func:`run_remote`): it uploads ``model.so``, loads it on the
 board, and drives ``tvm.runtime.vm.VirtualMachine(rlib, remote.cpu())`` with the integer
@@ -46,7 +50,8 @@ from ..errors import IBertTVMError
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_TRACKER_PORT = 9190
 _TRACKER_MAGIC = 0x2F271  # tvm.rpc.base.RPC_TRACKER_MAGIC
-_TRACKER_HINT = "start one with `python -m tvm.exec.rpc_tracker --host 0.0.0.0 --port 9190`"
+_TRACKER_HINT = ("start one with `python -m tvm.exec.rpc_tracker --host 127.0.0.1 --port 9190` (no authentication: "
+                 "keep it on loopback or a network you control)")
 T = TypeVar("T")
 
 
