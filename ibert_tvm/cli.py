@@ -23,27 +23,29 @@ def _progress(desc: str):
     return lambda it: tqdm(it, desc=desc, unit="batch", leave=False, disable=None)
 
 
-def _check_output(output, source) -> None:
-    """Before any work: the output must not be the input, nor a directory we must not replace."""
+def _check_output(output, source, kind) -> None:
+    """Before any work: the output must not be the input, and must be replaceable by an artifact of
+    ``kind`` and writable (:func:`ibert_tvm.support.fs.check_output`)."""
     from pathlib import Path
 
-    from .quantization.artifact import check_replaceable
+    from .support.fs import check_output
 
     if str(source) != "default" and Path(output).resolve() == Path(source).resolve():
         raise IBertTVMError(f"output {output} is the input directory: choose another output")
-    check_replaceable(Path(output))
+    check_output(output, kind)
 
 
 # -- calibrate ----------------------------------------------------------------------------
 def cmd_calibrate(args) -> int:
     from .datasets import default_calibration_sentences, read_sentences
     from .model.hf_loader import load_checkpoint
+    from .quantization.artifact import ARTIFACT
     from .quantization.calibrate import calibrate
     from .quantization.config import QUANTIZATION, QuantConfig
 
     if args.scheme not in QUANTIZATION:
         raise IBertTVMError(f"unknown quantization scheme {args.scheme!r}; known: {', '.join(QUANTIZATION)}")
-    _check_output(args.output, args.model)
+    _check_output(args.output, args.model, ARTIFACT)
     config = QUANTIZATION[args.scheme]
     if args.calibration:
         config = QuantConfig.from_dict({**config.to_dict(), "calibration": args.calibration})
@@ -81,10 +83,10 @@ def cmd_calibrate(args) -> int:
 
 # -- compile ------------------------------------------------------------------------------
 def cmd_compile(args) -> int:
-    from .deploy.export import compile_quantized
+    from .deploy.export import ARTIFACT, compile_quantized
     from .quantization.artifact import QuantizedModel
 
-    _check_output(args.output, args.quantized)
+    _check_output(args.output, args.quantized, ARTIFACT)
     qm = QuantizedModel.load(args.quantized)
     t0 = time.time()
     print(f"compiling {args.quantized} for {args.target} (this builds every integer kernel; minutes for a full model)")

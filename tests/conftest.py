@@ -7,6 +7,7 @@ fast to calibrate and compile.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -125,3 +126,64 @@ def random_batch(rng: np.random.Generator, batch: int, seq: int, *, vocab: int =
     tt = (rng.integers(0, type_vocab, (batch, seq)) * mask).astype(np.int32)
     return {"input_ids": ids, "attention_mask": mask, "token_type_ids": tt,
             "position_ids": position_ids(ids, mask, family, pad_id)}
+
+
+# -- CLI tests ------------------------------------------------------------------------------
+SENTENCES = [
+    "A man is playing a guitar.",
+    "A woman is slicing an onion.",
+    "Two dogs run across a snowy field.",
+    "The stock market fell sharply on Monday.",
+    "A child is riding a red bicycle down the street.",
+    "She poured a cup of coffee and sat by the window.",
+    "The committee approved the new budget.",
+    "Rain is expected throughout the weekend.",
+    "A cat sleeps on the warm windowsill.",
+    "He scored the winning goal in the final minute.",
+    "The train to the airport leaves every ten minutes.",
+    "Scientists discovered a new species of frog.",
+    "A group of people are dancing at a wedding.",
+    "The recipe calls for two eggs and a cup of flour.",
+    "An old bridge crosses the river near the village.",
+    "The phone battery died during the call.",
+    "Children are building a sandcastle on the beach.",
+    "The museum opens at nine in the morning.",
+]
+
+
+@pytest.fixture
+def text_file(tmp_path) -> Path:
+    p = tmp_path / "calib.txt"
+    p.write_text("\n".join(SENTENCES) + "\n", encoding="utf-8")
+    return p
+
+
+class _ReplayedExecutable:
+    """Stands in for the Relax executable of a build already done: exporting copies its model.so."""
+
+    def __init__(self, lib: Path):
+        self.lib = lib
+
+    def export_library(self, path, **kw):
+        shutil.copyfile(self.lib, path)
+
+
+@pytest.fixture
+def replay_build(compiled_factory, monkeypatch):
+    """Skip the ~30 s pipeline build: replay the one ``compiled_factory("BertModel")`` already did.
+
+    ``compile`` still loads q/, plans and exports the integer model and writes out/ for real; only
+    ``passes.pipeline.build`` returns the fixture's library and its recorded verifier reports.
+    Only valid for compiling ``quantized_factory("BertModel")``.
+    """
+    from ibert_tvm.passes.verify_integer_only import Report
+
+    done = compiled_factory("BertModel")
+    rec = json.loads((done / "manifest.json").read_text())["verify"]
+
+    def build(mod, target, **kw):
+        reports = [Report(what=k, dtypes=rec[k]["dtypes"], ops=rec[k]["ops"], float_ops=rec[k]["float_ops"])
+                   for k in ("module", "code")]
+        return _ReplayedExecutable(done / "model.so"), *reports
+
+    monkeypatch.setattr("ibert_tvm.passes.pipeline.build", build)

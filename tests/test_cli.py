@@ -19,65 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from cli_helpers import assert_nothing_written, assert_user_error, cli, copy_dir
 from ibert_tvm.cli import main
-
-SENTENCES = [
-    "A man is playing a guitar.",
-    "A woman is slicing an onion.",
-    "Two dogs run across a snowy field.",
-    "The stock market fell sharply on Monday.",
-    "A child is riding a red bicycle down the street.",
-    "She poured a cup of coffee and sat by the window.",
-    "The committee approved the new budget.",
-    "Rain is expected throughout the weekend.",
-    "A cat sleeps on the warm windowsill.",
-    "He scored the winning goal in the final minute.",
-    "The train to the airport leaves every ten minutes.",
-    "Scientists discovered a new species of frog.",
-    "A group of people are dancing at a wedding.",
-    "The recipe calls for two eggs and a cup of flour.",
-    "An old bridge crosses the river near the village.",
-    "The phone battery died during the call.",
-    "Children are building a sandcastle on the beach.",
-    "The museum opens at nine in the morning.",
-]
-
-
-def cli(capsys, *argv) -> tuple[int, str, str]:
-    """Run ``ibert-tvm argv...`` in-process: (exit code, stdout, stderr)."""
-    capsys.readouterr()
-    rc = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def assert_user_error(rc: int, err: str, command: str, *needles: str) -> None:
-    """Exit 2 with one ``ibert-tvm <command>: error: ...`` line naming the problem, no traceback."""
-    assert rc == 2, err
-    assert f"ibert-tvm {command}: error: " in err, err
-    assert "Traceback" not in err
-    for n in needles:
-        assert n.lower() in err.lower(), f"{n!r} not in {err!r}"
-
-
-def assert_nothing_written(out: Path) -> None:
-    """Neither ``out`` nor a temporary ``.<out>.tmp-*`` / ``.<out>.old-*`` sibling exists."""
-    assert not out.exists(), f"{out} was written"
-    left = [p.name for p in out.parent.iterdir() if p.name.startswith((f".{out.name}.tmp-", f".{out.name}.old-"))]
-    assert not left, f"left behind: {left}"
-
-
-def copy_dir(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst)
-    return dst
-
-
-@pytest.fixture
-def text_file(tmp_path) -> Path:
-    p = tmp_path / "calib.txt"
-    p.write_text("\n".join(SENTENCES) + "\n", encoding="utf-8")
-    return p
-
 
 # -- --help ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("command", [None, "calibrate", "compile", "run", "verify"])
@@ -362,35 +305,6 @@ def test_compile_refuses_to_overwrite_its_input(quantized_factory, tmp_path, cap
     assert (q / "quantization.json").is_file()
 
 
-class _ReplayedExecutable:
-    """Stands in for the Relax executable of a build already done: exporting copies its model.so."""
-
-    def __init__(self, lib: Path):
-        self.lib = lib
-
-    def export_library(self, path, **kw):
-        shutil.copyfile(self.lib, path)
-
-
-@pytest.fixture
-def replay_build(compiled_factory, monkeypatch):
-    """Skip the ~30 s pipeline build: replay the one ``compiled_factory("BertModel")`` already did.
-
-    ``compile`` still loads q/, plans and exports the integer model and writes out/ for real; only
-    ``passes.pipeline.build`` returns the fixture's library and its recorded verifier reports.
-    Only valid for compiling ``quantized_factory("BertModel")``.
-    """
-    from ibert_tvm.passes.verify_integer_only import Report
-
-    done = compiled_factory("BertModel")
-    rec = json.loads((done / "manifest.json").read_text())["verify"]
-
-    def build(mod, target, **kw):
-        reports = [Report(what=k, dtypes=rec[k]["dtypes"], ops=rec[k]["ops"], float_ops=rec[k]["float_ops"])
-                   for k in ("module", "code")]
-        return _ReplayedExecutable(done / "model.so"), *reports
-
-    monkeypatch.setattr("ibert_tvm.passes.pipeline.build", build)
 
 
 def _boom(ex, path, spec):

@@ -93,12 +93,12 @@ def build_bert_base(path: Path, *, seed: int = 0) -> Path:
     import transformers
 
     from ..model.hf_loader import default_model_dir
-    from ..quantization.artifact import atomic_dir
+    from ..support.fs import atomic_dir
 
     torch.manual_seed(seed)
     config = transformers.BertConfig(**BERT_BASE, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     model = transformers.BertModel(config).eval()
-    with atomic_dir(path, markers=None) as tmp:
+    with atomic_dir(path, None) as tmp:  # only a missing or empty directory: never a user's files
         model.save_pretrained(str(tmp))
         shutil.copy(default_model_dir() / "tokenizer.json", tmp / "tokenizer.json")
     return path

@@ -20,8 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import IBertTVMError
-from ..quantization.artifact import QuantizedModel, atomic_dir
+from ..quantization.artifact import QuantizedModel
+from ..support.fs import ArtifactKind, atomic_dir
 from ..targets import TargetSpec, get_target
+from .cuda_check import PTX_REPORT
 from .runtime import sha256_file  # noqa: F401  (re-exported: the board's runtime owns it)
 
 FORMAT = "ibert-tvm-compiled/1"
@@ -29,6 +31,8 @@ LIB = "model.so"
 PARAMS = "params.npz"
 MANIFEST = "manifest.json"
 TOKENIZER = "tokenizer.json"
+# every file ``compile_quantized`` writes: ``compile -o`` replaces a directory holding only these
+ARTIFACT = ArtifactKind("compiled model", FORMAT, MANIFEST, frozenset({LIB, PARAMS, MANIFEST, TOKENIZER, PTX_REPORT}))
 
 
 def quantized_hash(qm: QuantizedModel) -> str:
@@ -143,14 +147,12 @@ def compile_quantized(
     }
     if cuda_section is not None:
         manifest["cuda"] = cuda_section
-    with atomic_dir(Path(out_dir)) as tmp:
+    with atomic_dir(out_dir, ARTIFACT) as tmp:
         export_library(ex, tmp / LIB, spec)
         np.savez(tmp / PARAMS, **{f"p{i:04d}": arrays[n] for i, n in enumerate(names)})
         manifest["lib_sha256"] = sha256_file(tmp / LIB)
         (tmp / TOKENIZER).write_text(qm.tokenizer_json, encoding="utf-8")
         if ptx_report is not None:
-            from .cuda_check import PTX_REPORT
-
             (tmp / PTX_REPORT).write_text(json.dumps(ptx_report, indent=1))
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
     log(f"wrote {out_dir} ({spec.name}); {mod_report.float_ops} float ops in the module, {code_report.float_ops} in the code")

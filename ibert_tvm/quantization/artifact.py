@@ -10,27 +10,29 @@ Layout of a quantized directory ``q/``::
                             source model identity (architecture, sha256), labels
     tokenizer.json          the source tokenizer
 
-Written atomically: into a temporary sibling directory, then renamed into place.
+Written atomically (:mod:`ibert_tvm.support.fs`): into a temporary sibling directory, then
+renamed into place.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import IBertTVMError
+from ..support.fs import ArtifactKind, atomic_dir
 from .config import QuantConfig
 
 FORMAT = "ibert-tvm-quantized/1"
 TENSORS = "quantized.safetensors"
 META = "quantization.json"
 TOKENIZER = "tokenizer.json"
+# every file ``QuantizedModel.save`` writes: ``calibrate -o`` replaces a directory holding only these
+ARTIFACT = ArtifactKind("quantized model", FORMAT, META, frozenset({TENSORS, META, TOKENIZER}))
 
 
 @dataclass
@@ -120,7 +122,7 @@ class QuantizedModel:
 
             meta["pack_format"] = PACK_FORMAT
             meta["packed_shapes"] = {k: list(self.tensors[k + ".weight"].shape) for k in sorted(self.weight_bits_map)}
-        with atomic_dir(out) as tmp:
+        with atomic_dir(out, ARTIFACT) as tmp:
             save_file({k: np.ascontiguousarray(v) for k, v in self.stored_tensors().items()}, str(tmp / TENSORS))
             (tmp / META).write_text(json.dumps(meta, indent=1))
             (tmp / TOKENIZER).write_text(self.tokenizer_json, encoding="utf-8")
@@ -176,65 +178,3 @@ class QuantizedModel:
         except (KeyError, TypeError, ValueError) as e:
             raise IBertTVMError(f"{p}/{META} is corrupt: bad or missing entry {e}") from None
 
-
-ARTIFACT_FILES = (META, "manifest.json")  # what marks a directory as ours (quantized q/, compiled out/)
-
-
-def check_replaceable(out: Path, markers=ARTIFACT_FILES) -> None:
-    """Refuse an output path whose replacement would destroy something that is not an artifact.
-
-    ``out`` may be absent, an empty directory, or a directory holding an ibert-tvm artifact
-    (one of ``markers``, a JSON file with an ``ibert-tvm-*`` format tag). ``markers=None``
-    accepts any existing directory.
-    """
-    out = Path(out)
-    if not out.exists() and not out.is_symlink():
-        return
-    if not out.is_dir():
-        raise IBertTVMError(f"output {out} exists and is not a directory")
-    if markers is None or not any(out.iterdir()):
-        return
-    for name in markers:
-        try:
-            fmt = json.loads((out / name).read_text()).get("format")
-        except (OSError, ValueError, AttributeError):
-            continue
-        if isinstance(fmt, str) and fmt.startswith("ibert-tvm-"):
-            return
-    raise IBertTVMError(
-        f"refusing to replace {out}: it is a non-empty directory that is not an ibert-tvm artifact "
-        "(choose a new or empty output directory)"
-    )
-
-
-class atomic_dir:
-    """``with atomic_dir(out) as tmp:`` write into ``tmp``; on success it replaces ``out``.
-
-    On any exception the temporary directory is removed and ``out`` is left untouched.
-    An existing ``out`` that is not an artifact is refused (:func:`check_replaceable`; pass
-    ``markers=None`` for outputs of another kind).
-    """
-
-    def __init__(self, out: Path, markers=ARTIFACT_FILES):
-        self.out = Path(out)
-        self.markers = markers
-
-    def __enter__(self) -> Path:
-        check_replaceable(self.out, self.markers)
-        parent = self.out.resolve().parent
-        parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.tmp-", dir=parent))
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return False
-        old = None
-        if self.out.exists():
-            old = self.out.with_name(f".{self.out.name}.old-{os.getpid()}")
-            os.rename(self.out, old)
-        os.rename(self.tmp, self.out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-        return False
