@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,8 +22,14 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import IBertTVMError
+from ..support.fs import ArtifactKind, atomic_dir
 
 LABELS = ("negative", "positive")
+FORMAT = "ibert-tvm-finetuned/1"
+FINETUNE_META = "finetune.json"
+# what save_pretrained + this module write: only these are ever replaced in a cache entry
+ARTIFACT = ArtifactKind("fine-tuned model", FORMAT, FINETUNE_META,
+                        frozenset({"config.json", "model.safetensors", "tokenizer.json", FINETUNE_META}))
 
 
 @dataclass(frozen=True)
@@ -108,21 +111,13 @@ def finetune_sentiment(cfg: FinetuneConfig = FinetuneConfig(), *, source: str = 
         if hasattr(it, "set_postfix"):
             it.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
     model.eval()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_dir(out, ARTIFACT) as tmp:
         model.save_pretrained(str(tmp))
         (tmp / "tokenizer.json").write_text(tok_json, encoding="utf-8")
-        (tmp / "finetune.json").write_text(json.dumps(
-            {"config": asdict(cfg), "source": str(base.path), "source_hash": base.model_hash,
+        (tmp / FINETUNE_META).write_text(json.dumps(
+            {"format": FORMAT, "config": asdict(cfg), "source": str(base.path), "source_hash": base.model_hash,
              "train_examples": n, "final_loss": float(np.mean(losses[-20:])), "seconds": round(time.time() - t0, 1)},
             indent=1))
-        if out.exists():
-            shutil.rmtree(out)
-        os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log(f"fine-tuned in {time.time() - t0:.0f} s (final loss {np.mean(losses[-20:]):.4f})")
     return out
 
