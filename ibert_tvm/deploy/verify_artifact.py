@@ -21,7 +21,8 @@ binary on its own, in this order:
    vector registers are integer-neutral and not counted. System calls and undecodable bytes
    are findings (they leave the scan).
 4. **Where control can go.** Every direct branch and every entry point (exported functions,
-   ``DT_INIT``/``DT_FINI``, relocated code pointers) must land on an instruction of the
+   ``DT_INIT``/``DT_FINI``, relocated code pointers, code addresses computed pc-relatively such
+   as the parallel closures handed to the runtime) must land on an instruction of the
    linear-sweep disassembly, so no hidden overlapping decode is reachable by them. An indirect
    call/jump is allowed only when a must-dataflow analysis over the function's control-flow
    graph proves its target is one of: (a) the content of a GOT/PLT slot that relocates to an
@@ -47,7 +48,9 @@ Relax VM's builtins), libc's ``memcpy``-class functions and the dynamic linker. 
 assumes the code keeps to the ABI (callee-saved registers survive calls) and does not forge
 code pointers through memory (overwriting a return address or a slot with a computed address):
 it rules out float in what compilers emit and in libraries swapped in, patched or hand-linked,
-not a binary written adversarially against this analysis.
+not a binary written adversarially against this analysis. On aarch64, GNU ld maps ``.rodata``
+into the executable segment; those bytes are not disassembled, so they are covered only by the
+control-flow rules above (nothing may branch or point into them as code).
 """
 
 from __future__ import annotations
