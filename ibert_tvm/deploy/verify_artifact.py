@@ -49,8 +49,9 @@ assumes the code keeps to the ABI (callee-saved registers survive calls) and doe
 code pointers through memory (overwriting a return address or a slot with a computed address):
 it rules out float in what compilers emit and in libraries swapped in, patched or hand-linked,
 not a binary written adversarially against this analysis. On aarch64, GNU ld maps ``.rodata``
-into the executable segment; those bytes are not disassembled, so they are covered only by the
-control-flow rules above (nothing may branch or point into them as code).
+into the executable segment; those bytes are not disassembled. Direct branches and relocated
+pointers into them are findings, but a computed ``.rodata`` address handed to the runtime as a
+closure would not be (the step-4 entry rule only applies to addresses inside code sections).
 """
 
 from __future__ import annotations
