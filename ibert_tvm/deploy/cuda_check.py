@@ -409,18 +409,12 @@ def verify_cuda_compiled(out_dir: str | os.PathLike, *, log=print):
     Returns a :class:`~ibert_tvm.passes.verify_integer_only.Report` whose ``float_ops`` counts
     float in the host machine code, in the embedded CUDA source and in nvcc's PTX.
     """
-    import json
-
     from ..passes.verify_integer_only import Finding, Report, find_float_in_cuda_source
-    from .verify_artifact import scan_binary
+    from .verify_artifact import check_identity, print_recorded, scan_binary
 
     out_dir = Path(out_dir)
-    m = json.loads((out_dir / "manifest.json").read_text())
-    rec = m.get("verify", {})
-    for key in ("module", "code"):
-        r = rec.get(key)
-        if r is not None:
-            log(f"recorded at compile time ({key}): float ops {r['float_ops']}; dtypes {r.get('dtypes', {})}")
+    m = check_identity(out_dir)  # model.so is the file the manifest records, before its records are shown
+    print_recorded(m, log)
     cuda = m.get("cuda") or {}
     ptx_rec = cuda.get("ptx")
     if ptx_rec:
@@ -430,9 +424,7 @@ def verify_cuda_compiled(out_dir: str | os.PathLike, *, log=print):
     elif cuda:
         log(f"recorded at compile time: no PTX check ({cuda.get('ptx_skipped', 'not run')})")
     so = out_dir / "model.so"
-    if not so.is_file():
-        raise IBertTVMError(f"{so} is missing")
-    host = scan_binary(so, "llvm")
+    host = scan_binary(so)
     log(f"host code ({so.name}, x86-64): float ops {host.float_ops}")
     src = cuda_source_from_library(so)
     sha = hashlib.sha256(src.encode()).hexdigest()

@@ -1,0 +1,143 @@
+"""``ibert-tvm verify OUT/`` cannot be fooled (issue 11 section 2) and reports bad artifacts as
+one ``error:`` line (section 5).
+
+Each bypass plants a library built with gcc into a copy of a real compiled ``out/`` and rewrites
+the manifest's ``lib_sha256`` to match, so the hash check passes and the binary scan is what
+must catch it. The real tiny model (x86-64 and, with the cross tools, aarch64) still verifies.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import aarch64_support as arm
+from ibert_tvm.cli import main
+from ibert_tvm.deploy.runtime import sha256_file
+
+
+def verify(capsys, out: Path) -> tuple[int, str, str]:
+    capsys.readouterr()
+    rc = main(["verify", str(out)])
+    stdout, err = capsys.readouterr()
+    return rc, stdout, err
+
+
+def planted(compiled_factory, tmp_path: Path, c_source: str | None = None, *, libs=(), rehash=True) -> Path:
+    """A copy of the real out/ whose model.so is ``c_source`` compiled with gcc (None: unchanged)."""
+    out = tmp_path / "out"
+    shutil.copytree(compiled_factory("BertModel"), out)
+    if c_source is not None:
+        src = tmp_path / "planted.c"
+        src.write_text(c_source)
+        subprocess.run(["gcc", "-O2", "-shared", "-fPIC", "-o", str(out / "model.so"), str(src), *libs], check=True)
+    if rehash:
+        edit_manifest(out, lib_sha256=sha256_file(out / "model.so"))
+    return out
+
+
+def edit_manifest(out: Path, **fields) -> None:
+    m = json.loads((out / "manifest.json").read_text())
+    m.update(fields)
+    (out / "manifest.json").write_text(json.dumps({k: v for k, v in m.items() if v is not None}))
+
+
+def assert_caught(rc: int, stdout: str, *needles: str) -> None:
+    assert rc == 1, stdout
+    assert not re.search(r"^float ops: 0$", stdout, re.M), stdout
+    for n in needles:
+        assert n in stdout, f"{n!r} not in\n{stdout}"
+
+
+def assert_error(rc: int, err: str, *needles: str) -> None:
+    assert rc == 2, err
+    assert "ibert-tvm verify: error: " in err and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1, err
+    for n in needles:
+        assert n in err, f"{n!r} not in {err!r}"
+
+
+# -- the real artifacts still verify ----------------------------------------------------------
+def test_real_model_verifies_with_no_findings(compiled_factory, capsys):
+    rc, stdout, err = verify(capsys, compiled_factory("BertModel"))
+    assert rc == 0, stdout + err
+    assert stdout.rstrip().endswith("float ops: 0") and "findings:" not in stdout
+    assert "TVMFFIErrorSetRaisedFromCStrParts" in stdout  # the import list is shown
+    assert "indirect.slotval" in stdout  # the workspace calls through the runtime's slots were seen
+
+
+def test_real_aarch64_model_verifies_with_no_findings(quantized_factory, tmp_path_factory, capsys):
+    arm.need_tools("aarch64-linux-gnu-objdump")
+    rc, stdout, err = verify(capsys, arm.arm_out(quantized_factory, tmp_path_factory))
+    assert rc == 0, stdout + err
+    assert "(aarch64;" in stdout and stdout.rstrip().endswith("float ops: 0") and "findings:" not in stdout
+
+
+# -- bypass 1: a replaced model.so ------------------------------------------------------------
+def test_replaced_library_calling_libm_exp_is_caught(compiled_factory, tmp_path, capsys):
+    out = planted(compiled_factory, tmp_path, "#include <math.h>\ndouble f(double x) { return exp(x); }\n",
+                  libs=("-lm",))
+    rc, stdout, _ = verify(capsys, out)
+    assert_caught(rc, stdout, "imports exp", "links libm.so.6")
+
+
+def test_replaced_library_with_the_old_hash_is_refused(compiled_factory, tmp_path, capsys):
+    out = planted(compiled_factory, tmp_path, "int f(int x) { return x + 1; }\n", rehash=False)
+    rc, stdout, err = verify(capsys, out)
+    assert_error(rc, err, "model.so", "lib_sha256")
+    assert "recorded at compile time" not in stdout  # nothing about a file that is not the recorded one
+
+
+def test_manifest_without_lib_sha256_is_refused(compiled_factory, tmp_path, capsys):
+    out = planted(compiled_factory, tmp_path, rehash=False)
+    edit_manifest(out, lib_sha256=None)
+    rc, stdout, err = verify(capsys, out)
+    assert_error(rc, err, "manifest.json", "lib_sha256")
+    assert "recorded at compile time" not in stdout
+
+
+# -- bypass 2: float code under an allow-listed fp16 helper name -------------------------------
+HELPER = "float __extendhfsf2(float x) { return x * 3.5f + 1.0f; }\n"
+CALLERS = {
+    "no-caller": "",
+    "kernel": "int __tvm_ffi_kernel(int x) { return (int)__extendhfsf2((float)x); }\n",
+    "other-helper": "unsigned short __truncsfhf2(float x) { return (unsigned short)__extendhfsf2(x); }\n",
+}
+
+
+@pytest.mark.parametrize("caller", list(CALLERS))
+def test_float_code_named_like_an_fp16_helper_is_caught(caller, compiled_factory, tmp_path, capsys):
+    out = planted(compiled_factory, tmp_path, "__attribute__((noinline)) " + HELPER + CALLERS[caller])
+    rc, stdout, _ = verify(capsys, out)
+    assert_caught(rc, stdout, "binary:__extendhfsf2: mulss")
+
+
+# -- bypass 3: an indirect call -----------------------------------------------------------------
+@pytest.mark.parametrize("signature", ["int (*fn)(int), int x", "double (*fn)(double), double x"])
+def test_call_through_a_function_pointer_is_caught(signature, compiled_factory, tmp_path, capsys):
+    out = planted(compiled_factory, tmp_path, f"__attribute__((noinline)) {signature.split()[0]} apply({signature}) "
+                  "{ return fn(x); }\n")
+    rc, stdout, _ = verify(capsys, out)
+    assert_caught(rc, stdout, "binary:apply@", "indirect call/jump to an unknown target")
+
+
+# -- section 5: bad artifacts are one error line ------------------------------------------------
+def test_manifest_verify_not_an_object_is_an_error(compiled_factory, tmp_path, capsys):
+    out = planted(compiled_factory, tmp_path, rehash=False)
+    edit_manifest(out, verify=["not", "an", "object"])
+    rc, _, err = verify(capsys, out)
+    assert_error(rc, err, "manifest.json", "'verify'")
+
+
+@pytest.mark.parametrize("content", [bytes(range(256)) * 8, b"just a text file\n"], ids=["random-bytes", "text"])
+def test_model_so_that_is_not_elf_is_an_error(content, compiled_factory, tmp_path, capsys):
+    out = planted(compiled_factory, tmp_path, rehash=False)
+    (out / "model.so").write_bytes(content)
+    edit_manifest(out, lib_sha256=sha256_file(out / "model.so"))
+    rc, _, err = verify(capsys, out)
+    assert_error(rc, err, "model.so", "not an ELF")
