@@ -128,11 +128,17 @@ def load_checkpoint(name: str | os.PathLike) -> HFCheckpoint:
 
     cls = getattr(transformers, arch)
     extra = {"quant_mode": False} if arch.startswith("IBert") else {}  # float path; we quantize ourselves
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its missing/unexpected-weights report: check_weights gives ours
     try:
         model, info = cls.from_pretrained(str(path), local_files_only=True, dtype=torch.float32,
                                           output_loading_info=True, **extra)
     except Exception as e:  # noqa: BLE001 - transformers raises many kinds
         raise IBertTVMError(f"could not load {arch} weights from {path}: {e}") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
     check_weights(path, arch, head, model, info)
     model.eval()
     return HFCheckpoint(path, arch, family, head, model.config, model, hash_model_dir(path))
