@@ -19,7 +19,6 @@ import hashlib
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -369,11 +368,17 @@ def test_calibrate_refuses_missing_or_unexpected_weights(row, tiny_factory, tmp_
     assert_nothing_written(out)
 
 
-def test_calibrate_accepts_a_checkpoint_without_the_unused_pooler(tiny_factory, tmp_path, capsys):
-    """Sentence-embedding checkpoints are often saved without the pooler, which mean pooling
-    never uses: that is not a missing weight."""
+def _saved_buffers(t):
+    t["embeddings.position_ids"] = np.arange(128, dtype=np.int64)[None]
+    t["embeddings.token_type_ids"] = np.zeros((1, 128), dtype=np.int64)
+
+
+@pytest.mark.parametrize("edit", [_drop("pooler."), _saved_buffers], ids=["no-pooler", "saved-buffers"])
+def test_calibrate_accepts_legitimate_checkpoint_differences(edit, tiny_factory, tmp_path, capsys):
+    """Not missing or unexpected weights: sentence-embedding checkpoints are often saved without
+    the pooler (mean pooling never uses it), and older ones hold the buffers the model computes."""
     model = copy_dir(tiny_factory("BertModel"), tmp_path / "model")
-    _edit_checkpoint(model, _drop("pooler."))
+    _edit_checkpoint(model, edit)
     rc, err, out = _calibrate(capsys, model, tmp_path)
     assert rc == 0, err
     assert (out / "quantization.json").is_file()

@@ -156,15 +156,17 @@ def check_weights(path: Path, arch: str, head: str, model, info: dict) -> None:
     transformers initialises missing weights randomly and drops unexpected ones with only a log
     line: either way the model is not the one in the files (a silent wrong answer). The one
     legitimate gap is the pooler of an ``embedding`` head (mean pooling never uses it; sentence
-    embedding checkpoints are often saved without it); buffers such as ``position_ids`` are
-    already left out of ``info`` by transformers."""
+    embedding checkpoints are often saved without it); the one legitimate extra is a buffer the
+    model computes itself (older checkpoints saved ``embeddings.position_ids`` and
+    ``token_type_ids``)."""
     weights = ", ".join(sorted(f for f in os.listdir(path) if f.endswith((".safetensors", ".bin")))) or "weights"
     where = f"{path}/{weights}"
     missing = [k for k in info.get("missing_keys", ()) if not (head == "embedding" and "pooler" in k.split("."))]
     if missing:
         raise IBertTVMError(f"{where}: {len(missing)} weights of {arch} are missing (transformers would initialise "
                             f"them randomly): {_names(missing)}")
-    unexpected = list(info.get("unexpected_keys", ()))
+    buffers = {name for name, _ in model.named_buffers()}
+    unexpected = [k for k in info.get("unexpected_keys", ()) if k not in buffers]
     if unexpected:
         raise IBertTVMError(f"{where}: {len(unexpected)} unexpected weights that {arch} has no place for (another "
                             f"architecture or a damaged checkpoint?): {_names(unexpected)}")
