@@ -100,11 +100,25 @@ def cmd_compile(args) -> int:
 
 
 # -- run ----------------------------------------------------------------------------------
+def _check_utf8(texts) -> None:
+    """Texts from argv that were not UTF-8 arrive with each bad byte as a lone surrogate
+    (``surrogateescape``): name the argument and the byte instead of failing in the tokenizer."""
+    for i, t in enumerate(texts, 1):
+        try:
+            t.encode("utf-8")
+        except UnicodeEncodeError as e:
+            c = ord(t[e.start])
+            what = f"byte 0x{c - 0xDC00:02x}" if 0xDC80 <= c <= 0xDCFF else f"code point U+{c:04X}"
+            raise IBertTVMError(f"text {i} is not valid UTF-8 ({what} at character {e.start}): "
+                                "pass texts in UTF-8") from None
+
+
 def cmd_run(args) -> int:
     import numpy as np
 
     from .deploy.runtime import CompiledModel
 
+    _check_utf8(args.texts)
     model = CompiledModel(args.compiled)
     texts = args.texts
     if not texts:

@@ -3,11 +3,16 @@
 ``out/`` (written to a temporary sibling, renamed into place only when complete)::
 
     model.so        the Relax VM executable + kernels for the target
-    params.npz      every run-time integer tensor, in call order (names in the manifest)
+    params.npz      every run-time integer tensor, in call order (names, dtypes and shapes in
+                    the manifest: ``params``, ``param_types``)
     manifest.json   format, target, identities (source model sha256, quantized-artifact
                     sha256, executable sha256), inputs, output name/dtype/scale, max sequence
-                    length, family, labels, tuning database used, verifier summary
+                    length, family, labels, tuning database used, verifier summary, and
+                    ``files``: the sha256 of every other file of ``out/`` (``lib_sha256``, the
+                    model.so entry, is kept for readers of older manifests)
     tokenizer.json  the tokenizer
+
+``deploy.runtime.CompiledModel`` checks all of it before running anything.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from ..quantization.artifact import QuantizedModel
 from ..support.fs import ArtifactKind, atomic_dir
 from ..targets import TargetSpec, get_target
 from .cuda_check import PTX_REPORT
-from .runtime import sha256_file  # noqa: F401  (re-exported: the board's runtime owns it)
+from .runtime import sha256_file  # the board's runtime owns it
 
 FORMAT = "ibert-tvm-compiled/1"
 LIB = "model.so"
@@ -128,6 +133,7 @@ def compile_quantized(
         },
         "inputs": list(INPUTS),
         "params": names,
+        "param_types": [[np.asarray(arrays[n]).dtype.name, list(np.shape(arrays[n]))] for n in names],
         "output": {
             "name": plan.output_name,
             "dtype": "int32",
@@ -150,10 +156,11 @@ def compile_quantized(
     with atomic_dir(out_dir, ARTIFACT) as tmp:
         export_library(ex, tmp / LIB, spec)
         np.savez(tmp / PARAMS, **{f"p{i:04d}": arrays[n] for i, n in enumerate(names)})
-        manifest["lib_sha256"] = sha256_file(tmp / LIB)
         (tmp / TOKENIZER).write_text(qm.tokenizer_json, encoding="utf-8")
         if ptx_report is not None:
             (tmp / PTX_REPORT).write_text(json.dumps(ptx_report, indent=1))
+        manifest["files"] = {f.name: sha256_file(f) for f in sorted(tmp.iterdir())}
+        manifest["lib_sha256"] = manifest["files"][LIB]
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
     log(f"wrote {out_dir} ({spec.name}); {mod_report.float_ops} float ops in the module, {code_report.float_ops} in the code")
     if cuda_section is not None:

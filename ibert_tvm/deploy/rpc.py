@@ -31,7 +31,6 @@ bounded lifetime.
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import struct
@@ -209,32 +208,11 @@ class RemoteModel:
     def __init__(self, out_dir, session, *, timeout: float = DEFAULT_TIMEOUT):
         """``session``: an ``RPCSession``, or a function returning one (called once the artifact
         has been read and checked, so a broken ``out/`` never occupies a board)."""
-        from .runtime import FORMAT, REQUIRED
-        from .tokenize import Tokenizer
+        from .runtime import LIB, read_compiled
 
-        self.dir = Path(out_dir)
         self.timeout = timeout
-        mpath = self.dir / "manifest.json"
-        try:
-            m = json.loads(mpath.read_text())
-        except (OSError, ValueError) as e:
-            raise IBertTVMError(f"{self.dir} is not a readable ibert-tvm compiled model: {e}") from None
-        if not isinstance(m, dict) or m.get("format") != FORMAT or any(k not in m for k in REQUIRED):
-            raise IBertTVMError(f"{mpath} is not an ibert-tvm manifest (format {FORMAT!r})")
-        self.manifest = m
-        try:
-            with np.load(self.dir / "params.npz") as z:
-                self.params = [z[f"p{i:04d}"] for i in range(len(m["params"]))]
-        except Exception as e:  # noqa: BLE001
-            raise IBertTVMError(f"{self.dir}/params.npz is missing or corrupt: {e}") from None
-        lib = self.dir / "model.so"
-        if not lib.is_file():
-            raise IBertTVMError(f"{lib} is missing")
-        try:
-            self.tokenizer = Tokenizer((self.dir / m["tokenizer"]).read_text(encoding="utf-8"), m["max_seq"],
-                                       m["family"], m["pad_id"])
-        except OSError as e:
-            raise IBertTVMError(f"{self.dir}/{m['tokenizer']} is unreadable: {e}") from None
+        self.dir, self.manifest, self.params, self.tokenizer = read_compiled(out_dir)
+        lib = self.dir / LIB
         self.session = session() if callable(session) and not hasattr(session, "upload") else session
         del session  # only self holds it: close() (or an error here) really ends the session
         try:

@@ -128,12 +128,51 @@ def load_checkpoint(name: str | os.PathLike) -> HFCheckpoint:
 
     cls = getattr(transformers, arch)
     extra = {"quant_mode": False} if arch.startswith("IBert") else {}  # float path; we quantize ourselves
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its missing/unexpected-weights report: check_weights gives ours
     try:
-        model = cls.from_pretrained(str(path), local_files_only=True, dtype=torch.float32, **extra)
+        model, info = cls.from_pretrained(str(path), local_files_only=True, dtype=torch.float32,
+                                          output_loading_info=True, **extra)
     except Exception as e:  # noqa: BLE001 - transformers raises many kinds
         raise IBertTVMError(f"could not load {arch} weights from {path}: {e}") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    check_weights(path, arch, head, model, info)
     model.eval()
     return HFCheckpoint(path, arch, family, head, model.config, model, hash_model_dir(path))
+
+
+def _names(keys, limit: int = 20) -> str:
+    keys = sorted(keys)
+    return ", ".join(keys[:limit]) + (f" ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def check_weights(path: Path, arch: str, head: str, model, info: dict) -> None:
+    """Refuse a checkpoint that transformers had to complete or that carries weights the
+    architecture has no place for, and any weight that is not finite, naming the tensors.
+
+    transformers initialises missing weights randomly and drops unexpected ones with only a log
+    line: either way the model is not the one in the files (a silent wrong answer). The one
+    legitimate gap is the pooler of an ``embedding`` head (mean pooling never uses it; sentence
+    embedding checkpoints are often saved without it); the one legitimate extra is a buffer the
+    model computes itself (older checkpoints saved ``embeddings.position_ids`` and
+    ``token_type_ids``)."""
+    weights = ", ".join(sorted(f for f in os.listdir(path) if f.endswith((".safetensors", ".bin")))) or "weights"
+    where = f"{path}/{weights}"
+    missing = [k for k in info.get("missing_keys", ()) if not (head == "embedding" and "pooler" in k.split("."))]
+    if missing:
+        raise IBertTVMError(f"{where}: {len(missing)} weights of {arch} are missing (transformers would initialise "
+                            f"them randomly): {_names(missing)}")
+    buffers = {name for name, _ in model.named_buffers()}
+    unexpected = [k for k in info.get("unexpected_keys", ()) if k not in buffers]
+    if unexpected:
+        raise IBertTVMError(f"{where}: {len(unexpected)} unexpected weights that {arch} has no place for (another "
+                            f"architecture or a damaged checkpoint?): {_names(unexpected)}")
+    for name, t in model.state_dict().items():
+        if t.is_floating_point() and not bool(t.isfinite().all()):
+            raise IBertTVMError(f"{where}: weight {name} is not finite (NaN or inf values)")
 
 
 def load_tokenizer_json(path: Path) -> str:

@@ -7,16 +7,24 @@ Layout of a quantized directory ``q/``::
                             format of ``op/packed_weights.py``) instead of ``<linear>.weight``;
                             LayerNorm gamma/beta as float32 (folded into integers by compile)
     quantization.json       format tag, QuantConfig, model dims, every static scale,
-                            source model identity (architecture, sha256), labels
+                            source model identity (architecture, sha256), labels, and
+                            ``files``: the sha256 of the two other files
     tokenizer.json          the source tokenizer
 
 Written atomically (:mod:`ibert_tvm.support.fs`): into a temporary sibling directory, then
 renamed into place.
+
+:meth:`QuantizedModel.load` is the one gate into the compiler: it checks the file hashes, then
+every field against the others and against the tensors (:meth:`QuantizedModel.validate`), so a
+damaged or hand-edited ``q/`` is an :class:`~ibert_tvm.errors.IBertTVMError` naming the file and
+the field, never a wrong model or an exception deep in the plan or op code. A ``q/`` without
+``files`` (written before they were recorded) is refused: re-run ``calibrate``.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +41,15 @@ META = "quantization.json"
 TOKENIZER = "tokenizer.json"
 # every file ``QuantizedModel.save`` writes: ``calibrate -o`` replaces a directory holding only these
 ARTIFACT = ArtifactKind("quantized model", FORMAT, META, frozenset({TENSORS, META, TOKENIZER}))
+
+HASHED = (TENSORS, TOKENIZER)  # every file but META, whose ``files`` records their sha256
+
+FAMILIES = ("bert", "roberta")
+HEADS = ("embedding", "classifier")
+DIMS = {  # integer dims -> smallest allowed value (sizes are checked against the tensors too)
+    "hidden": 1, "heads": 1, "layers": 1, "intermediate": 1, "vocab": 1, "type_vocab": 1,
+    "max_positions": 1, "max_seq": 1, "pad_id": 0, "num_labels": 0,
+}
 
 
 @dataclass
@@ -103,9 +120,143 @@ class QuantizedModel:
         """A short id: source model hash + scheme (tuning logs and artifacts are keyed by it)."""
         return f"{self.source['model_hash'][:12]}-{self.config.name}"
 
+    # -- validation -----------------------------------------------------------------------
+    def linear_shapes(self) -> dict[str, tuple[int, int]]:
+        """Linear prefix -> weight shape ``(out, in)`` the dims call for (encoder, and head)."""
+        d = self.dims
+        H, I = d["hidden"], d["intermediate"]
+        out = {}
+        for i in range(d["layers"]):
+            hp = f"encoder.layer.{i}."
+            for n in ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense"):
+                out[hp + n] = (H, H)
+            out[hp + "intermediate.dense"] = (I, H)
+            out[hp + "output.dense"] = (H, I)
+        if d["head"] == "classifier":
+            out["head.dense"] = (H, H)
+            out["head.out"] = (d["num_labels"], H)
+        return out
+
+    def expected_tensors(self) -> dict[str, tuple[str, tuple[int, ...]]]:
+        """Tensor name -> (dtype, shape) of every tensor the dims call for (nothing else is allowed)."""
+        d = self.dims
+        H = d["hidden"]
+        out = {
+            "embeddings.word": ("int8", (d["vocab"], H)),
+            "embeddings.position": ("int8", (d["max_positions"], H)),
+            "embeddings.token_type": ("int8", (d["type_vocab"], H)),
+        }
+        norms = ["embeddings.LayerNorm"] + [f"encoder.layer.{i}.{n}.LayerNorm" for i in range(d["layers"])
+                                            for n in ("attention.output", "output")]
+        for n in norms:
+            out[n + ".gamma"] = out[n + ".beta"] = ("float32", (H,))
+        for prefix, (rows, cols) in self.linear_shapes().items():
+            out[prefix + ".weight"] = ("int8", (rows, cols))
+            out[prefix + ".bias"] = ("int32", (rows,))
+        return out
+
+    def expected_scales(self) -> dict[str, int | None]:
+        """Scale name -> its number of channels (``None``: one per-tensor scale)."""
+        d = self.dims
+        H, I = d["hidden"], d["intermediate"]
+        pc = self.config.per_channel_acts
+        out: dict[str, int | None] = {f"embeddings.{n}": None for n in ("word", "position", "token_type", "sum")}
+        out["embeddings.ln"] = H if pc else None
+        for i in range(d["layers"]):
+            p = f"layer{i}."
+            out.update({p + n: None for n in ("q", "k", "v", "ctx", "res1", "inter", "res2")})
+            out.update({p + "ln1": H if pc else None, p + "gelu": I if pc else None, p + "ln2": H if pc else None})
+        if d["head"] == "classifier":
+            out.update({"head.pre_tanh": None, "head.logits": None})
+        for prefix, (rows, _) in self.linear_shapes().items():
+            out[prefix + ".weight"] = rows
+            out[prefix + ".input"] = None
+        return out
+
+    def _dims_seen_in_tensors(self) -> dict[str, tuple[int, str]]:
+        """Dim -> (its value in the tensors, which tensor says so), for the dims tensors fix."""
+        seen = {}
+        for dim, tensor, axis in (("vocab", "embeddings.word", 0), ("hidden", "embeddings.word", 1),
+                                  ("max_positions", "embeddings.position", 0),
+                                  ("type_vocab", "embeddings.token_type", 0),
+                                  ("intermediate", "encoder.layer.0.intermediate.dense.weight", 0),
+                                  ("num_labels", "head.out.weight", 0)):
+            t = self.tensors.get(tensor)
+            if t is not None and t.ndim > axis:
+                seen[dim] = (int(t.shape[axis]), f"{tensor} dimension {axis}")
+        layers = {k.split(".")[2] for k in self.tensors if k.startswith("encoder.layer.")}
+        seen["layers"] = (len(layers), "encoder.layer.* tensors")
+        return seen
+
+    def validate(self, meta_file: str = META, tensors_file: str = TENSORS) -> None:
+        """Raise ``IBertTVMError`` naming the file and the field unless every dim is a known value,
+        every tensor the dims call for is present with its dtype and shape (and nothing else),
+        every float tensor is finite and every scale is a positive finite number (a list of one
+        per channel where the scheme has per-channel scales). ``meta_file`` / ``tensors_file``
+        name where the fields / tensors came from in the messages."""
+        d = self.dims
+        if not isinstance(d, dict):
+            raise IBertTVMError(f"{meta_file}: field 'dims' must be an object, got {d!r}")
+        for name, values in (("family", FAMILIES), ("head", HEADS)):
+            if d.get(name) not in values:
+                raise IBertTVMError(f"{meta_file}: dims.{name} is {d.get(name)!r}; known: {', '.join(values)}")
+        for name, lo in DIMS.items():
+            v = d.get(name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise IBertTVMError(f"{meta_file}: dims.{name} must be an integer >= {lo}, got {v!r}")
+        unknown = sorted(set(d) - set(DIMS) - {"family", "head"})
+        if unknown:
+            raise IBertTVMError(f"{meta_file}: unknown dims {', '.join(unknown)}")
+        if d["hidden"] % d["heads"]:
+            raise IBertTVMError(f"{meta_file}: dims.hidden {d['hidden']} is not a multiple of dims.heads {d['heads']}")
+        if d["pad_id"] >= d["vocab"]:
+            raise IBertTVMError(f"{meta_file}: dims.pad_id {d['pad_id']} is outside the vocabulary of {d['vocab']}")
+        want_seq = d["max_positions"] - (d["pad_id"] + 1 if d["family"] == "roberta" else 0)
+        if d["max_seq"] != want_seq:
+            raise IBertTVMError(f"{meta_file}: dims.max_seq {d['max_seq']} does not follow from dims.max_positions "
+                                f"{d['max_positions']} ({want_seq} for {d['family']})")
+        n_labels = d["num_labels"] if d["head"] == "classifier" else 0
+        if (d["head"] == "classifier") != (d["num_labels"] > 0) or len(self.labels) not in (0, n_labels):
+            raise IBertTVMError(f"{meta_file}: dims.num_labels {d['num_labels']} does not fit head "
+                                f"{d['head']!r} and {len(self.labels)} labels")
+        if not all(isinstance(x, str) for x in self.labels):
+            raise IBertTVMError(f"{meta_file}: labels must be strings")
+        if self.config.layer_weight_bits and len(self.config.layer_weight_bits) != d["layers"]:
+            raise IBertTVMError(f"{meta_file}: config.layer_weight_bits has {len(self.config.layer_weight_bits)} "
+                                f"entries for dims.layers {d['layers']}")
+        for name, (value, source) in self._dims_seen_in_tensors().items():
+            if value != d[name]:
+                raise IBertTVMError(f"{meta_file}: dims.{name} is {d[name]}, but {tensors_file} holds {value} ({source})")
+        want = self.expected_tensors()
+        for name, (dtype, shape) in want.items():
+            t = self.tensors.get(name)
+            if t is None:
+                raise IBertTVMError(f"{tensors_file}: tensor {name} is missing")
+            if t.dtype != np.dtype(dtype) or t.shape != shape:
+                raise IBertTVMError(f"{tensors_file}: tensor {name} is {t.dtype} {list(t.shape)}, expected {dtype} "
+                                    f"{list(shape)} (from the dims in {meta_file})")
+            if t.dtype.kind == "f" and not np.isfinite(t).all():
+                raise IBertTVMError(f"{tensors_file}: tensor {name} is not finite (NaN or inf)")
+        extra = sorted(set(self.tensors) - set(want))
+        if extra:
+            raise IBertTVMError(f"{tensors_file}: unexpected tensors {', '.join(extra[:10])}"
+                                f"{' ...' if len(extra) > 10 else ''} (the dims in {meta_file} do not call for them)")
+        if not isinstance(self.scales, dict):
+            raise IBertTVMError(f"{meta_file}: field 'scales' must be an object")
+        want_s = self.expected_scales()
+        for name, channels in want_s.items():
+            if name not in self.scales:
+                raise IBertTVMError(f"{meta_file}: scales.{name} is missing")
+            _check_scale(self.scales[name], channels, f"{meta_file}: scales.{name}")
+        extra = sorted(set(self.scales) - set(want_s))
+        if extra:
+            raise IBertTVMError(f"{meta_file}: unknown scales {', '.join(f'scales.{n}' for n in extra[:10])}")
+
     # -- I/O ------------------------------------------------------------------------------
     def save(self, out_dir: str | os.PathLike) -> Path:
         from safetensors.numpy import save_file
+
+        from ..deploy.runtime import sha256_file
 
         out = Path(out_dir)
         meta = {
@@ -124,39 +275,49 @@ class QuantizedModel:
             meta["packed_shapes"] = {k: list(self.tensors[k + ".weight"].shape) for k in sorted(self.weight_bits_map)}
         with atomic_dir(out, ARTIFACT) as tmp:
             save_file({k: np.ascontiguousarray(v) for k, v in self.stored_tensors().items()}, str(tmp / TENSORS))
-            (tmp / META).write_text(json.dumps(meta, indent=1))
             (tmp / TOKENIZER).write_text(self.tokenizer_json, encoding="utf-8")
+            meta["files"] = {name: sha256_file(tmp / name) for name in HASHED}
+            (tmp / META).write_text(json.dumps(meta, indent=1))
         return out
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "QuantizedModel":
+        """Read and check ``q/``: file hashes first, then every field (:meth:`validate`)."""
         from safetensors.numpy import load_file
+
+        from ..deploy.runtime import check_files
 
         p = Path(path)
         if not p.is_dir():
             raise IBertTVMError(f"quantized model directory {p} does not exist")
+        mpath = p / META
         try:
-            meta = json.loads((p / META).read_text())
+            meta = json.loads(mpath.read_text())
         except FileNotFoundError:
             raise IBertTVMError(f"{p} is not a quantized model: {META} is missing (run `ibert-tvm calibrate`)") from None
         except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
-            raise IBertTVMError(f"{p}/{META} is corrupt: {e}") from None
+            raise IBertTVMError(f"{mpath} is corrupt: {e}") from None
         if not isinstance(meta, dict):
-            raise IBertTVMError(f"{p}/{META} is corrupt: a JSON object expected")
+            raise IBertTVMError(f"{mpath} is corrupt: a JSON object expected")
         if meta.get("format") != FORMAT:
-            raise IBertTVMError(f"{p}/{META} has format {meta.get('format')!r}, expected {FORMAT!r}")
+            raise IBertTVMError(f"{mpath} has format {meta.get('format')!r}, expected {FORMAT!r}")
+        check_files(p, meta.get("files"), mpath, HASHED, "ibert-tvm calibrate")
         try:
             tensors = load_file(str(p / TENSORS))
             tok = (p / TOKENIZER).read_text(encoding="utf-8")
         except Exception as e:  # noqa: BLE001 - safetensors raises several kinds
             raise IBertTVMError(f"{p} is incomplete or corrupt: {e}") from None
+        for key, kind in (("config", dict), ("dims", dict), ("scales", dict), ("source", dict), ("labels", list),
+                          ("weight_bits", dict)):
+            if not isinstance(meta.get(key, kind()), kind):
+                raise IBertTVMError(f"{mpath}: field {key!r} must be a JSON {'object' if kind is dict else 'array'}")
         try:
-            bits_map = {str(k): int(v) for k, v in (meta.get("weight_bits") or {}).items()}
+            bits_map = {str(k): int(v) for k, v in meta.get("weight_bits", {}).items()}
             if bits_map:
                 from ..op.packed_weights import PACK_FORMAT, check_weight_bits, unpack_np
 
                 if meta.get("pack_format") != PACK_FORMAT:
-                    raise IBertTVMError(f"{p}/{META}: packed weights in format {meta.get('pack_format')!r}, "
+                    raise IBertTVMError(f"{mpath}: packed weights in format {meta.get('pack_format')!r}, "
                                         f"this version reads {PACK_FORMAT!r}")
                 for prefix, bits in bits_map.items():
                     check_weight_bits(bits)
@@ -165,16 +326,39 @@ class QuantizedModel:
                     if packed.shape[0] != n:
                         raise ValueError(f"{prefix}.weight.packed has {packed.shape[0]} rows, expected {n}")
                     tensors[prefix + ".weight"] = unpack_np(packed, bits, k)
-            return cls(
-                config=QuantConfig.from_dict(meta["config"]),
-                dims=meta["dims"],
-                scales=meta["scales"],
-                tensors=tensors,
-                source=meta["source"],
-                tokenizer_json=tok,
-                labels=meta.get("labels", []),
-                weight_bits_map=bits_map,
-            )
+            config = QuantConfig.from_dict(meta["config"])
+            source = meta["source"]
+            if not all(isinstance(source.get(k), str) for k in ("architecture", "model_hash")):
+                raise ValueError("source.architecture and source.model_hash must be strings")
         except (KeyError, TypeError, ValueError) as e:
-            raise IBertTVMError(f"{p}/{META} is corrupt: bad or missing entry {e}") from None
+            raise IBertTVMError(f"{mpath} is corrupt: bad or missing entry {e}") from None
+        qm = cls(
+            config=config,
+            dims=meta["dims"],
+            scales=meta["scales"],
+            tensors=tensors,
+            source=source,
+            tokenizer_json=tok,
+            labels=meta.get("labels", []),
+            weight_bits_map=bits_map,
+        )
+        qm.validate(str(mpath), str(p / TENSORS))
+        return qm
+
+
+def _check_scale(v, channels: int | None, what: str) -> None:
+    """``v`` is a positive finite number (``channels is None``) or a list of ``channels`` of them."""
+    def ok(x):
+        return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+
+    if channels is None:
+        if not ok(v):
+            raise IBertTVMError(f"{what} must be a positive finite number, got {v!r}")
+        return
+    if not isinstance(v, list) or len(v) != channels:
+        raise IBertTVMError(f"{what} must be a list of {channels} per-channel scales, got "
+                            f"{f'{len(v)} values' if isinstance(v, list) else repr(v)}")
+    bad = next((i for i, x in enumerate(v) if not ok(x)), None)
+    if bad is not None:
+        raise IBertTVMError(f"{what}[{bad}] must be a positive finite number, got {v[bad]!r}")
 

@@ -50,6 +50,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..deploy.runtime import sha256_file
 from ..errors import IBertTVMError
 
 FORMAT = "ibert-tvm-tuning/1"
@@ -94,8 +95,27 @@ def find_database(target_name: str, identity: str) -> Path | None:
     return None
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def read_meta(d: Path) -> dict:
+    """``d``'s metadata (:data:`META`), checked field by field: an object with string ``format``,
+    ``target`` and ``identity``, ``sha256`` an object of file name -> hex string, ``groups`` an
+    object. Anything else is an ``IBertTVMError`` naming the file and the field."""
+    meta_path = d / META
+    try:
+        meta = json.loads(meta_path.read_text())
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise IBertTVMError(f"tuning database {d}: corrupt {META} ({e})") from None
+    if not isinstance(meta, dict):
+        raise IBertTVMError(f"tuning database {d}: corrupt {META} (a JSON object expected)")
+    for key in ("format", "target", "identity"):
+        if not isinstance(meta.get(key), str):
+            raise IBertTVMError(f"tuning database {d}: {META} field {key!r} must be a string, got {meta.get(key)!r}")
+    sha = meta.get("sha256", {})
+    if not isinstance(sha, dict) or not all(isinstance(v, str) for v in sha.values()):
+        raise IBertTVMError(f"tuning database {d}: {META} field 'sha256' must be an object of file name -> "
+                            f"sha256 string, got {sha!r}")
+    if not isinstance(meta.get("groups", {}), dict):
+        raise IBertTVMError(f"tuning database {d}: {META} field 'groups' must be an object")
+    return meta
 
 
 def check_database(path, target_name: str, identity: str) -> dict:
@@ -109,11 +129,8 @@ def check_database(path, target_name: str, identity: str) -> dict:
     meta_path = d / META
     if not meta_path.is_file():
         raise IBertTVMError(f"{d} is not an ibert-tvm tuning database (no {META}); make one with `ibert-tvm tune`")
-    try:
-        meta = json.loads(meta_path.read_text())
-        fmt, tgt, ident = meta["format"], meta["target"], meta["identity"]
-    except (ValueError, KeyError, TypeError) as e:
-        raise IBertTVMError(f"tuning database {d}: corrupt {META} ({e})") from None
+    meta = read_meta(d)
+    fmt, tgt, ident = meta["format"], meta["target"], meta["identity"]
     if fmt != FORMAT:
         raise IBertTVMError(f"tuning database {d}: format {fmt!r}, expected {FORMAT!r}")
     if tgt != target_name:
@@ -130,8 +147,8 @@ def check_database(path, target_name: str, identity: str) -> dict:
         f = d / name
         if not f.is_file():
             raise IBertTVMError(f"tuning database {d}: {name} is missing")
-        want = (meta.get("sha256") or {}).get(name)
-        if want is None or _sha256(f) != want:
+        want = meta.get("sha256", {}).get(name)
+        if want is None or sha256_file(f) != want:
             raise IBertTVMError(f"tuning database {d}: {name} is corrupt or was modified after tuning (sha256 mismatch)")
         lines = [ln for ln in f.read_text().splitlines() if ln.strip()]
         try:
@@ -751,7 +768,7 @@ def _write_apply_db(out: Path, derived: dict, tgt) -> dict[str, str]:
     tmp_r.touch()
     os.replace(tmp_w, out / WORKLOADS)
     os.replace(tmp_r, out / RECORDS)
-    return {WORKLOADS: _sha256(out / WORKLOADS), RECORDS: _sha256(out / RECORDS)}
+    return {WORKLOADS: sha256_file(out / WORKLOADS), RECORDS: sha256_file(out / RECORDS)}
 
 
 def _write_json(path: Path, obj) -> None:
@@ -814,7 +831,7 @@ def tune(
     (search / "logs").mkdir(parents=True, exist_ok=True)
     search_db = ms.database.JSONDatabase(work_dir=str(search), allow_missing=True)
     meta_path = out / META
-    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    meta = read_meta(out) if meta_path.exists() else {}
     meta.update({
         "format": FORMAT, "target": spec.name, "target_json": str(tgt), "identity": qm.identity,
         "linear_strategy": strategy, "tune_shape": {"batch": shape[0], "seq": shape[1]},
@@ -889,10 +906,7 @@ def tune(
 
 def check_database_meta_only(d: Path, target_name: str, identity: str) -> None:
     """Before appending to an existing directory: it must be this model's, for this target."""
-    try:
-        meta = json.loads((d / META).read_text())
-    except ValueError as e:
-        raise IBertTVMError(f"tuning database {d}: corrupt {META} ({e})") from None
+    meta = read_meta(d)
     if meta.get("target") != target_name or meta.get("identity") != identity:
         raise IBertTVMError(
             f"{d} holds tuning for model {meta.get('identity')!r} / target {meta.get('target')!r}, "
