@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from test_cli import assert_nothing_written, assert_user_error, cli, copy_dir, replay_build  # noqa: F401
+from cli_helpers import assert_nothing_written, assert_user_error, cli, copy_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 
