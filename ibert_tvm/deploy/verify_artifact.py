@@ -68,7 +68,7 @@ from pathlib import Path
 from ..errors import IBertTVMError
 from ..passes.verify_integer_only import FP16_HELPERS, Finding, Report
 from .run import elf_machine
-from .runtime import sha256_file
+from .runtime import LIB, PARAMS, check_files, sha256_file
 
 # Undefined symbols a relocation may bind. Seen in the tiny model built for the `llvm`, `x86`
 # and `aarch64` targets (readelf --dyn-syms, TVM 0.27, gcc 12 / aarch64-linux-gnu-g++ 12):
@@ -610,6 +610,10 @@ def check_identity(out_dir: Path) -> dict:
         raise IBertTVMError(f"{so} is missing")
     if sha256_file(so) != want:
         raise IBertTVMError(f"{so} does not match {mpath} field 'lib_sha256' (sha256 differs): corrupt or replaced")
+    # the rest of the artifact too: swapped params or an edited tokenizer change the answers
+    check_files(out_dir, m.get("files"), mpath, (LIB, PARAMS), "ibert-tvm compile")
+    if m["files"][LIB] != want:
+        raise IBertTVMError(f"{mpath}: fields 'lib_sha256' and 'files.{LIB}' disagree")
     return m
 
 

@@ -37,8 +37,15 @@ def planted(compiled_factory, tmp_path: Path, c_source: str | None = None, *, li
         src.write_text(c_source)
         subprocess.run(["gcc", "-O2", "-shared", "-fPIC", "-o", str(out / "model.so"), str(src), *libs], check=True)
     if rehash:
-        edit_manifest(out, lib_sha256=sha256_file(out / "model.so"))
+        rehash_library(out)
     return out
+
+
+def rehash_library(out: Path) -> None:
+    """Record the current model.so's sha256 in the manifest (``lib_sha256`` and ``files``)."""
+    digest = sha256_file(out / "model.so")
+    files = json.loads((out / "manifest.json").read_text())["files"]
+    edit_manifest(out, lib_sha256=digest, files={**files, "model.so": digest})
 
 
 def edit_manifest(out: Path, **fields) -> None:
@@ -101,6 +108,33 @@ def test_manifest_without_lib_sha256_is_refused(compiled_factory, tmp_path, caps
     assert "recorded at compile time" not in stdout
 
 
+@pytest.mark.parametrize("damage", ["params-swapped", "tokenizer-edited", "no-file-hashes"])
+def test_verify_checks_every_file_of_the_artifact(damage, compiled_factory, tmp_path, capsys):
+    """The proof is about what runs: swapped parameters or an edited tokenizer change the answers
+    of an untouched model.so, so verify refuses them too (it passed them before)."""
+    out = planted(compiled_factory, tmp_path, rehash=False)
+    if damage == "params-swapped":
+        import numpy as np
+
+        with np.load(out / "params.npz") as z:
+            arrays = dict(z)
+        names = sorted(arrays)
+        a, b = next((x, y) for x in names for y in names
+                    if x < y and arrays[x].shape == arrays[y].shape and not np.array_equal(arrays[x], arrays[y]))
+        arrays[a], arrays[b] = arrays[b], arrays[a]
+        np.savez(out / "params.npz", **arrays)
+        needle = "params.npz"
+    elif damage == "tokenizer-edited":
+        (out / "tokenizer.json").write_text((out / "tokenizer.json").read_text().replace('"lowercase":true', '"lowercase":false'))
+        needle = "tokenizer.json"
+    else:
+        edit_manifest(out, files=None)
+        needle = "'files'"
+    rc, stdout, err = verify(capsys, out)
+    assert_error(rc, err, needle)
+    assert "recorded at compile time" not in stdout
+
+
 # -- bypass 2: float code under an allow-listed fp16 helper name -------------------------------
 HELPER = "float __extendhfsf2(float x) { return x * 3.5f + 1.0f; }\n"
 CALLERS = {
@@ -138,6 +172,6 @@ def test_manifest_verify_not_an_object_is_an_error(compiled_factory, tmp_path, c
 def test_model_so_that_is_not_elf_is_an_error(content, compiled_factory, tmp_path, capsys):
     out = planted(compiled_factory, tmp_path, rehash=False)
     (out / "model.so").write_bytes(content)
-    edit_manifest(out, lib_sha256=sha256_file(out / "model.so"))
+    rehash_library(out)
     rc, _, err = verify(capsys, out)
     assert_error(rc, err, "model.so", "not an ELF")
