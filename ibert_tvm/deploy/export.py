@@ -26,7 +26,7 @@ import numpy as np
 
 from ..errors import IBertTVMError
 from ..quantization.artifact import QuantizedModel
-from ..support.fs import ArtifactKind, atomic_dir
+from ..support.fs import ArtifactKind, atomic_dir, check_output
 from ..targets import TargetSpec, get_target
 from .cuda_check import PTX_REPORT
 from .runtime import sha256_file  # the board's runtime owns it
@@ -91,7 +91,9 @@ def compile_quantized(
     dump_dir=None,
     log=print,
 ) -> dict:
-    """Build, verify and write ``out_dir``. Returns the manifest."""
+    """Build, verify and write ``out_dir``. Returns the manifest. ``out_dir`` is checked (replaceable,
+    writable) before the build, so a bad output costs no compile time."""
+    check_output(out_dir, ARTIFACT)
     from ..model.ibert_model import INPUTS, IntBertModel
     from ..model.plan import ModelPlan
     from ..passes.pipeline import build
@@ -104,12 +106,16 @@ def compile_quantized(
     model = IntBertModel(plan, linear_strategy(spec.name))
     mod, names = model.export()
     arrays = model.arrays()
-    from ..schedules.tune import resolve_database
+    from ..schedules.tune import database_origin, resolve_database
 
     # An explicit database is checked (target + model identity + sha256); otherwise the matching
     # tuning_logs/<target>/<identity>/ is applied when there is one.
     db = resolve_database(database_dir, spec.name, qm.identity)
-    log(f"tuning database: {db}" if db is not None else f"tuning database: none for {spec.name}/{qm.identity} (untuned)")
+    if db is None:
+        log(f"tuning database: none for {spec.name}/{qm.identity} (default schedules)")
+    else:
+        log(f"tuning database: {db} ({database_origin(db)}; it matches model {qm.identity}, target {spec.name} "
+            "and its recorded hashes; --no-tuning builds without it)")
     database_dir = str(db) if db is not None else None
     ex, mod_report, code_report = build(mod, tgt, target_name=spec.name, database_dir=database_dir, dump_dir=dump_dir)
     cuda_section = ptx_report = None

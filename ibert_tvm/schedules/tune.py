@@ -71,16 +71,26 @@ def default_root() -> Path:
     return Path(env) if env else Path.cwd() / "tuning_logs"
 
 
-def _roots() -> list[Path]:
+def _roots() -> list[tuple[Path, str]]:
+    """(root, where it comes from), in search order, without duplicates."""
     roots = []
     if os.environ.get(ENV_ROOT):
-        roots.append(Path(os.environ[ENV_ROOT]))
-    roots += [REPO_ROOT / "tuning_logs", Path.cwd() / "tuning_logs"]
-    out: list[Path] = []
-    for r in roots:
-        if r.resolve() not in [o.resolve() for o in out]:
-            out.append(r)
+        roots.append((Path(os.environ[ENV_ROOT]), f"${ENV_ROOT}"))
+    roots += [(REPO_ROOT / "tuning_logs", "the ibert-tvm repository's tuning_logs/"),
+              (Path.cwd() / "tuning_logs", "./tuning_logs in the working directory")]
+    out: list[tuple[Path, str]] = []
+    for r, why in roots:
+        if r.resolve() not in [o.resolve() for o, _ in out]:
+            out.append((r, why))
     return out
+
+
+def database_origin(d: Path) -> str:
+    """Why ``compile`` looked at ``d``: the search root it lies under, or an explicit choice."""
+    for root, why in _roots():
+        if Path(d).resolve().is_relative_to(root.resolve()):
+            return f"found under {why}"
+    return "given by --database"
 
 
 def find_database(target_name: str, identity: str) -> Path | None:
@@ -88,7 +98,7 @@ def find_database(target_name: str, identity: str) -> Path | None:
 
     Roots, in order: ``$IBERT_TVM_TUNING_LOGS``, the repository's ``tuning_logs/``, ``./tuning_logs``.
     """
-    for root in _roots():
+    for root, _ in _roots():
         d = root / target_name / identity
         if (d / META).is_file():
             return d

@@ -173,6 +173,28 @@ def test_lookup_by_root_and_environment(tuned, tmp_path, monkeypatch):
     assert T.resolve_database(False, "x86", qm.identity) is None
     with pytest.raises(IBertTVMError, match="does not exist"):
         T.resolve_database(str(tmp_path / "nope"), "x86", qm.identity)
+    # compile says why it used a database: which search root it was found under
+    assert T.database_origin(root / "x86" / qm.identity) == f"found under ${T.ENV_ROOT}"
+    assert T.database_origin(T.REPO_ROOT / "tuning_logs" / "x86" / "m") == "found under the ibert-tvm repository's tuning_logs/"
+    monkeypatch.delenv(T.ENV_ROOT)
+    assert T.database_origin(root / "x86" / qm.identity) == "given by --database"
+    (tmp_path / "tuning_logs").mkdir()
+    assert T.database_origin(tmp_path / "tuning_logs" / "x86") == "found under ./tuning_logs in the working directory"
+
+
+def test_compile_checks_its_output_before_building(quantized_factory, tmp_path, monkeypatch):
+    """The Python API refuses a foreign output directory before any compile time is spent."""
+    from ibert_tvm.deploy import export
+    from ibert_tvm.passes import pipeline
+
+    qm, _ = quantized_factory("BertModel")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    monkeypatch.setattr(pipeline, "build", lambda *a, **k: pytest.fail("built before checking the output"))
+    with pytest.raises(IBertTVMError, match="notes.txt"):
+        export.compile_quantized(qm, out, log=lambda *a: None)
+    assert (out / "notes.txt").read_text() == "mine"
 
 
 def _export_resolves_databases() -> bool:
