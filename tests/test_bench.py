@@ -18,7 +18,7 @@ import pytest
 from ibert_tvm.benchmarks import report as rep
 from ibert_tvm.benchmarks.harness import BenchConfig, run_bench
 from ibert_tvm.benchmarks.profile import category, gemm_dims
-from ibert_tvm.bench import write_outputs
+from ibert_tvm.benchmarks.report import write_outputs
 from ibert_tvm.cli import main
 from ibert_tvm.errors import IBertTVMError
 
@@ -164,7 +164,8 @@ def test_bench_bad_input(argv, msg, tmp_path, capsys, monkeypatch):
 
 
 def test_engine_lists():
-    from ibert_tvm.bench import ENGINE_NAMES, EXTRA_ENGINES, parse_list, parse_shapes
+    from ibert_tvm.benchmarks.engines import DEFAULT_ENGINES as ENGINE_NAMES, EXTRA_ENGINES
+    from ibert_tvm.cli.bench import parse_list, parse_shapes
 
     assert parse_list("all", ENGINE_NAMES, extra=EXTRA_ENGINES) == list(ENGINE_NAMES)
     got = parse_list("all,tvm-int8-untuned,tvm-int8", ENGINE_NAMES, extra=EXTRA_ENGINES)
@@ -259,7 +260,7 @@ def test_engine_that_cannot_run_is_skipped(tiny_factory, tmp_path, monkeypatch):
         assert "onnxruntime is not installed (pip install onnxruntime onnx)" in m["engines"][e]["reason"]
         assert any(f"skipping {e}: onnxruntime is not installed" in line for line in logs)
     ours = m["engines"]["tvm-int8"]
-    assert ours["status"] == "failed" and "corrupt" in ours["reason"]  # prepared, but its worker cannot load it
+    assert ours["status"] == "failed" and "broken-out/manifest.json" in ours["reason"]  # prepared; its worker refuses it
     assert m["engines"]["torch-fp32"]["status"] == "ok"
     assert m["engines"]["torch-fp32"]["shapes"]["b1_s8"]["stats"]["n"] == 2
     paths = write_outputs(r, tmp_path / "r.json", log=logs.append)

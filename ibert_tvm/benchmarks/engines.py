@@ -566,6 +566,7 @@ class OrtInt8(OrtFp32):
 ENGINES: dict[str, Engine] = {e.name: e for e in (TvmInt8(), TvmInt8Untuned(), TvmFp32(), TorchFp32(), TorchInt8(),
                                                    OrtFp32(), OrtInt8())}
 DEFAULT_ENGINES = ("tvm-int8", "tvm-fp32", "torch-fp32", "torch-int8", "ort-fp32", "ort-int8")  # the six
+EXTRA_ENGINES = ("tvm-int8-untuned",)  # ours without a tuning database, on request (not in "all")
 
 
 def skip_reason(e: BaseException) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from pathlib import Path
 
@@ -421,3 +422,23 @@ def json_safe(obj):
     if isinstance(obj, (list, tuple)):
         return [json_safe(v) for v in obj]
     return obj
+
+
+def write_outputs(report: dict, out_json: Path, *, log=print) -> dict[str, Path]:
+    """JSON + markdown (+ PNG when matplotlib is available), each written atomically."""
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out_json, "md": out_json.with_suffix(".md"), "png": out_json.with_suffix(".png")}
+    try:
+        tmp = paths["png"].with_name(f".{paths['png'].stem}.tmp-{os.getpid()}.png")
+        chart(report, tmp)
+        os.replace(tmp, paths["png"])
+        report["chart"] = paths["png"].name
+    except ModuleNotFoundError as e:
+        report["chart"] = f"skipped: {e.name} is not installed (pip install matplotlib)"
+        log(f"no chart: {report['chart']}")
+        paths.pop("png")
+    for key, text in (("md", markdown(report)), ("json", json.dumps(json_safe(report), indent=1, allow_nan=False))):
+        tmp = paths[key].with_name(f".{paths[key].name}.tmp-{os.getpid()}")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, paths[key])
+    return paths

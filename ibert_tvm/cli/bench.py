@@ -24,14 +24,12 @@ import os
 from pathlib import Path
 
 from .argtypes import (
-    nonneg_int as _nonneg_int,
-    positive_float as _positive_float,
-    positive_int as _positive_int,
+    nonneg_int,
+    positive_float,
+    positive_int,
 )
-from .errors import IBertTVMError
+from ..errors import IBertTVMError
 
-ENGINE_NAMES = ("tvm-int8", "tvm-fp32", "torch-fp32", "torch-int8", "ort-fp32", "ort-int8")  # "all"
-EXTRA_ENGINES = ("tvm-int8-untuned",)  # ours without a tuning database, on request
 
 
 def parse_shapes(s: str) -> list[tuple[int, int]]:
@@ -65,32 +63,12 @@ def parse_list(s: str, known=None, what="engine", extra=()) -> list[str]:
     return items
 
 
-def write_outputs(report: dict, out_json: Path, *, log=print) -> dict[str, Path]:
-    """JSON + markdown (+ PNG when matplotlib is available), each written atomically."""
-    from .benchmarks.report import chart, json_safe, markdown
-
-    out_json.parent.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out_json, "md": out_json.with_suffix(".md"), "png": out_json.with_suffix(".png")}
-    try:
-        tmp = paths["png"].with_name(f".{paths['png'].stem}.tmp-{os.getpid()}.png")
-        chart(report, tmp)
-        os.replace(tmp, paths["png"])
-        report["chart"] = paths["png"].name
-    except ModuleNotFoundError as e:
-        report["chart"] = f"skipped: {e.name} is not installed (pip install matplotlib)"
-        log(f"no chart: {report['chart']}")
-        paths.pop("png")
-    for key, text in (("md", markdown(report)), ("json", json.dumps(json_safe(report), indent=1, allow_nan=False))):
-        tmp = paths[key].with_name(f".{paths[key].name}.tmp-{os.getpid()}")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, paths[key])
-    return paths
-
-
-def cmd_bench(args) -> int:
+def cmd(args) -> int:
     from tqdm.auto import tqdm
 
-    from .benchmarks.harness import BenchConfig, run_bench
+    from ..benchmarks.engines import DEFAULT_ENGINES, EXTRA_ENGINES
+    from ..benchmarks.harness import BenchConfig, run_bench
+    from ..benchmarks.report import write_outputs
 
     out_json = Path(args.output)
     if out_json.suffix != ".json":
@@ -106,7 +84,7 @@ def cmd_bench(args) -> int:
         if not isinstance(prev, dict) or prev.get("format") != "ibert-tvm-bench/1":
             raise IBertTVMError(f"--compare {args.compare} is not an ibert-tvm bench report")
     cfg = BenchConfig(
-        models=parse_list(args.models, what="model"), engines=parse_list(args.engines, ENGINE_NAMES, extra=EXTRA_ENGINES),
+        models=parse_list(args.models, what="model"), engines=parse_list(args.engines, DEFAULT_ENGINES, extra=EXTRA_ENGINES),
         shapes=parse_shapes(args.shapes), runs=args.runs, rounds=args.rounds, warmup=args.warmup,
         threads=args.threads, trials=args.trials, fp32_trials=args.fp32_trials, target=args.target, profile=args.profile,
         max_run_seconds=args.max_run_seconds, cache=args.cache or "", peak=not args.no_peak,
@@ -117,11 +95,11 @@ def cmd_bench(args) -> int:
     report = run_bench(cfg, progress=lambda total, desc: tqdm(total=total, desc=desc, unit="block", leave=False,
                                                               disable=None))
     if prev is not None:
-        from .benchmarks.report import compare
+        from ..benchmarks.report import compare
 
         report["compare"] = compare(report, prev, str(args.compare))
     paths = write_outputs(report, out_json)
-    from .benchmarks.report import loaded
+    from ..benchmarks.report import loaded
 
     for t in report.get("targets", []):
         mark = "n/a" if t["reached"] is None else ("reached" if t["reached"] else "NOT reached")
@@ -133,6 +111,8 @@ def cmd_bench(args) -> int:
 
 
 def add_parser(sub) -> None:
+    from ..benchmarks.engines import DEFAULT_ENGINES, EXTRA_ENGINES
+
     p = sub.add_parser(
         "bench", help="latency of integer-only TVM vs PyTorch / ONNX Runtime / TVM FP32, side by side",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -141,24 +121,24 @@ def add_parser(sub) -> None:
                    help="comma-separated: minilm (the default model), bert-base (BERT-Base shape, random weights, "
                    "calibrated on random text), or Hugging Face model directories (default minilm,bert-base)")
     p.add_argument("--engines", default="all",
-                   help=f"comma-separated: all (= {', '.join(ENGINE_NAMES)}), any of those, or "
+                   help=f"comma-separated: all (= {', '.join(DEFAULT_ENGINES)}), any of those, or "
                    f"{', '.join(EXTRA_ENGINES)} (ours without a tuning database: what tuning changes); default all")
     p.add_argument("--shapes", default="1x32,8x32,1x128,8x128", help="BATCHxSEQ list (default 1x32,8x32,1x128,8x128)")
-    p.add_argument("--runs", type=_positive_int, default=20, help="timed runs per engine and shape, at least (default 20)")
-    p.add_argument("--rounds", type=_positive_int, default=5, help="interleaved rounds the runs are split into (default 5)")
-    p.add_argument("--warmup", type=_nonneg_int, default=2, help="untimed runs per shape when an engine starts (default 2)")
-    p.add_argument("--threads", type=_positive_int, default=2, help="threads of every engine (default 2)")
-    p.add_argument("--trials", type=_nonneg_int, default=0,
+    p.add_argument("--runs", type=positive_int, default=20, help="timed runs per engine and shape, at least (default 20)")
+    p.add_argument("--rounds", type=positive_int, default=5, help="interleaved rounds the runs are split into (default 5)")
+    p.add_argument("--warmup", type=nonneg_int, default=2, help="untimed runs per shape when an engine starts (default 2)")
+    p.add_argument("--threads", type=positive_int, default=2, help="threads of every engine (default 2)")
+    p.add_argument("--trials", type=nonneg_int, default=0,
                    help="MetaSchedule budget. The integer model uses its tuning database (tuning_logs/, found by "
                    "`ibert-tvm tune`'s lookup) when there is one, else is tuned with this many trials (0: untuned); "
                    "TVM FP32 is tuned per shape with the integer database's trial count, else with this (default 0)")
-    p.add_argument("--fp32-trials", type=_nonneg_int, default=None,
+    p.add_argument("--fp32-trials", type=nonneg_int, default=None,
                    help="TVM FP32's MetaSchedule budget per shape, overriding the rule above (0: untuned)")
     p.add_argument("--target", choices=["llvm", "x86"],
                    help="target of the integer model (default: x86 when this CPU has VNNI and the project has it, else llvm)")
     p.add_argument("--profile", action="store_true",
                    help="add per-kernel tables (top kernels of TVM int8, and a TVM FP32 profile) to the report")
-    p.add_argument("--max-run-seconds", type=_positive_float, default=30.0,
+    p.add_argument("--max-run-seconds", type=positive_float, default=30.0,
                    help="skip an engine's shape (and larger ones) when one run takes longer (default 30)")
     p.add_argument("--wait-policy", choices=["auto", "spin", "passive"], default="auto",
                    help="idle threads of every engine spin (the libraries' default) or sleep (passive); auto: passive "
@@ -169,4 +149,4 @@ def add_parser(sub) -> None:
     p.add_argument("--cache", help="cache of built artifacts (default ~/.cache/ibert-tvm/bench)")
     p.add_argument("-o", "--output", default="bench.json",
                    help="JSON report; OUT.md and OUT.png are written next to it (default bench.json)")
-    p.set_defaults(func=cmd_bench)
+    p.set_defaults(func=cmd)

