@@ -50,20 +50,13 @@ class Report:
 
     def format(self) -> str:
         lines = [f"integer-only check of {self.what}"]
-        lines.append("dtypes:")
-        if self.dtypes:
-            w = max(len(k) for k in self.dtypes)
-            for k, n in sorted(self.dtypes.items(), key=lambda kv: (-kv[1], kv[0])):
+        for title, counts in (("dtypes", self.dtypes), ("ops", self.ops)):
+            lines.append(f"{title}:")
+            w = max((len(k) for k in counts), default=0)
+            for k, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
                 lines.append(f"  {k:<{w}}  {n:>7}")
-        else:
-            lines.append("  (none)")
-        lines.append("ops:")
-        if self.ops:
-            w = max(len(k) for k in self.ops)
-            for k, n in sorted(self.ops.items(), key=lambda kv: (-kv[1], kv[0])):
-                lines.append(f"  {k:<{w}}  {n:>7}")
-        else:
-            lines.append("  (none)")
+            if not counts:
+                lines.append("  (none)")
         if self.findings:
             lines.append("findings:")
             for f in self.findings[:MAX_LISTED]:
