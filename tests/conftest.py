@@ -176,7 +176,7 @@ def replay_build(compiled_factory, monkeypatch):
     ``passes.pipeline.build`` returns the fixture's library and its recorded verifier reports.
     Only valid for compiling ``quantized_factory("BertModel")``.
     """
-    from ibert_tvm.passes.verify_integer_only import Report
+    from ibert_tvm.passes.verify import Report
 
     done = compiled_factory("BertModel")
     rec = json.loads((done / "manifest.json").read_text())["verify"]

@@ -26,24 +26,9 @@ import time
 from pathlib import Path
 
 from ..errors import IBertTVMError
+from ..support.elf import elf_machine
 
-# ELF e_machine values (https://refspecs.linuxfoundation.org/elf/gabi4+/ch4.eheader.html)
-_ELF_MACHINES = {3: "x86", 40: "arm", 62: "x86_64", 183: "aarch64", 243: "riscv"}
 _HOST_ALIASES = {"amd64": "x86_64", "arm64": "aarch64", "i686": "x86", "i386": "x86"}
-
-
-def elf_machine(path: Path) -> str | None:
-    """The CPU architecture an ELF shared library is built for (``None``: not ELF)."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(20)
-    except OSError:
-        return None
-    if len(head) < 20 or head[:4] != b"\x7fELF":
-        return None
-    order = "little" if head[5] == 1 else "big"
-    code = int.from_bytes(head[18:20], order)
-    return _ELF_MACHINES.get(code, f"e_machine {code}")
 
 
 def check_architecture(out_dir: Path) -> None:

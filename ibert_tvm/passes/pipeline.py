@@ -20,7 +20,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .verify_integer_only import verify_integer_only
+from .verify import verify_integer_only
+from .verify_integer_only import VerifyIntegerOnly
 
 
 def _dump(dump_dir, name, mod):
@@ -104,8 +105,9 @@ def lower(mod, target, *, target_name: str | None = None, database_dir: str | No
         _dump(dump_dir, "1_scheduled", mod)
         mod = relax.get_default_pipeline(target)(mod) if "gpu" in target.keys else relax.get_pipeline("default")(mod)
     _dump(dump_dir, "2_lowered", mod)
-    report = verify_integer_only(mod)
-    return mod, report
+    check = VerifyIntegerOnly()
+    mod = check(mod)
+    return mod, check.report
 
 
 def build(mod, target, *, target_name: str | None = None, database_dir: str | None = None, dump_dir=None):

@@ -106,7 +106,7 @@ def test_manifest_records_the_proof(compiled_factory):
 
 
 def test_machine_code_has_no_float(compiled_factory):
-    from ibert_tvm.deploy.verify_artifact import scan_binary
+    from ibert_tvm.passes.verify import scan_binary
 
     report = scan_binary(compiled_factory("BertModel") / "model.so")
     assert report.ops["functions"] > 10

@@ -63,7 +63,7 @@ def test_packed_linear_te_equals_numpy(bits, n, k):
     import tvm
     from tvm import te, tirx
 
-    from ibert_tvm.passes.verify_integer_only import verify_integer_only
+    from ibert_tvm.passes.verify import verify_integer_only
 
     rng = np.random.default_rng(bits * 1000 + n * 10 + k)
     rows = tirx.Var("rows", "int64")

@@ -1,4 +1,4 @@
-"""Tests for the "no float" verifier (ibert_tvm.passes.verify_integer_only).
+"""Tests for the "no float" verifier (ibert_tvm.passes.verify, and its VerifyIntegerOnly pass).
 
 Clean integer modules must pass at Relax/TIR level and after tvm.compile; each planted kind of
 float (cast, constant, exp, float buffer, float arithmetic in compiled code) must be flagged
@@ -16,11 +16,10 @@ from tvm.relax.frontend.nn import op, spec
 from tvm.script import tirx as T
 
 from ibert_tvm.errors import FloatFoundError, IBertTVMError
-from ibert_tvm.passes.verify_integer_only import (
+from ibert_tvm.passes.verify import (
     FP16_HELPERS,
     Finding,
     Report,
-    VerifyIntegerOnly,
     find_float,
     find_float_in_cuda_source,
     find_float_in_executable,
@@ -29,6 +28,7 @@ from ibert_tvm.passes.verify_integer_only import (
     report_for,
     verify_integer_only,
 )
+from ibert_tvm.passes.verify_integer_only import VerifyIntegerOnly
 
 LLVM = tvm.target.Target({"kind": "llvm", "num-cores": 2})
 

@@ -1,7 +1,7 @@
 """``compile --target cuda-t4``: integer-only CUDA whose int8 matmuls run on tensor cores / dp4a.
 
 No GPU exists here, so nothing CUDA is *run*: the checks are on the generated CUDA source and on
-the PTX that ``nvcc -arch=sm_75`` makes of it (see ``ibert_tvm/deploy/cuda_check.py``). The
+the PTX that ``nvcc -arch=sm_75`` makes of it (see ``ibert_tvm/passes/verify/ptx.py``). The
 bit-exactness of the CUDA kernels against the golden executor is argued (the schedule only
 reorders, pads with zeros and tensorizes the unchanged TE compute; see
 ``ibert_tvm/schedules/cuda_t4.py``), not measured.
@@ -17,7 +17,8 @@ import os
 
 import pytest
 
-from ibert_tvm.deploy.cuda_check import INT8_MATMUL_KERNEL, PTX_REPORT, find_nvcc, ptx_kernels
+from ibert_tvm.deploy.cuda_check import PTX_REPORT
+from ibert_tvm.passes.verify import INT8_MATMUL_KERNEL, find_nvcc, ptx_kernels
 
 IN_CI = os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 HAVE_NVCC = find_nvcc() is not None
@@ -46,7 +47,7 @@ def _compile(qm, out):
 
 def check_cuda_build(out, manifest, *, n_layers: int):
     """The acceptance checks shared by the tiny and the MiniLM build."""
-    from ibert_tvm.deploy.cuda_check import cuda_ptx_report, cuda_source_from_library
+    from ibert_tvm.passes.verify import cuda_ptx_report, cuda_source_from_library
 
     # 1. the IR/TIR and CUDA-source verifier ran in the build and found nothing
     assert manifest["verify"]["module"]["float_ops"] == 0
@@ -109,7 +110,7 @@ def test_tiny_bert_cuda_t4_is_integer_only_with_tensorized_int8_matmuls(cuda_out
 
 @needs_nvcc
 def test_verify_a_cuda_out_dir(cuda_out):
-    from ibert_tvm.deploy.cuda_check import verify_cuda_compiled
+    from ibert_tvm.deploy.verify_artifact import verify_cuda_compiled
 
     out, _, _ = cuda_out
     said = []
@@ -124,7 +125,7 @@ def test_verify_a_cuda_out_dir(cuda_out):
 def test_verify_refuses_a_replaced_cuda_source(cuda_out, tmp_path):
     import shutil
 
-    from ibert_tvm.deploy.cuda_check import verify_cuda_compiled
+    from ibert_tvm.deploy.verify_artifact import verify_cuda_compiled
     from ibert_tvm.errors import IBertTVMError
 
     out, _, _ = cuda_out
@@ -200,7 +201,7 @@ $L__BB0_2:
 
 
 def test_ptx_inspection_finds_float_and_untensorized_matmuls():
-    from ibert_tvm.deploy.cuda_check import PtxReport
+    from ibert_tvm.passes.verify import PtxReport
 
     ks = {k.name: k for k in ptx_kernels(_PTX)}
     assert set(ks) == {"fused_linear_requantize_kernel", "fused_pv_matmul_requantize1_kernel", "qk_matmul_kernel",
