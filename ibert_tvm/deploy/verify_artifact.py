@@ -107,7 +107,7 @@ def verify_cuda_compiled(out_dir: str | os.PathLike, *, log=print):
     elif cuda:
         log(f"recorded at compile time: no PTX check ({cuda.get('ptx_skipped', 'not run')})")
     so = out_dir / "model.so"
-    host = scan_binary(so)
+    host = scan_binary(so, device_launch=True)  # host code launching kernels: see DEVICE_LAUNCH_SLOTS
     log(f"host code ({so.name}, x86-64): float ops {host.float_ops}")
     src = cuda_source_from_library(so)
     sha = hashlib.sha256(src.encode()).hexdigest()

@@ -18,6 +18,7 @@ import os
 import pytest
 
 from ibert_tvm.deploy.cuda_check import PTX_REPORT
+from ibert_tvm.deploy.runtime import sha256_file
 from ibert_tvm.passes.verify import INT8_MATMUL_KERNEL, find_nvcc, ptx_kernels
 
 IN_CI = os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
@@ -116,6 +117,8 @@ def test_verify_a_cuda_out_dir(cuda_out):
     said = []
     report = verify_cuda_compiled(out, log=said.append)
     assert report.float_ops == 0, report.format()
+    # the host launches its kernels through the runtime: indirect calls, each accounted for
+    assert sum(n for k, n in report.ops.items() if k.startswith("indirect.")) >= 10, report.ops
     assert report.ops["cuda.kernel"] >= 10 and report.ops["ptx.untensorized_int8_matmul"] == 0
     assert report.ops.get("ptx.tensor cores (wmma)", 0) >= 1 and report.ops.get("ptx.dp4a", 0) >= 1
     assert any("never executed here" in s for s in said)
@@ -134,7 +137,14 @@ def test_verify_refuses_a_replaced_cuda_source(cuda_out, tmp_path):
     data = (bad / "model.so").read_bytes()
     i = data.find(b"__global__")
     (bad / "model.so").write_bytes(data[:i] + b"__device__" + data[i + len(b"__global__") :])  # same length
-    with pytest.raises(IBertTVMError, match="does not match its manifest"):
+    with pytest.raises(IBertTVMError, match="does not match .*lib_sha256"):  # the library's hash, first
+        verify_cuda_compiled(bad, log=lambda *a: None)
+    # re-recorded library hash: the CUDA source's own recorded sha256 still catches the edit
+    digest = sha256_file(bad / "model.so")
+    m = json.loads((bad / "manifest.json").read_text())
+    m["lib_sha256"], m["files"]["model.so"] = digest, digest
+    (bad / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(IBertTVMError, match="CUDA source .* does not match its manifest"):
         verify_cuda_compiled(bad, log=lambda *a: None)
 
 

@@ -87,6 +87,14 @@ RUNTIME_SLOTS = frozenset({
     "__TVMBackendAllocWorkspace", "__TVMBackendFreeWorkspace",  # seen on every target
     "__TVMBackendParallelLaunch", "__TVMBackendParallelBarrier",  # ParallelLaunch seen on aarch64 (4 cores)
 })
+# What a CUDA build's host code adds: it launches the device kernels through handles it looks up
+# by name in the module's imports (the embedded CUDA module) and calls through the runtime.
+# Allowed on CUDA builds only (``scan_binary(..., device_launch=True)``); there the indirect
+# calls are counted, not proven: the host-side proof is weaker (no float instruction, no
+# foreign import or library), and the kernels themselves are checked as CUDA source and PTX.
+DEVICE_LAUNCH_SLOTS = frozenset({
+    "__TVMFFIFunctionCall", "__TVMFFIEnvModLookupFromImports", "__TVMFFIHandleInitOnce", "__tvm_ffi__library_ctx",
+})
 NEEDED = frozenset({"libc.so.6"})  # DT_NEEDED seen: none (`llvm`), libc.so.6 (`x86`, for memset)
 
 # ELF constants (https://refspecs.linuxfoundation.org/elf/gabi4+/contents.html, psABIs)
@@ -450,8 +458,12 @@ def _meet(a: dict | None, b: dict) -> dict:
     return dict(b) if a is None else {k: v for k, v in a.items() if b.get(k) == v}
 
 
-def scan_binary(so: Path) -> Report:
-    """Check ``so`` (steps 2-5 of the module docstring); one finding per problem."""
+def scan_binary(so: Path, *, device_launch: bool = False) -> Report:
+    """Check ``so`` (steps 2-5 of the module docstring); one finding per problem.
+
+    ``device_launch`` (CUDA builds only): the host code may call through
+    :data:`DEVICE_LAUNCH_SLOTS`, and its indirect calls are counted as ``indirect.launch`` instead
+    of being proven (see there)."""
     machine = elf_machine(so)
     if machine is None:
         raise IBertTVMError(f"{so} is not an ELF shared library: not a TVM module")
@@ -499,7 +511,7 @@ def scan_binary(so: Path) -> Report:
                 words[r_off] = ("ext", sym.name)
             else:
                 finding(f"import:{sym.name}", "import", f"imports {sym.name} ({kind}): not on the allowlist")
-        elif sym.name in RUNTIME_SLOTS:
+        elif sym.name in RUNTIME_SLOTS or (device_launch and sym.name in DEVICE_LAUNCH_SLOTS):
             words[r_off] = ("slot", sym.name)
         elif sym.preemptible:
             finding(f"import:{sym.name}", "import", f"{sym.name} ({kind}) is exported with default visibility: "
@@ -580,6 +592,8 @@ def scan_binary(so: Path) -> Report:
             ok = v is not None and (v[0] in ("ext", "slotval", "resolver") or (v[0] == "local" and v[1] in starts))
             if v is not None and v[0] == "local" and (h := in_helper(v[1])):
                 finding(f"{func}@{ins.addr:#x}", "fp16", f"reaches fp16 helper {h}: {ins.text}")
+            elif not ok and device_launch:
+                ops["indirect.launch"] += 1
             elif not ok:
                 finding(f"{func}@{ins.addr:#x}", "control", f"{ins.text}: indirect call/jump to an unknown target")
             else:
