@@ -17,6 +17,10 @@ row never contributes, whatever it holds). A point whose rows are sequences (``[
 the classification head) has no padding rows and is reduced over all of them. This is what
 ``quantization.calibrate.collect_ranges`` observes through torch hooks. The names are recorded
 in order as the function attribute ``quantization_points``. Everything else is unchanged.
+
+Errors: an unknown name or a missing ``attention_mask`` raises ``IBertTVMError`` inside the
+pass; through TVM's FFI it reaches the caller as a ``RuntimeError`` with the same message
+(tvm_ffi re-raises only the error types registered with it).
 """
 
 from __future__ import annotations
