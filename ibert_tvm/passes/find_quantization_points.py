@@ -74,6 +74,7 @@ KINDS = {  # kind -> calibrated (its scale comes from an observed range)
 _VIEWS = {"relax.reshape", "relax.permute_dims", "relax.broadcast_to", "relax.expand_dims", "relax.squeeze"}
 _GELU = {"relax.nn.gelu", "relax.nn.gelu_tanh"}
 _SCALARS = {"relax.multiply", "relax.divide"}  # by a scalar constant: folded into a derived scale
+_OUT, _IN, _STRUCTURAL, _UNNAMED = range(4)  # name preference: producer's, consumer's, structural
 
 
 @dataclass(frozen=True)
@@ -143,13 +144,13 @@ class _Graph(PyExprVisitor):
 
     # -- placement ------------------------------------------------------------------------
     def points(self) -> list[QuantizationPoint]:
-        roles: dict = {}  # source tensor -> {"names": [(rank, name, var)], "prod": op, "cons": set}
+        roles: dict = {}  # source tensor -> {"names": [(preference, name, var)], "prod": op, "cons": set}
         placed: set = set()  # bindings accounted for
 
-        def role(e, name, rank, prod=None, cons=None):
+        def role(e, name, pref, prod=None, cons=None):
             t = self.source(e)
             r = roles.setdefault(t, {"names": [], "prod": None, "cons": set()})
-            r["names"].append((rank, name, e))
+            r["names"].append((pref, name, e))
             r["prod"] = prod or r["prod"]
             if cons:
                 r["cons"].add(cons)
@@ -157,9 +158,8 @@ class _Graph(PyExprVisitor):
         linears = self._linears()
         for var, (lin, x, out) in linears.items():
             placed.update({var, out})
-            role(x, f"{lin}:in", 1, cons="linear")
-            role(out, f"{lin}:out", 0, prod="linear")
-        scopes: dict = {}
+            role(x, f"{lin}:in", _IN, cons="linear")
+            role(out, f"{lin}:out", _OUT, prod="linear")
         for var in self.order:
             op, call = self._op(var), self.value[var]
             if var not in self.active or var in placed:
@@ -168,21 +168,20 @@ class _Graph(PyExprVisitor):
                 ln = self.weight(call.args[1], ".weight")
                 if ln is None:
                     raise IBertTVMError(f"FindQuantizationPoints: layer_norm {var.name} has no named weight")
-                role(call.args[0], f"{ln}:in", 1, cons="layer_norm")
-                role(var, f"{ln}:out", 0, prod="layer_norm")
+                role(call.args[0], f"{ln}:in", _IN, cons="layer_norm")
+                role(var, f"{ln}:out", _OUT, prod="layer_norm")
             elif op == "relax.take" and self.weight(call.args[0], ".weight") is not None:
-                role(var, f"{self.weight(call.args[0], '.weight')}:out", 0, prod="embedding")
+                role(var, f"{self.weight(call.args[0], '.weight')}:out", _OUT, prod="embedding")
             elif op in _GELU:
-                role(call.args[0], None, 9, cons="gelu")
-                role(var, None, 9, prod="gelu")
+                role(call.args[0], None, _UNNAMED, cons="gelu")
+                role(var, None, _UNNAMED, prod="gelu")
             elif op == "relax.tanh":
-                role(call.args[0], None, 9, cons="tanh")
-                role(var, None, 9, prod="tanh")
+                role(call.args[0], None, _UNNAMED, cons="tanh")
+                role(var, None, _UNNAMED, prod="tanh")
             elif op == "relax.nn.softmax":
                 scope = self._scope(call.args[0], linears)
-                scopes[var] = scope
-                role(call.args[0], f"{scope}:scores", 2, cons="softmax")
-                role(var, f"{scope}:probs", 2, prod="softmax")
+                role(call.args[0], f"{scope}:scores", _STRUCTURAL, cons="softmax")
+                role(var, f"{scope}:probs", _STRUCTURAL, prod="softmax")
             elif op == "relax.matmul" and all(self.source(a) in self.active for a in call.args):
                 pass  # q k^T (scaled into the scores) or probs v (the context, named by its consumer)
             elif op == "relax.add" and self._add_kind(call) is not None:
