@@ -21,17 +21,22 @@ Where the stock importer falls short, and what this file does about it:
 * **Parameter names.** ``from_exported_program`` names each weight's Relax variable after the
   export's mangled placeholder (``p_encoder_layer_0_attention_self_query_weight``: dots and
   underscores both become ``_``, so the HF name cannot be recovered from it) and returns the
-  values in a ``params`` function attribute ordered by ``ExportedProgram.named_parameters()``,
-  not by the function's parameters. :func:`_rename_params` renames every weight variable to its
-  HF name (``encoder.layer.0.attention.self.query.weight``; TVMScript prints it as
+  values in a ``params`` function attribute in ``ExportedProgram.named_parameters()`` order,
+  which matches the function's parameter order only by convention (seen equal on every model
+  tested). :func:`_rename_params` renames every weight variable to its HF name
+  (``encoder.layer.0.attention.self.query.weight``; TVMScript prints it as
   ``encoder_layer_0_...``), taken from the export's graph signature, and the values are
-  re-collected from the export's state dict in the function's own parameter order.
+  re-collected by name from the export's state dict, in the function's own parameter order.
+  A weight the graph does not read (the pooler of a ``*Model``) stays a parameter.
 * **Symbolic shape names.** The importer keeps torch's symbols (``s18``, ``s41``);
   :func:`_rename_shape_vars` names them ``batch`` and ``seq`` (with their bounds).
-* **Attention.** Under the default SDPA attention ``torch.export`` emits
-  ``scaled_dot_product_attention``, a single op whose score product and softmax a quantizer
-  cannot see. The export runs with ``config._attn_implementation = "eager"`` (restored after),
-  so they arrive as ``matmul``, ``multiply``, ``add`` (the additive mask) and ``nn.softmax``.
+* **Attention.** Under the default SDPA attention the export holds one
+  ``scaled_dot_product_attention``, which the importer's ``run_decompositions`` expands into q
+  and k each multiplied by ``d^-1/4``, a ``-inf`` mask and a guard for fully masked rows
+  (``equal``/``logical_not``/``max``/``where`` over the scores). The export runs with
+  ``config._attn_implementation = "eager"`` (restored after), which gives the plain form the
+  quantization points are found on: ``matmul(q, k^T)``, ``multiply`` by ``1/sqrt(d)``, ``add``
+  of the additive mask, ``nn.softmax``, ``matmul`` with v.
 
 The high-level float ops survive the import (``matmul`` with ``permute_dims`` of the weight and
 a bias ``add``, ``nn.layer_norm``, ``nn.gelu``, ``nn.softmax``, ``take`` for the embedding
