@@ -55,6 +55,6 @@ def calibrate_ranges(
     batches = [sentences[i : i + batch_size] for i in range(0, len(sentences), batch_size)]
     for chunk in progress(batches) if progress else batches:
         _, ranges = vm(tok(chunk))
-        for n, r in zip(names, ranges):
+        for n, r in zip(names, ranges, strict=True):
             channel[n] = r if n not in channel else np.maximum(channel[n], r)
     return {n: (float(c.max()), c.astype(np.float64)) for n, c in channel.items()}

@@ -233,7 +233,7 @@ class _Graph(PyExprVisitor):
         if not names:
             raise IBertTVMError(f"FindQuantizationPoints: softmax input {scores.name} is not fed by any linear")
         common = []
-        for parts in zip(*names):
+        for parts in zip(*names, strict=False):  # up to the shortest path
             if len(set(parts)) > 1:
                 break
             common.append(parts[0])

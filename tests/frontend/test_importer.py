@@ -50,24 +50,25 @@ def test_import_signature(tiny_factory, arch):
     torch_params = dict(im.ckpt.model.named_parameters())
     assert [p.name for p in main.params[4:]] == im.param_names
     assert sorted(im.param_names) == sorted(torch_params)
-    for name, value, var in zip(im.param_names, im.params, main.params[4:]):
+    for name, value, var in zip(im.param_names, im.params, main.params[4:], strict=True):
         assert [int(d) for d in var.ty.shape] == list(value.shape) and var.ty.dtype == "float32"
         np.testing.assert_array_equal(value, torch_params[name].detach().numpy())
 
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_float_module_equals_torch(tiny_factory, arch):
-    """(a) on a padded batch of real sentences and a random padded batch."""
+    """(a) on a padded batch of real sentences, a random padded batch and a 1 x 1 batch."""
     from ibert_tvm.frontend.float_vm import FloatVM
 
     im, mod = imported(str(tiny_factory(arch)))
     ckpt = im.ckpt
     vm = FloatVM(im, mod)
+    rng, kw = np.random.default_rng(1), dict(family=ckpt.family, pad_id=ckpt.pad_token_id,
+                                             type_vocab=int(ckpt.config.type_vocab_size))
     encs = [
         _tokenizer(ckpt)(["A man is playing a guitar.", "Hi", "The stock market fell sharply on Monday, then rose."]),
-        random_batch(np.random.default_rng(1), 3, 11, family=ckpt.family, pad_id=ckpt.pad_token_id,
-                     type_vocab=int(ckpt.config.type_vocab_size)),
-        _tokenizer(ckpt)(["one"]),
+        random_batch(rng, 3, 11, **kw),
+        random_batch(rng, 1, 1, **kw),
     ]
     for enc in encs:
         got, want = vm(enc), _torch_out(ckpt, enc)

@@ -33,7 +33,8 @@ def _graph():
             y = bb.emit(op.nn.layer_norm(x, gamma, beta, axes=[-1]))
             rows = bb.emit(op.reshape(y, relax.ShapeExpr([b * s, H])))
             z = bb.emit(op.add(bias, bb.emit(op.matmul(rows, bb.emit(op.permute_dims(w, [1, 0]))))))
-            first = bb.emit(op.take(bb.emit(op.reshape(z, relax.ShapeExpr([b, s, N]))), relax.const(0, "int64"), axis=1))
+            tokens = bb.emit(op.reshape(z, relax.ShapeExpr([b, s, N])))
+            first = bb.emit(op.take(tokens, relax.const(0, "int64"), axis=1))
             out = bb.emit_output(first)
         bb.emit_func_output(out)
     return bb.get()
@@ -75,7 +76,7 @@ def test_ranges_over_real_tokens_only():
     out, ranges = vm["main"](*(tvm.runtime.tensor(a) for a in (ids, mask, *weights)))
     want = _numpy(ids, mask, *weights)
     np.testing.assert_allclose(out.numpy(), want["first"], rtol=1e-5, atol=1e-5)
-    for name, r in zip(names, ranges):
+    for name, r in zip(names, ranges, strict=True):
         assert r.numpy().shape == want[name].shape
         np.testing.assert_allclose(r.numpy(), want[name], rtol=1e-5, atol=1e-6, err_msg=name)
     assert ranges[0].numpy().max() < 100  # the padding row stayed out
