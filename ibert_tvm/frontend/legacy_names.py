@@ -1,0 +1,69 @@
+"""Graph point names -> today's calibration point names (the bridge to ``calibrate._points``).
+
+Today's hand-built path names its calibration points ``embeddings.sum``, ``embeddings.ln``,
+``layer{i}.{q,k,v,ctx,res1,ln1,inter,gelu,res2,ln2}``, ``head.pre_tanh`` and ``head.logits``.
+:func:`legacy_name` gives the one a graph point
+(:class:`~ibert_tvm.passes.find_quantization_points.QuantizationPoint`) stands for, from its
+aliases (the HF module paths of BERT/RoBERTa/I-BERT, under any prefix such as ``bert.``) and,
+for the head, from its kind. It exists so that the graph path can be checked against today's
+calibration, and goes when that path is retired (issue 12).
+
+Points with no name today map to None: the embedding gathers (scale from the table), the
+attention scores and probabilities (derived and fixed scales), the tanh output (1/127) and the
+linear outputs summed into a residual (requantized straight into the sum).
+"""
+
+from __future__ import annotations
+
+import re
+
+from ..errors import IBertTVMError
+
+_LAYER = re.compile(r"(?:^|\.)encoder\.layer\.(\d+)\.(.+)$")
+_LAYER_ROLES = {
+    "attention.self.query:out": "q",
+    "attention.self.key:out": "k",
+    "attention.self.value:out": "v",
+    "attention.output.dense:in": "ctx",
+    "attention.output.LayerNorm:in": "res1",
+    "attention.output.LayerNorm:out": "ln1",
+    "intermediate.dense:out": "inter",
+    "output.dense:in": "gelu",
+    "output.LayerNorm:in": "res2",
+    "output.LayerNorm:out": "ln2",
+}
+_EMBEDDINGS = re.compile(r"(?:^|\.)embeddings\.LayerNorm:(in|out)$")
+_HEAD_KINDS = {"tanh_in": "head.pre_tanh", "logits": "head.logits"}
+
+
+def _alias_name(alias: str) -> str | None:
+    m = _LAYER.search(alias)
+    if m and m.group(2) in _LAYER_ROLES:
+        return f"layer{m.group(1)}.{_LAYER_ROLES[m.group(2)]}"
+    m = _EMBEDDINGS.search(alias)
+    if m:
+        return "embeddings.sum" if m.group(1) == "in" else "embeddings.ln"
+    return None
+
+
+def legacy_name(point) -> str | None:
+    """Today's name of ``point``, or None; ``IBertTVMError`` if its aliases name two points."""
+    found = {n for a in point.aliases if (n := _alias_name(a)) is not None}
+    if point.kind in _HEAD_KINDS:
+        found.add(_HEAD_KINDS[point.kind])
+    if len(found) > 1:
+        raise IBertTVMError(f"graph point {point.name} stands for several of today's points: {sorted(found)}")
+    return found.pop() if found else None
+
+
+def legacy_names(points) -> dict:
+    """``{today's name: point}`` over ``points``; ``IBertTVMError`` when two points claim one name."""
+    out: dict = {}
+    for p in points:
+        n = legacy_name(p)
+        if n is None:
+            continue
+        if n in out:
+            raise IBertTVMError(f"graph points {out[n].name} and {p.name} both stand for today's {n}")
+        out[n] = p
+    return out
