@@ -156,7 +156,7 @@ def run_sentiment(args, log=print) -> dict:
     import numpy as np
 
     from ibert_tvm.evaluate import calibration_sentences, evaluate, torch_encoder
-    from ibert_tvm.deploy.tokenize import Tokenizer
+    from ibert_tvm.support.tokenize import Tokenizer
     from ibert_tvm.model.hf_loader import load_checkpoint, load_tokenizer_json
     from ibert_tvm.quantization.calibrate import calibrate
     from ibert_tvm.quantization.config import QuantConfig

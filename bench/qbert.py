@@ -140,7 +140,7 @@ def run(args, results: dict, log=print) -> dict:
     import numpy as np
     import torch
 
-    from ibert_tvm.deploy.tokenize import Tokenizer
+    from ibert_tvm.support.tokenize import Tokenizer
     from ibert_tvm.evaluate import calibration_sentences, score, torch_encoder
     from ibert_tvm.model.hf_loader import load_checkpoint, load_tokenizer_json
     from ibert_tvm.model.plan import ModelPlan

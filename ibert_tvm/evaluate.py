@@ -312,7 +312,7 @@ def evaluate(task, ckpt, *, compiled=None, peers: Sequence[str] = (), batch_size
     """Score FP32, the compiled integer model and ``peers`` on ``task``; returns the report dict."""
     import tempfile
 
-    from .deploy.tokenize import Tokenizer
+    from .support.tokenize import Tokenizer
     from .model.hf_loader import load_tokenizer_json
 
     check_task_model(task, ckpt)

@@ -116,7 +116,7 @@ def compiled_factory(quantized_factory, tmp_path_factory):
 def random_batch(rng: np.random.Generator, batch: int, seq: int, *, vocab: int = 30522, family: str = "bert",
                  pad_id: int = 0, type_vocab: int = 2) -> dict[str, np.ndarray]:
     """Random token ids with random right-padding (every row keeps >= 1 token)."""
-    from ibert_tvm.deploy.tokenize import position_ids
+    from ibert_tvm.support.tokenize import position_ids
 
     ids = rng.integers(0, vocab, (batch, seq)).astype(np.int32)
     lengths = rng.integers(1, seq + 1, batch)

@@ -309,7 +309,7 @@ def test_damaged_library_without_lib_sha256_is_an_error_not_a_crash(compiled_fac
 
 def test_every_file_is_hashed(quantized_factory, compiled_factory):
     """The recorded hashes cover every file of q/ and out/ but the one holding them."""
-    from ibert_tvm.deploy.runtime import sha256_file
+    from ibert_tvm.support.hashing import sha256_file
 
     q = quantized_factory("BertModel")[1]
     files = json.loads((q / "quantization.json").read_text())["files"]

@@ -145,7 +145,7 @@ BOUND = 0.005  # |integer - FP32| Spearman on the first 200 STS-B dev pairs (mea
 def minilm_slice():
     """MiniLM calibrated on 100 STS-B train sentences; the first 200 STS-B dev pairs; FP32 Spearman."""
     from ibert_tvm.datasets import default_calibration_sentences
-    from ibert_tvm.deploy.tokenize import Tokenizer
+    from ibert_tvm.support.tokenize import Tokenizer
     from ibert_tvm.evaluate import score, torch_encoder
     from ibert_tvm.model.hf_loader import load_checkpoint
     from ibert_tvm.model.plan import ModelPlan

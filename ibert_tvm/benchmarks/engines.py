@@ -74,13 +74,6 @@ def _weights_files(model_dir: str) -> list[Path]:
     return [d / "config.json", *(st or sorted(d.glob("*.bin")))]
 
 
-def code_hash() -> str:
-    """Hash of the compiler's sources (cache key): :func:`ibert_tvm.deploy.export.compiler_hash`."""
-    from ..deploy.export import compiler_hash
-
-    return compiler_hash()
-
-
 def _dir_hash(d: Path) -> str:
     h = hashlib.sha256()
     for f in sorted(d.glob("database_*.json")):
@@ -219,7 +212,7 @@ class TvmInt8(_TvmEngine):
     use_database = True
 
     def prepare(self, ctx, log=print):
-        from ..deploy.export import compile_quantized, quantized_hash
+        from ..deploy.export import compile_quantized, compiler_hash, quantized_hash
         from .models import quantized
 
         if ctx.get("prebuilt"):
@@ -237,7 +230,7 @@ class TvmInt8(_TvmEngine):
         else:
             db, trials, note = None, 0, "untuned: the target's default schedules, no database"
         tag = _dir_hash(Path(db)) if db else "untuned"
-        out = cache / "tvm-int8" / f"{model_slug(model.name)}-{quantized_hash(qm)[:12]}-{target}-{tag}-{code_hash()}"
+        out = cache / "tvm-int8" / f"{model_slug(model.name)}-{quantized_hash(qm)[:12]}-{target}-{tag}-{compiler_hash()}"
         if not (out / "manifest.json").is_file():
             log(f"compiling the integer-only {model.name} for {target} ({note}); minutes for a full model")
             t0 = time.time()

@@ -35,7 +35,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..errors import IBertTVMError
-from .engines import DEFAULT_ENGINES, ENGINES, skip_reason, thread_env
+from .engines import DEFAULT_ENGINES, ENGINES, thread_env
 
 DEFAULT_SHAPES = ((1, 32), (8, 32), (1, 128), (8, 128))
 

@@ -148,12 +148,11 @@ def quantized(model: BenchModel, cache: Path, *, log=print):
     """The model's :class:`QuantizedModel` (ibert-w8a8), calibrated once and cached."""
     from ..model.hf_loader import hash_model_dir, load_checkpoint
     from ..quantization.artifact import QuantizedModel
+    from ..deploy.export import compiler_hash
     from ..quantization.calibrate import calibrate
 
-    from .engines import code_hash
-
     q = cache / "quantized" / (f"{model_slug(model.name)}-{hash_model_dir(Path(model.path))[:12]}-"
-                               f"{model.calibration.replace(':', '')}-{code_hash()}")
+                               f"{model.calibration.replace(':', '')}-{compiler_hash()}")
     if (q / "quantization.json").is_file():
         return QuantizedModel.load(q)
     sentences = calibration_sentences(model)
@@ -167,7 +166,7 @@ def bench_inputs(model: BenchModel, batch: int, seq: int, *, seed: int = 0) -> d
     """Random token ids (fixed seed), no padding: ``[batch, seq]`` int64 inputs of every engine."""
     import numpy as np
 
-    from ..deploy.tokenize import position_ids
+    from ..support.tokenize import position_ids
 
     if seq > model.max_seq:
         raise IBertTVMError(f"sequence {seq} exceeds {model.name}'s maximum {model.max_seq}")

@@ -203,7 +203,7 @@ def markdown(report: dict) -> str:
     L.append("")
     L.append(f"Load average (1/5/15 min) at start {la.get('start')}, at end {la.get('end')}.")
     if loaded(report):
-        L += ["", f"**The machine was loaded (other processes were running): absolute figures are indicative "
+        L += ["", "**The machine was loaded (other processes were running): absolute figures are indicative "
                   "only; ratios between engines are fairer, since engines were interleaved.**"]
     peak = report.get("peak") or {}
     if peak.get("int8_gops"):

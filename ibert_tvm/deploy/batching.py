@@ -45,7 +45,7 @@ def run_batched(
 ) -> np.ndarray:
     """``run_ids`` over ``texts`` (and ``pairs``) in length-sorted batches; rows in input order.
 
-    ``tokenizer`` is a :class:`~ibert_tvm.deploy.tokenize.Tokenizer`; ``progress`` wraps the
+    ``tokenizer`` is a :class:`~ibert_tvm.support.tokenize.Tokenizer`; ``progress`` wraps the
     iterable of batches (e.g. a tqdm bar).
     """
     import numpy as np

@@ -29,7 +29,7 @@ from ..quantization.artifact import QuantizedModel
 from ..support.fs import ArtifactKind, atomic_dir, check_output
 from ..targets import TargetSpec, get_target
 from .cuda_check import PTX_REPORT
-from .runtime import sha256_file  # the board's runtime owns it
+from ..support.hashing import sha256_file
 
 FORMAT = "ibert-tvm-compiled/1"
 LIB = "model.so"

@@ -16,7 +16,8 @@ import numpy as np
 
 from ..errors import IBertTVMError
 from .batching import DEFAULT_BATCH_SIZE, run_batched
-from .tokenize import Tokenizer
+from ..support.hashing import check_files, sha256_file  # noqa: F401  (re-exported)
+from ..support.tokenize import Tokenizer
 
 FORMAT = "ibert-tvm-compiled/1"
 REQUIRED = ("target", "inputs", "params", "output", "family", "head", "max_seq", "vocab", "type_vocab", "pad_id",
@@ -27,41 +28,6 @@ HEADS = ("embedding", "classifier")
 KNOWN_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
 # parameter name -> manifest field giving its number of rows (the ranges ``check_inputs`` enforces)
 TABLE_ROWS = {"embeddings.word_embeddings.weight": "vocab", "embeddings.token_type_embeddings.weight": "type_vocab"}
-
-
-def sha256_file(path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def check_files(d: Path, files, index: Path, required: Sequence[str], rerun: str) -> None:
-    """Check the files of an artifact directory ``d`` against the sha256 its ``index`` JSON
-    records in its field ``files`` (name -> sha256): every ``required`` name must be recorded,
-    and every recorded file present and unchanged. An index without ``files`` was written by an
-    ibert-tvm that did not record them: refused (``rerun`` says how to rebuild), since nothing
-    else tells a damaged, swapped or edited file from the one that was written."""
-    if files is None:
-        raise IBertTVMError(f"{index} records no file hashes (field 'files'): it was written by an older "
-                            f"ibert-tvm; re-run `{rerun}` to rebuild it")
-    if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
-        raise IBertTVMError(f"{index}: field 'files' must map file names to sha256 strings")
-    for name in required:
-        if name not in files:
-            raise IBertTVMError(f"{index}: field 'files' has no sha256 for {name}")
-    for name, want in files.items():
-        if name in ("", ".", "..") or Path(name).name != name:
-            raise IBertTVMError(f"{index}: field 'files' names {name!r}, which is not a file of {d}")
-        f = d / name
-        if not f.is_file():
-            raise IBertTVMError(f"{f} is missing")
-        if sha256_file(f) != want:
-            raise IBertTVMError(f"{f} is corrupt or was modified after it was written: its sha256 differs from "
-                                f"files.{name} in {index.name} (re-run `{rerun}` if the change is wanted)")
 
 
 def _is_int(v, lo: int) -> bool:

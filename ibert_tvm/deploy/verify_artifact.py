@@ -40,7 +40,8 @@ from ..passes.verify import (
     scan_binary,
 )
 from .cuda_check import NOT_RUN
-from .runtime import LIB, PARAMS, check_files, sha256_file
+from ..support.hashing import check_files, sha256_file
+from .runtime import LIB, PARAMS
 
 
 def check_identity(out_dir: Path) -> dict:

@@ -18,7 +18,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from ..deploy.tokenize import Tokenizer
+from ..support.tokenize import Tokenizer
 from ..errors import IBertTVMError
 from ..model.hf_loader import HFCheckpoint, load_tokenizer_json
 from ..passes.expose_quantization_points import ExposeQuantizationPoints

@@ -14,7 +14,7 @@ The imported ``main``::
 
 ``attrs["num_input"]`` is the number of token inputs (the inputs ``forward`` accepts, in the
 order above); ``batch`` is in [1, ``max_batch``] and ``seq`` in [1, the model's longest
-sequence]. The inputs are int32, as :class:`~ibert_tvm.deploy.tokenize.Tokenizer` makes them.
+sequence]. The inputs are int32, as :class:`~ibert_tvm.support.tokenize.Tokenizer` makes them.
 
 Where the stock importer falls short, and what this file does about it:
 
@@ -143,7 +143,7 @@ def _example_inputs(ckpt: HFCheckpoint, inputs: tuple[str, ...]) -> dict:
     """A 2 x 8 int32 batch (both sizes > 1, so torch.export keeps them symbolic), row 1 padded."""
     import torch
 
-    from ..deploy.tokenize import position_ids
+    from ..support.tokenize import position_ids
 
     ids = np.full((2, 8), 5, dtype=np.int32)
     mask = np.ones((2, 8), dtype=np.int32)

@@ -62,7 +62,7 @@ def linear_np(x, w, bias=None) -> np.ndarray:
         if bias.shape != (w.shape[0],):
             raise ValueError(f"bias must have shape [{w.shape[0]}], got {bias.shape}")
         if np.abs(bias.astype(np.int64)).max(initial=0) > BIAS_BOUND:
-            raise ValueError(f"|bias| must be <= 2^30")
+            raise ValueError("|bias| must be <= 2^30")
         y = y + bias.astype(np.int64)
     return y.astype(np.int32)
 

@@ -160,10 +160,9 @@ class Requantize:
     # -- TVM tensor expression ------------------------------------------------------------
     def te(self, x, m=None, s=None):
         """``x``: te.Tensor. Per-channel plans also take ``m``, ``s``: int32 te.Tensors [C]."""
-        from tvm import te, tirx
+        from tvm import te
 
         check_te_dtype("x", x, _IN_DTYPES)
-        lo, hi = i64(self.qmin), i64(self.qmax)
 
         if self.per_channel:
             if m is None or s is None:

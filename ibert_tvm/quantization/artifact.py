@@ -256,7 +256,7 @@ class QuantizedModel:
     def save(self, out_dir: str | os.PathLike) -> Path:
         from safetensors.numpy import save_file
 
-        from ..deploy.runtime import sha256_file
+        from ..support.hashing import sha256_file
 
         out = Path(out_dir)
         meta = {
@@ -285,7 +285,7 @@ class QuantizedModel:
         """Read and check ``q/``: file hashes first, then every field (:meth:`validate`)."""
         from safetensors.numpy import load_file
 
-        from ..deploy.runtime import check_files
+        from ..support.hashing import check_files
 
         p = Path(path)
         if not p.is_dir():

@@ -23,7 +23,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from ..errors import IBertTVMError
-from ..deploy.tokenize import Tokenizer
+from ..support.tokenize import Tokenizer
 from ..model.hf_loader import HFCheckpoint, load_tokenizer_json
 from ..op.int_matmul import BIAS_BOUND
 from .artifact import QuantizedModel

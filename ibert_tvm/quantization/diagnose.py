@@ -29,7 +29,7 @@ def ablate(ckpt, qm: QuantizedModel, sentences: Sequence[str], *, batch_size: in
     """-> [(kind, mean cosine, min cosine)] sorted from most to least lossy."""
     import torch
 
-    from ..deploy.tokenize import Tokenizer
+    from ..support.tokenize import Tokenizer
 
     d = qm.dims
     tok = Tokenizer(qm.tokenizer_json, d["max_seq"], d["family"], d["pad_id"])

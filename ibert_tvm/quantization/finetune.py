@@ -66,7 +66,7 @@ def finetune_sentiment(cfg: FinetuneConfig = FinetuneConfig(), *, source: str = 
     import torch
     import transformers
 
-    from ..deploy.tokenize import Tokenizer
+    from ..support.tokenize import Tokenizer
     from ..model.hf_loader import load_checkpoint, load_tokenizer_json
     from ..tasks import sentiment_task
     from .calibrate import torch_inputs

@@ -37,7 +37,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from ..deploy.tokenize import Tokenizer
+from ..support.tokenize import Tokenizer
 from ..errors import IBertTVMError
 from ..model.plan import ModelPlan
 from ..op.int_matmul import check_accumulator

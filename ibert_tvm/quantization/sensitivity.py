@@ -466,7 +466,7 @@ def task_batches(task, ckpt, samples: int, batch_size: int, *, skip: int = 0) ->
     """Examples ``skip .. skip + samples`` of ``task`` in batches (grouped by length), and the batch sizes."""
     import torch
 
-    from ..deploy.tokenize import Tokenizer
+    from ..support.tokenize import Tokenizer
     from ..model.hf_loader import load_tokenizer_json
     from .calibrate import torch_inputs
 

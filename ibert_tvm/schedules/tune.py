@@ -50,7 +50,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..deploy.runtime import sha256_file
+from ..support.hashing import sha256_file
 from ..errors import IBertTVMError
 
 FORMAT = "ibert-tvm-tuning/1"

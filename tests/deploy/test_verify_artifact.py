@@ -18,7 +18,7 @@ import pytest
 
 import aarch64_support as arm
 from ibert_tvm.cli import main
-from ibert_tvm.deploy.runtime import sha256_file
+from ibert_tvm.support.hashing import sha256_file
 
 
 def verify(capsys, out: Path) -> tuple[int, str, str]:

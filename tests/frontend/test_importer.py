@@ -30,7 +30,7 @@ def _torch_out(ckpt, enc):
 
 
 def _tokenizer(ckpt):
-    from ibert_tvm.deploy.tokenize import Tokenizer
+    from ibert_tvm.support.tokenize import Tokenizer
     from ibert_tvm.model.hf_loader import load_tokenizer_json
 
     return Tokenizer(load_tokenizer_json(ckpt.path), ckpt.max_positions, ckpt.family, ckpt.pad_token_id)

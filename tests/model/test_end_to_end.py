@@ -55,7 +55,7 @@ def test_classifier_head_tracks_fp32(quantized_factory, calibration_sentences):
     """Integer logits follow the FP32 model (the golden executor is not a lookalike of nothing)."""
     import torch
 
-    from ibert_tvm.deploy.tokenize import Tokenizer
+    from ibert_tvm.support.tokenize import Tokenizer
     from ibert_tvm.model.hf_loader import load_checkpoint
     from ibert_tvm.quantization.calibrate import torch_inputs
 

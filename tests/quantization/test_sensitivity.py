@@ -87,7 +87,7 @@ def test_bad_eigen_input():
 @pytest.fixture(scope="module")
 def tiny_classifier(tiny_factory):
     """A tiny classifier (hidden 8: 512 weights per layer) with a well separated top eigenvalue."""
-    from ibert_tvm.deploy.tokenize import Tokenizer
+    from ibert_tvm.support.tokenize import Tokenizer
     from ibert_tvm.model.hf_loader import load_checkpoint, load_tokenizer_json
     from ibert_tvm.quantization.calibrate import torch_inputs
 

@@ -18,7 +18,7 @@ import os
 import pytest
 
 from ibert_tvm.deploy.cuda_check import PTX_REPORT
-from ibert_tvm.deploy.runtime import sha256_file
+from ibert_tvm.support.hashing import sha256_file
 from ibert_tvm.passes.verify import INT8_MATMUL_KERNEL, find_nvcc, ptx_kernels
 
 IN_CI = os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
