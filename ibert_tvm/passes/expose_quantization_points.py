@@ -19,8 +19,7 @@ the classification head) has no padding rows and is reduced over all of them. Th
 in order as the function attribute ``quantization_points``. Everything else is unchanged.
 
 Errors: an unknown name or a missing ``attention_mask`` raises ``IBertTVMError`` inside the
-pass; through TVM's FFI it reaches the caller as a ``RuntimeError`` with the same message
-(tvm_ffi re-raises only the error types registered with it).
+pass, which reaches the caller as itself (``ibert_tvm.passes`` registers it with TVM's FFI).
 """
 
 from __future__ import annotations

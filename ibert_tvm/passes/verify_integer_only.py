@@ -27,22 +27,12 @@ histograms) is left in the pass's ``report`` attribute. Otherwise it raises
 from __future__ import annotations
 
 import tvm
-import tvm_ffi
-
 from ..errors import FloatFoundError
 from .verify import Report, verify_integer_only
 
 # verify_integer_only is also importable from here for tests/schedules (outside this module's
 # owners); new code imports it from ibert_tvm.passes.verify
 __all__ = ["VerifyIntegerOnly", "verify_integer_only"]
-
-# Let FloatFoundError cross the FFI boundary intact (a pass raising inside
-# tvm.transform.Sequential otherwise surfaces as a plain RuntimeError).
-try:
-    tvm_ffi.error.register_error("FloatFoundError", FloatFoundError)
-except Exception:  # pragma: no cover - already registered / older tvm_ffi
-    pass
-
 
 @tvm.transform.module_pass(opt_level=0, name="VerifyIntegerOnly")
 class VerifyIntegerOnly:
