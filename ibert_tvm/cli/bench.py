@@ -29,6 +29,7 @@ from .argtypes import (
     positive_int,
 )
 from ..errors import IBertTVMError
+from .common import report_path
 
 
 
@@ -70,11 +71,7 @@ def cmd(args) -> int:
     from ..benchmarks.harness import BenchConfig, run_bench
     from ..benchmarks.report import write_outputs
 
-    out_json = Path(args.output)
-    if out_json.suffix != ".json":
-        raise IBertTVMError(f"--output {out_json} must end in .json (the .md and .png go next to it)")
-    if out_json.is_dir():
-        raise IBertTVMError(f"--output {out_json} is a directory")
+    out_json = report_path(args.output, "the .md and .png go")
     prev = None
     if args.compare:
         try:

@@ -21,3 +21,15 @@ def check_output_of(output, source, kind) -> None:
     if str(source) != "default" and Path(output).resolve() == Path(source).resolve():
         raise IBertTVMError(f"output {output} is the input directory: choose another output")
     check_output(output, kind)
+
+
+def report_path(output, companions: str):
+    """``-o/--output`` of a command that writes a JSON report with ``companions`` next to it."""
+    from pathlib import Path
+
+    out = Path(output)
+    if out.suffix != ".json":
+        raise IBertTVMError(f"--output {out} must end in .json ({companions} next to it)")
+    if out.is_dir():
+        raise IBertTVMError(f"--output {out} is a directory")
+    return out

@@ -4,10 +4,10 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from ..errors import IBertTVMError
 from .argtypes import positive_int
+from .common import report_path
 
 
 # -- the command ------------------------------------------------------------------------------------------
@@ -33,11 +33,7 @@ def cmd(args) -> int:
     if args.scheme not in QUANTIZATION:
         raise IBertTVMError(f"unknown quantization scheme {args.scheme!r}; known: {', '.join(QUANTIZATION)}")
     task = load_task(args.task).head(args.limit)
-    out_json = Path(args.output)
-    if out_json.suffix != ".json":
-        raise IBertTVMError(f"--output {out_json} must end in .json (the markdown table goes next to it)")
-    if out_json.is_dir():
-        raise IBertTVMError(f"--output {out_json} is a directory")
+    out_json = report_path(args.output, "the markdown table goes")
     compiled = None
     ckpt = resolve_model(args.task, args.model)
     check_task_model(task, ckpt)
