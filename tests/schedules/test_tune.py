@@ -284,6 +284,6 @@ def test_search_rejects_tensorized_tiles_inside_vectorized_loops():
     assert post.clone().apply(sample(True)) is False
     from ibert_tvm.targets import get_target
 
-    names = [type(p).__name__ for p in T._space(get_target("x86"), vnni=True).postprocs]
+    names = [type(p).__name__ for p in T.design_space(get_target("x86"), vnni=True).postprocs]
     # after the vectorize rewrite, before the tensorize rewrite (a Python postproc shows as _PyPostproc)
     assert names.index("RewriteParallelVectorizeUnroll") < names.index("_PyPostproc") < names.index("RewriteTensorize")
