@@ -23,7 +23,7 @@ except the bare ``Q K^T`` PrimFunc, which is replaced by an equal one (below):
 
   That costs 3 instructions per ``vpdpbusd`` (load, xor, broadcast of q; the compensation; a
   subtraction in the accumulator chain). So when the PrimFunc is the bare product (the model's
-  ``qk_matmul``: Q, K in, the int32 scores out, nothing fused), :func:`schedule_attention`
+  ``qk_matmul``: Q, K in, the int32 scores out, nothing fused), :class:`VnniAttentionRule`
   replaces it by the same sum in another order (:func:`_qk_biased_func`, identical integers):
   ``q + 128`` is made once, in Q's padding copy (uint8), ``128 * rowsum(K)`` once per key
   (``k_rowsum``, at ``(b, h)``), and the accumulators start from ``-128 * rowsum(K)[j]`` (the
@@ -48,8 +48,7 @@ row). Each tile is written back right after it, vectorized, together with any el
 epilogue fused into the PrimFunc (``P V``'s requantize); LoopPartition peels the partial edge
 tiles off (``pragma_loop_partition_hint``), so full tiles store without per-element predicates.
 Anything that does not match (another dtype, e.g. uint16 P; a static
-dimension) keeps the generic schedule: :func:`schedule_attention` returns
-the PrimFunc unchanged.
+dimension) keeps the generic schedule: the rule returns None.
 
 The rule (:class:`VnniAttentionRule`) serves target ``x86`` only; x86's rule set
 (``x86_vnni.x86_rules``) tries it on every fused, unscheduled PrimFunc that the VNNI linear rule
