@@ -37,7 +37,7 @@ from .space import design_space, symbolic_reduction, tune_context
 from .workloads import TUNE_SHAPE, allocate_trials, model_groups
 
 
-def _previous(groups: dict, g) -> dict:
+def previous_entry(groups: dict, g) -> dict:
     """The metadata entry of group ``g`` from an earlier run: under its key, or (a database
     written before the group keys came from the IR instead of the printed script) the entry
     with the same members, moved to the new key."""
@@ -120,7 +120,7 @@ def tune(
             want = budget[g.key]
             done = count_trials(search_db, g.rep_static)
             todo = max(0, want - done)
-            previous = _previous(meta["groups"], g)
+            previous = previous_entry(meta["groups"], g)
             error = previous.get("error") if previous.get("budget") == want else None
             if todo and error:  # MetaSchedule failed on it with this budget before: don't loop on it
                 todo = 0
