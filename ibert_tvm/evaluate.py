@@ -33,6 +33,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .errors import IBertTVMError
+from .support.tokenize import INPUTS
 
 PEERS = ("torch-int8", "ort-int8", "ort-uint8")
 
@@ -138,7 +139,7 @@ def torch_int8_encoder(ckpt) -> Encoder:
     return torch_encoder(model, ckpt.head)
 
 
-_ONNX_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
+_ONNX_INPUTS = INPUTS
 
 
 def ort_encoder(ckpt, tokenizer, workdir: Path, weight_type: str) -> Encoder:

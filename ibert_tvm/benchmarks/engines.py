@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from .models import BenchModel, model_slug
+from ..support.tokenize import INPUTS
 
 INSTALL_HINTS = {"onnxruntime": "pip install onnxruntime onnx", "onnx": "pip install onnx onnxruntime",
                  "torch": "pip install torch", "tvm": "pip install apache-tvm", "matplotlib": "pip install matplotlib"}
@@ -129,7 +130,7 @@ class _TorchRunner(Runner):
         return out.numpy().astype(np.float64)
 
 
-_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
+_INPUTS = INPUTS
 
 
 # -- ours -------------------------------------------------------------------------------------------

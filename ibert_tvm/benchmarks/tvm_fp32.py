@@ -25,8 +25,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+from ..support.tokenize import INPUTS
 
-INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
+INPUT_NAMES = INPUTS
 
 
 def lib_name(batch: int, seq: int) -> str:

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import sys
 
-
-# -- the command ------------------------------------------------------------------------------------
 def cmd(args) -> int:
     from ..quantization.artifact import QuantizedModel
-    from ..schedules.tune import tune
+    from ..schedules.tune.run import tune
 
     qm = QuantizedModel.load(args.quantized)
     try:
@@ -23,7 +21,7 @@ def cmd(args) -> int:
 
 
 def add_parser(sub) -> None:
-    from ..schedules.tune import ENV_ROOT
+    from ..schedules.tune.database import ENV_ROOT
     from ..targets import TARGETS
 
     p = sub.add_parser(

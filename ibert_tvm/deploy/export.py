@@ -106,7 +106,7 @@ def compile_quantized(
     model = IntBertModel(plan, linear_strategy(spec.name))
     mod, names = model.export()
     arrays = model.arrays()
-    from ..schedules.tune import database_origin, resolve_database
+    from ..schedules.tune.database import database_origin, resolve_database
 
     # An explicit database is checked (target + model identity + sha256); otherwise the matching
     # tuning_logs/<target>/<identity>/ is applied when there is one.

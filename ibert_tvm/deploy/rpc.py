@@ -20,9 +20,10 @@ under, a server that does not answer, a session that stalls, all raise
 hanging (TVM's client retries refused connections for 60 s and waits forever for a free
 server). A stalled call is abandoned on a daemon thread.
 
-Tuning on real boards: :func:`rpc_runner` gives MetaSchedule an ``RPCRunner`` measuring on the
-tracker's boards, and :func:`cross_builder` a ``LocalBuilder`` that links candidates with the
-target's cross compiler (a board has no compiler to link TVM's default ``.tar`` artifacts).
+Tuning on real boards (``ibert-tvm tune --rpc-tracker``, ``schedules.tune.measure``):
+:func:`rpc_runner` gives MetaSchedule an ``RPCRunner`` measuring on the tracker's boards, and
+:func:`cross_builder` a ``LocalBuilder`` that links candidates with the target's cross compiler
+(a board has no compiler to link TVM's default ``.tar`` artifacts).
 
 For tests and demos, :func:`start_tracker` / :func:`start_board_server` start a loopback tracker
 and an emulated-board server (``ibert_tvm.deploy.board``), bound to 127.0.0.1, each with a
@@ -319,7 +320,7 @@ def run_remote(out_dir, inputs: dict[str, np.ndarray] | None = None, *, texts=No
 
 # -- MetaSchedule on real boards ----------------------------------------------------------------
 def rpc_runner(tracker: str, key: str, timeout: float = DEFAULT_TIMEOUT, *, number: int = 3, repeat: int = 1,
-               check: bool = True):
+               min_repeat_ms: int = 0, check: bool = True):
     """A MetaSchedule ``RPCRunner`` measuring on the tracker's ``key`` boards.
 
     ``timeout`` bounds each measurement session (``session_timeout_sec``). With ``check`` the
@@ -340,7 +341,7 @@ def rpc_runner(tracker: str, key: str, timeout: float = DEFAULT_TIMEOUT, *, numb
         f_alloc_argument=alloc_arguments_from_host,
         rpc_config=ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=key,
                                        session_priority=1, session_timeout_sec=int(max(timeout, 1))),
-        evaluator_config=ms.runner.EvaluatorConfig(number=number, repeat=repeat, min_repeat_ms=0,
+        evaluator_config=ms.runner.EvaluatorConfig(number=number, repeat=repeat, min_repeat_ms=min_repeat_ms,
                                                    enable_cpu_cache_flush=False),
         max_workers=1,
     )
@@ -381,8 +382,11 @@ def export_cross_aarch64(rt_mod) -> str:
     return path
 
 
-def cross_builder(target_name: str = "aarch64", *, max_workers: int | None = None, timeout_sec: float = 120):
-    """A MetaSchedule ``LocalBuilder`` producing ``.so`` files a board can load without a compiler."""
+def cross_builder(target_name: str = "aarch64", *, max_workers: int | None = None, timeout_sec: float = 120,
+                  f_build=None):
+    """A MetaSchedule ``LocalBuilder`` producing ``.so`` files a board can load without a compiler
+    (a plain one for a target built on this machine). ``f_build``: the builder's build function
+    (default TVM's)."""
     import shutil
 
     from tvm.s_tir import meta_schedule as ms
@@ -391,13 +395,14 @@ def cross_builder(target_name: str = "aarch64", *, max_workers: int | None = Non
 
     spec = get_target(target_name)
     if spec.cross_compiler is None:
-        return ms.builder.LocalBuilder(max_workers=max_workers, timeout_sec=timeout_sec)
+        return ms.builder.LocalBuilder(f_build=f_build, max_workers=max_workers, timeout_sec=timeout_sec)
     if target_name != "aarch64":
         raise IBertTVMError(f"no cross-linking MetaSchedule builder for target {target_name!r}")
     if shutil.which(spec.cross_compiler) is None:
         raise IBertTVMError(f"target {spec.name} needs the cross compiler {spec.cross_compiler}: "
                             f"apt-get install {spec.debian_package}")
-    return ms.builder.LocalBuilder(f_export=export_cross_aarch64, max_workers=max_workers, timeout_sec=timeout_sec)
+    return ms.builder.LocalBuilder(f_build=f_build, f_export=export_cross_aarch64, max_workers=max_workers,
+                                   timeout_sec=timeout_sec)
 
 
 # -- a loopback tracker and an emulated-board server (tests, demos) -----------------------------

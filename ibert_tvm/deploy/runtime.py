@@ -17,7 +17,7 @@ import numpy as np
 from ..errors import IBertTVMError
 from .batching import DEFAULT_BATCH_SIZE, run_batched
 from ..support.hashing import check_files, sha256_file  # noqa: F401  (re-exported)
-from ..support.tokenize import Tokenizer
+from ..support.tokenize import INPUTS, Tokenizer
 
 FORMAT = "ibert-tvm-compiled/1"
 REQUIRED = ("target", "inputs", "params", "output", "family", "head", "max_seq", "vocab", "type_vocab", "pad_id",
@@ -25,7 +25,7 @@ REQUIRED = ("target", "inputs", "params", "output", "family", "head", "max_seq",
 LIB, PARAMS, MANIFEST = "model.so", "params.npz", "manifest.json"
 FAMILIES = ("bert", "roberta")
 HEADS = ("embedding", "classifier")
-KNOWN_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
+KNOWN_INPUTS = INPUTS
 # parameter name -> manifest field giving its number of rows (the ranges ``check_inputs`` enforces)
 TABLE_ROWS = {"embeddings.word_embeddings.weight": "vocab", "embeddings.token_type_embeddings.weight": "type_vocab"}
 

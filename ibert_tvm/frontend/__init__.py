@@ -13,7 +13,7 @@ points on the graph, and calibrate through the graph.
       -> calibrate.calibrate_ranges  {today's point name: (max |x|, per-channel max |x|)}
 
 ``legacy_names`` maps the graph's points to today's hand-listed names
-(``quantization.calibrate._points``); on BERT, RoBERTa and I-BERT bodies with either head the
+(``quantization.calibrate.quantization_points``); on BERT, RoBERTa and I-BERT bodies with either head the
 two sets are equal, and the ranges agree with ``calibrate.collect_ranges`` to float32
 rounding (tests/frontend, tests/passes).
 
@@ -23,6 +23,6 @@ integer op plans in ``op/`` (linears, i-GELU, i-Softmax with the mask, i-LayerNo
 adds, embedding gathers and their sum, pooling and heads, per-channel scales folded into the
 next weight), remove the float casts and fold what is left so the verifier proves zero float,
 then show the compiled output bit-identical to today's path from the same scales and weights
-and retire the duplicated wiring (``_points``, ``build_quantized``, ``plan.ModelPlan``,
+and retire the duplicated wiring (``quantization_points``, ``build_quantized``, ``plan.ModelPlan``,
 ``golden.encoder_np``, ``ibert_model``).
 """

@@ -55,7 +55,7 @@ import numpy as np
 
 from ..model.hf_loader import HFCheckpoint, load_checkpoint
 
-INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
+from ..support.tokenize import INPUTS  # noqa: F401  (re-exported)
 MAX_BATCH = 64
 _WRAPPED = "model."  # parameter-name prefix of the wrapped model (_first_output)
 

@@ -1,4 +1,4 @@
-"""Graph point names -> today's calibration point names (the bridge to ``calibrate._points``).
+"""Graph point names -> today's calibration point names (the bridge to ``calibrate.quantization_points``).
 
 Today's hand-built path names its calibration points ``embeddings.sum``, ``embeddings.ln``,
 ``layer{i}.{q,k,v,ctx,res1,ln1,inter,gelu,res2,ln2}``, ``head.pre_tanh`` and ``head.logits``.

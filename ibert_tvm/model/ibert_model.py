@@ -18,7 +18,7 @@ from ..op.pooling import mean_pool_te
 from ..schedules import GENERIC, LinearStrategy
 from .plan import LayerPlan, LinearPlan, ModelPlan
 
-INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
+from ..support.tokenize import INPUTS  # noqa: F401  (re-exported)
 
 
 class IntLinear(nn.Module):

@@ -20,6 +20,9 @@ _X_DTYPES = ("int8", "uint8")
 _W_DTYPES = ("int8",)
 _MAG = {"int8": 128, "uint8": 255}
 BIAS_BOUND = 1 << 30  # |bias| a linear accepts (quantization clips to it)
+# TE stage (= TIR block) names, which schedules match on
+LINEAR_ACC_BLOCK, LINEAR_BIAS_BLOCK = "linear_acc", "linear_bias"  # linear_te: x W^T, then + b
+BATCH_MATMUL_BLOCK = "batch_matmul"  # batch_matmul_te: the attention products
 
 
 def check_accumulator(k: int, x_dtype: str = "int8", w_dtype: str = "int8", bias_bound: int = 0) -> None:
@@ -95,14 +98,14 @@ def linear_te(x, w, bias=None):
         *lead, n = idx
         return te.sum(x(*lead, k).astype("int32") * w[n, k].astype("int32"), axis=k)
 
-    acc = te.compute((*x.shape[:-1], w.shape[0]), mac, name="linear_acc")
+    acc = te.compute((*x.shape[:-1], w.shape[0]), mac, name=LINEAR_ACC_BLOCK)
     if bias is None:
         return acc
     check_te_dtype("bias", bias, ("int32",))
     if len(bias.shape) != 1:
         raise ValueError(f"bias must be [N], got shape {list(bias.shape)}")
     _check_same("bias must have N entries", bias.shape[0], w.shape[0])
-    return te.compute(acc.shape, lambda *idx: acc(*idx) + bias[idx[-1]], name="linear_bias")
+    return te.compute(acc.shape, lambda *idx: acc(*idx) + bias[idx[-1]], name=LINEAR_BIAS_BLOCK)
 
 
 def batch_matmul_te(a, b, *, max_k: int | None = None):
@@ -132,4 +135,4 @@ def batch_matmul_te(a, b, *, max_k: int | None = None):
         *lead, i, j = idx
         return te.sum(a(*lead, i, k).astype("int32") * b(*lead, j, k).astype("int32"), axis=k)
 
-    return te.compute((*a.shape[:-1], b.shape[-2]), mac, name="batch_matmul")
+    return te.compute((*a.shape[:-1], b.shape[-2]), mac, name=BATCH_MATMUL_BLOCK)

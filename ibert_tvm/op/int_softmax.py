@@ -29,6 +29,10 @@ import numpy as np
 from ._common import check_bits, check_int_array, check_te_dtype, i64, prove_fits
 from .int_exp import IntExp
 
+# TE stage (= TIR block) names of IntSoftmax.te, in order, which schedules match on
+SOFTMAX_BLOCKS = ("softmax_max", "softmax_exp", "softmax_sum", "softmax_factor", "softmax_out")
+MAX_BLOCK, EXP_BLOCK, SUM_BLOCK, FACTOR_BLOCK, OUT_BLOCK = SOFTMAX_BLOCKS
+
 K = 62
 _INT32_MIN = -(1 << 31)
 
@@ -116,7 +120,7 @@ class IntSoftmax:
             lambda *i: te.max(
                 tirx.Select(keep((*i, j)), x(*i, j), tirx.const(_INT32_MIN, "int32")), axis=j
             ),
-            name="softmax_max",
+            name=MAX_BLOCK,
         )
 
         def exp_body(*idx):
@@ -126,15 +130,15 @@ class IntSoftmax:
                 ex = ex >> i64(self.pre_shift)
             return tirx.Select(keep(idx), ex, i64(0))
 
-        e = te.compute(x.shape, exp_body, name="softmax_exp")
+        e = te.compute(x.shape, exp_body, name=EXP_BLOCK)
         j2 = te.reduce_axis((0, L), name="j2")
-        total = te.compute(lead, lambda *i: te.sum(e(*i, j2), axis=j2), name="softmax_sum")
+        total = te.compute(lead, lambda *i: te.sum(e(*i, j2), axis=j2), name=SUM_BLOCK)
         f = te.compute(
-            lead, lambda *i: tirx.floordiv(i64(1 << K), tirx.max(total(*i), i64(1))), name="softmax_factor"
+            lead, lambda *i: tirx.floordiv(i64(1 << K), tirx.max(total(*i), i64(1))), name=FACTOR_BLOCK
         )
 
         def out_body(*idx):
             y = (e(*idx) * f(*idx[:-1]) + i64(1 << (self.shift - 1))) >> i64(self.shift)
             return tirx.min(y, i64(self.qmax)).astype(self.out_dtype)
 
-        return te.compute(x.shape, out_body, name="softmax_out")
+        return te.compute(x.shape, out_body, name=OUT_BLOCK)

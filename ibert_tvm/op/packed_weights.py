@@ -117,7 +117,7 @@ def unpack_value_te(packed, n, k, bits: int):
     return ((word >> o) & tirx.IntImm("int32", (1 << bits) - 1)) - tirx.IntImm("int32", 1 << (bits - 1))
 
 
-def _check_packed_te(packed, bits: int, k: int) -> tuple[int, int]:
+def check_packed_te(packed, bits: int, k: int) -> tuple[int, int]:
     from ._common import check_te_dtype
 
     check_te_dtype("packed", packed, ("uint8",))
@@ -137,7 +137,7 @@ def unpack_te(packed, bits: int, k: int):
     """``packed`` uint8 ``[N, row_bytes(K, bits)]`` -> int8 ``[N, K]`` (a TE compute stage)."""
     from tvm import te
 
-    _check_packed_te(packed, bits, k)
+    check_packed_te(packed, bits, k)
     shape = (packed.shape[0], _imm_like(packed.shape[0], k))
     return te.compute(shape, lambda n, kk: unpack_value_te(packed, n, kk, bits).astype("int8"), name=UNPACK_BLOCK)
 

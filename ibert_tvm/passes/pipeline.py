@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..op.annotations import OP_PATTERN_ANNOTATION
 from .verify import verify_integer_only
 from .verify_integer_only import VerifyIntegerOnly
 
@@ -29,9 +30,6 @@ def _dump(dump_dir, name, mod):
         p = Path(dump_dir)
         p.mkdir(parents=True, exist_ok=True)
         (p / f"{name}.py").write_text(mod.script())
-
-
-OP_PATTERN_ANNOTATION = "ibert_tvm.op_pattern"  # a TE block attr: the PrimFunc's fusion pattern
 
 
 def _declared_op_patterns():
@@ -96,7 +94,8 @@ def lower(mod, target, *, target_name: str | None = None, database_dir: str | No
         sched = schedule_pass(target_name, target) if target_name else None
         if database_dir is not None:
             # the database first: its workloads are the fused, unscheduled PrimFuncs; what it
-            # schedules is marked "tirx.is_scheduled", which the target's schedule pass skips
+            # schedules is marked "tirx.is_scheduled", which the target's schedule (dlight's
+            # ApplyDefaultSchedule over the target's rules) skips on every target
             from tvm.s_tir import meta_schedule as ms  # noqa: F401  (registers the pass)
 
             mod = relax.transform.MetaScheduleApplyDatabase(str(database_dir))(mod)

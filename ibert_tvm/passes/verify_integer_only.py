@@ -27,7 +27,6 @@ histograms) is left in the pass's ``report`` attribute. Otherwise it raises
 from __future__ import annotations
 
 import tvm
-from ..errors import FloatFoundError
 from .verify import Report, verify_integer_only
 
 # verify_integer_only is also importable from here for tests/schedules (outside this module's

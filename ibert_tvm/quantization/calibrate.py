@@ -66,7 +66,7 @@ class RangeObserver:
         return float(np.percentile(np.concatenate(self.samples), percentile))
 
 
-def _points(ckpt: HFCheckpoint):
+def quantization_points(ckpt: HFCheckpoint):
     """(name, module, kind) for every hook: kind 'in' = module input, 'out' = module output."""
     base = ckpt.base
     pts = [("embeddings.sum", base.embeddings.LayerNorm, "in"), ("embeddings.ln", base.embeddings.LayerNorm, "out")]
@@ -112,7 +112,7 @@ def collect_ranges(
     if not sentences:
         raise IBertTVMError("calibration needs at least one sentence")
     tok = Tokenizer(load_tokenizer_json(ckpt.path), ckpt.max_positions, ckpt.family, ckpt.pad_token_id)
-    obs = {name: RangeObserver(keep_samples) for name, _, _ in _points(ckpt)}
+    obs = {name: RangeObserver(keep_samples) for name, _, _ in quantization_points(ckpt)}
     state = {"mask": None}
 
     def make_hook(name, kind):
@@ -128,7 +128,7 @@ def collect_ranges(
         return lambda mod, args, out: grab(out[0] if isinstance(out, tuple) else out)
 
     handles = []
-    for name, mod, kind in _points(ckpt):
+    for name, mod, kind in quantization_points(ckpt):
         h = make_hook(name, kind)
         handles.append(mod.register_forward_pre_hook(h) if kind == "in" else mod.register_forward_hook(h))
     batches = [sentences[i : i + batch_size] for i in range(0, len(sentences), batch_size)]

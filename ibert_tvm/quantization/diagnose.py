@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from .artifact import QuantizedModel
-from .calibrate import _points, quantize_weight, torch_inputs
+from .calibrate import quantization_points, quantize_weight, torch_inputs
 
 _BITS = {"sum": "residual_bits", "res1": "residual_bits", "res2": "residual_bits", "inter": "gelu_in_bits",
          "pre_tanh": "tanh_in_bits", "logits": "logits_bits"}
@@ -49,7 +49,7 @@ def ablate(ckpt, qm: QuantizedModel, sentences: Sequence[str], *, batch_size: in
         return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
 
     ref = embed()
-    points = [p for p in _points(ckpt) if p[0] in qm.scales and not p[0].startswith("head.")]
+    points = [p for p in quantization_points(ckpt) if p[0] in qm.scales and not p[0].startswith("head.")]
     kinds = sorted({_kind(n) for n, _, _ in points})
     results = []
     for kind in kinds:

@@ -11,7 +11,7 @@ Forward of one training step::
 
     plan   = ModelPlan(build_quantized(float weights, EMA ranges))   # int8 weights, dyadic scales
     ints   = integer_forward(plan, batch)          # every quantization point's integer tensor
-    float model, with a hook at every point p:     # calibrate._points + the head's tanh output
+    float model, with a hook at every point p:     # calibrate.quantization_points + the head's tanh output
         y_p = deq(ints[p]) + (f_p - f_p.detach())  # value: exact dequantized integer; grad: d f_p
     output = deq(integer output) + (f - f.detach())
 
@@ -42,7 +42,7 @@ from ..errors import IBertTVMError
 from ..model.plan import ModelPlan
 from ..op.int_matmul import check_accumulator
 from .artifact import QuantizedModel
-from .calibrate import RangeObserver, _points, build_quantized, head_modules, torch_inputs
+from .calibrate import RangeObserver, build_quantized, head_modules, quantization_points, torch_inputs
 
 MOMENTUM = 0.95  # EMA of activation ranges (I-BERT / transformers QuantAct)
 
@@ -164,7 +164,7 @@ def integer_forward(plan: ModelPlan, inputs: dict, *, taps: bool = False):
     It *is* ``golden.run_golden`` (called on a copy of ``plan`` whose op plans record their
     outputs), with the matrix products in exact float64: ``output`` equals the golden executor
     bit for bit. ``taps[point] = (int array, scale)`` for every quantization point of
-    ``calibrate._points`` (``layer{i}.ctx`` with heads merged to ``[B, S, H]``), plus
+    ``calibrate.quantization_points`` (``layer{i}.ctx`` with heads merged to ``[B, S, H]``), plus
     ``head.tanh`` for a classifier. Scales are per-tensor floats or per-channel arrays.
     """
     from ..model.golden import run_golden
@@ -232,7 +232,7 @@ class QATModel:
         self.config = qm.config
         self.source = dict(qm.source)
         self.momentum = float(momentum)
-        self.points = [(n, mod, kind) for n, mod, kind in _points(ckpt)]
+        self.points = [(n, mod, kind) for n, mod, kind in quantization_points(ckpt)]
         if ckpt.head == "classifier":
             self.points.append(("head.tanh", head_modules(ckpt)[1], "in"))
         self.ranges = ranges_from_quantized(qm, [n for n, _, _ in self.points if n != "head.tanh"])

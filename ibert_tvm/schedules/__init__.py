@@ -7,8 +7,25 @@ A target contributes two things, looked up by target name (``ibert_tvm.targets.T
   computes ``x W^T + b`` as int32 from them. The integer result must equal
   ``op.int_matmul.linear_np`` exactly: packing may reorder, pad or pre-compensate (e.g. VNNI's
   ``+128`` trick folds ``-128 * colsum(W)`` into the bias), never round.
-* a schedule pass (``schedule_pass``): an ``IRModule -> IRModule`` pass applied after
-  ``FuseTIR`` and before any MetaSchedule database, or ``None`` (CPU default: none needed).
+* its schedule rules (``register_rules``): TVM dlight ``ScheduleRule`` objects, one per op class
+  (e.g. x86: the VNNI linear, the VNNI attention products, the row softmax). ``schedule_pass``
+  turns them into the target's schedule, dlight's ``ApplyDefaultSchedule(*rules)``: applied
+  after ``FuseTIR`` and after any MetaSchedule database, it gives each PrimFunc not already
+  scheduled (``tirx.is_scheduled``: by the database, or by an earlier rule) to the first rule
+  whose ``apply`` does not return None, and leaves the rest to TVM's default lowering. A target
+  without rules has no schedule pass (``None``; the CPU default needs none).
+
+Module map (no cycles: the target modules import :mod:`.intrinsics` and ``op/``, and x86's linear
+module assembles x86's rule set from the two other x86 rule modules)::
+
+    __init__        LinearStrategy (generic layout), the registries, schedule_pass
+    intrinsics      every tensor intrinsic (VNNI u8xs8 / s8xs8, sdot, dp4a, WMMA)
+    x86_vnni        x86: VNNI linear layout + TE, VnniLinearRule, x86's rule set
+    x86_attention   x86: VnniAttentionRule (Q K^T, P V)
+    x86_softmax     x86: RowSoftmaxRule
+    arm_sdot        aarch64: sdot linear layout + TE, SdotLinearRule
+    cuda_t4         cuda-t4: T4Int8MatmulRule (+ dlight's GPU rules for the rest)
+    tune/           MetaSchedule tuning and its databases (compile needs only tune.database)
 
 The generic strategy is the plain NT layout of ``nn.Linear`` (``W [N, K]``).
 
@@ -61,16 +78,20 @@ class LinearStrategy:
 
 GENERIC = LinearStrategy()
 _LINEAR: dict[str, LinearStrategy] = {}
-_SCHEDULE: dict[str, Callable] = {}
+_RULES: dict[str, Callable] = {}
+_TARGET_MODULES = ("x86_vnni", "arm_sdot", "cuda_t4")  # each registers its target on import
+SCHEDULED = "tirx.is_scheduled"  # the PrimFunc attr dlight and MetaSchedule set (and skip on)
 
 
 def register_linear(target: str, strategy: LinearStrategy) -> None:
     _LINEAR[target] = strategy
 
 
-def register_schedule(target: str, make_pass: Callable) -> None:
-    """``make_pass(target: tvm.target.Target) -> tvm.transform.Pass``."""
-    _SCHEDULE[target] = make_pass
+def register_rules(target: str, make_rules: Callable) -> None:
+    """``make_rules(tvm_target) -> list[ScheduleRule]``, in the order they are tried; called once
+    per :func:`schedule_pass`, so it may register the tensor intrinsics its rules use (a tuning
+    database applied before the schedule names them)."""
+    _RULES[target] = make_rules
 
 
 def linear_strategy(target: str) -> LinearStrategy:
@@ -78,17 +99,59 @@ def linear_strategy(target: str) -> LinearStrategy:
     return _LINEAR.get(target, GENERIC)
 
 
-def schedule_pass(target: str, tvm_target):
+def schedule_rules(target: str, tvm_target) -> list:
+    """The target's schedule rules (``[]`` when it has none)."""
     _load_target_modules()
-    make = _SCHEDULE.get(target)
-    return None if make is None else make(tvm_target)
+    make = _RULES.get(target)
+    return [] if make is None else list(make(tvm_target))
+
+
+def schedule_pass(target: str, tvm_target):
+    """The target's schedule, ``IRModule -> IRModule``, or None when it has no rules.
+
+    It is TVM's ``dlight.ApplyDefaultSchedule(*rules)`` (functions marked ``tirx.is_scheduled``
+    are skipped; a scheduled one is marked), run inside ``tvm_target`` (dlight reads the target
+    from the context) on a copy of the module: ``ApplyDefaultSchedule`` replaces functions in the
+    module it is given, and callers (the tuner's guard) keep using their unscheduled module."""
+    rules = schedule_rules(target, tvm_target)
+    if not rules:
+        return None
+    import tvm  # lazy: this package is imported by the model before anything needs TVM
+    from tvm.s_tir import dlight as dl
+
+    apply = dl.ApplyDefaultSchedule(*rules)
+
+    @tvm.transform.module_pass(opt_level=0, name=f"IBertSchedule[{target}]")
+    def _pass(mod, _ctx):
+        with tvm_target:
+            return apply(mod.clone())
+
+    return _pass
+
+
+def is_scheduled(func) -> bool:
+    """A PrimFunc already scheduled (by a tuning database or a schedule rule): dlight's test."""
+    attrs = func.attrs
+    return bool(attrs is not None and SCHEDULED in attrs and attrs[SCHEDULED])
+
+
+def find_block(func, name: str):
+    """``(schedule, block)`` for the block ``name`` of the PrimFunc ``func``, or None when
+    ``func`` is not a PrimFunc or has no such block: how a rule tells whether it applies."""
+    from tvm import s_tir, tirx
+
+    if not isinstance(func, tirx.PrimFunc):
+        return None
+    sch = s_tir.Schedule(func)
+    try:
+        return sch, sch.get_sblock(name)
+    except Exception:  # noqa: BLE001 - no such block (ScheduleError)
+        return None
 
 
 def _load_target_modules() -> None:
-    """Import the per-target modules so they register themselves (none may exist yet)."""
+    """Import the per-target modules so they register themselves."""
     import importlib
-    import pkgutil
 
-    for info in pkgutil.iter_modules(__path__):
-        if not info.name.startswith("_"):
-            importlib.import_module(f"{__name__}.{info.name}")
+    for name in _TARGET_MODULES:
+        importlib.import_module(f"{__name__}.{name}")

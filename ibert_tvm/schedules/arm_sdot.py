@@ -4,17 +4,19 @@
 pairs. The tensor intrinsic :data:`INTRIN` computes ``C[i] += sum_k A[k] * B[i, k]`` for
 ``i, k < 4``: one row of 4 activations (broadcast to the 4 lanes) against a 4x4 tile of weights
 stored row-major, i.e. 4 output channels x 4 consecutive ``k``: a single ``sdot``. It is the
-contract of TVM's ``ARM_DOT_4x4_i8_SDOT_INTRIN``, registered here under our own name because
-importing ``tvm.s_tir.tensor_intrin`` parses every target's intrinsics (CUDA's alone take
-10-30 s) on each compile.
+contract of TVM's ``ARM_DOT_4x4_i8_SDOT_INTRIN``, registered under our own name in
+:mod:`.intrinsics` (importing ``tvm.s_tir.tensor_intrin`` parses every target's intrinsics).
 
 Layout (:class:`SdotLinear`): ``W [N, K] int8 -> Wp [N/4, K/4, 4, 4]`` with
 ``Wp[no, ko, ni, ki] = W[4 no + ni, 4 ko + ki]`` (a pure permutation: no padding, no rounding);
 the bias stays ``[N] int32``. A linear whose ``N`` or ``K`` is not a multiple of 4 keeps the
 generic ``[N, K]`` layout (``te`` dispatches on the weight's rank).
 
-Schedule (:func:`sdot_schedule_pass`, applied after ``FuseTIR``): in every fused PrimFunc, each
-``sdot_acc`` block ``acc[m.., n] += x[m.., k] * Wp[n/4, k/4, n%4, k%4]`` is
+Schedule rule (:class:`SdotLinearRule`; target ``aarch64``, applied by ``schedules.schedule_pass``
+after ``FuseTIR`` to every fused PrimFunc not already scheduled, e.g. by a tuning database). It
+returns None when the target lacks ``+dotprod`` (LLVM's own vectorizer then decides) or the
+PrimFunc has no ``sdot_acc`` block. Otherwise each ``sdot_acc`` block
+``acc[m.., n] += x[m.., k] * Wp[n/4, k/4, n%4, k%4]`` is
 
 1. split ``n -> (no, ni=4)``, ``k -> (ko, ki=4)`` and reordered ``.., no, ko, ni, ki``;
 2. the activation rows (batch x sequence, fused) parallelised when the target has more than
@@ -31,12 +33,15 @@ uint8) keep the default schedule, where LLVM's loop vectorizer may still use ``s
 from __future__ import annotations
 
 import numpy as np
+from tvm import tirx
+from tvm.s_tir.dlight import ScheduleRule
 
-from . import LinearStrategy, register_linear, register_schedule
+from . import LinearStrategy, register_linear, register_rules
+from .intrinsics import SDOT_INTRIN as INTRIN
+from .intrinsics import SDOT_TILE as TILE
+from .intrinsics import register_sdot_intrin
 
-TILE = 4  # sdot: 4 int32 lanes x 4 int8 products each
-ACC_BLOCK = "sdot_acc"
-INTRIN = "ibert_sdot_4x4_i8i8i32"
+ACC_BLOCK = "sdot_acc"  # this kernel's accumulation stage (FuseTIR suffixes copies: sdot_acc_1, ..)
 
 
 def _tiles(n: int, k: int) -> bool:
@@ -80,9 +85,14 @@ def sdot_unpack_te(packed, bits: int, k: int):
     W[4 no + ni, 4 ko + ki]``), the first stage of a packed low-bit kernel."""
     from tvm import te
 
-    from ..op.packed_weights import UNPACK_BLOCK, _check_packed_te, _imm_like, unpack_value_te
+    from ..op.packed_weights import (
+        UNPACK_BLOCK,
+        check_packed_te,
+        _imm_like,
+        unpack_value_te,
+    )
 
-    n, k = _check_packed_te(packed, bits, k)
+    n, k = check_packed_te(packed, bits, k)
     shape = tuple(_imm_like(packed.shape[0], d) for d in (n // TILE, k // TILE, TILE, TILE))
     return te.compute(
         shape,
@@ -119,108 +129,53 @@ def sdot_linear_te(x, weight, bias):
     return te.compute(acc.shape, lambda *idx: acc(*idx) + bias[idx[-1]], name="sdot_bias")
 
 
-def register_intrin() -> str:
-    """Register :data:`INTRIN` (idempotent); returns its name."""
-    from tvm.s_tir import TensorIntrin
-    from tvm.script import tirx as T
-
-    try:
-        TensorIntrin.get(INTRIN)
-        return INTRIN
-    except Exception:  # noqa: BLE001 - ValueError: not registered yet
-        pass
-
-    @T.prim_func(s_tir=True)
-    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
-        # x [4] int8 (one row, 4 consecutive k); w [4 n, 4 k] int8; acc [4 n] int32
-        x = T.match_buffer(a, (4,), "int8", offset_factor=1)
-        w = T.match_buffer(b, (4, 4), "int8", offset_factor=1)
-        acc = T.match_buffer(c, (4,), "int32", offset_factor=1)
-        with T.sblock("root"):
-            T.reads(acc[0:4], x[0:4], w[0:4, 0:4])
-            T.writes(acc[0:4])
-            for n, k in T.grid(4, 4):
-                with T.sblock("update"):
-                    vn, vk = T.axis.remap("SR", [n, k])
-                    acc[vn] = acc[vn] + T.cast(x[vk], "int32") * T.cast(w[vn, vk], "int32")
-
-    @T.prim_func(s_tir=True)
-    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
-        x = T.match_buffer(a, (4,), "int8", offset_factor=1)
-        w = T.match_buffer(b, (4, 4), "int8", offset_factor=1)
-        acc = T.match_buffer(c, (4,), "int32", offset_factor=1)
-        with T.sblock("root"):
-            T.reads(acc[0:4], x[0:4], w[0:4, 0:4])
-            T.writes(acc[0:4])
-            # the 4 activations as one int32, repeated in all 4 lanes: lane n meets w[n, 0:4]
-            x_word = T.reinterpret(x.vload([0], "int8x4"), dtype="int32")
-            x_lanes = T.reinterpret(T.broadcast(x_word, 4), dtype="int8x16")
-            acc[T.ramp(T.int32(0), 1, 4)] = T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"),
-                acc.vload([0], "int32x4"),
-                x_lanes,
-                w.vload([0, 0], "int8x16"),
-                dtype="int32x4",
-            )
-
-    TensorIntrin.register(INTRIN, desc, impl, override=True)
-    return INTRIN
-
-
 def _has_dotprod(target) -> bool:
     attrs = target.attrs.get("mattr", None) or []
     return "+dotprod" in [str(a) for a in attrs]
 
 
-def _schedule_func(func, parallel: bool):
-    """Tensorize every ``sdot_acc`` block of ``func``; return the new PrimFunc (or ``func``)."""
-    from tvm import s_tir
+class SdotLinearRule(ScheduleRule):
+    """Target ``aarch64`` with ``+dotprod``: every ``sdot_acc`` block of a PrimFunc tensorized
+    to ``sdot`` (see the module doc). None on a target without ``+dotprod`` and for a PrimFunc
+    without an ``sdot_acc`` block."""
 
-    sch = s_tir.Schedule(func)
-    try:
-        root = sch.get_sblock("root")
-    except Exception:  # noqa: BLE001 - ScheduleError: a function without a root block
-        return func
-    # FuseTIR keeps TE names, suffixing duplicates (sdot_acc, sdot_acc_1, ...)
-    blocks = [b for b in sch.get_child_blocks(root) if sch.get(b).name_hint.startswith(ACC_BLOCK)]
-    if not blocks:
-        return func
-    for block in blocks:
-        *lead, n, k = sch.get_loops(block)
-        no, ni = sch.split(n, [None, TILE])
-        ko, ki = sch.split(k, [None, TILE])
-        sch.reorder(no, ko, ni, ki)
-        if parallel and lead:  # rows (batch x sequence) across cores; before blockizing
-            sch.parallel(sch.fuse(*lead) if len(lead) > 1 else lead[0])
-        sch.decompose_reduction(block, ko)
-        sch.tensorize(ni, INTRIN)
-    return sch.mod["main"].with_attr("tir.is_scheduled", True)
+    def __init__(self) -> None:
+        register_sdot_intrin()
 
+    def apply(self, func, target, tunable):
+        from tvm import s_tir
 
-def sdot_schedule_pass(target):
-    """``IRModule -> IRModule``: tensorize the packed linears of every fused PrimFunc."""
-    import tvm
-    from tvm import tirx
-
-    if not _has_dotprod(target):
-        return None
-    register_intrin()
-    parallel = int(target.attrs.get("num-cores", 1)) > 1
-
-    @tvm.transform.module_pass(opt_level=0, name="ArmSdotSchedule")
-    def _pass(mod, _ctx):
-        updates = {}
-        for gv, func in mod.functions.items():
-            if isinstance(func, tirx.PrimFunc):
-                new = _schedule_func(func, parallel)
-                if new is not func:
-                    updates[gv] = new
-        for gv, func in updates.items():
-            mod[gv] = func
-        return mod
-
-    return _pass
+        if not isinstance(func, tirx.PrimFunc) or not _has_dotprod(target):
+            return None
+        sch = s_tir.Schedule(func)
+        try:
+            root = sch.get_sblock("root")
+        except Exception:  # noqa: BLE001 - ScheduleError: a function without a root block
+            return None
+        # FuseTIR keeps TE names, suffixing duplicates (sdot_acc, sdot_acc_1, ...)
+        blocks = [b for b in sch.get_child_blocks(root) if sch.get(b).name_hint.startswith(ACC_BLOCK)]
+        if not blocks:
+            return None
+        parallel = int(target.attrs.get("num-cores", 1)) > 1
+        for block in blocks:
+            # 1. n -> (no, ni=4), k -> (ko, ki=4), reordered .., no, ko, ni, ki
+            *lead, n, k = sch.get_loops(block)
+            no, ni = sch.split(n, [None, TILE])
+            ko, ki = sch.split(k, [None, TILE])
+            sch.reorder(no, ko, ni, ki)
+            # 2. rows (batch x sequence) across cores; before blockizing
+            if parallel and lead:
+                sch.parallel(sch.fuse(*lead) if len(lead) > 1 else lead[0])
+            # 3. the zero-init out of the reduction (tensorize needs a pure update); 4. the 4x4 tile
+            sch.decompose_reduction(block, ko)
+            sch.tensorize(ni, INTRIN)
+        return sch
 
 
 register_linear("aarch64", SdotLinear())
-register_schedule("aarch64", sdot_schedule_pass)
+def sdot_rules(target) -> list:
+    """Target ``aarch64``'s rule set: none without ``+dotprod`` (then no schedule pass at all)."""
+    return [SdotLinearRule()] if _has_dotprod(target) else []
+
+
+register_rules("aarch64", sdot_rules)

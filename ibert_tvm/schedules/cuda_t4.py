@@ -2,8 +2,9 @@
 
 Target ``cuda-t4``. The kernels are the project's TE ops, unchanged (the generic
 :class:`~ibert_tvm.schedules.LinearStrategy`: ``W [N, K]`` int8, bias int32; no
-``register_linear`` here); this module only *schedules* them (:func:`cuda_schedule_pass`, run
-after ``FuseTIR`` and any tuning database, on every PrimFunc not already scheduled):
+``register_linear`` here); this module only *schedules* them. Its rule, :class:`T4Int8MatmulRule`, serves target ``cuda-t4``
+and is the first of the target's rule set (:func:`t4_rules`), which ``schedules.schedule_pass``
+runs after ``FuseTIR`` and any tuning database on every PrimFunc not already scheduled:
 
 * a fused PrimFunc whose one reduction block is an int8/uint8 x int8 -> int32 matmul (the
   linears, ``Q K^T``, ``P V``) is normalised to ``C[S, I, J] += A[S, I, K] * B[S, J, K]`` with
@@ -25,10 +26,9 @@ after ``FuseTIR`` and any tuning database, on every PrimFunc not already schedul
   rules (Reduction, GeneralReduction, Fallback). dlight's Matmul rule is not used for int8
   matmuls: its tensor-core path crashes TVM 0.27's software pipelining on sm_75.
 
-The tensor intrinsics are registered here (:func:`wmma_intrins`, :func:`dp4a_intrin`) rather
-than imported from ``tvm.s_tir.tensor_intrin``: that import parses ~250 TVMScript functions
-(30-60 s on these machines), and its WMMA fill intrinsic passes a float32 zero (a float
-literal in an int32 kernel).
+The tensor intrinsics (``wmma_intrins``, ``dp4a_intrin``) are our own registrations, in
+:mod:`.intrinsics` (TVM's WMMA fill intrinsic passes a float32 zero: a float literal in an int32
+kernel).
 
 Why a CUDA build computes bit for bit what the CPU build and the golden executor compute
 ----------------------------------------------------------------------------------------
@@ -68,7 +68,11 @@ integer instructions meaning what the PTX ISA says. A GPU run against the golden
 
 from __future__ import annotations
 
-from . import register_schedule
+from tvm import tirx
+from tvm.s_tir.dlight import ScheduleRule
+
+from . import register_rules
+from .intrinsics import WMMA, dp4a_intrin, wmma_intrins
 
 DP4A_RM = DP4A_RN = 4  # outputs per thread: 4 rows x 4 columns of int32 accumulators
 DP4A_KC = 32  # K elements staged in shared memory per step (8 dp4a per output)
@@ -135,56 +139,6 @@ def _pad(sch, block, tiles):
 
 
 # -- dp4a -------------------------------------------------------------------------------------
-_DP4A_REGISTERED: dict[tuple[str, str], str] = {}
-
-
-def dp4a_intrin(a_dt: str, b_dt: str) -> str:
-    """Register (once) and name the 4-wide int8 dot-product intrinsic for ``a_dt x b_dt -> int32``.
-
-    Own registration rather than ``tvm.s_tir.tensor_intrin``'s: importing that package parses
-    ~250 TVMScript functions (30-60 s here). The CUDA code generator maps ``__dp4a`` on
-    ``int8x4``/``uint8x4`` operands to PTX ``dp4a.s32.s32`` / ``dp4a.u32.s32`` (it defines the
-    mixed-sign overloads itself).
-    """
-    key = (a_dt, b_dt)
-    if key in _DP4A_REGISTERED:
-        return _DP4A_REGISTERED[key]
-    from tvm.s_tir import TensorIntrin
-    from tvm.script import tirx as T
-
-    name = f"ibert_dp4a_{a_dt}_{b_dt}_int32"
-    va, vb = f"{a_dt}x4", f"{b_dt}x4"
-
-    @T.prim_func(s_tir=True)
-    def desc(
-        A: T.Buffer((4,), a_dt, offset_factor=1, align=4, scope="shared"),
-        B: T.Buffer((4,), b_dt, offset_factor=1, align=4, scope="shared"),
-        C: T.Buffer((1,), "int32", offset_factor=1, align=4, scope="local"),
-    ) -> None:
-        with T.sblock("root"):
-            T.reads(C[0], A[0:4], B[0:4])
-            T.writes(C[0])
-            for k in range(4):
-                with T.sblock("update"):
-                    vk = T.axis.remap("R", [k])
-                    C[0] = C[0] + T.cast(A[vk], "int32") * T.cast(B[vk], "int32")
-
-    @T.prim_func(s_tir=True)
-    def impl(
-        A: T.Buffer((4,), a_dt, offset_factor=1, align=4, scope="shared"),
-        B: T.Buffer((4,), b_dt, offset_factor=1, align=4, scope="shared"),
-        C: T.Buffer((1,), "int32", offset_factor=1, align=4, scope="local"),
-    ) -> None:
-        with T.sblock("root"):
-            T.reads(C[0], A[0:4], B[0:4])
-            T.writes(C[0])
-            C[0] = C[0] + T.call_pure_extern("__dp4a", A.vload([0], va), B.vload([0], vb), T.int32(0), dtype="int32")
-
-    TensorIntrin.register(name, desc, impl, override=True)
-    _DP4A_REGISTERED[key] = name
-    return name
-
-
 def _threads(extent, rmax: int = 16, per_thread: int = 4) -> int:
     """Threads along an output axis: enough for a static ``extent`` (at most ``rmax``)."""
     e = _static(extent)
@@ -253,165 +207,6 @@ def schedule_dp4a(sch, block, a_dt: str, b_dt: str):
 
 
 # -- wmma (tensor cores) ---------------------------------------------------------------------
-WMMA = 16  # the m16n16k16 int8 fragment shape (sm_72+)
-_WMMA_NAMES = {
-    "fill": "ibert_wmma_fill_16x16x16_s32",
-    "load_a": "ibert_wmma_load_a_16x16x16_s8_shared",
-    "load_b": "ibert_wmma_load_b_nt_16x16x16_s8_shared",
-    "mma": "ibert_wmma_mma_16x16x16_s8s8s32_nt",
-    "store": "ibert_wmma_store_16x16x16_s32_shared",
-}
-_WMMA_REGISTERED = False
-
-
-def _frag_index(buf, stride, rows: int, cols: int):
-    """Which fragment of a fragment buffer ``buf`` (laid out in ``rows x cols`` tiles) a view is."""
-    return (buf.elem_offset // stride // rows) * (stride // cols) + buf.elem_offset % stride // cols
-
-
-def wmma_intrins() -> dict:
-    """Register (once) the five int8 WMMA intrinsics for ``C[i, j] += A[i, k] * B[j, k]``.
-
-    Own registration rather than ``tvm.s_tir.tensor_intrin.cuda``'s: importing that package is
-    slow (30-60 s here), and its fill intrinsic passes a float32 zero even to int32 fragments,
-    which would put a float literal into the kernel. Here every value is an integer.
-    """
-    global _WMMA_REGISTERED
-    if _WMMA_REGISTERED:
-        return dict(_WMMA_NAMES)
-    from tvm.s_tir import TensorIntrin
-    from tvm.script import tirx as T
-
-    n = WMMA
-
-    @T.prim_func(s_tir=True)
-    def fill_desc(c: T.handle) -> None:
-        C = T.match_buffer(c, (n, n), "int32", align=64, offset_factor=n, scope="wmma.accumulator")
-        with T.sblock("root"):
-            T.reads()
-            T.writes(C[0:n, 0:n])
-            for i, j in T.grid(n, n):
-                with T.sblock("init"):
-                    vi, vj = T.axis.remap("SS", [i, j])
-                    C[vi, vj] = T.int32(0)
-
-    @T.prim_func(s_tir=True)
-    def fill_impl(c: T.handle) -> None:
-        c1 = T.int32()
-        c0 = T.int32()
-        C = T.match_buffer(c, (n, n), "int32", align=64, offset_factor=n, scope="wmma.accumulator", strides=[c1, c0])
-        with T.sblock("root"):
-            T.reads()
-            T.writes(C[0:n, 0:n])
-            T.evaluate(T.tvm_fill_fragment(C.data, n, n, n, _frag_index(C, c1, n, n), T.int32(0), dtype="void"))
-
-    def load(scope_frag: str, layout: str):
-        @T.prim_func(s_tir=True)
-        def desc(a: T.handle, c: T.handle) -> None:
-            A = T.match_buffer(a, (n, n), "int8", align=64, offset_factor=n, scope="shared")
-            C = T.match_buffer(c, (n, n), "int8", align=64, offset_factor=n, scope=scope_frag)
-            with T.sblock("root"):
-                T.reads(A[0:n, 0:n])
-                T.writes(C[0:n, 0:n])
-                for i, j in T.grid(n, n):
-                    with T.sblock("load"):
-                        vi, vj = T.axis.remap("SS", [i, j])
-                        C[vi, vj] = A[vi, vj]
-
-        @T.prim_func(s_tir=True)
-        def impl(a: T.handle, c: T.handle) -> None:
-            a1 = T.int32()
-            a0 = T.int32()
-            c1 = T.int32()
-            c0 = T.int32()
-            A = T.match_buffer(a, (n, n), "int8", align=64, offset_factor=n, scope="shared", strides=[a1, a0])
-            C = T.match_buffer(c, (n, n), "int8", align=64, offset_factor=n, scope=scope_frag, strides=[c1, c0])
-            with T.sblock("root"):
-                T.reads(A[0:n, 0:n])
-                T.writes(C[0:n, 0:n])
-                T.evaluate(
-                    T.tvm_load_matrix_sync(
-                        C.data, n, n, n, _frag_index(C, c1, n, n), A.access_ptr("r", ptr_type="int8"), a1, layout,
-                        dtype="void",
-                    )
-                )
-
-        return desc, impl
-
-    @T.prim_func(s_tir=True)
-    def mma_desc(a: T.handle, b: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, (n, n), "int8", align=64, offset_factor=n, scope="wmma.matrix_a")
-        B = T.match_buffer(b, (n, n), "int8", align=64, offset_factor=n, scope="wmma.matrix_b")
-        C = T.match_buffer(c, (n, n), "int32", align=64, offset_factor=n, scope="wmma.accumulator")
-        with T.sblock("root"):
-            T.reads(C[0:n, 0:n], A[0:n, 0:n], B[0:n, 0:n])
-            T.writes(C[0:n, 0:n])
-            for i, j, k in T.grid(n, n, n):
-                with T.sblock("update"):
-                    vi, vj, vk = T.axis.remap("SSR", [i, j, k])
-                    C[vi, vj] = C[vi, vj] + T.Cast("int32", A[vi, vk]) * T.Cast("int32", B[vj, vk])
-
-    @T.prim_func(s_tir=True)
-    def mma_impl(a: T.handle, b: T.handle, c: T.handle) -> None:
-        a1 = T.int32()
-        a0 = T.int32()
-        b1 = T.int32()
-        b0 = T.int32()
-        c1 = T.int32()
-        c0 = T.int32()
-        A = T.match_buffer(a, (n, n), "int8", align=64, offset_factor=n, scope="wmma.matrix_a", strides=[a1, a0])
-        B = T.match_buffer(b, (n, n), "int8", align=64, offset_factor=n, scope="wmma.matrix_b", strides=[b1, b0])
-        C = T.match_buffer(c, (n, n), "int32", align=64, offset_factor=n, scope="wmma.accumulator", strides=[c1, c0])
-        with T.sblock("root"):
-            T.reads(C[0:n, 0:n], A[0:n, 0:n], B[0:n, 0:n])
-            T.writes(C[0:n, 0:n])
-            T.evaluate(
-                T.tvm_mma_sync(
-                    C.data, _frag_index(C, c1, n, n), A.data, _frag_index(A, a1, n, n),
-                    B.data, _frag_index(B, b1, n, n), C.data, _frag_index(C, c1, n, n), dtype="void",
-                )
-            )
-
-    @T.prim_func(s_tir=True)
-    def store_desc(a: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, (n, n), "int32", align=64, offset_factor=n, scope="wmma.accumulator")
-        C = T.match_buffer(c, (n, n), "int32", align=64, offset_factor=n, scope="shared")
-        with T.sblock("root"):
-            T.reads(A[0:n, 0:n])
-            T.writes(C[0:n, 0:n])
-            for i, j in T.grid(n, n):
-                with T.sblock("store"):
-                    vi, vj = T.axis.remap("SS", [i, j])
-                    C[vi, vj] = A[vi, vj]
-
-    @T.prim_func(s_tir=True)
-    def store_impl(a: T.handle, c: T.handle) -> None:
-        a1 = T.int32()
-        a0 = T.int32()
-        c1 = T.int32()
-        c0 = T.int32()
-        A = T.match_buffer(a, (n, n), "int32", align=64, offset_factor=n, scope="wmma.accumulator", strides=[a1, a0])
-        C = T.match_buffer(c, (n, n), "int32", align=64, offset_factor=n, scope="shared", strides=[c1, c0])
-        with T.sblock("root"):
-            T.reads(A[0:n, 0:n])
-            T.writes(C[0:n, 0:n])
-            T.evaluate(
-                T.tvm_store_matrix_sync(
-                    A.data, n, n, n, _frag_index(A, a1, n, n), C.access_ptr("w", ptr_type="int32"), c1, "row_major",
-                    dtype="void",
-                )
-            )
-
-    TensorIntrin.register(_WMMA_NAMES["fill"], fill_desc, fill_impl, override=True)
-    # A [16 rows, 16 k] row-major; B stored [16 n, 16 k] = the k x n matrix_b in column-major order
-    TensorIntrin.register(_WMMA_NAMES["load_a"], *load("wmma.matrix_a", "row_major"), override=True)
-    TensorIntrin.register(_WMMA_NAMES["load_b"], *load("wmma.matrix_b", "col_major"), override=True)
-    TensorIntrin.register(_WMMA_NAMES["mma"], mma_desc, mma_impl, override=True)
-    TensorIntrin.register(_WMMA_NAMES["store"], store_desc, store_impl, override=True)
-    _WMMA_REGISTERED = True
-    return dict(_WMMA_NAMES)
-
-
 WMMA_WARPS = (2, 2)  # warps per thread block along I, J
 WMMA_FRAGS = (2, 2)  # 16x16 fragments per warp along I, J
 WMMA_KFRAGS = 2  # 16-wide K steps staged in shared memory at a time
@@ -519,15 +314,10 @@ def schedule_wmma(sch, block):
     return sch
 
 
-# -- the pass ---------------------------------------------------------------------------------
-def _is_scheduled(func) -> bool:
-    attrs = func.attrs
-    return bool(attrs and any(bool(attrs.get(a, False)) for a in ("tirx.is_scheduled", "tir.is_scheduled")))
-
-
-def schedule_matmul_func(func, *, prefer: str = "wmma", name: str = "a PrimFunc"):
-    """Schedule ``func``'s int8 matmul: ``(new_func, kind)`` with kind ``"wmma"`` or ``"dp4a"``,
-    or ``(func, None)`` if it has none.
+# -- the rule ---------------------------------------------------------------------------------
+def _schedule_matmul(func, prefer: str, name: str):
+    """``(schedule, kind)`` for ``func``'s int8 matmul (the schedule's function carries
+    :data:`MATMUL_KIND_ATTR`), or None when it has none; ``IBertTVMError`` when no kind applies.
 
     int8 x int8 (the linears, ``Q K^T``) goes to tensor cores; uint8 x int8 (``P V``: CUDA's WMMA
     fragments pair only equal signedness) and anything the WMMA schedule cannot take go to dp4a.
@@ -536,15 +326,14 @@ def schedule_matmul_func(func, *, prefer: str = "wmma", name: str = "a PrimFunc"
 
     from ..errors import IBertTVMError
 
-    sch = s_tir.Schedule(func)
-    found = find_int8_matmul(sch)
+    found = find_int8_matmul(s_tir.Schedule(func))
     if found is None:
-        return func, None
+        return None
     _, a_dt, b_dt = found
     kinds = ["wmma", "dp4a"] if prefer == "wmma" and (a_dt, b_dt) == ("int8", "int8") else ["dp4a"]
     errors = []
     for kind in kinds:
-        sch = s_tir.Schedule(func)
+        sch = s_tir.Schedule(func.with_attr(MATMUL_KIND_ATTR, kind))
         block, _, _ = find_int8_matmul(sch)
         try:
             if kind == "wmma":
@@ -554,32 +343,47 @@ def schedule_matmul_func(func, *, prefer: str = "wmma", name: str = "a PrimFunc"
         except Exception as e:  # noqa: BLE001 - a ScheduleError / TVMError: try the next schedule
             errors.append(f"{kind}: {str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__}")
             continue
-        return sch.mod["main"].with_attr("tirx.is_scheduled", True).with_attr(MATMUL_KIND_ATTR, kind), kind
+        return sch, kind
     raise IBertTVMError(f"cannot schedule the int8 matmul of {name} for CUDA ({a_dt} x {b_dt}): " + "; ".join(errors))
 
 
-def cuda_schedule_pass(target):
-    """``IRModule -> IRModule``: int8 matmuls on dp4a/tensor cores, the rest with dlight."""
-    import tvm
-    from tvm import tirx
+def schedule_matmul_func(func, *, prefer: str = "wmma", name: str = "a PrimFunc"):
+    """Schedule ``func``'s int8 matmul outside a module: ``(new_func, kind)`` with kind
+    ``"wmma"`` or ``"dp4a"`` (``new_func`` marked ``tirx.is_scheduled``), or ``(func, None)`` if
+    it has none (see :func:`_schedule_matmul`)."""
+    done = _schedule_matmul(func, prefer, name)
+    if done is None:
+        return func, None
+    sch, kind = done
+    return sch.mod["main"].with_attr("tirx.is_scheduled", True), kind
+
+
+class T4Int8MatmulRule(ScheduleRule):
+    """Target ``cuda-t4``: the one int8/uint8 x int8 -> int32 matmul reduction block of a fused
+    PrimFunc on tensor cores (WMMA) or dp4a (see the module doc). None when the PrimFunc has no
+    such block; ``IBertTVMError`` when it has one that neither schedule takes."""
+
+    def __init__(self, prefer: str = "wmma") -> None:
+        self.prefer = prefer
+        wmma_intrins()
+        for a_dt in ("int8", "uint8"):
+            dp4a_intrin(a_dt, "int8")
+
+    def apply(self, func, target, tunable):
+        if not isinstance(func, tirx.PrimFunc):
+            return None
+        name = str(func.attrs["global_symbol"]) if func.attrs is not None and "global_symbol" in func.attrs else "a PrimFunc"
+        done = _schedule_matmul(func, self.prefer, name)
+        return None if done is None else done[0]
+
+
+def t4_rules(_target) -> list:
+    """Target ``cuda-t4``'s rule set: the int8 matmuls, then dlight's GPU rules for every other
+    PrimFunc (embeddings, LayerNorm, softmax, pooling, transposes). dlight's own Matmul rule is
+    left out: its tensor-core path crashes TVM 0.27's software pipelining on sm_75."""
     from tvm.s_tir import dlight as dl
 
-    rest = dl.ApplyDefaultSchedule(dl.gpu.Reduction(), dl.gpu.GeneralReduction(), dl.gpu.Fallback())
-
-    @tvm.transform.module_pass(opt_level=0, name="CudaT4Schedule")
-    def _pass(mod, _ctx):
-        updates = {}
-        for gv, func in mod.functions.items():
-            if isinstance(func, tirx.PrimFunc) and not _is_scheduled(func):
-                new, kind = schedule_matmul_func(func, name=gv.name_hint)
-                if kind is not None:
-                    updates[gv] = new
-        for gv, func in updates.items():
-            mod[gv] = func
-        with target:
-            return rest(mod)
-
-    return _pass
+    return [T4Int8MatmulRule(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(), dl.gpu.Fallback()]
 
 
-register_schedule("cuda-t4", cuda_schedule_pass)
+register_rules("cuda-t4", t4_rules)

@@ -9,9 +9,9 @@ except the bare ``Q K^T`` PrimFunc, which is replaced by an equal one (below):
   uint8 x int8 is exactly ``vpdpbusd``'s operand pair. ``pad_einsum`` pads the reduction (the
   symbolic ``S``) to a multiple of 4 with zeros (they add 0); V^T is copied, per ``(b, h)``, into
   the intrinsic's layout ``[d/16, S/4, 16, 4]`` (``d`` padded to 16 with zero rows); the block is tensorized with
-  ``x86_vnni.VNNI_INTRIN``.
+  ``intrinsics.VNNI_INTRIN``.
 * ``Q K^T`` (int8 x int8, ``d`` static, padded to a multiple of 4 with zeros): ``vpdpbusd`` wants unsigned bytes, so
-  the intrinsic :data:`S8S8_INTRIN` makes them inside the instruction sequence, exactly:
+  the intrinsic :data:`~.intrinsics.S8S8_INTRIN` makes them inside the instruction sequence, exactly:
 
       sum_k q[k] k[j, k]  =  vpdpbusd(C, q ^ 0x80, Kj)  -  vpdpbusd(0, 0x80, Kj)
                            = sum_k (q[k] + 128) k[j, k]  -  128 sum_k k[j, k]
@@ -23,13 +23,13 @@ except the bare ``Q K^T`` PrimFunc, which is replaced by an equal one (below):
 
   That costs 3 instructions per ``vpdpbusd`` (load, xor, broadcast of q; the compensation; a
   subtraction in the accumulator chain). So when the PrimFunc is the bare product (the model's
-  ``qk_matmul``: Q, K in, the int32 scores out, nothing fused), :func:`schedule_attention`
+  ``qk_matmul``: Q, K in, the int32 scores out, nothing fused), :class:`VnniAttentionRule`
   replaces it by the same sum in another order (:func:`_qk_biased_func`, identical integers):
   ``q + 128`` is made once, in Q's padding copy (uint8), ``128 * rowsum(K)`` once per key
   (``k_rowsum``, at ``(b, h)``), and the accumulators start from ``-128 * rowsum(K)[j]`` (the
   reduction's init) instead of 0; the product is then the plain uint8 x int8 ``vpdpbusd``
   (1.3x / 1.6x faster ``Q K^T`` at d = 32 / 64). Any other ``Q K^T`` PrimFunc (an epilogue
-  fused) keeps :data:`S8S8_INTRIN`.
+  fused) keeps :data:`~.intrinsics.S8S8_INTRIN`.
 
 int32 bounds: a ``vpdpbusd`` lane adds 4 products of at most ``255 * 128`` each, and every
 partial sum is bounded by the full one: ``Q K^T``: ``d * 255 * 128`` (the biased sum) and
@@ -48,25 +48,32 @@ row). Each tile is written back right after it, vectorized, together with any el
 epilogue fused into the PrimFunc (``P V``'s requantize); LoopPartition peels the partial edge
 tiles off (``pragma_loop_partition_hint``), so full tiles store without per-element predicates.
 Anything that does not match (another dtype, e.g. uint16 P; a static
-dimension) keeps the generic schedule: :func:`schedule_attention` returns
-the PrimFunc unchanged.
+dimension) keeps the generic schedule: the rule returns None.
 
-Applied by ``x86_vnni.vnni_schedule_pass`` (one schedule pass per target) to every fused,
-unscheduled PrimFunc that is not a VNNI linear.
+The rule (:class:`VnniAttentionRule`) serves target ``x86`` only; x86's rule set
+(``x86_vnni.x86_rules``) tries it on every fused, unscheduled PrimFunc that the VNNI linear rule
+declined. The intrinsics (``VNNI_INTRIN``, ``S8S8_INTRIN``, with ``"local"`` accumulators) are in
+:mod:`.intrinsics`.
 """
 
 from __future__ import annotations
 
-from .x86_vnni import KGROUP, LANES, register_vnni_intrin
+from tvm.s_tir.dlight import ScheduleRule
 
-BLOCK = "batch_matmul"  # op.int_matmul.batch_matmul_te's block name
-S8S8_INTRIN = "ibert_tvm.dot_16x4_s8s8_vnni"  # s8 x s8 -> s32 via (a + 128) and a compensation
+from ..op.int_matmul import BATCH_MATMUL_BLOCK
+from . import find_block
+from .intrinsics import KGROUP, LANES, register_s8s8_intrin, register_vnni_intrin
+
+BLOCK = BATCH_MATMUL_BLOCK  # the block this rule schedules (op.int_matmul.batch_matmul_te)
 QK_UNSIGNED = True  # Q K^T as (Q + 128) K^T - 128 rowsum(K) when the PrimFunc is the bare product
-QK_ROWS = 8  # query rows per Q K^T tile (unrolled; the compensation is shared by the tile)
-P_VECTOR = 64  # bytes of P per vector copy
-PV_ACC = 16  # int32x16 accumulators per P V tile (rows x d/16)
+# query rows per Q K^T tile (unrolled; the compensation is shared by the tile): 8 int32x16
+# accumulators, a quarter of AVX-512's 32 zmm registers
+QK_ROWS = 8
+P_VECTOR = 64  # bytes of P per vector copy: one 512-bit register of uint8
+# int32x16 accumulators per P V tile (rows x d/16): half of the 32 zmm registers, the rest for
+# the V^T tiles and the broadcast P bytes
+PV_ACC = 16
 PARTITION_HINT = "pragma_loop_partition_hint"  # LoopPartition: peel the partial edge tiles off
-_BIAS_128 = -2139062144  # 0x80808080 as int32: four bytes of 128
 
 
 def _static(e):
@@ -74,57 +81,6 @@ def _static(e):
         return int(e)
     except TypeError:
         return None
-
-
-_REGISTERED: set = set()
-
-
-def register_s8s8_intrin(scope: str = "global") -> str:
-    """Register :data:`S8S8_INTRIN` (description: int8 ``A[4]`` x int8 ``B[16, 4]``, the
-    accumulator ``C`` in ``scope``; ``"local"``: ``S8S8_INTRIN + "_local"``). Idempotent."""
-    name = S8S8_INTRIN + ("" if scope == "global" else "_" + scope)
-    if name in _REGISTERED:
-        return name
-    from tvm.s_tir import TensorIntrin
-    from tvm.script import tirx as T
-
-    from .x86_vnni import dot_16x4_desc
-
-    @T.prim_func(s_tir=True)
-    def impl_s8s8(
-        A: T.Buffer((4,), "int8", offset_factor=1),
-        B: T.Buffer((16, 4), "int8", offset_factor=1),
-        C: T.Buffer((16,), "int32", offset_factor=1, scope=scope),
-    ) -> None:
-        with T.sblock("root"):
-            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
-            T.writes(C[0:16])
-            # the 4 bytes of A broadcast to 16 lanes, each byte ^ 0x80 (= a + 128 as uint8)
-            a_u8x64 = T.reinterpret(
-                T.bitwise_xor(
-                    T.broadcast(T.reinterpret(A.vload([0], "int8x4"), dtype="int32"), 16),
-                    T.broadcast(T.int32(_BIAS_128), 16),
-                ),
-                dtype="uint8x64",
-            )
-            c128_u8x64 = T.reinterpret(T.broadcast(T.int32(_BIAS_128), 16), dtype="uint8x64")
-            C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
-                C.vload([0], dtype="int32x16"),
-                a_u8x64,
-                B.vload([0, 0], dtype="int8x64"),
-                dtype="int32x16",
-            ) - T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
-                T.broadcast(T.int32(0), 16),
-                c128_u8x64,
-                B.vload([0, 0], dtype="int8x64"),
-                dtype="int32x16",
-            )
-
-    TensorIntrin.register(name, dot_16x4_desc("int8", scope), impl_s8s8, override=True)
-    _REGISTERED.add(name)
-    return name
 
 
 def _kind(sch, block):
@@ -169,7 +125,7 @@ def _around(sch, block, bh, apart=None) -> None:
 
 
 def _schedule_qk(sch, block) -> None:
-    intrin = register_s8s8_intrin("local")
+    intrin = register_s8s8_intrin("local")  # registered by the rule: returns the name
     d_whole = int(sch.get(sch.get_loops(block)[-1]).extent) % KGROUP == 0  # no zero columns in Q, K
     sch.pad_einsum(block, [1, 1, QK_ROWS, LANES, KGROUP])
     b, h, i, j, k = sch.get_loops(block)
@@ -258,35 +214,43 @@ def _ceil_static(e, m: int) -> int:
     return (int(e) + m - 1) // m * m
 
 
-def schedule_attention(func):
-    """Schedule the ``batch_matmul`` block of ``func`` (see the module doc); return the new
-    PrimFunc marked ``tirx.is_scheduled``, or ``func`` itself when it is not an attention product
-    this schedule handles."""
-    from tvm import s_tir
+class VnniAttentionRule(ScheduleRule):
+    """Target ``x86``: the attention products ``Q K^T`` / ``P V`` (a ``batch_matmul`` block) on
+    ``vpdpbusd`` (see the module doc). None when the PrimFunc has no such block, when it is not a
+    product this rule handles (:func:`_kind`), or when a schedule step fails on its shapes (the
+    generic schedule stays)."""
 
-    sch = s_tir.Schedule(func)
-    try:
-        block = sch.get_sblock(BLOCK)
-    except Exception:  # noqa: BLE001 - no such block (ScheduleError)
-        return func
-    kind = _kind(sch, block)
-    if kind is None:
-        return func
-    if kind == "qk" and QK_UNSIGNED:
-        biased = _qk_biased(func, sch, block)
-        if biased is not None:
-            try:
-                sch = s_tir.Schedule(biased)
-                _schedule_qk_biased(sch, sch.get_sblock(BLOCK))
-                return sch.mod["main"].with_attr("tirx.is_scheduled", True)
-            except Exception:  # noqa: BLE001 - fall back to the s8 x s8 intrinsic below
-                sch = s_tir.Schedule(func)
-                block = sch.get_sblock(BLOCK)
-    try:
-        (_schedule_qk if kind == "qk" else _schedule_pv)(sch, block)
-    except Exception:  # noqa: BLE001 - a shape this schedule cannot handle: keep the generic one
-        return func
-    return sch.mod["main"].with_attr("tirx.is_scheduled", True)
+    def __init__(self) -> None:
+        register_vnni_intrin("local")  # P V and the biased Q K^T
+        register_s8s8_intrin("local")  # Q K^T with an epilogue fused
+
+    def apply(self, func, target, tunable):
+        from tvm import s_tir
+
+        found = find_block(func, BLOCK)
+        if found is None:
+            return None
+        sch, block = found
+        kind = _kind(sch, block)
+        if kind is None:
+            return None
+        # the bare Q K^T: replaced by the equal biased product, on the plain u8 x s8 intrinsic
+        if kind == "qk" and QK_UNSIGNED:
+            biased = _qk_biased(func, sch, block)
+            if biased is not None:
+                try:
+                    sch = s_tir.Schedule(biased)
+                    _schedule_qk_biased(sch, sch.get_sblock(BLOCK))
+                    return sch
+                except Exception:  # noqa: BLE001 - fall back to the s8 x s8 intrinsic below
+                    sch = s_tir.Schedule(func)
+                    block = sch.get_sblock(BLOCK)
+        # any other Q K^T (s8 x s8 intrinsic), or P V (u8 x s8)
+        try:
+            (_schedule_qk if kind == "qk" else _schedule_pv)(sch, block)
+        except Exception:  # noqa: BLE001 - a shape this schedule cannot handle: keep the generic one
+            return None
+        return sch
 
 
 def _qk_biased(func, sch, block):

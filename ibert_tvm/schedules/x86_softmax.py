@@ -26,18 +26,23 @@ Masked positions are the TE's ``Select`` (a masked score never wins the max and 
 an all-masked row gives zeros), evaluated per element as before. Matching is structural: a
 PrimFunc with the blocks ``softmax_max``, ``softmax_exp``, ``softmax_sum``, ``softmax_factor``
 and ``softmax_out`` (the TE's block names) with the TE's spatial/reduction structure. Anything
-else, or a schedule step that fails, keeps the PrimFunc unchanged (``schedule_softmax`` returns
-``func`` itself).
+else, or a schedule step that fails, keeps the PrimFunc unchanged (:class:`RowSoftmaxRule`
+returns None).
 
-Applied by ``x86_vnni.vnni_schedule_pass`` to every fused, unscheduled PrimFunc that is neither a
-VNNI linear nor an attention product.
+The rule serves target ``x86`` only; x86's rule set (``x86_vnni.x86_rules``) tries it on every
+fused, unscheduled PrimFunc that is neither a VNNI linear nor an attention product. The block
+names are ``op.int_softmax.SOFTMAX_BLOCKS``.
 """
 
 from __future__ import annotations
 
-BLOCKS = ("softmax_max", "softmax_exp", "softmax_sum", "softmax_factor", "softmax_out")
+from tvm import tirx
+from tvm.s_tir.dlight import ScheduleRule
+
+from ..op.int_softmax import SOFTMAX_BLOCKS as BLOCKS
+
 MAX, EXP, SUM, FACTOR, OUT = BLOCKS
-LANES = 8  # int64 lanes of one AVX-512 register: the explicit vector width of exp and out
+LANES = 8  # int64 lanes of one AVX-512 register (512 / 64): the explicit vector width of exp and out
 PARTITION_HINT = "pragma_loop_partition_hint"  # LoopPartition: split off the vector loop's tail
 
 
@@ -69,8 +74,6 @@ def _vectorize_row(sch, block) -> None:
 
 
 def _schedule(sch, blocks) -> None:
-    from tvm import tirx
-
     *lead, row, col = sch.get_loops(blocks[OUT])
     if lead:  # [B, h, S, S]: (b, h) in parallel, rows in order (the row buffers are per task)
         outer = sch.fuse(*lead) if len(lead) > 1 else lead[0]
@@ -86,17 +89,21 @@ def _schedule(sch, blocks) -> None:
             _vectorize_row(sch, blocks[name])
 
 
-def schedule_softmax(func):
-    """Schedule an ``IntSoftmax`` PrimFunc row by row (see the module doc); return the new
-    PrimFunc marked ``tirx.is_scheduled``, or ``func`` itself when it does not match."""
-    from tvm import s_tir
+class RowSoftmaxRule(ScheduleRule):
+    """Target ``x86``: an ``IntSoftmax`` PrimFunc row by row (see the module doc). None when the
+    PrimFunc is not one (:func:`_match`) or a step fails on its shapes."""
 
-    sch = s_tir.Schedule(func)
-    blocks = _match(sch)
-    if blocks is None:
-        return func
-    try:
-        _schedule(sch, blocks)
-    except Exception:  # noqa: BLE001 - a shape this schedule cannot handle: keep the generic one
-        return func
-    return sch.mod["main"].with_attr("tirx.is_scheduled", True)
+    def apply(self, func, target, tunable):
+        from tvm import s_tir
+
+        if not isinstance(func, tirx.PrimFunc):
+            return None
+        sch = s_tir.Schedule(func)
+        blocks = _match(sch)
+        if blocks is None:
+            return None
+        try:
+            _schedule(sch, blocks)
+        except Exception:  # noqa: BLE001 - a shape this schedule cannot handle: keep the generic one
+            return None
+        return sch

@@ -28,20 +28,18 @@ the final sum equals the exact ``x W^T + b``, at most ``K * 128 * 128 + 2^30``. 
 int32 for ``K <= 65535`` (``linear_np``'s own limit), so no step wraps (``vpdpbusd`` wraps, it
 does not saturate; ``vpdpbusds`` would). The build is bit-identical to ``linear_np``.
 
-Intrinsic: TVM's stock ``dot_16x4_vnni`` passes ``<16 x i32>`` operands to
-``llvm.x86.avx512.vpdpbusd.512``, which LLVM 22 declares with ``<64 x i8>`` ones (verification
-fails). :func:`register_vnni_intrin` registers the same description with an implementation whose
-operands are reinterpreted as ``uint8x64`` / ``int8x64``, under its own name
-(:data:`VNNI_INTRIN`): overriding the stock name would make any later
-``import tvm.s_tir.tensor_intrin`` fail (the stock module registers without ``override``), and
-that import costs ~40 s of CPU, so this module never triggers it. Tuning gives MetaSchedule a
-``MultiLevelTilingWithIntrin`` rule for this name (``schedules.tune``).
+Intrinsic: :data:`~.intrinsics.VNNI_INTRIN` (:mod:`.intrinsics`: TVM's ``dot_16x4_vnni``
+description with LLVM 22's operand types). Tuning gives MetaSchedule a
+``MultiLevelTilingWithIntrin`` rule for this name (``schedules.tune.space``).
 
-Schedule (:func:`vnni_schedule_pass`, after ``FuseTIR`` and after any tuning database): in every
-fused PrimFunc not already scheduled, the ``vnni_matmul`` block is tiled ``rows 4 x channels 64``,
+Schedule rule (:class:`VnniLinearRule`; target ``x86``; a dlight ``ScheduleRule``, run by
+``schedules.schedule_pass`` on every fused PrimFunc not already scheduled, e.g. by a tuning
+database). It returns None for a PrimFunc without a ``vnni_matmul`` block. Otherwise the block is
+tiled ``rows 4 x channels 64`` (:data:`ROW_TILE` x :data:`CHANNEL_BLOCKS` x 16 lanes), the
 reduction split by 4, tensorized; row tiles x channel tiles run in parallel; the ``+128``
-relayout and the element-wise epilogue blocks are parallelised over rows. The same pass schedules
-the attention products ``Q K^T`` / ``P V`` on ``vpdpbusd`` too (:mod:`.x86_attention`).
+relayout and the element-wise epilogue blocks are parallelised over rows. x86's rule set
+(:func:`x86_rules`) tries it first, then the attention products (:mod:`.x86_attention`), then the
+row softmax (:mod:`.x86_softmax`).
 
 Packed 2/3/4-bit weights (Q-BERT; ``VnniLinear.packed_*``): the run-time weight is a uint8
 ``[Np/16, Kp/4, 64 * bits / 8]`` array of *VNNI bit tiles* (:func:`pack_weight_bits`: each
@@ -56,17 +54,18 @@ tile against them: each weight is unpacked once per call and read from cache by 
 from __future__ import annotations
 
 import numpy as np
+from tvm.s_tir.dlight import ScheduleRule
 
-from . import LinearStrategy, register_linear, register_schedule
+from ..op.annotations import OP_PATTERN_ANNOTATION, OUT_EWISE_FUSABLE
+from ..op.int_matmul import BIAS_BOUND, LINEAR_BIAS_BLOCK
+from ..op.packed_weights import UNPACK_BLOCK
+from . import LinearStrategy, find_block, register_linear, register_rules
+from .intrinsics import KGROUP, LANES, VNNI_INTRIN, register_vnni_intrin
 
-VNNI_INTRIN = "ibert_tvm.dot_16x4_vnni"  # u8 x s8 -> s32, 16 lanes x 4, LLVM 22 operand types
-LANES, KGROUP = 16, 4  # vpdpbusd: 16 int32 lanes x 4 u8*s8 products each
 TILE_M = 32  # rows per static row tile (the dynamic part is the number of tiles)
-A_BLOCK, MM_BLOCK, OUT_BLOCK = "vnni_a_u8", "vnni_matmul", "linear_bias"
-SHIFT = 128  # int8 -> uint8: x + 128
-OP_PATTERN_ANNOTATION = "ibert_tvm.op_pattern"  # == passes.pipeline.OP_PATTERN_ANNOTATION (no tvm import here)
-OUT_EWISE_FUSABLE = 4  # relay/relax OpPatternKind kOutEWiseFusable (matmul + element-wise epilogue)
-_BIAS_BOUND = 1 << 30  # op.int_matmul.BIAS_BOUND
+A_BLOCK, MM_BLOCK = "vnni_a_u8", "vnni_matmul"  # this kernel's own stages
+OUT_BLOCK = LINEAR_BIAS_BLOCK  # the + bias stage, named as in op.int_matmul.linear_te
+SHIFT = 128  # int8 -> uint8: x + 128 = x ^ 0x80 (2^7, the int8 offset)
 _INT32_MAX = (1 << 31) - 1
 
 
@@ -79,8 +78,8 @@ def check_vnni_accumulator(k: int) -> None:
     k = int(k)
     bounds = {
         "a partial u8*s8 sum": k * 255 * 128,
-        "the compensated bias": _BIAS_BOUND + SHIFT * 128 * k,
-        "the result": k * 128 * 128 + _BIAS_BOUND,
+        "the compensated bias": BIAS_BOUND + SHIFT * 128 * k,
+        "the result": k * 128 * 128 + BIAS_BOUND,
     }
     for what, b in bounds.items():
         if b > _INT32_MAX:
@@ -107,7 +106,7 @@ def compensate_bias(weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
     b = np.asarray(bias)
     if b.dtype != np.int32 or b.shape != (w.shape[0],):
         raise ValueError(f"bias must be [{w.shape[0]}] int32, got {b.shape} {b.dtype}")
-    if np.abs(b.astype(np.int64)).max(initial=0) > _BIAS_BOUND:
+    if np.abs(b.astype(np.int64)).max(initial=0) > BIAS_BOUND:
         raise ValueError("|bias| must be <= 2^30")
     check_vnni_accumulator(w.shape[1])
     out = b.astype(np.int64) - SHIFT * w.astype(np.int64).sum(axis=1)
@@ -275,7 +274,6 @@ def vnni_unpack_te(tiles, bits: int):
     from tvm import te, tirx
 
     from ..op._common import check_te_dtype
-    from ..op.packed_weights import UNPACK_BLOCK
 
     check_te_dtype("weight_packed", tiles, ("uint8",))
     bits = int(bits)
@@ -347,70 +345,10 @@ class VnniLinear(LinearStrategy):
         return vnni_linear_te(x, vnni_unpack_te(weight_packed, bits), bias)
 
 
-# -- the tensor intrinsic -------------------------------------------------------------------
-_REGISTERED: set = set()
-
-
-def dot_16x4_desc(a_dtype: str, scope: str = "global"):
-    """The description every 16 x 4 dot-product intrinsic here shares: ``C[16] += A[4] . B[16, 4]``
-    with ``A`` of ``a_dtype`` (uint8 for VNNI, int8 for ``x86_attention``'s s8 x s8 variant) and
-    the int32 accumulator ``C`` in ``scope``."""
-    from tvm.script import tirx as T
-
-    @T.prim_func(s_tir=True)
-    def desc(
-        A: T.Buffer((4,), a_dtype, offset_factor=1),
-        B: T.Buffer((16, 4), "int8", offset_factor=1),
-        C: T.Buffer((16,), "int32", offset_factor=1, scope=scope),
-    ) -> None:
-        with T.sblock("root"):
-            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
-            T.writes(C[0:16])
-            for i in T.serial(0, 16):
-                for k in T.serial(0, 4):
-                    with T.sblock("update"):
-                        vi, vk = T.axis.remap("SR", [i, k])
-                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
-
-    return desc
-
-
-def register_vnni_intrin(scope: str = "global") -> str:
-    """Register :data:`VNNI_INTRIN` (LLVM 22's ``vpdpbusd.512`` operand types); with the
-    accumulator in another ``scope`` (``"local"``: register tiles), ``VNNI_INTRIN + "_" + scope``.
-    Idempotent; returns the name."""
-    name = VNNI_INTRIN if scope == "global" else f"{VNNI_INTRIN}_{scope}"
-    if name in _REGISTERED:
-        return name
-    from tvm.s_tir import TensorIntrin
-    from tvm.script import tirx as T
-
-    @T.prim_func(s_tir=True)
-    def impl(
-        A: T.Buffer((4,), "uint8", offset_factor=1),
-        B: T.Buffer((16, 4), "int8", offset_factor=1),
-        C: T.Buffer((16,), "int32", offset_factor=1, scope=scope),
-    ) -> None:
-        with T.sblock("root"):
-            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
-            T.writes(C[0:16])
-            # the 4 activation bytes, broadcast to all 16 lanes, seen as <64 x i8>
-            a_u8x64 = T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), 16), dtype="uint8x64")
-            C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
-                C.vload([0], dtype="int32x16"),
-                a_u8x64,
-                B.vload([0, 0], dtype="int8x64"),
-                dtype="int32x16",
-            )
-
-    TensorIntrin.register(name, dot_16x4_desc("uint8", scope), impl, override=True)
-    _REGISTERED.add(name)
-    return name
-
-
 # -- the default (untuned) schedule ---------------------------------------------------------
-ROW_TILE, CHANNEL_BLOCKS = 4, 4  # 4 rows x 4 x 16 channels of int32 accumulators per step
+# 4 rows x (4 x 16) channels of int32 accumulators per step: 4 x 4 = 16 zmm registers of the 32
+# AVX-512 has, leaving room for the weight tiles and the broadcast activations
+ROW_TILE, CHANNEL_BLOCKS = 4, 4
 
 
 def _parallel_rows(sch, block) -> None:
@@ -420,37 +358,6 @@ def _parallel_rows(sch, block) -> None:
         return
     outer = sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0]
     sch.parallel(outer)
-
-
-def _schedule_func(func):
-    """Tensorize the ``vnni_matmul`` block of ``func``; return the new PrimFunc (or ``func``)."""
-    from tvm import s_tir
-
-    sch = s_tir.Schedule(func)
-    try:
-        block = sch.get_sblock(MM_BLOCK)
-    except Exception:  # noqa: BLE001 - no such block (ScheduleError): not a VNNI linear
-        return func
-    from ..op.packed_weights import UNPACK_BLOCK
-
-    epilogue = [sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))]
-    mo, mi, n, k = sch.get_loops(block)
-    n_blocks = int(sch.get(n).extent) // LANES
-    cb = max(c for c in (CHANNEL_BLOCKS, 2, 1) if n_blocks % c == 0)
-    mi0, mi1 = sch.split(mi, [None, ROW_TILE])  # TILE_M % ROW_TILE == 0
-    n0, n1, n2 = sch.split(n, [None, cb, LANES])
-    k0, k1 = sch.split(k, [None, KGROUP])
-    if UNPACK_BLOCK in epilogue:
-        _schedule_unpack(sch, sch.get_sblock(UNPACK_BLOCK), (mo, mi0, mi1, n0, n1, n2, k0, k1))
-    else:
-        sch.reorder(mo, n0, mi0, k0, mi1, n1, n2, k1)
-        sch.parallel(sch.fuse(mo, n0))  # row tiles x channel tiles across cores
-    sch.decompose_reduction(block, k0)
-    sch.tensorize(n2, VNNI_INTRIN)
-    for name in epilogue:
-        if name not in (MM_BLOCK, UNPACK_BLOCK):
-            _parallel_rows(sch, sch.get_sblock(name))
-    return sch.mod["main"].with_attr("tirx.is_scheduled", True)
 
 
 def _schedule_unpack(sch, unpack, loops) -> None:
@@ -469,44 +376,52 @@ def _schedule_unpack(sch, unpack, loops) -> None:
     sch.vectorize(sch.fuse(nl, ki))
 
 
-def vnni_schedule_pass(target):
-    """``IRModule -> IRModule``: tensorize the VNNI linears and the attention products
-    (:mod:`.x86_attention`) and schedule the integer softmax (:mod:`.x86_softmax`) of every
-    fused, unscheduled PrimFunc."""
-    import tvm
-    from tvm import tirx
+class VnniLinearRule(ScheduleRule):
+    """Target ``x86``: the ``vnni_matmul`` block of a VNNI linear (:func:`vnni_linear_te`),
+    tensorized on ``vpdpbusd``. None for a PrimFunc without that block (not a VNNI linear)."""
 
-    from .x86_attention import schedule_attention
-    from .x86_softmax import schedule_softmax
+    def __init__(self) -> None:
+        register_vnni_intrin()  # also what a tuning database's VNNI records tensorize with
 
-    register_vnni_intrin()
+    def apply(self, func, target, tunable):
+        found = find_block(func, MM_BLOCK)
+        if found is None:  # not a VNNI linear
+            return None
+        sch, block = found
+        # the other top-level blocks: the +128 relayout, the bias/epilogue, maybe the unpack
+        epilogue = [sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))]
+        # 1. tile: rows (32 per static row tile) by ROW_TILE, channels by cb x 16 lanes, k by 4
+        mo, mi, n, k = sch.get_loops(block)
+        n_blocks = int(sch.get(n).extent) // LANES
+        cb = max(c for c in (CHANNEL_BLOCKS, 2, 1) if n_blocks % c == 0)
+        mi0, mi1 = sch.split(mi, [None, ROW_TILE])  # TILE_M % ROW_TILE == 0
+        n0, n1, n2 = sch.split(n, [None, cb, LANES])
+        k0, k1 = sch.split(k, [None, KGROUP])
+        # 2. order and parallelism: packed weights unpack per channel tile (_schedule_unpack);
+        #    otherwise row tiles x channel tiles across cores
+        if UNPACK_BLOCK in epilogue:
+            _schedule_unpack(sch, sch.get_sblock(UNPACK_BLOCK), (mo, mi0, mi1, n0, n1, n2, k0, k1))
+        else:
+            sch.reorder(mo, n0, mi0, k0, mi1, n1, n2, k1)
+            sch.parallel(sch.fuse(mo, n0))
+        # 3. the zero-init out of the reduction (tensorize needs a pure update), then the 16 x 4
+        #    tile on vpdpbusd
+        sch.decompose_reduction(block, k0)
+        sch.tensorize(n2, VNNI_INTRIN)
+        # 4. the +128 relayout and the element-wise epilogue: rows in parallel
+        for name in epilogue:
+            if name not in (MM_BLOCK, UNPACK_BLOCK):
+                _parallel_rows(sch, sch.get_sblock(name))
+        return sch
 
-    @tvm.transform.module_pass(opt_level=0, name="X86VnniSchedule")
-    def _pass(mod, _ctx):
-        updates = {}
-        for gv, func in mod.functions.items():
-            if isinstance(func, tirx.PrimFunc) and not is_scheduled(func):
-                new = _schedule_func(func)
-                if new is func:  # not a VNNI linear: maybe an attention product (x86_attention)
-                    new = schedule_attention(func)
-                if new is func:  # nor an attention product: maybe a softmax (x86_softmax)
-                    new = schedule_softmax(func)
-                if new is not func:
-                    updates[gv] = new
-        if updates:
-            mod = mod.clone()  # the caller's module stays as it was
-            for gv, func in updates.items():
-                mod[gv] = func
-        return mod
 
-    return _pass
+def x86_rules(_target) -> list:
+    """Target ``x86``'s rule set, tried in this order on every unscheduled PrimFunc."""
+    from .x86_attention import VnniAttentionRule
+    from .x86_softmax import RowSoftmaxRule
 
-
-def is_scheduled(func) -> bool:
-    """A PrimFunc already scheduled (by a tuning database or another pass)."""
-    attrs = func.attrs
-    return any(bool(attrs.get(a, False)) for a in ("tirx.is_scheduled", "tir.is_scheduled")) if attrs else False
+    return [VnniLinearRule(), VnniAttentionRule(), RowSoftmaxRule()]
 
 
 register_linear("x86", VnniLinear())
-register_schedule("x86", vnni_schedule_pass)
+register_rules("x86", x86_rules)

@@ -17,6 +17,10 @@ import numpy as np
 from ..errors import IBertTVMError
 
 
+# The model inputs the tokenizer produces, in the order every compiled model and engine takes them.
+INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
+
+
 class Tokenizer:
     def __init__(self, tokenizer_json: str, max_len: int, family: str = "bert", pad_id: int | None = None):
         from tokenizers import Tokenizer as _T

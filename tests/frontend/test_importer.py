@@ -140,7 +140,7 @@ def test_minilm_import_run_points_and_ranges(capsys):
     from ibert_tvm.model.hf_loader import load_checkpoint
     from ibert_tvm.passes.find_quantization_points import find_quantization_points
     from ibert_tvm.passes.fold_layer_norm import FoldLayerNorm
-    from ibert_tvm.quantization.calibrate import _points, collect_ranges
+    from ibert_tvm.quantization.calibrate import quantization_points, collect_ranges
 
     ckpt = load_checkpoint("default")
     im = import_model(ckpt)
@@ -150,7 +150,7 @@ def test_minilm_import_run_points_and_ranges(capsys):
     real = enc["attention_mask"].astype(bool)
     diff = float(np.abs(got[real] - want[real]).max())
     np.testing.assert_allclose(got[real], want[real], rtol=REL, atol=REL)
-    assert set(legacy_names(find_quantization_points(mod))) == {n for n, _, _ in _points(ckpt)}
+    assert set(legacy_names(find_quantization_points(mod))) == {n for n, _, _ in quantization_points(ckpt)}
     sentences = default_calibration_sentences(64)
     _check_ranges(ckpt, calibrate_ranges(im, sentences), collect_ranges(ckpt, sentences))
     with capsys.disabled():

@@ -1,7 +1,7 @@
 """FindQuantizationPoints on the imported tiny models.
 
 (b) The points, mapped to today's names (``frontend.legacy_names``), are exactly the names of
-today's ``calibrate._points(ckpt)``, each with the kind its scale needs there; every calibrated
+today's ``calibrate.quantization_points(ckpt)``, each with the kind its scale needs there; every calibrated
 point has a name today. The check fails when a point is missing, mis-mapped or of the wrong kind,
 and the graph's structure, not a list, decides the points.
 """
@@ -25,10 +25,10 @@ TODAY_KIND = {
 def check_against_today(points, ckpt) -> None:
     """(b): ``AssertionError`` naming what differs."""
     from ibert_tvm.frontend.legacy_names import legacy_names
-    from ibert_tvm.quantization.calibrate import _points
+    from ibert_tvm.quantization.calibrate import quantization_points
 
     named = legacy_names(points)
-    want = {n for n, _, _ in _points(ckpt)}
+    want = {n for n, _, _ in quantization_points(ckpt)}
     missing, extra = sorted(want - set(named)), sorted(set(named) - want)
     assert not missing and not extra, f"missing {missing}, extra {extra}"
     for n, p in named.items():

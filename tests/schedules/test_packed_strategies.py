@@ -85,11 +85,12 @@ def test_vnni_packed_kernel_equals_numpy_on_vpdpbusd(bits, n, k, lead_rank):
 
     st = xv.VnniLinear()
     func = _packed_func(st, n, k, bits, lead_rank)
-    sched = xv._schedule_func(func)
-    assert sched is not func, "the x86 pass did not schedule the packed linear"
+    tgt = tvm.target.Target({"kind": "llvm", "mcpu": "cascadelake", "num-cores": 2})
+    sch = xv.VnniLinearRule().apply(func, tgt, False)
+    assert sch is not None, "the VNNI linear rule did not schedule the packed linear"
+    sched = sch.mod["main"]
     text = sched.script()
     assert "T.vectorized" in text and "llvm.x86.avx512.vpdpbusd.512" in text
-    tgt = tvm.target.Target({"kind": "llvm", "mcpu": "cascadelake", "num-cores": 2})
     lib = tvm.compile(tvm.IRModule({"main": sched.with_attr("global_symbol", "main")}), target=tgt)
     assert "vpdpbusd" in lib.mod.inspect_source("asm")
     rng = np.random.default_rng(bits + n + k)

@@ -284,6 +284,33 @@ def test_search_rejects_tensorized_tiles_inside_vectorized_loops():
     assert post.clone().apply(sample(True)) is False
     from ibert_tvm.targets import get_target
 
-    names = [type(p).__name__ for p in T._space(get_target("x86"), vnni=True).postprocs]
+    names = [type(p).__name__ for p in T.design_space(get_target("x86"), vnni=True).postprocs]
     # after the vectorize rewrite, before the tensorize rewrite (a Python postproc shows as _PyPostproc)
     assert names.index("RewriteParallelVectorizeUnroll") < names.index("_PyPostproc") < names.index("RewriteTensorize")
+
+
+def test_a_group_entry_under_an_older_key_is_found_by_its_members():
+    """Resuming a database whose metadata keys its groups differently (written before the keys
+    came from the IR): the entry with the same members is found and moved to the new key."""
+    from ibert_tvm.schedules.tune.run import previous_entry
+
+    groups = {"old": {"members": ["a", "b"], "pick": 0}, "other": {"members": ["c"]}}
+    assert previous_entry(groups, T.Group(key="new", members={"b": None, "a": None})) == {"members": ["a", "b"], "pick": 0}
+    assert "new" in groups and "old" not in groups
+    assert previous_entry(groups, T.Group(key="new", members={"a": None, "b": None}))["pick"] == 0
+    assert previous_entry(groups, T.Group(key="x", members={"z": None})) == {}
+
+
+def test_group_key_ignores_names_and_constants_not_shapes():
+    """Workloads are grouped from the IR (structural hash with integer literals masked, exact
+    parameter types): per-layer constants and names do not split a group; a shape does."""
+    from tvm import te
+
+    def func(mult, shift, n=64, name="x"):
+        x = te.placeholder((32, n), "int32", name=name)
+        y = te.compute(x.shape, lambda i, j: (x[i, j] * mult) >> shift, name="requantize")
+        return T.workloads.normalize(te.create_prim_func([x, y]))
+
+    key = T.group_key(func(71933249, 20))
+    assert T.group_key(func(12345, 7, name="other")) == key
+    assert T.group_key(func(71933249, 20, n=128)) != key

@@ -22,7 +22,7 @@ def _kernel(kind: str, d: int, p_dtype: str = "uint8", epilogue=None):
     import tvm
     from tvm import te, tirx
 
-    from ibert_tvm.schedules.x86_vnni import vnni_schedule_pass
+    from ibert_tvm.schedules import schedule_pass
 
     B, S = tirx.Var("batch", "int64"), tirx.Var("seq", "int64")
     h, dd = tirx.IntImm("int64", HEADS), tirx.IntImm("int64", d)
@@ -38,8 +38,7 @@ def _kernel(kind: str, d: int, p_dtype: str = "uint8", epilogue=None):
         out = epilogue(out)
     func = te.create_prim_func([a, b, out]).with_attr("global_symbol", "main")
     tgt = tvm.target.Target({"kind": "llvm", "mcpu": "cascadelake", "num-cores": 2})
-    with tgt:
-        mod = vnni_schedule_pass(tgt)(tvm.IRModule({"main": func}))
+    mod = schedule_pass("x86", tgt)(tvm.IRModule({"main": func}))
     return mod, tgt
 
 
@@ -62,7 +61,7 @@ def test_scheduled_attention_kernel_equals_numpy(kind, d):
     import tvm
 
     from ibert_tvm.passes.verify_integer_only import verify_integer_only
-    from ibert_tvm.schedules.x86_vnni import is_scheduled
+    from ibert_tvm.schedules import is_scheduled
 
     mod, tgt = _kernel(kind, d)
     assert is_scheduled(mod["main"]), "the x86 schedule pass did not schedule the attention product"
@@ -100,9 +99,10 @@ def test_worst_case_sums_do_not_wrap():
 
 def test_other_dtypes_keep_the_generic_schedule():
     """16-bit softmax outputs (uint16 P) are not ``vpdpbusd`` operands: the block is left as is."""
+    import tvm
     from tvm import te, tirx
 
-    from ibert_tvm.schedules.x86_attention import BLOCK, schedule_attention
+    from ibert_tvm.schedules.x86_attention import BLOCK, VnniAttentionRule
 
     S = tirx.Var("seq", "int64")
     h, d = tirx.IntImm("int64", HEADS), tirx.IntImm("int64", 32)
@@ -111,7 +111,7 @@ def test_other_dtypes_keep_the_generic_schedule():
     k = te.reduce_axis((0, S), name="k")
     out = te.compute((1, h, S, d), lambda b, n, i, j: te.sum(p[b, n, i, k].astype("int32") * vt[b, n, j, k].astype("int32"), axis=k), name=BLOCK)
     func = te.create_prim_func([p, vt, out])
-    assert schedule_attention(func) is func
+    assert VnniAttentionRule().apply(func, tvm.target.Target({"kind": "llvm"}), False) is None
 
 
 MULT, SHIFT = 71933249, 38  # a requantize as the model fuses it into P V (int64 multiply-shift, clip)
@@ -136,7 +136,7 @@ def test_pv_with_fused_requantize_equals_numpy(d):
     """``P V`` + the requantize epilogue (computed per register tile, from the accumulators)."""
     import tvm
 
-    from ibert_tvm.schedules.x86_vnni import is_scheduled
+    from ibert_tvm.schedules import is_scheduled
 
     mod, tgt = _kernel("pv", d, epilogue=_requantize_te)
     assert is_scheduled(mod["main"])
@@ -154,7 +154,7 @@ def test_qk_with_an_epilogue_keeps_the_s8s8_intrinsic():
     intrinsic (``q ^ 0x80`` and the compensation in the instruction sequence); still exact."""
     import tvm
 
-    from ibert_tvm.schedules.x86_vnni import is_scheduled
+    from ibert_tvm.schedules import is_scheduled
 
     mod, tgt = _kernel("qk", 32, epilogue=_requantize_te)
     assert is_scheduled(mod["main"]) and "k_rowsum" not in mod["main"].script()

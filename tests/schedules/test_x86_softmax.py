@@ -36,7 +36,7 @@ def _kernel(plan: IntSoftmax, mask_dtype: str = "int32", lead: int = 2):
     import tvm
     from tvm import te, tirx
 
-    from ibert_tvm.schedules.x86_vnni import vnni_schedule_pass
+    from ibert_tvm.schedules import schedule_pass
 
     B, S = tirx.Var("batch", "int64"), tirx.Var("seq", "int64")
     shape = {1: (B, S), 2: (B, S, S), 3: (B, tirx.IntImm("int64", HEADS), S, S)}[lead]
@@ -44,8 +44,7 @@ def _kernel(plan: IntSoftmax, mask_dtype: str = "int32", lead: int = 2):
     mask = te.placeholder((B, S), mask_dtype, name="attention_mask")
     func = te.create_prim_func([x, mask, plan.te(x, mask)]).with_attr("global_symbol", "main")
     tgt = _target()
-    with tgt:
-        mod = vnni_schedule_pass(tgt)(tvm.IRModule({"main": func}))
+    mod = schedule_pass("x86", tgt)(tvm.IRModule({"main": func}))
     return func, mod, tgt
 
 
@@ -78,7 +77,7 @@ def test_scheduled_softmax_equals_numpy(scale, mask_dtype, out_bits, max_len):
     import tvm
 
     from ibert_tvm.passes.verify_integer_only import verify_integer_only
-    from ibert_tvm.schedules.x86_vnni import is_scheduled
+    from ibert_tvm.schedules import is_scheduled
 
     plan = IntSoftmax(scale, max_len=max_len, out_bits=out_bits)
     if scale < 1e-6:
@@ -114,14 +113,15 @@ def test_static_shapes(S):
     import tvm
     from tvm import te
 
-    from ibert_tvm.schedules.x86_softmax import schedule_softmax
+    from ibert_tvm.schedules.x86_softmax import RowSoftmaxRule
 
     plan = IntSoftmax(7e-5)
     x = te.placeholder((2, 3, S, S), "int32", name="x")
     mask = te.placeholder((2, S), "int32", name="attention_mask")
     func = te.create_prim_func([x, mask, plan.te(x, mask)]).with_attr("global_symbol", "main")
-    scheduled = schedule_softmax(func)
-    assert scheduled is not func
+    sch = RowSoftmaxRule().apply(func, _target(), False)
+    assert sch is not None
+    scheduled = sch.mod["main"]
     lib = tvm.compile(tvm.IRModule({"main": scheduled}), target=_target())
     xv, mv = _inputs(np.random.default_rng(S), (2, 3, S, S), "int32")
     np.testing.assert_array_equal(_run(lib, xv, mv, plan), plan.numpy(xv, mv))
@@ -147,13 +147,13 @@ def test_schedule_applied_and_unscheduled_is_the_same():
 def test_other_funcs_are_left_alone():
     from tvm import te, tirx
 
-    from ibert_tvm.schedules.x86_softmax import schedule_softmax
+    from ibert_tvm.schedules.x86_softmax import RowSoftmaxRule
 
     S = tirx.Var("seq", "int64")
     x = te.placeholder((2, S), "int32", name="x")
     y = te.compute((2, S), lambda i, j: x[i, j] + 1, name="softmax_out")  # a block name, not a softmax
     func = te.create_prim_func([x, y])
-    assert schedule_softmax(func) is func
+    assert RowSoftmaxRule().apply(func, _target(), False) is None
 
 
 # -- the whole model ------------------------------------------------------------------------
@@ -166,8 +166,7 @@ def test_tiny_model_softmax_scheduled_and_bit_exact(quantized_factory, tmp_path)
     from ibert_tvm.model.ibert_model import IntBertModel
     from ibert_tvm.model.plan import ModelPlan
     from ibert_tvm.passes.pipeline import fuse
-    from ibert_tvm.schedules import linear_strategy, schedule_pass
-    from ibert_tvm.schedules.x86_vnni import is_scheduled
+    from ibert_tvm.schedules import is_scheduled, linear_strategy, schedule_pass
     from ibert_tvm.targets import get_target
 
     qm, _ = quantized_factory("BertModel")

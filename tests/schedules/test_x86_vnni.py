@@ -94,12 +94,6 @@ def test_bad_input_raises():
         xv.compensate_bias(np.zeros((1, 4), np.int8), np.array([2**30 + 1], np.int32))
 
 
-def test_annotation_name_matches_the_pipeline():
-    from ibert_tvm.passes.pipeline import OP_PATTERN_ANNOTATION
-
-    assert xv.OP_PATTERN_ANNOTATION == OP_PATTERN_ANNOTATION
-
-
 # -- the TVM kernel -------------------------------------------------------------------------
 def _build_kernel(k, n, lead_rank):
     import tvm
@@ -112,9 +106,10 @@ def _build_kernel(k, n, lead_rank):
     b = te.placeholder((tirx.IntImm("int64", n),), "int32", name="b")
     out = xv.VnniLinear().te(x, weight=w, bias=b)
     func = te.create_prim_func([x, w, b, out])
-    scheduled = xv._schedule_func(func)
-    assert scheduled is not func, "the schedule pass found no VNNI block"
     tgt = tvm.target.Target({"kind": "llvm", "mcpu": "cascadelake", "num-cores": 2})
+    sch = xv.VnniLinearRule().apply(func, tgt, False)
+    assert sch is not None, "the VNNI linear rule found no VNNI block"
+    scheduled = sch.mod["main"]
     lib = tvm.compile(tvm.IRModule({"main": scheduled.with_attr("global_symbol", "main")}), target=tgt)
     return lib
 

@@ -1,0 +1,219 @@
+"""``tune``: MetaSchedule over a quantized model's fused integer workloads, databases kept.
+
+    ibert-tvm tune q/ --target x86 --trials 400         -> tuning_logs/x86/<model identity>/
+    ibert-tvm compile q/ --target x86 -o out/           applies it (``database.resolve_database``)
+
+The driver: per group of workloads (:mod:`.workloads`), the trials still missing from its share
+of the budget are measured (:mod:`.space`, :mod:`.measure`) into ``search/``, the best static
+records are replayed on the dynamic workloads (:mod:`.replay`), the guard decides whether they
+beat the default schedule (:mod:`.guard`), and the database ``compile`` applies is rewritten
+(:mod:`.database`) after each group, so an interrupted tune keeps what it measured.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from pathlib import Path
+
+from ...errors import IBertTVMError
+from .database import (
+    FORMAT,
+    META,
+    SEARCH,
+    check_database_meta_only,
+    default_root,
+    read_meta,
+    write_apply_db,
+    write_meta,
+)
+from .guard import GUARD_SHAPES, arg_infos
+from .guard import pick as guard_pick
+from .measure import builder_runner
+from .replay import best_records, count_trials, replays
+from .space import design_space, symbolic_reduction, tune_context
+from .workloads import TUNE_SHAPE, allocate_trials, model_groups
+
+
+def previous_entry(groups: dict, g) -> dict:
+    """The metadata entry of group ``g`` from an earlier run: under its key, or (a database
+    written before the group keys came from the IR instead of the printed script) the entry
+    with the same members, moved to the new key."""
+    if g.key in groups:
+        return groups[g.key]
+    members = sorted(g.members)
+    for key, entry in list(groups.items()):
+        if isinstance(entry, dict) and entry.get("members") == members:
+            return groups.setdefault(g.key, groups.pop(key))
+    return {}
+
+
+def tune(
+    qm,
+    *,
+    target: str = "x86",
+    trials: int,
+    work_dir=None,
+    rpc_tracker: str | None = None,
+    rpc_key: str | None = None,
+    only: list[str] | None = None,
+    shape: tuple[int, int] = TUNE_SHAPE,
+    trials_per_iter: int = 16,
+    seed: int = 0,
+    guard: bool = True,
+    progress: bool = True,
+    log=print,
+) -> Path:
+    """Tune ``qm`` (a ``QuantizedModel``) for ``target`` with ``trials`` measured candidates in
+    total; write/extend the database in ``work_dir`` (default ``<root>/<target>/<identity>``).
+
+    ``only``: tune just the groups with a member whose name contains one of these strings.
+    Re-running with the same arguments resumes: trials already in ``search/`` count.
+    ``guard``: keep a tuned schedule only if it beats the default one on the dynamic workload,
+    measured at ``GUARD_SHAPES`` (see :func:`.guard.pick`); off, the best record that replays is kept.
+    """
+    from tqdm.auto import tqdm
+    from tvm.s_tir import meta_schedule as ms
+
+    from ...targets import get_target
+
+    if trials < 0:
+        raise IBertTVMError(f"--trials must be >= 0, got {trials}")
+    spec = get_target(target)
+    tgt = spec.tvm_target()
+    out = Path(work_dir) if work_dir is not None else default_root() / spec.name / qm.identity
+    if (out / META).exists():
+        check_database_meta_only(out, spec.name, qm.identity)
+    workers = max(1, int(tgt.attrs.get("num-cores", 1)))
+    builder, runner = builder_runner(spec, rpc_tracker=rpc_tracker, rpc_key=rpc_key, workers=workers)
+    groups, strategy = model_groups(qm, spec, tgt, shape)
+    selected = groups
+    if only:
+        selected = [g for g in groups if any(s in n for s in only for n in g.members)]
+        if not selected:
+            raise IBertTVMError(f"no workload matches --only {' '.join(only)}")
+    budget = {g.key: 0 for g in groups} | allocate_trials(selected, trials)
+    search = out / SEARCH
+    (search / "logs").mkdir(parents=True, exist_ok=True)
+    search_db = ms.database.JSONDatabase(work_dir=str(search), allow_missing=True)
+    meta_path = out / META
+    meta = read_meta(out) if meta_path.exists() else {}
+    meta.update({
+        "format": FORMAT, "target": spec.name, "target_json": str(tgt), "identity": qm.identity,
+        "linear_strategy": strategy, "tune_shape": {"batch": shape[0], "seq": shape[1]},
+        "tvm": __import__("tvm").__version__,
+    })
+    meta.setdefault("groups", {})
+    meta.setdefault("sha256", {})
+    spaces = {v: design_space(spec, vnni=v) for v in (True, False)}
+    infos = arg_infos(qm, spec, tgt, GUARD_SHAPES) if guard else None
+    derived: dict = {}
+    t0 = time.time()
+    log(f"tuning {qm.identity} for {spec.name}: {sum(len(g.members) for g in groups)} workloads in "
+        f"{len(groups)} groups, {trials} trials -> {out}")
+    with _native_stderr_to(search / "logs" / "native_stderr.log") as tty:
+        outer = tqdm(groups, desc="workloads", unit="wl", file=tty, disable=not progress or None)
+        for g in outer:
+            outer.set_postfix_str(g.name[:40])
+            want = budget[g.key]
+            done = count_trials(search_db, g.rep_static)
+            todo = max(0, want - done)
+            previous = previous_entry(meta["groups"], g)
+            error = previous.get("error") if previous.get("budget") == want else None
+            if todo and error:  # MetaSchedule failed on it with this budget before: don't loop on it
+                todo = 0
+            if todo:
+                bar = tqdm(total=todo, desc=f"  {g.name[:32]}", unit="trial", leave=False, file=tty,
+                           disable=not progress or None)
+                space = spaces[not symbolic_reduction(g.members[g.name][0])]
+                ctx = tune_context(g.rep_static, tgt, space, g.name, _logger_for(search, g.name), seed + 1, workers, todo)
+                try:
+                    ms.tune.tune_tasks(
+                        tasks=[ctx], task_weights=[1.0], work_dir=str(search), max_trials_global=todo,
+                        num_trials_per_iter=min(trials_per_iter, todo), builder=builder, runner=runner,
+                        database=search_db, cost_model="xgb",
+                        measure_callbacks=[*ms.MeasureCallback.create("default"), _progress_callback(bar)],
+                        task_scheduler="round-robin",
+                    )
+                except Exception as e:  # noqa: BLE001 - a TVM failure inside the search of one workload
+                    error = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300]}"
+                    outer.write(f"  {g.name}: MetaSchedule failed ({error}); its records so far are kept", file=tty)
+                bar.close()
+            best = best_records(search_db, g.rep_static)
+            trials_now = count_trials(search_db, g.rep_static)
+            if previous.get("derived_at") == trials_now and "pick" in previous and previous.get("guarded") == guard:
+                pick, checked = previous["pick"], previous.get("guard")  # same records: same choice
+            else:
+                pick, checked = guard_pick(g, best, spec, tgt, builder, runner, infos if guard else None)
+            applied = []
+            if pick is not None:
+                for name, (dyn_mod, _s) in g.members.items():
+                    trace = replays(best[pick].trace, dyn_mod, tgt)
+                    if trace is not None:
+                        derived[name] = (dyn_mod, trace, best[pick].run_secs)
+                        applied.append(name)
+            meta["groups"][g.key] = {
+                "members": sorted(g.members), "applied": sorted(applied), "budget": want,
+                "trials": trials_now, "flops": g.flops, "calls": g.calls,
+                "best_us": round(_run_secs(best[0]) * 1e6, 3) if best else None,
+                "pick": pick, "derived_at": trials_now, "guarded": guard,
+                **({"guard": checked} if checked else {}),
+                **({"error": error} if error else {}),
+            }
+            meta["sha256"] = write_apply_db(out, derived, tgt)
+            meta["elapsed_s"] = round(meta.get("elapsed_s", 0) + (time.time() - t0), 1)
+            t0 = time.time()
+            write_meta(out, meta)
+    n_applied = sum(len(v["applied"]) for v in meta["groups"].values())
+    log(f"wrote {out}: {n_applied} workloads with a tuned schedule, "
+        f"{sum(v['trials'] for v in meta['groups'].values())} trials measured in total")
+    return out
+
+
+@contextlib.contextmanager
+def _native_stderr_to(path: Path):
+    """Send fd 2 (TVM's C++ warnings, e.g. every failed auto-tensorize attempt) to ``path``;
+    yields a file on the original stderr for the progress bars."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(path, "ab") as f:
+            os.dup2(f.fileno(), 2)
+        with os.fdopen(os.dup(saved), "w") as tty:
+            yield tty
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _logger_for(search: Path, name: str):
+    """MetaSchedule's per-task file logger; its console handler (stdout) keeps warnings only."""
+    import logging
+
+    from tvm.s_tir.meta_schedule.logging import get_loggers_from_work_dir
+
+    logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)  # its console handler's level
+    logger = get_loggers_from_work_dir(str(search), [name])[0]
+    for h in logging.getLogger("tvm.s_tir.meta_schedule").handlers:
+        if type(h) is logging.StreamHandler:
+            h.setLevel(logging.WARNING)
+    return logger
+
+
+def _progress_callback(bar):
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
+
+    @derived_object
+    class _Progress(PyMeasureCallback):
+        def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
+            bar.update(len(runner_results))
+
+    return _Progress()
+
+
+def _run_secs(rec) -> float:
+    return float(sum(float(s) for s in rec.run_secs) / len(rec.run_secs))
