@@ -252,6 +252,10 @@ class _Lowering:
         name = self.weights.get(e)
         return name[: -len(suffix)] if name is not None and name.endswith(suffix) else None
 
+    def _same_shape(self, var, call, what: str, graph, plan) -> None:
+        if tuple(graph) != tuple(plan):
+            raise self._error(var, call, f"{what} is {list(graph)} in the graph, {list(plan)} in the quantized model")
+
     def _plan_name(self, hf: str) -> str | None:
         m = _PLAN_NAME.search(hf)
         return m.group(1) if m else None
@@ -351,6 +355,7 @@ class _Lowering:
         lp = self._linear_plan(hf, var)
         x = self._arg(call, 0, var, f"the input of linear {hf}")
         n, k = (int(d) for d in self.value[call.args[1]].args[0].ty.shape)  # the float W [N, K]
+        self._same_shape(var, call, f"linear {hf}", (n, k), self.plan.qm.tensor(lp.name + ".weight").shape)
         names = self.st.packed_param_shapes(n, k, lp.bits) if lp.packed else self.st.param_shapes(n, k)
         kw = {k: f"{lp.name}.{k}" for k in names}
         if lp.packed:
@@ -458,6 +463,8 @@ class _Lowering:
             key = name.split(".")[1] if name.startswith("embeddings.") and name.count(".") == 1 else None
             if key not in _TABLES or int(call.attrs.axis) != 0:
                 raise self._error(var, call, f"embedding table {hf} is not one EmbeddingSum knows")
+            self._same_shape(var, call, f"table {hf}", tuple(int(d) for d in table.ty.shape),
+                             self.arrays[f"embeddings.{key}.weight"].shape)
             return _Gathers({_TABLES[key]: idx})
         if _scalar(idx):  # one token of an activation (the classification head's first token)
             return self._view(var, call)
