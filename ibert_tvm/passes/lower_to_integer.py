@@ -419,9 +419,11 @@ class _Lowering:
             return None
         f = float(c.value.numpy())
         f = f if call.op.name == "relax.multiply" else 1.0 / f
-        want = 1.0 / math.sqrt(s.head_dim)  # the plan folds S_q S_k / sqrt(d) into i-softmax
-        if abs(f - want) > _SCALE_RTOL * want:
-            raise self._error(var, call, f"scores scaled by {f}, the plan folds 1/sqrt({s.head_dim}) = {want}")
+        d = self.plan.head_dim  # = hidden / heads; the plan folds S_q S_k / sqrt(d) into i-softmax
+        want = 1.0 / math.sqrt(d)
+        if s.head_dim != d or abs(f - want) > _SCALE_RTOL * want:
+            raise self._error(var, call, f"scores of head size {s.head_dim} scaled by {f}, the plan folds "
+                              f"1/sqrt({d}) = {want}")
         return _Scores(s.expr, s.scope, s.head_dim, scaled=True)
 
     def _softmax(self, var, call):
@@ -533,7 +535,9 @@ def _keeps_channels(call, dst) -> bool:
         return False
     if call.op.name == "relax.permute_dims":
         axes = call.attrs.axes
-        return axes is None and src.ty.ndim == 1 or axes is not None and int(axes[-1]) == src.ty.ndim - 1
+        if axes is None:  # reversed axes: the last stays last only in 1-D
+            return src.ty.ndim == 1
+        return int(axes[-1]) == src.ty.ndim - 1
     return True
 
 

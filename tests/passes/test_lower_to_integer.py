@@ -168,7 +168,7 @@ def test_score_scale_must_match_the_plan(tiny_factory, quantized_factory):
     bad = _rewritten(folded, "relax.multiply", 2,
                      lambda call: relax.op.multiply(call.args[0], relax.const(0.5, "float32"))
                      if call.args[1].ty.ndim == 0 else call)
-    with pytest.raises(Exception, match=r"cannot lower relax\.multiply .*scores scaled by 0\.5, the plan folds "
+    with pytest.raises(Exception, match=r"cannot lower relax\.multiply .*scores of head size 8 scaled by 0\.5, the plan folds "
                                         r"1/sqrt\(8\)"):
         _lower(bad, qm)
 
