@@ -129,6 +129,35 @@ def test_lowered_is_integer_only(tiny_factory, quantized_factory):
     assert isinstance(main.ret_ty, relax.TensorType) and main.ret_ty.dtype == "int32"
 
 
+def test_x86_vnni_strategy_lowers_bit_identically(tiny_factory, quantized_factory):
+    """The x86 target's linear strategy (VNNI-packed weights, compensated bias, its schedule pass):
+    the lowered module reads ``arrays_for(x86)`` and still equals golden."""
+    import tvm
+    from tvm import relax
+
+    from ibert_tvm.frontend.lower import lower_to_integer
+    from ibert_tvm.model.golden import run_golden
+    from ibert_tvm.model.plan import ModelPlan
+    from ibert_tvm.passes.pipeline import build
+    from ibert_tvm.schedules import linear_strategy
+    from ibert_tvm.targets import get_target
+
+    arch = "BertForSequenceClassification"
+    im, _ = imported(str(tiny_factory(arch)))
+    qm, _ = quantized_factory(arch)
+    plan, st = ModelPlan(qm), linear_strategy("x86")
+    mod, names, arrays = lower_to_integer(im, qm, strategy=st)
+    want_arrays = plan.arrays_for(st)
+    assert st.name == "x86-vnni" and set(names) == set(want_arrays) - {n for n in want_arrays if n.startswith("pooler.")}
+    ex, mod_report, code_report = build(mod, get_target("x86").tvm_target(), target_name="x86")
+    assert mod_report.float_ops == 0 and code_report.float_ops == 0
+    built = (mod, names, arrays, relax.VirtualMachine(ex, tvm.cpu()), mod_report, code_report)
+    rng = np.random.default_rng(8)
+    for batch, seq in [(1, 1), (3, 33), (8, 128)]:
+        inputs = _batch(rng, qm, batch, seq)
+        np.testing.assert_array_equal(run(built, inputs), run_golden(plan, **inputs), err_msg=f"{batch}x{seq}")
+
+
 # -- errors ------------------------------------------------------------------------------------
 def _rewritten(mod, op_name, arity, make):
     """``mod`` with every call of ``op_name`` (``arity`` arguments) replaced by ``make(call)``."""
