@@ -17,12 +17,19 @@ points on the graph, and calibrate through the graph.
 two sets are equal, and the ranges agree with ``calibrate.collect_ranges`` to float32
 rounding (tests/frontend, tests/passes).
 
-Not done yet (the rest of issue 12): nothing here is wired into ``calibrate`` or ``compile``,
-which still use the hand-built path. To come: rewrite the float ops at these points to the
-integer op plans in ``op/`` (linears, i-GELU, i-Softmax with the mask, i-LayerNorm, residual
-adds, embedding gathers and their sum, pooling and heads, per-channel scales folded into the
-next weight), remove the float casts and fold what is left so the verifier proves zero float,
-then show the compiled output bit-identical to today's path from the same scales and weights
-and retire the duplicated wiring (``quantization_points``, ``build_quantized``, ``plan.ModelPlan``,
-``golden.encoder_np``, ``ibert_model``).
+Step 2 (``lower.lower_to_integer``): the imported module lowered to the integer model with
+today's ``ModelPlan`` (its op plans and integer tensors)::
+
+      -> passes.FoldLayerNorm -> passes.LowerToInteger(plan) -> passes.EliminateFloat
+      -> (IRModule, param names, arrays)   for passes.pipeline.build (VerifyIntegerOnly inside)
+
+bit-identical to the hand-built ``IntBertModel`` on the five tiny architectures at batch 1-8 x
+sequence 1-128 with padding, and on MiniLM (tests/passes/test_lower_to_integer.py).
+
+Not done yet (issue 12): ``compile`` still uses the hand-built path; the plans are still built
+by ``plan.ModelPlan`` from today's point names (``legacy_names`` and ``LowerToInteger``'s
+``_plan_index`` are the bridges); then retire the duplicated wiring (``quantization_points``,
+``build_quantized``, ``plan.ModelPlan``'s per-layer wiring, ``golden.encoder_np``,
+``ibert_model``), add the fake-quant check that catches a wrong scale, and test the other
+targets' linear strategies (``lower_to_integer(strategy=...)`` takes them; only generic is tested).
 """

@@ -1,0 +1,96 @@
+"""The imported float model lowered to the integer model: the new front half of ``compile``.
+
+    HF dir / HFCheckpoint / ImportedModel, QuantizedModel
+      -> importer.import_model          float Relax, HF weight names (skipped for an ImportedModel)
+      -> passes.FoldLayerNorm           hand-written float LayerNorm -> nn.layer_norm
+      -> passes.LowerToInteger(plan)    every float op on an activation -> an op plan's te()
+      -> passes.EliminateFloat          the dead mask arithmetic dropped; live float refused
+    -> (IRModule, param names, arrays)  ready for passes.pipeline.build (which runs
+                                        VerifyIntegerOnly after TVM's lowering)
+
+:func:`lowering_passes` is that sequence as one ``tvm.transform.Sequential`` (with a
+:class:`~ibert_tvm.passes.dump_ir.DumpIR` after each pass when given a ``dump_dir``).
+
+The plan is today's ``ModelPlan(qm)``: the op plans and their integer constants are the ones the
+hand-built ``IntBertModel`` uses, so the compiled outputs are bit-identical to today's path
+(tests/passes/test_lower_to_integer.py); what changed is where the graph comes from.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from ..errors import IBertTVMError
+from ..model.hf_loader import HFCheckpoint
+from ..quantization.artifact import QuantizedModel
+from ..schedules import GENERIC, LinearStrategy
+from .importer import INPUTS, ImportedModel, import_model
+
+
+def lowering_passes(plan, strategy: LinearStrategy = GENERIC, *, dump_dir: str | os.PathLike | None = None):
+    """FoldLayerNorm, LowerToInteger(plan, strategy), EliminateFloat as one Sequential."""
+    import tvm
+
+    from ..passes.dump_ir import DumpIR
+    from ..passes.eliminate_float import EliminateFloat
+    from ..passes.fold_layer_norm import FoldLayerNorm
+    from ..passes.lower_to_integer import LowerToInteger
+
+    passes = [("0_import", None), ("1_fold_layer_norm", FoldLayerNorm()),
+              ("2_lower_to_integer", LowerToInteger(plan, strategy)), ("3_eliminate_float", EliminateFloat())]
+    seq = []
+    for name, p in passes:
+        if p is not None:
+            seq.append(p)
+        if dump_dir is not None:
+            seq.append(DumpIR(dump_dir, name))
+    return tvm.transform.Sequential(seq, name="ibert_tvm.LowerImportedToInteger")
+
+
+def lower_to_integer(
+    model: HFCheckpoint | ImportedModel | str | os.PathLike,
+    qm: QuantizedModel,
+    *,
+    strategy: LinearStrategy = GENERIC,
+    dump_dir: str | os.PathLike | None = None,
+):
+    """-> ``(mod, names, arrays)``: the integer Relax module of ``model`` with the scales and
+    integer tensors of ``qm``.
+
+    ``mod["main"]`` takes ``input_ids, attention_mask, token_type_ids, position_ids`` (int32
+    ``[batch, seq]``, as today's ``IntBertModel``; an input the model's ``forward`` does not accept
+    is an unused parameter) and then one integer tensor per name of ``names``; ``arrays[name]`` is
+    its value (``ModelPlan(qm).arrays_for(strategy)``). It returns int32 ``[batch, labels]`` logits
+    or the ``[batch, H]`` pooled embedding (scale ``ModelPlan(qm).out_scale``).
+    ``IBertTVMError`` when ``qm`` was not calibrated from ``model`` or the graph has an op that
+    cannot be lowered."""
+    from ..model.plan import ModelPlan
+
+    im = model if isinstance(model, ImportedModel) else import_model(model)
+    if im.ckpt.model_hash != qm.source.get("model_hash"):
+        raise IBertTVMError(f"the quantized model was calibrated from {qm.source.get('path')} "
+                            f"(sha256 {qm.source.get('model_hash')}), not from {im.ckpt.path} (sha256 {im.ckpt.model_hash})")
+    plan = ModelPlan(qm)
+    mod = lowering_passes(plan, strategy, dump_dir=dump_dir)(im.mod)
+    main = mod["main"]
+    names = [str(n) for n in main.attrs["ibert_param_names"]]
+    mod["main"] = _all_inputs(main)
+    arrays = plan.arrays_for(strategy)
+    return mod, names, {n: np.asarray(arrays[n]) for n in names}
+
+
+def _all_inputs(func):
+    """``func`` taking every one of ``INPUTS`` in order (a missing one as an unused int32
+    ``[batch, seq]`` parameter), then its integer tensors."""
+    from tvm import relax
+
+    n_in = int(func.attrs["num_input"])
+    have = {p.name: p for p in func.params[:n_in]}
+    if list(have) == list(INPUTS):
+        return func
+    ty = func.params[0].ty
+    inputs = [have.get(n) or relax.Var(n, relax.TensorType(ty.shape, "int32")) for n in INPUTS]
+    out = relax.Function(inputs + list(func.params[n_in:]), func.body, func.ret_ty, func.is_pure, func.attrs)
+    return out.with_attr("num_input", len(INPUTS))

@@ -1,0 +1,559 @@
+"""LowerToInteger: the imported float graph becomes the integer model, op plan by op plan.
+
+Where it sits (issue 12, step 2)::
+
+    import_model -> FoldLayerNorm -> LowerToInteger(plan) -> EliminateFloat -> VerifyIntegerOnly
+                                     ^ this pass              (dead float)     (pipeline.build)
+
+Preconditions
+-------------
+* ``main`` as :func:`ibert_tvm.frontend.importer.import_model` makes it, after
+  :class:`~ibert_tvm.passes.fold_layer_norm.FoldLayerNorm`: token inputs first
+  (``attrs["num_input"]``, int32 ``[batch, seq]``, one of them ``attention_mask``), then one float
+  parameter per weight named by its HF name; one dataflow block; the op forms listed in
+  :mod:`~ibert_tvm.passes.find_quantization_points` (linear = ``matmul(x, permute_dims(W))`` +
+  bias ``add``; ``nn.layer_norm``; ``nn.gelu``; ``tanh``; ``nn.softmax`` of the scaled scores
+  plus an additive mask; ``take`` of embedding tables).
+* ``plan``: the :class:`~ibert_tvm.model.plan.ModelPlan` of the same model (its scales and
+  integer tensors, from ``quantization.calibrate.calibrate``). The pass takes every constant from
+  it and computes nothing numeric itself: each integer op is the plan's ``te()``.
+
+What it does
+------------
+It walks ``main``'s bindings in order and gives every *activation* (a value that depends on a
+weight) an integer value; weight-free bindings (shape arithmetic, the mask chain) are copied
+unchanged and left for :class:`~ibert_tvm.passes.eliminate_float.EliminateFloat`. Per float op:
+
+==============================================  ================================================
+float op on activations                          integer lowering (``te()`` of the plan)
+==============================================  ================================================
+``take(E.weight, ids)`` (+ ``add`` of gathers)   gathers collected; materialised as one
+                                                 ``EmbeddingSum`` (word/position/token_type)
+``matmul(x, permute_dims(L.weight))`` + bias     ``strategy.te`` (int8 x int8 -> int32, bias in);
+                                                 the accumulator stays int32 until a consumer
+                                                 needs it: then ``LinearPlan.requant`` (dyadic)
+``add(linear acc, skip)``                        the linear's ``ResidualAdd`` (int32, 24-bit)
+``nn.layer_norm``                                ``IntLayerNorm`` (per-channel output scales
+                                                 already folded into the next weight by the plan)
+``nn.gelu``                                      ``IntGELU.te_q`` (fused requantization)
+``tanh``                                         ``IntTanh``
+``matmul(q, k^T)`` then ``* 1/sqrt(d)``           ``batch_matmul_te`` (int32); the scale factor is
+                                                 checked against the plan's (folded in softmax)
+``add(scores, mask)``, ``nn.softmax``            ``IntSoftmax(scores, attention_mask)``: the mask
+                                                 side must derive from ``attention_mask`` only
+``matmul(probs, v)``                             ``batch_matmul_te`` + the layer's ``ctx``
+                                                 requantization
+views (reshape, permute_dims, broadcast_to,      the same op on the integer tensor (an int32
+expand_dims, squeeze, take of one token)         accumulator is requantized first when the view
+                                                 moves its channel axis)
+returned ``[batch, seq, H]`` hidden state         mean pooling (``mean_pool_te``) + the plan's
+(a ``*Model``)                                   pooled requantization, as the compiled model does
+==============================================  ================================================
+
+Plans are found by the HF module path of the weights, below the base-model prefix
+(``bert.``/``roberta.``): ``embeddings.*``, ``encoder.layer.<i>.*``; the classification head's
+two linears by their role (the one feeding ``tanh`` is ``head.dense``, the one returned is
+``head.out``). :func:`_plan_index` is that table.
+
+Invariant
+---------
+``main``'s activations are all integer, its parameters are the token inputs followed by one
+integer tensor per key of ``plan.arrays_for(strategy)`` (each used, in first-use order; names
+recorded in the ``ibert_param_names`` attribute), and it returns int32: ``[batch, labels]``
+logits or the ``[batch, H]`` pooled embedding, equal bit for bit to
+``IntBertModel(plan, strategy)``. The only float left is weight-free (the additive-mask chain),
+and dead. A float op on an activation that no rule above lowers, a plan tensor the graph never
+uses, or a graph constant that disagrees with the plan raises ``IBertTVMError`` naming the op
+and its binding (registered with TVM's FFI by ``ibert_tvm.passes``, it reaches the caller as itself).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import tvm
+from tvm import relax
+from tvm.ir import GenericConst, Op
+
+from ..errors import IBertTVMError
+from ..op.int_matmul import batch_matmul_te
+from ..op.pooling import mean_pool_te
+from ..op.residual_add import ResidualAdd
+from ..schedules import GENERIC, LinearStrategy
+
+_VIEWS = {"relax.reshape", "relax.permute_dims", "relax.broadcast_to", "relax.expand_dims", "relax.squeeze"}
+_TABLES = {"word_embeddings": 0, "position_embeddings": 1, "token_type_embeddings": 2}  # EmbeddingSum order
+_PLAN_NAME = re.compile(r"(?:^|\.)((?:embeddings|encoder\.layer\.\d+)\..+)$")
+_SCALE_RTOL = 1e-6  # the score scale constant is float32: 1/sqrt(d) within its rounding (2^-24 ~ 6e-8)
+
+
+@tvm.transform.module_pass(opt_level=0, name="LowerToInteger")
+class LowerToInteger:  # pylint: disable=too-few-public-methods
+    """Rewrite ``main`` of an imported float module into the integer model of ``plan``."""
+
+    def __init__(self, plan, strategy: LinearStrategy = GENERIC):
+        self.plan = plan
+        self.strategy = strategy
+
+    def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        return _Lowering(mod["main"], self.plan, self.strategy).run()
+
+
+# -- lowered values -----------------------------------------------------------------------------
+@dataclass
+class _Int:
+    """A materialised integer tensor; ``origin`` is the plan name of the op whose output it shows
+    (a linear, a LayerNorm, ``probs:<scope>``), kept through views."""
+
+    expr: relax.Expr
+    origin: str | None = None
+
+
+@dataclass
+class _Acc:
+    """The int32 accumulator ``x W^T + b`` of linear ``lp``, not yet requantized."""
+
+    expr: relax.Expr
+    lp: object  # LinearPlan
+    hf: str  # the linear's HF module path (its bias must be ``<hf>.bias``)
+
+
+@dataclass
+class _Scores:
+    """int32 ``q k^T`` of attention scope ``scope``; ``scaled`` once the 1/sqrt(d) factor was seen."""
+
+    expr: relax.Expr
+    scope: str
+    head_dim: int
+    scaled: bool = False
+
+
+@dataclass
+class _Masked:
+    """Scores plus the additive mask built from the ``attention_mask`` input."""
+
+    scores: _Scores
+
+
+@dataclass
+class _Gathers:
+    """Embedding rows not yet summed: ``ids[k]`` = the index tensor of table k (``_TABLES``)."""
+
+    ids: dict
+
+
+def _plan_index(plan) -> dict:
+    """Plan name -> the plan objects the lowering needs (the bridge to ``ModelPlan``'s fields).
+
+    Keys are HF module paths below the base-model prefix; the head's linears are keyed by role."""
+    idx = {"embeddings.LayerNorm": ("layer_norm", plan.emb_ln)}
+    for i, lp in enumerate(plan.layers):
+        hp = f"encoder.layer.{i}."
+        idx[hp + "attention.self"] = ("attention", lp)
+        idx[hp + "attention.output.LayerNorm"] = ("layer_norm", lp.ln1)
+        idx[hp + "output.LayerNorm"] = ("layer_norm", lp.ln2)
+        idx[hp + "intermediate.dense"] = ("gelu_after", lp.gelu)
+    return idx
+
+
+class _Lowering:
+    def __init__(self, func: relax.Function, plan, strategy: LinearStrategy):
+        self.func, self.plan, self.st = func, plan, strategy
+        n_in = int(func.attrs["num_input"])
+        self.inputs = list(func.params[:n_in])
+        self.weights = {p: p.name for p in func.params[n_in:]}
+        self.mask = next((p for p in self.inputs if p.name == "attention_mask"), None)
+        self.index = _plan_index(plan)
+        self.arrays = plan.arrays_for(strategy)
+        self.params: dict[str, relax.Var] = {}  # used plan tensors, first-use order
+        self.value: dict = {}  # float var -> bound value
+        self.low: dict = {}  # float activation var -> _Int | _Acc | _Scores | _Masked | _Gathers
+        self.bb = relax.BlockBuilder()
+
+    # -- driver ---------------------------------------------------------------------------------
+    def run(self) -> tvm.IRModule:
+        func = self.func
+        if len(func.body.blocks) != 1 or self.mask is None:
+            raise IBertTVMError("LowerToInteger: main needs one dataflow block and an attention_mask input")
+        bb = self.bb
+        with bb.function("main"):
+            with bb.dataflow():
+                for binding in func.body.blocks[0].bindings:
+                    self._binding(binding)
+                out = bb.emit_output(self._output(func.body.body))
+            bb.emit_func_output(out, params=self.inputs + list(self.params.values()))
+        unused = sorted(set(self.arrays) - set(self.params) - self._unread())
+        if unused:
+            raise IBertTVMError(f"LowerToInteger: the graph never uses the plan tensors {unused}: "
+                                "the imported model and the quantized model differ")
+        mod = bb.get()
+        attrs = {k: func.attrs[k] for k in ("num_input", "tir_var_lower_bound", "tir_var_upper_bound")
+                 if k in func.attrs}
+        attrs["ibert_param_names"] = list(self.params)
+        mod["main"] = mod["main"].with_attrs(attrs)
+        return mod
+
+    def _unread(self) -> set:
+        """Plan tensors no graph reads: ``ModelPlan`` makes the mean-pool requantization
+        (``pooler.*``) for every model, a classifier never pools (today's module declares them as
+        unused parameters)."""
+        return {n for n in self.arrays if n.startswith("pooler.")} if self.plan.head == "classifier" else set()
+
+    def _binding(self, binding: relax.VarBinding) -> None:
+        var, value = binding.var, binding.value
+        self.value[var] = value
+        if not any(v in self.weights or v in self.low for v in _vars(value)):
+            self.bb.emit_normalized(binding)  # weight-free: copied, EliminateFloat removes the dead float
+            return
+        if isinstance(value, relax.Var):
+            self.low[var] = self.low[value]
+            return
+        op = _op(value)
+        if op == "relax.permute_dims" and value.args[0] in self.weights:
+            return  # W^T of a linear: read by the matmul rule, never an activation
+        rule = _RULES.get(op)
+        low = rule(self, var, value) if rule is not None else None
+        if low is None:
+            raise self._error(var, value, "no rule lowers it to the integer op plans")
+        self.low[var] = low
+
+    def _error(self, var, value, why: str) -> IBertTVMError:
+        op = _op(value) or type(value).__name__
+        text = str(value)
+        return IBertTVMError(f"LowerToInteger: cannot lower {op} at binding {var.name} = "
+                             f"{text if len(text) < 200 else text[:200] + '...'}: {why}")
+
+    # -- helpers --------------------------------------------------------------------------------
+    def _param(self, name: str) -> relax.Var:
+        """The run-time integer tensor ``name`` of the plan, as a parameter of ``main``."""
+        if name not in self.params:
+            if name not in self.arrays:
+                raise IBertTVMError(f"LowerToInteger: the plan has no tensor {name!r}")
+            a = np.asarray(self.arrays[name])
+            self.params[name] = relax.Var(name, relax.TensorType([int(d) for d in a.shape], a.dtype.name))
+        return self.params[name]
+
+    def _te(self, body, name: str, args: list, kw: dict | None = None) -> relax.Var:
+        """``body(*args, **kw)`` with ``kw`` values plan tensor names (passed by keyword)."""
+        keys = sorted(kw or {})
+        ps = [self._param(kw[k]) for k in keys]
+        n = len(args)
+        return self.bb.emit_te(lambda *t: body(*t[:n], **dict(zip(keys, t[n:]))), *args, *ps,
+                               primfunc_name_hint=name)
+
+    def _weight(self, e, suffix: str) -> str | None:
+        """``L`` when ``e`` is (a ``permute_dims`` of) the weight parameter ``L<suffix>``."""
+        v = self.value.get(e)
+        if isinstance(v, relax.Call) and getattr(v.op, "name", None) == "relax.permute_dims":
+            e = v.args[0]
+        name = self.weights.get(e)
+        return name[: -len(suffix)] if name is not None and name.endswith(suffix) else None
+
+    def _same_shape(self, var, call, what: str, graph, plan) -> None:
+        if tuple(graph) != tuple(plan):
+            raise self._error(var, call, f"{what} is {list(graph)} in the graph, {list(plan)} in the quantized model")
+
+    def _plan_name(self, hf: str) -> str | None:
+        m = _PLAN_NAME.search(hf)
+        return m.group(1) if m else None
+
+    def _linear_plan(self, hf: str, var):
+        """The LinearPlan of HF linear ``hf`` (encoder) or of a head linear (by its role)."""
+        name = self._plan_name(hf)
+        if name is None and self.plan.head == "classifier":
+            name = "head.out" if self._returned(var) else "head.dense"
+        lp = self.plan.linears.get(name)
+        if lp is None:
+            raise self._error(var, self.value[var], f"linear {hf} has no plan (plan name {name})")
+        return lp
+
+    def _returned(self, var) -> bool:
+        """Whether ``var`` (through its bias add, views and aliases) is what ``main`` returns."""
+        bindings = {b.var: b.value for b in self.func.body.blocks[0].bindings}
+        users: dict = {}
+        for v, val in bindings.items():
+            for u in _vars(val):
+                users.setdefault(u, []).append(v)
+        through = _VIEWS | {"relax.add", None}  # None: a Var alias (``gv = lv``)
+        out, stack = self.func.body.body, [var]
+        while stack:
+            e = stack.pop()
+            if e.same_as(out):
+                return True
+            stack.extend(u for u in users.get(e, []) if _op(bindings[u]) in through)
+        return False
+
+    def _int(self, low, var, why: str) -> _Int:
+        """``low`` as a materialised integer tensor (requantizing a pending accumulator)."""
+        if isinstance(low, _Int):
+            return low
+        if isinstance(low, _Acc):
+            rq = low.lp.requant
+            if isinstance(rq, ResidualAdd):
+                raise self._error(var, self.value[var], f"linear {low.lp.name} adds a residual in the plan, "
+                                  f"but its output is {why}")
+            kw = {k: f"{low.lp.name}.{k}" for k in rq.params()}
+            return _Int(self._te(rq.te, "requantize", [low.expr], kw), origin=low.lp.name)
+        raise self._error(var, self.value[var], f"its input is {type(low).__name__.strip('_').lower()}, not an "
+                          f"integer activation ({why})")
+
+    def _arg(self, value, i: int, var, why: str) -> _Int:
+        return self._int(self.low[value.args[i]], var, why)
+
+    # -- outputs --------------------------------------------------------------------------------
+    def _output(self, out):
+        if out not in self.low:
+            raise IBertTVMError(f"LowerToInteger: main returns {out.name}, which does not depend on any weight")
+        if self.plan.head == "classifier":
+            return self._int(self.low[out], out, "returned").expr
+        h = self._int(self.low[out], out, "returned")
+        if len(out.ty.shape) != 3:
+            raise IBertTVMError(f"LowerToInteger: a *Model must return the [batch, seq, H] hidden state, "
+                                f"main returns {out.ty.shape}")
+        pooled = self.bb.emit_te(mean_pool_te, h.expr, self.mask, primfunc_name_hint="mean_pool")
+        if self.plan.pool is None:
+            return pooled
+        rq = self.plan.pool
+        return self._te(rq.te, "requantize", [pooled], {k: f"pooler.{k}" for k in rq.params()})
+
+    # -- rules (one per float op; each returns the lowered value or None) ----------------------
+    def _matmul(self, var, call):
+        a, b = call.args
+        hf = self._weight(b, ".weight")
+        if hf is not None:
+            return self._linear(var, call, hf)
+        la, lb = self.low.get(a), self.low.get(b)
+        if isinstance(la, _Int) and la.origin and la.origin.startswith("probs:"):
+            scope = la.origin[len("probs:"):]
+            lp = self.index[scope][1]
+            v = self._int(lb, var, "the value operand of the attention product")
+            vt = self.bb.emit(relax.op.permute_dims(v.expr, _swap_last(b)))  # [.., d, S]
+            ctx = self.bb.emit_te(lambda p, t: batch_matmul_te(p, t, max_k=self.plan.max_seq), la.expr, vt,
+                                  primfunc_name_hint="pv_matmul")
+            if lp.ctx.channels is not None:
+                raise self._error(var, call, "the context requantization must be per-tensor")
+            return _Int(self._te(lp.ctx.te, "requantize", [ctx]), origin=f"{scope}.ctx")
+        q, k = self._int(la, var, "an attention operand"), self._int(lb, var, "an attention operand")
+        scope = self._scope(q, k, var, call)
+        kt = self.bb.emit(relax.op.permute_dims(k.expr, _swap_last(b)))  # [.., S, d]
+        head_dim = int(a.ty.shape[-1])
+        scores = self.bb.emit_te(batch_matmul_te, q.expr, kt, primfunc_name_hint="qk_matmul")
+        return _Scores(scores, scope, head_dim)
+
+    def _scope(self, q: _Int, k: _Int, var, call) -> str:
+        """The attention scope (``encoder.layer.<i>.attention.self``) of the q and k linears."""
+        scopes = {o.rsplit(".", 1)[0] for o in (q.origin, k.origin) if o}
+        if len(scopes) != 1 or next(iter(scopes)) not in self.index:
+            raise self._error(var, call, f"the score product's operands come from {q.origin} and {k.origin}, "
+                              "not from one attention block's linears")
+        return scopes.pop()
+
+    def _linear(self, var, call, hf: str):
+        lp = self._linear_plan(hf, var)
+        x = self._arg(call, 0, var, f"the input of linear {hf}")
+        n, k = (int(d) for d in self.value[call.args[1]].args[0].ty.shape)  # the float W [N, K]
+        self._same_shape(var, call, f"linear {hf}", (n, k), self.plan.qm.tensor(lp.name + ".weight").shape)
+        names = self.st.packed_param_shapes(n, k, lp.bits) if lp.packed else self.st.param_shapes(n, k)
+        kw = {k: f"{lp.name}.{k}" for k in names}
+        if lp.packed:
+            def body(a, **ps):
+                return self.st.packed_te(a, **ps, bits=lp.bits, k=lp.in_features)
+        else:
+            body = self.st.te
+        return _Acc(self._te(body, "linear", [x.expr], kw), lp, hf)
+
+    def _add(self, var, call):
+        a, b = call.args
+        la, lb = self.low.get(a), self.low.get(b)
+        for acc, other in ((la, b), (lb, a)):  # the bias of a linear (te() added it already)
+            if isinstance(acc, _Acc) and other in self.weights and self._weight(other, ".bias") is not None:
+                if self._weight(other, ".bias") != acc.hf:
+                    raise self._error(var, call, f"bias {self.weights[other]} is not linear {acc.lp.name}'s")
+                return acc
+        if la is not None and lb is not None:
+            if isinstance(la, _Gathers) and isinstance(lb, _Gathers):
+                if set(la.ids) & set(lb.ids):
+                    raise self._error(var, call, "an embedding table is summed twice")
+                return _Gathers({**la.ids, **lb.ids})
+            for acc, skip in ((la, lb), (lb, la)):
+                if isinstance(acc, _Acc) and isinstance(skip, (_Int, _Acc)):
+                    ra = acc.lp.requant
+                    if type(ra).__name__ != "ResidualAdd":
+                        raise self._error(var, call, f"linear {acc.lp.name}'s plan requantizes to int8, "
+                                          "but the graph adds a residual to it")
+                    s = self._int(skip, var, "a residual input")
+                    kw = {k: f"{acc.lp.name}.{k}" for k in ra.params()}
+                    return _Int(self._te(ra.te, "residual_add", [acc.expr, s.expr], kw), origin=acc.lp.name)
+            return None
+        scores = la if isinstance(la, _Scores) else lb if isinstance(lb, _Scores) else None
+        other = b if scores is la else a
+        if scores is not None:  # the additive attention mask
+            if not scores.scaled:
+                raise self._error(var, call, "the mask is added before the 1/sqrt(d) scaling")
+            if self._inputs_of(other) != {self.mask}:
+                raise self._error(var, call, "the additive mask does not derive from attention_mask alone")
+            return _Masked(scores)
+        return None
+
+    def _inputs_of(self, e) -> set:
+        """The function inputs a weight-free expression reads (through its bindings)."""
+        found, stack, seen = set(), [e], set()
+        while stack:
+            x = stack.pop()
+            if x in seen:
+                continue
+            seen.add(x)
+            if x in self.inputs:
+                found.add(x)
+            elif x in self.value:
+                stack.extend(_vars(self.value[x]))
+        return found
+
+    def _scale(self, var, call):
+        s = self.low.get(call.args[0])
+        c = call.args[1]
+        if not isinstance(s, _Scores) or s.scaled or not _scalar(c):
+            return None
+        f = float(c.value.numpy())
+        f = f if call.op.name == "relax.multiply" else 1.0 / f
+        d = self.plan.head_dim  # = hidden / heads; the plan folds S_q S_k / sqrt(d) into i-softmax
+        want = 1.0 / math.sqrt(d)
+        if s.head_dim != d or abs(f - want) > _SCALE_RTOL * want:
+            raise self._error(var, call, f"scores of head size {s.head_dim} scaled by {f}, the plan folds "
+                              f"1/sqrt({d}) = {want}")
+        return _Scores(s.expr, s.scope, s.head_dim, scaled=True)
+
+    def _softmax(self, var, call):
+        m = self.low.get(call.args[0])
+        if not isinstance(m, _Masked) or int(call.attrs.axis) not in (-1, len(var.ty.shape) - 1):
+            return None
+        sm = self.index[m.scores.scope][1].softmax
+        return _Int(self.bb.emit_te(sm.te, m.scores.expr, self.mask, primfunc_name_hint="int_softmax"),
+                    origin=f"probs:{m.scores.scope}")
+
+    def _layer_norm(self, var, call):
+        hf = self._weight(call.args[1], ".weight")
+        kind, ln = self.index.get(self._plan_name(hf or ""), (None, None))
+        if kind != "layer_norm":
+            raise self._error(var, call, f"LayerNorm {hf} has no plan")
+        x = self.low.get(call.args[0])
+        if isinstance(x, _Gathers):
+            x = self._embedding_sum(x, call.args[0], var, call)
+        if not isinstance(x, _Int) or x.expr.ty.dtype != "int32":
+            raise self._error(var, call, "the LayerNorm input is not a wide int32 sum (residual or embeddings)")
+        prefix = self._plan_name(hf)
+        return _Int(self._te(ln.te, "int_layernorm", [x.expr], {"g": f"{prefix}.g", "beta_q": f"{prefix}.beta_q"}),
+                    origin=prefix)
+
+    def _embedding_sum(self, g: _Gathers, x, var, call) -> _Int:
+        if sorted(g.ids) != [0, 1, 2]:
+            raise self._error(var, call, f"EmbeddingSum needs {list(_TABLES)} gathered once each, got "
+                              f"{sorted(k for k, i in _TABLES.items() if i in g.ids)}")
+        rows = relax.ShapeExpr(list(x.ty.shape)[:-1])  # [batch, seq]
+        ids = [self.bb.emit(relax.op.reshape(g.ids[i], rows)) for i in range(3)]
+        tables = [self._param(f"embeddings.{k}.weight") for k in _TABLES]
+        return _Int(self.bb.emit_te(self.plan.embeddings.te, *ids, *tables, primfunc_name_hint="embedding_sum"))
+
+    def _take(self, var, call):
+        table, idx = call.args
+        hf = self._weight(table, ".weight")
+        if hf is not None:  # an embedding gather
+            name = self._plan_name(hf) or ""
+            key = name.split(".")[1] if name.startswith("embeddings.") and name.count(".") == 1 else None
+            if key not in _TABLES or int(call.attrs.axis) != 0:
+                raise self._error(var, call, f"embedding table {hf} is not one EmbeddingSum knows")
+            self._same_shape(var, call, f"table {hf}", tuple(int(d) for d in table.ty.shape),
+                             self.arrays[f"embeddings.{key}.weight"].shape)
+            return _Gathers({_TABLES[key]: idx})
+        if _scalar(idx):  # one token of an activation (the classification head's first token)
+            return self._view(var, call)
+        return None
+
+    def _view(self, var, call):
+        low = self.low[call.args[0]]
+        rest = list(call.args[1:])
+        if isinstance(low, _Gathers):
+            if int(var.ty.shape[-1]) != int(call.args[0].ty.shape[-1]):
+                raise self._error(var, call, "a view of embedding rows changes their width")
+            return low
+        if isinstance(low, _Scores):  # per-tensor scale: any view
+            expr = self.bb.emit(relax.Call(call.op, [low.expr, *rest], call.attrs, call.ty_args))
+            return _Scores(expr, low.scope, low.head_dim, low.scaled)
+        if isinstance(low, _Acc) and _keeps_channels(call, var):  # per-channel requantization still applies
+            expr = self.bb.emit(relax.Call(call.op, [low.expr, *rest], call.attrs, call.ty_args))
+            return _Acc(expr, low.lp, low.hf)
+        x = self._int(low, var, f"viewed by {call.op.name}")
+        return _Int(self.bb.emit(relax.Call(call.op, [x.expr, *rest], call.attrs, call.ty_args)), x.origin)
+
+    def _gelu(self, var, call):
+        x = self._arg(call, 0, var, "the GELU input")
+        kind, gelu = self.index.get(x.origin or "", (None, None))
+        if kind != "gelu_after" or var.ty.shape[-1] != call.args[0].ty.shape[-1]:
+            raise self._error(var, call, f"the GELU input comes from {x.origin}, which has no i-GELU plan")
+        prefix = x.origin.rsplit(".", 1)[0] + ".act"
+        return _Int(self._te(gelu.te_q, "int_gelu", [x.expr], {k: f"{prefix}.{k}" for k in gelu.params()}))
+
+    def _tanh(self, var, call):
+        x = self._arg(call, 0, var, "the tanh input")
+        if x.origin != "head.dense":
+            raise self._error(var, call, f"the tanh input comes from {x.origin}, not the classification head")
+        return _Int(self.bb.emit_te(self.plan.tanh.te, x.expr, primfunc_name_hint="int_tanh"))
+
+
+_RULES = {
+    "relax.matmul": _Lowering._matmul,
+    "relax.add": _Lowering._add,
+    "relax.multiply": _Lowering._scale,
+    "relax.divide": _Lowering._scale,
+    "relax.nn.softmax": _Lowering._softmax,
+    "relax.nn.layer_norm": _Lowering._layer_norm,
+    "relax.nn.gelu": _Lowering._gelu,
+    "relax.tanh": _Lowering._tanh,
+    "relax.take": _Lowering._take,
+    **{v: _Lowering._view for v in _VIEWS},
+}
+
+
+def _op(value) -> str | None:
+    return value.op.name if isinstance(value, relax.Call) and isinstance(value.op, Op) else None
+
+
+def _scalar(e) -> bool:
+    return isinstance(e, GenericConst) and e.ty.ndim == 0
+
+
+def _keeps_channels(call, dst) -> bool:
+    """Whether view ``call`` keeps every element on its channel (last-axis index), so that a
+    per-channel requantization commutes with it: a row-major reshape / broadcast / expand /
+    squeeze that keeps the static last extent, or a permute that keeps the last axis last."""
+    src = call.args[0]
+    a, b = src.ty.shape[-1], dst.ty.shape[-1]
+    if not (isinstance(a, tvm.tirx.IntImm) and isinstance(b, tvm.tirx.IntImm) and int(a) == int(b)):
+        return False
+    if call.op.name == "relax.permute_dims":
+        axes = call.attrs.axes
+        if axes is None:  # reversed axes: the last stays last only in 1-D
+            return src.ty.ndim == 1
+        return int(axes[-1]) == src.ty.ndim - 1
+    return True
+
+
+def _swap_last(e) -> list[int]:
+    n = e.ty.ndim
+    return list(range(n - 2)) + [n - 1, n - 2]
+
+
+def _vars(e) -> list:
+    """The relax Vars an expression reads directly (call arguments, tuple fields)."""
+    if isinstance(e, relax.Var):
+        return [e]
+    if isinstance(e, relax.Call):
+        return [v for a in e.args for v in _vars(a)]
+    if isinstance(e, relax.Tuple):
+        return [v for f in e.fields for v in _vars(f)]
+    if isinstance(e, relax.TupleGetItem):
+        return _vars(e.tuple_value)
+    return []
