@@ -116,7 +116,7 @@ class _Graph(PyExprVisitor):
         var, value = binding.var, binding.value
         self.value[var] = value
         self.order.append(var)
-        if any(v in self.weights or v in self.active for v in _vars(value)):
+        if any(v in self.weights or v in self.active for v in vars_read(value)):
             self.active.add(var)
 
     # -- graph helpers --------------------------------------------------------------------
@@ -197,7 +197,7 @@ class _Graph(PyExprVisitor):
         """matmul var -> (L, input, output var): output is the bias add when there is one."""
         users: dict = {}
         for var in self.order:
-            for v in _vars(self.value[var]):
+            for v in vars_read(self.value[var]):
                 users.setdefault(self.source(v), []).append(var)
         found = {}
         for var in self.order:
@@ -229,7 +229,7 @@ class _Graph(PyExprVisitor):
                 names.append(outs[e].split("."))
             elif e in self.active and e not in seen:
                 seen.add(e)
-                stack.extend(v for v in _vars(self.value[e]) if v in self.active or v in self.weights)
+                stack.extend(v for v in vars_read(self.value[e]) if v in self.active or v in self.weights)
         if not names:
             raise IBertTVMError(f"FindQuantizationPoints: softmax input {scores.name} is not fed by any linear")
         common = []
@@ -271,7 +271,7 @@ class _Graph(PyExprVisitor):
 
     def _only_residual(self, t) -> bool:
         users = [v for v in self.order
-                 if not self.source(v).same_as(t) and any(self.source(x).same_as(t) for x in _vars(self.value[v]))]
+                 if not self.source(v).same_as(t) and any(self.source(x).same_as(t) for x in vars_read(self.value[v]))]
         return bool(users) and all(self._op(u) == "relax.add" and self._add_kind(self.value[u]) == "sum"
                                    for u in users)
 
@@ -281,14 +281,15 @@ def _is_scalar_const(e) -> bool:
     return isinstance(e, GenericConst) and getattr(ty, "ndim", None) == 0
 
 
-def _vars(e) -> list:
-    """The relax Vars an expression reads directly (call arguments, tuple fields)."""
+def vars_read(e) -> list:
+    """The relax Vars an expression reads directly (call arguments, tuple fields); shared with
+    :mod:`.lower_to_integer`."""
     if isinstance(e, relax.Var):
         return [e]
     if isinstance(e, relax.Call):
-        return [v for a in e.args for v in _vars(a)]
+        return [v for a in e.args for v in vars_read(a)]
     if isinstance(e, relax.Tuple):
-        return [v for f in e.fields for v in _vars(f)]
+        return [v for f in e.fields for v in vars_read(f)]
     if isinstance(e, relax.TupleGetItem):
-        return _vars(e.tuple_value)
+        return vars_read(e.tuple_value)
     return []

@@ -83,6 +83,7 @@ from ..op.int_matmul import batch_matmul_te
 from ..op.pooling import mean_pool_te
 from ..op.residual_add import ResidualAdd
 from ..schedules import GENERIC, LinearStrategy
+from .find_quantization_points import vars_read
 
 _VIEWS = {"relax.reshape", "relax.permute_dims", "relax.broadcast_to", "relax.expand_dims", "relax.squeeze"}
 _TABLES = {"word_embeddings": 0, "position_embeddings": 1, "token_type_embeddings": 2}  # EmbeddingSum order
@@ -205,7 +206,7 @@ class _Lowering:
     def _binding(self, binding: relax.VarBinding) -> None:
         var, value = binding.var, binding.value
         self.value[var] = value
-        if not any(v in self.weights or v in self.low for v in _vars(value)):
+        if not any(v in self.weights or v in self.low for v in vars_read(value)):
             self.bb.emit_normalized(binding)  # weight-free: copied, EliminateFloat removes the dead float
             return
         if isinstance(value, relax.Var):
@@ -275,7 +276,7 @@ class _Lowering:
         bindings = {b.var: b.value for b in self.func.body.blocks[0].bindings}
         users: dict = {}
         for v, val in bindings.items():
-            for u in _vars(val):
+            for u in vars_read(val):
                 users.setdefault(u, []).append(v)
         through = _VIEWS | {"relax.add", None}  # None: a Var alias (``gv = lv``)
         out, stack = self.func.body.body, [var]
@@ -409,7 +410,7 @@ class _Lowering:
             if x in self.inputs:
                 found.add(x)
             elif x in self.value:
-                stack.extend(_vars(self.value[x]))
+                stack.extend(vars_read(self.value[x]))
         return found
 
     def _scale(self, var, call):
@@ -544,16 +545,3 @@ def _keeps_channels(call, dst) -> bool:
 def _swap_last(e) -> list[int]:
     n = e.ty.ndim
     return list(range(n - 2)) + [n - 1, n - 2]
-
-
-def _vars(e) -> list:
-    """The relax Vars an expression reads directly (call arguments, tuple fields)."""
-    if isinstance(e, relax.Var):
-        return [e]
-    if isinstance(e, relax.Call):
-        return [v for a in e.args for v in _vars(a)]
-    if isinstance(e, relax.Tuple):
-        return [v for f in e.fields for v in _vars(f)]
-    if isinstance(e, relax.TupleGetItem):
-        return _vars(e.tuple_value)
-    return []
