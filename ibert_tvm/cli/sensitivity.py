@@ -19,7 +19,6 @@ from ..quantization.sensitivity import (
     WEIGHT_BITS,
     assign_bits,
     check_choices,
-    check_groups,
     encoder_layer_weights,
     folded_input_scales,
     load_bits_plan,
@@ -31,6 +30,7 @@ from ..quantization.sensitivity import (
     weight_bytes,
     write_plan,
 )
+from ..quantization.calibrate import check_groups
 from .argtypes import nonneg_int, positive_int
 
 

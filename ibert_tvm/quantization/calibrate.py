@@ -157,6 +157,27 @@ def _sym_scale(r: float, bits: int, what: str) -> float:
     return float(r) / ((1 << (bits - 1)) - 1)
 
 
+SILENT_CHANNEL_FLOOR = 1e-4  # an (almost) silent channel's range: this fraction of its point's max |x|
+
+
+def channel_scales(o: RangeObserver, bits: int, what: str) -> np.ndarray:
+    """One point's per-channel symmetric scales ``[C]``:
+    ``max(channel max |x|, SILENT_CHANNEL_FLOOR * max |x|) / (2^(bits-1) - 1)``."""
+    _sym_scale(o.absmax, bits, what)  # raises if the point saw nothing
+    return np.maximum(o.channel_absmax, o.absmax * SILENT_CHANNEL_FLOOR) / ((1 << (bits - 1)) - 1)
+
+
+def check_groups(groups, rows: int, what: str = "weight") -> int:
+    """``groups`` as a weight-group count valid for ``rows`` output rows (0 = a scale per row,
+    1 = per tensor, G = G groups of consecutive rows), else ``IBertTVMError``."""
+    if isinstance(groups, bool) or not isinstance(groups, (int, np.integer)) or groups < 0:
+        raise IBertTVMError(f"weight groups must be an integer >= 0 (0 = per output row), got {groups!r}")
+    if groups > 1 and rows % groups:
+        raise IBertTVMError(f"weight_groups={groups} does not divide the {rows} output rows of {what}; "
+                            f"pick a divisor of {rows} (0 = one scale per row, 1 = per tensor)")
+    return int(groups)
+
+
 def quantize_weight(w: np.ndarray, bits: int = 8, groups: int = 0, what: str = "weight") -> tuple[np.ndarray, np.ndarray]:
     """Symmetric ``bits``-bit weights: ``w[n, :] ~= q[n, :] * s[n]``, ``|q| <= 2^(bits-1) - 1``.
 
@@ -165,12 +186,10 @@ def quantize_weight(w: np.ndarray, bits: int = 8, groups: int = 0, what: str = "
     """
     qm = qmax(bits)
     n = w.shape[0]
+    groups = check_groups(groups, n, what)
     if groups == 0:
         amax = np.abs(w).max(axis=1).astype(np.float64)
     else:
-        if n % groups:
-            raise IBertTVMError(f"weight_groups={groups} does not divide the {n} output rows of {what}; "
-                                f"pick a divisor of {n} (0 = one scale per row, 1 = per tensor)")
         amax = np.repeat(np.abs(w).reshape(groups, -1).max(axis=1).astype(np.float64), n // groups)
     s = np.where(amax > 0, amax / qm, 1.0)
     q = np.clip(np.round(w / s[:, None]), -qm, qm).astype(np.int8)
@@ -203,10 +222,7 @@ def build_quantized(ckpt: HFCheckpoint, obs: dict[str, RangeObserver], config: Q
     def act_pc(name):  # int8 activation with per-channel scales (LayerNorm / GELU outputs)
         if not config.per_channel_acts:
             return act(name)
-        o = obs[name]
-        _sym_scale(o.absmax, config.act_bits, name)  # raises if the point saw nothing
-        floor = o.absmax * 1e-4  # an (almost) silent channel still gets a usable scale
-        s = np.maximum(o.channel_absmax, floor) / ((1 << (config.act_bits - 1)) - 1)
+        s = channel_scales(obs[name], config.act_bits, name)
         scales[name] = s.tolist()
         return s
 

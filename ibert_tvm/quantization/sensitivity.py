@@ -26,8 +26,8 @@ Offline analysis in float32 PyTorch: nothing here enters the compiled model, onl
        sum_l |lambda_l| * ||Q_b(W_l) - W_l||^2       subject to  sum_l size_l(b_l) <= budget
 
    over ``b_l`` in ``choices`` (a subset of {2, 3, 4, 8}). ``Q_b`` is the symmetric weight
-   quantizer of :func:`ibert_tvm.quantization.calibrate.quantize_weight`, rewritten here in numpy
-   (:func:`fake_quantize`): scale = absmax of the row / group / tensor over ``2^(b-1) - 1``,
+   quantizer of :func:`ibert_tvm.quantization.calibrate.quantize_weight`, dequantized again
+   (:func:`fake_quantize` calls it): scale = absmax of the row / group / tensor over ``2^(b-1) - 1``,
    round to nearest (half to even, as ``np.round``), clip. ``W_l`` is the float weight as loaded.
    With per-channel activation scales (the default scheme) calibrate quantizes ``W diag(s)``
    instead (``s`` = the scales of the LayerNorm / GELU output feeding the linear), so the error
@@ -59,6 +59,7 @@ import numpy as np
 
 from ..errors import IBertTVMError
 from ..op.packed_weights import WEIGHT_BITS, row_bytes
+from .calibrate import check_groups
 
 PLAN_FORMAT = "ibert-tvm-bits/1"
 # The six weight matrices of an encoder layer (HF names under encoder.layer.<i>.)
@@ -209,34 +210,18 @@ def check_choices(choices) -> tuple[int, ...]:
     return tuple(sorted({int(c) for c in cs}))
 
 
-def check_groups(groups, rows: int, what: str = "weight") -> int:
-    if isinstance(groups, bool) or not isinstance(groups, (int, np.integer)) or groups < 0:
-        raise IBertTVMError(f"weight groups must be an integer >= 0 (0 = per output row), got {groups!r}")
-    if groups > 1 and rows % groups:
-        raise IBertTVMError(f"weight groups {groups} does not divide the {rows} output rows of {what} "
-                            "(0 = one scale per row, 1 = per tensor)")
-    return int(groups)
-
-
 def fake_quantize(w: np.ndarray, bits: int, groups: int = 0) -> np.ndarray:
-    """``Q_b(W)``: symmetric ``bits``-bit quantization of ``w [N, K]`` and back, in float64.
+    """``Q_b(W)``: ``w [N, K]`` quantized as calibrate stores it
+    (:func:`~ibert_tvm.quantization.calibrate.quantize_weight`: symmetric ``bits``-bit, a scale per
+    output row, per tensor or per group of rows) and back, in float64."""
+    from .calibrate import quantize_weight
 
-    Scale per output row (``groups=0``), per tensor (1), or per group of ``N/G`` consecutive rows
-    (``G``): ``s = absmax / (2^(b-1) - 1)`` (1 for an all-zero group); ``q = clip(round(w / s))``.
-    """
     (bits,) = check_choices([bits])
     w = np.asarray(w, dtype=np.float64)
     if w.ndim != 2:
         raise IBertTVMError(f"a weight matrix [N, K] expected, got shape {w.shape}")
-    n = w.shape[0]
-    groups = check_groups(groups, n)
-    qm = (1 << (bits - 1)) - 1
-    if groups == 0:
-        amax = np.abs(w).max(axis=1)
-    else:
-        amax = np.repeat(np.abs(w).reshape(groups, -1).max(axis=1), n // groups)
-    s = np.where(amax > 0, amax / qm, 1.0)[:, None]
-    return np.clip(np.round(w / s), -qm, qm) * s
+    q, s = quantize_weight(w, bits, groups)
+    return q.astype(np.float64) * s[:, None]
 
 
 def quantization_error(w: np.ndarray, bits: int, groups: int = 0, input_scale: np.ndarray | None = None) -> float:
@@ -382,13 +367,12 @@ def folded_input_scales(ckpt, sentences: Sequence[str], *, progress=None) -> lis
     per-channel activations, the default) folds into that weight, from the FP32 ranges over
     ``sentences`` (calibrate's own observers and rule); None for the attention output dense,
     whose input (the attention context) has one per-tensor scale."""
-    from .calibrate import collect_ranges
+    from .calibrate import channel_scales, collect_ranges
 
     obs = collect_ranges(ckpt, list(sentences), progress=progress)
 
-    def pc(name):  # calibrate's act_pc: max(channel absmax, 1e-4 absmax) / 127 (the /127 cancels here)
-        o = obs[name]
-        return np.maximum(o.channel_absmax, o.absmax * 1e-4).astype(np.float64) / 127.0
+    def pc(name):  # the int8 per-channel scales calibrate gives the point
+        return channel_scales(obs[name], 8, name)
 
     out = []
     for i in range(len(ckpt.base.encoder.layer)):

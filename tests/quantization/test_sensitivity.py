@@ -157,19 +157,6 @@ def test_tiny_model_deterministic(tiny_classifier):
 
 
 # -- quantization error and sizes ------------------------------------------------------------------------
-@pytest.mark.parametrize("bits", [2, 3, 4, 8])
-@pytest.mark.parametrize("groups", [0, 1, 4])
-def test_fake_quantize_matches_calibrate(bits, groups):
-    from ibert_tvm.quantization.calibrate import quantize_weight
-
-    rng = np.random.default_rng(bits * 10 + groups)
-    w = rng.standard_normal((16, 12)) * rng.uniform(0.1, 3.0, (16, 1))
-    w[5] = 0.0  # an all-zero row (scale 1)
-    q, s = quantize_weight(w, bits, groups)
-    np.testing.assert_array_equal(S.fake_quantize(w, bits, groups), q.astype(np.float64) * s[:, None])
-    assert S.quantization_error(w, bits, groups) == pytest.approx(float(((q * s[:, None] - w) ** 2).sum()))
-
-
 def test_error_shrinks_with_bits_and_groups():
     rng = np.random.default_rng(0)
     w = rng.standard_normal((32, 24)) * rng.uniform(0.1, 3.0, (32, 1))
