@@ -15,7 +15,7 @@ BertForSequenceClassification, tiny 2x32 models, batches (1,7) (3,16) (4,33) (2,
     p (softmax)            1          2       i-exp polynomial, 2^-8 output
     res1 / res2            1          2       two requantizations, then summed (24-bit)
     inter                  0          1
-    gelu                   8         12       i-GELU's erf polynomial (|error| ~ 0.02 in erf)
+    gelu                   8         12       i-GELU's second-order erf polynomial
     pooled                 0          1       exact integer mean, rounded
     head.pre_tanh          0          1
     head.tanh              1          2       i-exp based tanh
