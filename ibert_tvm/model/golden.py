@@ -41,8 +41,19 @@ def weight_np(plan: ModelPlan, lp: LinearPlan) -> np.ndarray:
     return hit[1]
 
 
-def encoder_np(plan: ModelPlan, input_ids, attention_mask, token_type_ids, position_ids) -> np.ndarray:
-    """Last hidden state, int8 [B, S, H] (scale: the last layer's ``ln2`` output scale)."""
+def _merge(x: np.ndarray) -> np.ndarray:
+    """[B, n, S, d] -> [B, S, n*d]"""
+    B, n, S, d = x.shape
+    return x.transpose(0, 2, 1, 3).reshape(B, S, n * d)
+
+
+def encoder_np(plan: ModelPlan, input_ids, attention_mask, token_type_ids, position_ids, *,
+               trace: dict | None = None) -> np.ndarray:
+    """Last hidden state, int8 [B, S, H] (scale: the last layer's ``ln2`` output scale).
+
+    ``trace``: a dict that receives every node's output under its quantization-point name
+    (``model/golden_trace.py`` lists them); recording changes no arithmetic."""
+    rec = trace.__setitem__ if trace is not None else (lambda name, value: None)
     A = plan.arrays
     x = plan.embeddings.numpy(
         input_ids,
@@ -52,8 +63,11 @@ def encoder_np(plan: ModelPlan, input_ids, attention_mask, token_type_ids, posit
         A["embeddings.position_embeddings.weight"],
         A["embeddings.token_type_embeddings.weight"],
     )
+    rec("embeddings.sum", x)
     h = plan.emb_ln.numpy(x)
-    for L in plan.layers:
+    rec("embeddings.ln", h)
+    for i, L in enumerate(plan.layers):
+        p = f"layer{i}."
 
         def lin(lp, inp):
             return linear_np(inp, weight_np(plan, lp), A[lp.name + ".bias"])
@@ -61,23 +75,42 @@ def encoder_np(plan: ModelPlan, input_ids, attention_mask, token_type_ids, posit
         q = _heads(L.q.requant.numpy(lin(L.q, h)), plan.heads)
         k = _heads(L.k.requant.numpy(lin(L.k, h)), plan.heads)
         v = _heads(L.v.requant.numpy(lin(L.v, h)), plan.heads)
-        p = L.softmax.numpy(batch_matmul_np(q, k), attention_mask)
-        ctx = L.ctx.numpy(batch_matmul_np(p, np.swapaxes(v, -1, -2)))
-        B, n, S, d = ctx.shape
-        ctx = ctx.transpose(0, 2, 1, 3).reshape(B, S, n * d)
-        a = L.ln1.numpy(L.attn_out.requant.numpy(lin(L.attn_out, ctx), h))
-        g = L.gelu.numpy_q(L.inter.requant.numpy(lin(L.inter, a)))
-        h = L.ln2.numpy(L.out.requant.numpy(lin(L.out, g), a))
+        if trace is not None:
+            rec(p + "q", _merge(q)), rec(p + "k", _merge(k)), rec(p + "v", _merge(v))
+        pr = L.softmax.numpy(batch_matmul_np(q, k), attention_mask)
+        rec(p + "p", pr)
+        ctx = _merge(L.ctx.numpy(batch_matmul_np(pr, np.swapaxes(v, -1, -2))))
+        rec(p + "ctx", ctx)
+        r1 = L.attn_out.requant.numpy(lin(L.attn_out, ctx), h)
+        rec(p + "res1", r1)
+        a = L.ln1.numpy(r1)
+        rec(p + "ln1", a)
+        g = L.inter.requant.numpy(lin(L.inter, a))
+        rec(p + "inter", g)
+        f = L.gelu.numpy_q(g)
+        rec(p + "gelu", f)
+        r2 = L.out.requant.numpy(lin(L.out, f), a)
+        rec(p + "res2", r2)
+        h = L.ln2.numpy(r2)
+        rec(p + "ln2", h)
     return h
 
 
-def run_golden(plan: ModelPlan, input_ids, attention_mask, token_type_ids, position_ids) -> np.ndarray:
-    h = encoder_np(plan, input_ids, attention_mask, token_type_ids, position_ids)
+def run_golden(plan: ModelPlan, input_ids, attention_mask, token_type_ids, position_ids, *,
+               trace: dict | None = None) -> np.ndarray:
+    """The model's int32 output; ``trace`` as :func:`encoder_np` (plus ``pooled`` or the head's nodes)."""
+    rec = trace.__setitem__ if trace is not None else (lambda name, value: None)
+    h = encoder_np(plan, input_ids, attention_mask, token_type_ids, position_ids, trace=trace)
     if plan.head != "classifier":
         pooled = mean_pool_np(h, attention_mask)
+        rec("pooled", pooled)
         return pooled if plan.pool is None else plan.pool.numpy(pooled)
     A = plan.arrays
     cls = np.ascontiguousarray(h[:, 0, :])
-    pre = linear_np(cls, weight_np(plan, plan.head_dense), A["head.dense.bias"])
-    t = plan.tanh.numpy(plan.head_dense.requant.numpy(pre))
-    return plan.head_out.requant.numpy(linear_np(t, weight_np(plan, plan.head_out), A["head.out.bias"]))
+    pre = plan.head_dense.requant.numpy(linear_np(cls, weight_np(plan, plan.head_dense), A["head.dense.bias"]))
+    rec("head.pre_tanh", pre)
+    t = plan.tanh.numpy(pre)
+    rec("head.tanh", t)
+    logits = plan.head_out.requant.numpy(linear_np(t, weight_np(plan, plan.head_out), A["head.out.bias"]))
+    rec("head.logits", logits)
+    return logits

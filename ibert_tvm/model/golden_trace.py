@@ -1,10 +1,7 @@
-"""Golden's intermediates: ``run_golden`` repeated step by step, recording every node's output.
+"""Golden's intermediates: every node's output of ``run_golden``, by quantization-point name.
 
-:func:`trace_golden` makes exactly the calls of ``golden.encoder_np`` / ``golden.run_golden`` on
-the same :class:`~ibert_tvm.model.plan.ModelPlan` objects (each plan's ``numpy()``, ``linear_np``,
-``batch_matmul_np``, ``mean_pool_np``), in the same order and on the same arrays: it changes no
-arithmetic, it only keeps the values. ``tests/quantization/test_fake_quant.py`` checks that its
-``"output"`` equals ``run_golden`` bit for bit, so the copy cannot drift silently.
+:func:`trace_golden` runs ``golden.run_golden`` itself with a ``trace`` dict, which records each
+node's value as it is computed: the same calls on the same arrays, no arithmetic of its own.
 
 It exists so that an independent reference (``quantization.fake_quant``) can be compared with
 golden node by node. Node names are the quantization-point names of ``qm.scales``:
@@ -35,61 +32,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..op.int_matmul import batch_matmul_np, linear_np
-from ..op.pooling import mean_pool_np
-from .golden import _heads, weight_np
+from .golden import run_golden
 from .plan import ModelPlan
 
 
-def _merge(x: np.ndarray) -> np.ndarray:
-    """[B, n, S, d] -> [B, S, n*d]"""
-    B, n, S, d = x.shape
-    return x.transpose(0, 2, 1, 3).reshape(B, S, n * d)
-
-
 def trace_golden(plan: ModelPlan, input_ids, attention_mask, token_type_ids, position_ids) -> dict[str, np.ndarray]:
-    """Every node of the golden executor (see the module docstring), plus ``"output"``.
+    """Every node of the golden executor (the table above), plus ``"output"``.
 
     Inputs as ``run_golden`` (int32 ``[B, S]``). Returns name -> integer numpy array."""
-    A = plan.arrays
-    t: dict[str, np.ndarray] = {}
-    x = plan.embeddings.numpy(
-        input_ids,
-        position_ids,
-        token_type_ids,
-        A["embeddings.word_embeddings.weight"],
-        A["embeddings.position_embeddings.weight"],
-        A["embeddings.token_type_embeddings.weight"],
-    )
-    t["embeddings.sum"] = x
-    h = t["embeddings.ln"] = plan.emb_ln.numpy(x)
-    for i, L in enumerate(plan.layers):
-        p = f"layer{i}."
-
-        def lin(lp, inp):
-            return linear_np(inp, weight_np(plan, lp), A[lp.name + ".bias"])
-
-        q = _heads(L.q.requant.numpy(lin(L.q, h)), plan.heads)
-        k = _heads(L.k.requant.numpy(lin(L.k, h)), plan.heads)
-        v = _heads(L.v.requant.numpy(lin(L.v, h)), plan.heads)
-        t[p + "q"], t[p + "k"], t[p + "v"] = _merge(q), _merge(k), _merge(v)
-        pr = t[p + "p"] = L.softmax.numpy(batch_matmul_np(q, k), attention_mask)
-        ctx = L.ctx.numpy(batch_matmul_np(pr, np.swapaxes(v, -1, -2)))
-        ctx = t[p + "ctx"] = _merge(ctx)
-        r1 = t[p + "res1"] = L.attn_out.requant.numpy(lin(L.attn_out, ctx), h)
-        a = t[p + "ln1"] = L.ln1.numpy(r1)
-        g = t[p + "inter"] = L.inter.requant.numpy(lin(L.inter, a))
-        f = t[p + "gelu"] = L.gelu.numpy_q(g)
-        r2 = t[p + "res2"] = L.out.requant.numpy(lin(L.out, f), a)
-        h = t[p + "ln2"] = L.ln2.numpy(r2)
-    if plan.head != "classifier":
-        pooled = t["pooled"] = mean_pool_np(h, attention_mask)
-        t["output"] = pooled if plan.pool is None else plan.pool.numpy(pooled)
-        return t
-    cls = np.ascontiguousarray(h[:, 0, :])
-    pre = linear_np(cls, weight_np(plan, plan.head_dense), A["head.dense.bias"])
-    pre = t["head.pre_tanh"] = plan.head_dense.requant.numpy(pre)
-    th = t["head.tanh"] = plan.tanh.numpy(pre)
-    t["head.logits"] = plan.head_out.requant.numpy(linear_np(th, weight_np(plan, plan.head_out), A["head.out.bias"]))
-    t["output"] = t["head.logits"]
-    return t
+    trace: dict[str, np.ndarray] = {}
+    trace["output"] = run_golden(plan, input_ids, attention_mask, token_type_ids, position_ids, trace=trace)
+    return trace
