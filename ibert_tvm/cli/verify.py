@@ -25,14 +25,13 @@ def cmd(args) -> int:
 
         report = verify_compiled(p)  # refuses a corrupt manifest or a model.so it does not record
     elif (p / "quantization.json").is_file():
-        from ..model.ibert_model import IntBertModel
-        from ..model.plan import ModelPlan
+        from ..frontend.lower import integer_module
         from ..passes.pipeline import build
         from ..quantization.artifact import QuantizedModel
         from ..targets import get_target
 
         qm = QuantizedModel.load(p)
-        mod, _ = IntBertModel(ModelPlan(qm)).export()
+        mod, _, _ = integer_module(qm, where=str(p))
         print(f"building {p} for {args.target} to verify the lowered module and the generated code ...")
         _, mod_report, code_report = build(mod, get_target(args.target).tvm_target())
         print(mod_report.format())

@@ -89,23 +89,29 @@ def compile_quantized(
     target: str = "llvm",
     database_dir: str | None = None,
     dump_dir=None,
+    model: str | os.PathLike | None = None,
+    where: str = "q/",
     log=print,
 ) -> dict:
-    """Build, verify and write ``out_dir``. Returns the manifest. ``out_dir`` is checked (replaceable,
-    writable) before the build, so a bad output costs no compile time."""
+    """Import the float model ``qm`` was calibrated from (``model`` overrides its recorded path),
+    lower it to the integer model of ``qm`` (``frontend.lower.integer_module``), build, verify and
+    write ``out_dir``. Returns the manifest. ``out_dir`` is checked (replaceable, writable) before
+    the build, so a bad output costs no compile time. ``where`` names ``qm``'s directory in errors."""
     check_output(out_dir, ARTIFACT)
-    from ..model.ibert_model import INPUTS, IntBertModel
+    from ..frontend.lower import integer_module, source_model
     from ..model.plan import ModelPlan
     from ..passes.pipeline import build
-
     from ..schedules import linear_strategy
+    from ..support.tokenize import INPUTS
 
     spec = get_target(target)
     tgt = spec.tvm_target()
+    strategy = linear_strategy(spec.name)
     plan = ModelPlan(qm)
-    model = IntBertModel(plan, linear_strategy(spec.name))
-    mod, names = model.export()
-    arrays = model.arrays()
+    log(f"importing {source_model(qm, model, where=where)} (torch.export + TVM's PyTorch frontend) and lowering it "
+        "to the integer op plans")
+    mod, names, arrays = integer_module(qm, strategy, model=model, where=where,
+                                        dump_dir=None if dump_dir is None else Path(dump_dir) / "frontend")
     from ..schedules.tune.database import database_origin, resolve_database
 
     # An explicit database is checked (target + model identity + sha256); otherwise the matching
@@ -127,7 +133,7 @@ def compile_quantized(
     manifest = {
         "format": FORMAT,
         "target": spec.name,
-        "linear_strategy": model.strategy.name,
+        "linear_strategy": strategy.name,
         "target_json": str(tgt),
         "model": {
             "source_hash": qm.source["model_hash"],

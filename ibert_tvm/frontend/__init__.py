@@ -17,19 +17,19 @@ points on the graph, and calibrate through the graph.
 two sets are equal, and the ranges agree with ``calibrate.collect_ranges`` to float32
 rounding (tests/frontend, tests/passes).
 
-Step 2 (``lower.lower_to_integer``): the imported module lowered to the integer model with
-today's ``ModelPlan`` (its op plans and integer tensors)::
+Step 2 (``lower.integer_module``, what ``ibert-tvm compile`` builds): the imported module lowered
+to the integer model with ``ModelPlan`` (its op plans and integer tensors)::
 
-      -> passes.FoldLayerNorm -> passes.LowerToInteger(plan) -> passes.EliminateFloat
+      -> passes.FoldLayerNorm -> passes.CanonicalizeViews -> passes.LowerToInteger(plan)
+      -> passes.CanonicalizeViews -> passes.EliminateFloat
       -> (IRModule, param names, arrays)   for passes.pipeline.build (VerifyIntegerOnly inside)
 
-bit-identical to the hand-built ``IntBertModel`` on the five tiny architectures at batch 1-8 x
-sequence 1-128 with padding, and on MiniLM (tests/passes/test_lower_to_integer.py).
+bit-identical to the hand-built ``IntBertModel`` it replaced on the five tiny architectures at
+batch 1-8 x sequence 1-128 with padding, and on MiniLM (tests/passes/test_lower_to_integer.py);
+with ``CanonicalizeViews`` its fused kernels are the hand-built model's, so the committed tuning
+database still applies.
 
-Not done yet (issue 12): ``compile`` still uses the hand-built path; the plans are still built
-by ``plan.ModelPlan`` from today's point names (``legacy_names`` and ``LowerToInteger``'s
-``_plan_index`` are the bridges); then retire the duplicated wiring (``quantization_points``,
-``build_quantized``, ``plan.ModelPlan``'s per-layer wiring, ``golden.encoder_np``,
-``ibert_model``), add the fake-quant check that catches a wrong scale, and test the other
-targets' linear strategies (``lower_to_integer(strategy=...)`` takes them; only generic is tested).
+Not done yet (issue 12): the plans are still built by ``plan.ModelPlan`` from today's point
+names (``legacy_names`` and ``LowerToInteger``'s ``_plan_index`` are the bridges), calibration
+still hooks today's hand-listed points, and golden still walks ``golden.encoder_np``.
 """

@@ -1,9 +1,11 @@
-"""The imported float model lowered to the integer model: the new front half of ``compile``.
+"""The imported float model lowered to the integer model: the front half of ``compile``.
 
     HF dir / HFCheckpoint / ImportedModel, QuantizedModel
       -> importer.import_model          float Relax, HF weight names (skipped for an ImportedModel)
       -> passes.FoldLayerNorm           hand-written float LayerNorm -> nn.layer_norm
+      -> passes.CanonicalizeViews       the importer's flatten/matmul/unflatten chains undone
       -> passes.LowerToInteger(plan)    every float op on an activation -> an op plan's te()
+      -> passes.CanonicalizeViews       the lowering's own view chains merged
       -> passes.EliminateFloat          the dead mask arithmetic dropped; live float refused
     -> (IRModule, param names, arrays)  ready for passes.pipeline.build (which runs
                                         VerifyIntegerOnly after TVM's lowering)
@@ -33,13 +35,15 @@ def lowering_passes(plan, strategy: LinearStrategy = GENERIC, *, dump_dir: str |
     """FoldLayerNorm, LowerToInteger(plan, strategy), EliminateFloat as one Sequential."""
     import tvm
 
+    from ..passes.canonicalize_views import CanonicalizeViews
     from ..passes.dump_ir import DumpIR
     from ..passes.eliminate_float import EliminateFloat
     from ..passes.fold_layer_norm import FoldLayerNorm
     from ..passes.lower_to_integer import LowerToInteger
 
-    passes = [("0_import", None), ("1_fold_layer_norm", FoldLayerNorm()),
-              ("2_lower_to_integer", LowerToInteger(plan, strategy)), ("3_eliminate_float", EliminateFloat())]
+    passes = [("0_import", None), ("1_fold_layer_norm", FoldLayerNorm()), ("2_canonicalize_views", CanonicalizeViews()),
+              ("3_lower_to_integer", LowerToInteger(plan, strategy)), ("4_canonicalize_views", CanonicalizeViews()),
+              ("5_eliminate_float", EliminateFloat())]
     seq = []
     for name, p in passes:
         if p is not None:
@@ -79,6 +83,48 @@ def lower_to_integer(
     mod["main"] = _all_inputs(main)
     arrays = plan.arrays_for(strategy)
     return mod, names, {n: np.asarray(arrays[n]) for n in names}
+
+
+def source_model(qm: QuantizedModel, model: str | os.PathLike | None = None, *, where: str = "q/") -> str:
+    """The HF directory ``compile`` imports for ``qm``: ``model`` when given, else the path ``qm`` was
+    calibrated from (``quantization.json``'s ``source.path``). Its sha256 is checked against the
+    artifact's by :func:`lower_to_integer`."""
+    if model is not None:
+        return str(model)
+    path = qm.source.get("path")
+    if not path or not os.path.isdir(path):
+        raise IBertTVMError(
+            f"{where}/quantization.json: source.path {path!r} is not a directory: compile imports the float "
+            f"model the artifact was calibrated from; pass --model DIR (a checkpoint with sha256 "
+            f"{qm.source.get('model_hash')})")
+    return str(path)
+
+
+def integer_module(
+    qm: QuantizedModel,
+    strategy: LinearStrategy = GENERIC,
+    *,
+    model: HFCheckpoint | ImportedModel | str | os.PathLike | None = None,
+    where: str = "q/",
+    dump_dir: str | os.PathLike | None = None,
+):
+    """-> ``(mod, names, arrays)``: what ``compile`` builds. :func:`lower_to_integer` of the source
+    model of ``qm``, with its entry function named ``forward`` (the name the runtime, the board
+    runner and RPC call) and no upper bounds on ``batch``/``seq``: those are the export's tracing
+    ranges, not limits of the compiled model (``seq`` is checked against ``max_seq`` at run time;
+    bounded, memory planning would reserve the largest batch on every call)."""
+    import tvm
+
+    if not isinstance(model, (HFCheckpoint, ImportedModel)):
+        model = source_model(qm, model, where=where)
+    mod, names, arrays = lower_to_integer(model, qm, strategy=strategy, dump_dir=dump_dir)
+    main = mod["main"]
+    for k in ("tir_var_upper_bound", "tir_var_lower_bound"):
+        if k in main.attrs:
+            main = main.without_attr(k)
+    funcs = {gv: f for gv, f in mod.functions_items() if gv.name_hint != "main"}
+    funcs[tvm.ir.GlobalVar("forward")] = main.with_attr("global_symbol", "forward")
+    return tvm.IRModule(funcs, attrs=mod.attrs), names, arrays
 
 
 def _all_inputs(func):

@@ -238,8 +238,10 @@ class _Lowering:
         return self.params[name]
 
     def _te(self, body, name: str, args: list, kw: dict | None = None) -> relax.Var:
-        """``body(*args, **kw)`` with ``kw`` values plan tensor names (passed by keyword)."""
-        keys = sorted(kw or {})
+        """``body(*args, **kw)`` with ``kw`` values plan tensor names (passed by keyword, and as
+        PrimFunc parameters in ``kw``'s order: today's module's order, so that the PrimFuncs, and
+        the tuning records keyed by their structure, are the same)."""
+        keys = list(kw or {})
         ps = [self._param(kw[k]) for k in keys]
         n = len(args)
         return self.bb.emit_te(lambda *t: body(*t[:n], **dict(zip(keys, t[n:]))), *args, *ps,
@@ -296,7 +298,7 @@ class _Lowering:
             if isinstance(rq, ResidualAdd):
                 raise self._error(var, self.value[var], f"linear {low.lp.name} adds a residual in the plan, "
                                   f"but its output is {why}")
-            kw = {k: f"{low.lp.name}.{k}" for k in rq.params()}
+            kw = {k: f"{low.lp.name}.{k}" for k in sorted(rq.params())}
             return _Int(self._te(rq.te, "requantize", [low.expr], kw), origin=low.lp.name)
         raise self._error(var, self.value[var], f"its input is {type(low).__name__.strip('_').lower()}, not an "
                           f"integer activation ({why})")
@@ -318,7 +320,7 @@ class _Lowering:
         if self.plan.pool is None:
             return pooled
         rq = self.plan.pool
-        return self._te(rq.te, "requantize", [pooled], {k: f"pooler.{k}" for k in rq.params()})
+        return self._te(rq.te, "requantize", [pooled], {k: f"pooler.{k}" for k in sorted(rq.params())})
 
     # -- rules (one per float op; each returns the lowered value or None) ----------------------
     def _matmul(self, var, call):
@@ -358,7 +360,7 @@ class _Lowering:
         n, k = (int(d) for d in self.value[call.args[1]].args[0].ty.shape)  # the float W [N, K]
         self._same_shape(var, call, f"linear {hf}", (n, k), self.plan.qm.tensor(lp.name + ".weight").shape)
         names = self.st.packed_param_shapes(n, k, lp.bits) if lp.packed else self.st.param_shapes(n, k)
-        kw = {k: f"{lp.name}.{k}" for k in names}
+        kw = {k: f"{lp.name}.{k}" for k in sorted(names)}
         if lp.packed:
             def body(a, **ps):
                 return self.st.packed_te(a, **ps, bits=lp.bits, k=lp.in_features)
@@ -386,7 +388,7 @@ class _Lowering:
                         raise self._error(var, call, f"linear {acc.lp.name}'s plan requantizes to int8, "
                                           "but the graph adds a residual to it")
                     s = self._int(skip, var, "a residual input")
-                    kw = {k: f"{acc.lp.name}.{k}" for k in ra.params()}
+                    kw = {k: f"{acc.lp.name}.{k}" for k in sorted(ra.params())}
                     return _Int(self._te(ra.te, "residual_add", [acc.expr, s.expr], kw), origin=acc.lp.name)
             return None
         scores = la if isinstance(la, _Scores) else lb if isinstance(lb, _Scores) else None
@@ -495,7 +497,7 @@ class _Lowering:
         if kind != "gelu_after" or var.ty.shape[-1] != call.args[0].ty.shape[-1]:
             raise self._error(var, call, f"the GELU input comes from {x.origin}, which has no i-GELU plan")
         prefix = x.origin.rsplit(".", 1)[0] + ".act"
-        return _Int(self._te(gelu.te_q, "int_gelu", [x.expr], {k: f"{prefix}.{k}" for k in gelu.params()}))
+        return _Int(self._te(gelu.te_q, "int_gelu", [x.expr], {k: f"{prefix}.{k}" for k in sorted(gelu.params())}))
 
     def _tanh(self, var, call):
         x = self._arg(call, 0, var, "the tanh input")

@@ -5,7 +5,7 @@ lowered to integers is bit-identical to today's hand-built integer model.
     lowered module built by ``passes.pipeline.build`` for llvm and run in the Relax VM returns
     exactly ``run_golden``'s int32 (which tests/model/test_end_to_end proves equal to today's
     compiled module).
-(b) Against today's compiled ``out/`` directly (``compile_quantized``, same build): equal outputs
+(b) ``compile`` (which now takes this path) against the hand-built ``IntBertModel`` it replaced: equal outputs
     on padded batches, and the run-time tensors are today's, name for name, byte for byte.
 (c) The verifier finds zero float in the lowered module and in its code.
 (d) What cannot be lowered is an error naming the op and its binding: an unknown float op on an
@@ -90,31 +90,57 @@ def test_lowered_equals_golden(arch, tiny_factory, quantized_factory):
     assert padded >= 10  # padded rows really were compared (seen: 17 of the 28 rows)
 
 
+_HAND_BUILT: dict = {}
+
+
+def hand_built(qm):
+    """The hand-built ``IntBertModel`` (the path ``compile`` took before issue 12), built for llvm:
+    -> (vm, param names, arrays)."""
+    import tvm
+    from tvm import relax
+
+    from ibert_tvm.model.ibert_model import IntBertModel
+    from ibert_tvm.model.plan import ModelPlan
+    from ibert_tvm.passes.pipeline import build
+
+    if id(qm) not in _HAND_BUILT:
+        model = IntBertModel(ModelPlan(qm))
+        mod, names = model.export()
+        ex, _, _ = build(mod, tvm.target.Target("llvm"))
+        _HAND_BUILT[id(qm)] = (qm, (relax.VirtualMachine(ex, tvm.cpu()), names, model.arrays()))
+    return _HAND_BUILT[id(qm)][1]
+
+
 @pytest.mark.parametrize("arch", ["BertModel", "RobertaForSequenceClassification"])
-def test_lowered_equals_todays_compiled(arch, tiny_factory, quantized_factory, compiled_factory):
-    """(b) today's compiled out/ and the lowered module: same outputs, same run-time tensors."""
+def test_compile_equals_the_hand_built_model(arch, tiny_factory, quantized_factory, compiled_factory):
+    """(b) ``compile`` (import + passes) against the hand-built integer model it replaced: the same
+    run-time tensors, name for name and byte for byte, and the same outputs on padded batches."""
     import json
 
+    import tvm
+
     from ibert_tvm.deploy.runtime import CompiledModel
+    from ibert_tvm.frontend.importer import INPUTS
 
     qm, _ = quantized_factory(arch)
     out = compiled_factory(arch)
-    built = lowered(arch, tiny_factory, quantized_factory)
-    _, names, arrays, _, _, _ = built
-    today = json.loads((out / "manifest.json").read_text())["params"]
+    vm, names, arrays = hand_built(qm)
+    compiled = json.loads((out / "manifest.json").read_text())["params"]
     with np.load(out / "params.npz") as npz:
-        today_arrays = {n: npz[f"p{i:04d}"] for i, n in enumerate(today)}
-    # a classifier never reads the mean-pool requantization ModelPlan makes (today: unused params)
-    unread = {n for n in today if n.startswith("pooler.")} if qm.dims["head"] == "classifier" else set()
-    assert sorted(names) == sorted(set(today) - unread)
-    for n in names:
-        assert arrays[n].dtype == today_arrays[n].dtype, n
-        np.testing.assert_array_equal(arrays[n], today_arrays[n], err_msg=n)
+        compiled_arrays = {n: npz[f"p{i:04d}"] for i, n in enumerate(compiled)}
+    # a classifier never reads the mean-pool requantization ModelPlan makes (hand-built: unused params)
+    unread = {n for n in names if n.startswith("pooler.")} if qm.dims["head"] == "classifier" else set()
+    assert sorted(compiled) == sorted(set(names) - unread)
+    for n in compiled:
+        assert compiled_arrays[n].dtype == arrays[n].dtype, n
+        np.testing.assert_array_equal(compiled_arrays[n], arrays[n], err_msg=n)
     model = CompiledModel(out)
     rng = np.random.default_rng(5)
     for batch, seq in [(1, 1), (3, 33), (8, 128)]:
         inputs = _batch(rng, qm, batch, seq)
-        np.testing.assert_array_equal(run(built, inputs), model.run_ids(inputs), err_msg=f"{batch}x{seq}")
+        want = vm["forward"](*[tvm.runtime.tensor(inputs[n]) for n in INPUTS],
+                             *[tvm.runtime.tensor(arrays[n]) for n in names]).numpy()
+        np.testing.assert_array_equal(model.run_ids(inputs), want, err_msg=f"{batch}x{seq}")
 
 
 def test_lowered_is_integer_only(tiny_factory, quantized_factory):

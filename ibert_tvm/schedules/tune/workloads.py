@@ -100,19 +100,18 @@ def fused_views(qm, spec, tgt, shape):
     """(dynamic fused IRModule, static fused IRModule, strategy name) of the model for ``spec``."""
     from tvm import relax
 
-    from ...model.ibert_model import IntBertModel
-    from ...model.plan import ModelPlan
+    from ...frontend.lower import integer_module
     from ...passes.pipeline import fuse
     from .. import linear_strategy, schedule_pass
 
-    model = IntBertModel(ModelPlan(qm), linear_strategy(spec.name))
-    mod, _ = model.export()
+    strategy = linear_strategy(spec.name)
+    mod, _, _ = integer_module(qm, strategy)  # what compile builds
     schedule_pass(spec.name, tgt)  # registers the target's tensor intrinsics, if any
     with tgt:
         dyn = fuse(mod)
         bind = relax.transform.BindSymbolicVars(dict(zip(SHAPE_VARS, shape)))
         static = relax.transform.SpecializePrimFuncBasedOnCallSite()(bind(dyn))
-    return dyn, static, model.strategy.name
+    return dyn, static, strategy.name
 
 
 def model_groups(qm, spec, tgt, shape=TUNE_SHAPE) -> tuple[list[Group], str]:
