@@ -4,7 +4,7 @@ A :class:`ModelPlan` is built once from a :class:`~ibert_tvm.quantization.Quanti
 It is the single source of truth for both executors:
 
 * the numpy golden executor (``golden.py``) calls each plan's ``numpy``;
-* the Relax model (``ibert_model.py``) calls each plan's ``te``.
+* the compiled model (``passes/lower_to_integer.py`` on the imported graph) calls each plan's ``te``.
 
 ``arrays`` holds every run-time integer tensor under the parameter name the Relax model uses
 (HF-like: ``encoder.layer.0.attention.self.query.weight``, ``... .m`` / ``.s`` for a linear's

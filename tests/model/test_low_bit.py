@@ -107,13 +107,10 @@ def test_classifier_head_and_embeddings_stay_8_bit(lowbit):
 # -- compiled == golden ---------------------------------------------------------------------
 def _npz_bytes_8bit(qm, target, tmp_path) -> int:
     """Size of the params.npz the 8-bit build of the same weights writes (export only, no build)."""
-    from ibert_tvm.model.ibert_model import IntBertModel
-    from ibert_tvm.model.plan import ModelPlan
+    from ibert_tvm.frontend.lower import integer_module
     from ibert_tvm.schedules import linear_strategy
 
-    model = IntBertModel(ModelPlan(_as_int8(qm)), linear_strategy(target))
-    _, names = model.export()
-    arrays = model.arrays()
+    _, names, arrays = integer_module(_as_int8(qm), linear_strategy(target))
     path = tmp_path / "params8.npz"
     np.savez(path, **{f"p{i:04d}": arrays[n] for i, n in enumerate(names)})
     return path.stat().st_size

@@ -99,7 +99,7 @@ def hand_built(qm):
     import tvm
     from tvm import relax
 
-    from ibert_tvm.model.ibert_model import IntBertModel
+    from hand_built import IntBertModel
     from ibert_tvm.model.plan import ModelPlan
     from ibert_tvm.passes.pipeline import build
 
@@ -329,3 +329,37 @@ def test_minilm_lowered_equals_golden():
     for batch, seq in [(1, 1), (4, 37), (2, 128)]:
         inputs = _batch(rng, qm, batch, seq)
         np.testing.assert_array_equal(run(built, inputs), run_golden(plan, **inputs), err_msg=f"{batch}x{seq}")
+
+
+def test_compile_fuses_into_the_hand_built_kernels(tiny_factory, quantized_factory):
+    """With CanonicalizeViews, compile's fused PrimFuncs (what the schedules and the tuning
+    database see) are the hand-built model's, structure for structure: the linears fuse with their
+    requantization, GELU and residual add as before, and the attention products keep their 4-D
+    ``[batch, heads, seq, d]`` shape. The one difference is V's transpose, composed into a single
+    ``permute_dims`` where the hand-built model fused two."""
+    import tvm
+    import tvm_ffi
+
+    from hand_built import IntBertModel
+    from ibert_tvm.frontend.lower import integer_module
+    from ibert_tvm.model.plan import ModelPlan
+    from ibert_tvm.passes.pipeline import fuse
+    from ibert_tvm.schedules import linear_strategy
+    from ibert_tvm.targets import get_target
+
+    qm, _ = quantized_factory("BertModel")
+    st = linear_strategy("x86")
+    new, _, _ = integer_module(qm, st, model=imported(str(tiny_factory("BertModel")))[0])
+    old, _ = IntBertModel(ModelPlan(qm), st).export()
+
+    def prims(mod):
+        with get_target("x86").tvm_target():
+            fused = fuse(mod)
+        return {tvm_ffi.structural_hash(f, map_free_vars=True): gv.name_hint
+                for gv, f in fused.functions.items() if isinstance(f, tvm.tirx.PrimFunc)}
+
+    pn, po = prims(new), prims(old)
+    only_new = sorted(pn[h] for h in set(pn) - set(po))
+    only_old = sorted(po[h] for h in set(po) - set(pn))
+    assert only_new == ["transpose1"] and only_old == ["fused_transpose_transpose1"], (only_new, only_old)
+    assert any(n.startswith("fused_linear") and "int_gelu" in n for n in pn.values())

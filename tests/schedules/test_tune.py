@@ -76,8 +76,7 @@ def test_compile_applies_the_database_and_stays_bit_exact(tuned, tmp_path):
     from tvm import relax
 
     from ibert_tvm.deploy.export import compile_quantized
-    from ibert_tvm.model.ibert_model import IntBertModel
-    from ibert_tvm.model.plan import ModelPlan
+    from ibert_tvm.frontend.lower import integer_module
     from ibert_tvm.passes.pipeline import fuse
     from ibert_tvm.schedules import linear_strategy, schedule_pass
     from ibert_tvm.targets import get_target
@@ -85,7 +84,7 @@ def test_compile_applies_the_database_and_stays_bit_exact(tuned, tmp_path):
 
     qm, _, d, _, _ = tuned
     tgt = get_target("x86").tvm_target()
-    mod, _ = IntBertModel(ModelPlan(qm), linear_strategy("x86")).export()
+    mod, _, _ = integer_module(qm, linear_strategy("x86"))
     schedule_pass("x86", tgt)  # registers the VNNI intrinsic the records tensorize with
     with tgt:
         applied = relax.transform.MetaScheduleApplyDatabase(str(d))(fuse(mod))

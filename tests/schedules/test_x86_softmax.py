@@ -163,14 +163,14 @@ def test_tiny_model_softmax_scheduled_and_bit_exact(quantized_factory, tmp_path)
     from ibert_tvm.deploy.export import compile_quantized
     from ibert_tvm.deploy.runtime import CompiledModel
     from ibert_tvm.model.golden import run_golden
-    from ibert_tvm.model.ibert_model import IntBertModel
     from ibert_tvm.model.plan import ModelPlan
+    from ibert_tvm.frontend.lower import integer_module
     from ibert_tvm.passes.pipeline import fuse
     from ibert_tvm.schedules import is_scheduled, linear_strategy, schedule_pass
     from ibert_tvm.targets import get_target
 
     qm, _ = quantized_factory("BertModel")
-    mod, _ = IntBertModel(ModelPlan(qm), linear_strategy("x86")).export()
+    mod, _, _ = integer_module(qm, linear_strategy("x86"))
     tgt = get_target("x86").tvm_target()
     with tgt:
         mod = schedule_pass("x86", tgt)(fuse(mod))

@@ -137,14 +137,13 @@ def test_x86_linears_fuse_with_their_epilogues(quantized_factory):
     """The row regrouping would make the linear 'opaque'; its declared pattern keeps fusion."""
     import tvm
 
-    from ibert_tvm.model.ibert_model import IntBertModel
-    from ibert_tvm.model.plan import ModelPlan
+    from ibert_tvm.frontend.lower import integer_module
     from ibert_tvm.passes.pipeline import fuse
     from ibert_tvm.schedules import linear_strategy
     from ibert_tvm.targets import get_target
 
     qm, _ = quantized_factory("BertModel")
-    mod, _ = IntBertModel(ModelPlan(qm), linear_strategy("x86")).export()
+    mod, _, _ = integer_module(qm, linear_strategy("x86"))
     with get_target("x86").tvm_target():
         fused = fuse(mod)
     names = [gv.name_hint for gv, f in fused.functions.items() if isinstance(f, tvm.tirx.PrimFunc)]

@@ -34,7 +34,7 @@ from .cuda_source import cuda_source, find_float_in_cuda_source, matching_brace
 
 DEFAULT_ARCH = "sm_75"  # NVIDIA T4 (Turing)
 # the fused PrimFuncs (-> kernels) that hold the model's int8 matmuls: names come from the
-# tensor_expr_op names in model/ibert_model.py ("linear", "qk_matmul", "pv_matmul")
+# PrimFunc names LowerToInteger gives its te() calls ("linear", "qk_matmul", "pv_matmul")
 INT8_MATMUL_KERNEL = re.compile(r"(?:^|_)(?:linear\d*|qk_matmul|pv_matmul)(?:_|\d|$)")
 
 _DP4A = re.compile(r"^dp4a\.[su]32\.[su]32$")

@@ -19,7 +19,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 TUNE_SHAPE = (1, 32)  # (batch, seq) of the static view; 32 == x86_vnni.TILE_M
-SHAPE_VARS = ("batch", "seq")  # the symbolic dims of model.ibert_model's export spec
+SHAPE_VARS = ("batch", "seq")  # the symbolic dims of the lowered model (frontend.lower.integer_module)
 
 
 @dataclass

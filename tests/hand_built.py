@@ -1,4 +1,11 @@
-"""The integer BERT as ``relax.frontend.nn`` modules, named like Hugging Face's.
+"""The hand-built integer BERT that ``compile`` built before issue 12: kept as a test oracle only.
+
+``compile`` now imports the float model and lowers it with Relax passes
+(``ibert_tvm.frontend.lower.integer_module``); ``tests/passes/test_lower_to_integer.py`` checks
+that build against this one, tensor for tensor and output for output. Nothing in ``ibert_tvm``
+imports this file.
+
+The integer BERT as ``relax.frontend.nn`` modules, named like Hugging Face's.
 
 Every module holds integer ``nn.Parameter``s only (int8 weights, or uint8 packed 2/3/4-bit
 weights; int32 biases, int32 per-channel requantization multipliers/shifts, LayerNorm integer
@@ -13,12 +20,11 @@ from __future__ import annotations
 from tvm.relax.frontend import nn
 from tvm.relax.frontend.nn import op, spec
 
-from ..op.int_matmul import batch_matmul_te
-from ..op.pooling import mean_pool_te
-from ..schedules import GENERIC, LinearStrategy
-from .plan import LayerPlan, LinearPlan, ModelPlan
-
-from ..support.tokenize import INPUTS  # noqa: F401  (re-exported)
+from ibert_tvm.model.plan import LayerPlan, LinearPlan, ModelPlan
+from ibert_tvm.op.int_matmul import batch_matmul_te
+from ibert_tvm.op.pooling import mean_pool_te
+from ibert_tvm.schedules import GENERIC, LinearStrategy
+from ibert_tvm.support.tokenize import INPUTS
 
 
 class IntLinear(nn.Module):
