@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import IBertTVMError
+from ..op.pooling import POOLINGS
 
 SUPPORTED = {
     "BertModel": ("bert", "embedding"),
@@ -64,6 +65,8 @@ class HFCheckpoint:
     config: object  # transformers PretrainedConfig
     model: object  # torch.nn.Module, eval mode, float32
     model_hash: str
+    pooling: str = "mean"  # embedding head: "mean" | "cls" | "max" (sentence-transformers' Pooling)
+    normalize: bool = False  # embedding head: a sentence-transformers Normalize module follows
 
     @property
     def base(self):
@@ -141,7 +144,63 @@ def load_checkpoint(name: str | os.PathLike) -> HFCheckpoint:
         hf_logging.set_verbosity(verbosity)
     check_weights(path, arch, head, model, info)
     model.eval()
-    return HFCheckpoint(path, arch, family, head, model.config, model, hash_model_dir(path))
+    pooling, normalize = sentence_pooling(path) if head == "embedding" else ("mean", False)
+    return HFCheckpoint(path, arch, family, head, model.config, model, hash_model_dir(path), pooling, normalize)
+
+
+POOLING_MODES = tuple(POOLINGS)  # mean, cls, max: the integer pooling ops (op/pooling.py)
+_ST_FLAGS = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max",
+             "pooling_mode_mean_sqrt_len_tokens": None, "pooling_mode_weightedmean_tokens": None,
+             "pooling_mode_lasttoken": None}
+
+
+def sentence_pooling(path: Path) -> tuple[str, bool]:
+    """``(pooling, normalize)`` of a sentence-transformers model dir: its ``modules.json`` and the
+    Pooling module's ``config.json``. Mean pooling without normalisation when there is no
+    ``modules.json`` (a plain Hugging Face model). A module or pooling mode we do not compile is
+    an error naming the file and the field, never a silent mean."""
+    mj = path / "modules.json"
+    if not mj.is_file():
+        return "mean", False
+    try:
+        modules = json.loads(mj.read_text())
+    except (OSError, ValueError) as e:
+        raise IBertTVMError(f"{mj} is unreadable: {e}") from None
+    if not isinstance(modules, list) or not all(isinstance(m, dict) and isinstance(m.get("type"), str) for m in modules):
+        raise IBertTVMError(f"{mj}: expected a list of modules, each with a string 'type'")
+    pooling, normalize = "mean", False
+    for m in modules:
+        kind = m["type"].rsplit(".", 1)[-1]
+        if kind == "Transformer":
+            continue
+        if kind == "Normalize":
+            normalize = True
+        elif kind == "Pooling":
+            pooling = _pooling_mode(path / str(m.get("path", "")) / "config.json")
+        else:
+            raise IBertTVMError(f"{mj}: module {m.get('path') or m.get('name')!r} of type {m['type']} is not "
+                                "supported (Transformer, Pooling and Normalize are)")
+    return pooling, normalize
+
+
+def _pooling_mode(cfg_path: Path) -> str:
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except (OSError, ValueError) as e:
+        raise IBertTVMError(f"{cfg_path} is unreadable: {e}") from None
+    if not isinstance(cfg, dict):
+        raise IBertTVMError(f"{cfg_path}: expected a JSON object")
+    if isinstance(cfg.get("pooling_mode"), str):  # newer sentence-transformers: one named mode
+        field, on = "pooling_mode", [cfg["pooling_mode"]]
+        mode = on[0] if on[0] in POOLING_MODES else None
+    else:
+        on = [k for k in _ST_FLAGS if cfg.get(k) is True]
+        field = ", ".join(on) or "pooling_mode_*"
+        mode = _ST_FLAGS[on[0]] if len(on) == 1 else None
+    if mode is None:
+        raise IBertTVMError(f"{cfg_path}: {field}: exactly one of the pooling modes {', '.join(POOLING_MODES)} is "
+                            f"supported, got {on or 'none'}")
+    return mode
 
 
 def _names(keys, limit: int = 20) -> str:
