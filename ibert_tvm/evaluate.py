@@ -105,12 +105,13 @@ def score(task, tokenizer, run: Encoder, *, batch_size: int = 32, progress=None,
 
 
 # -- encoders -----------------------------------------------------------------------------------
-def _pool(hs: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    m = mask[:, :, None].astype(np.float64)
-    return (hs.astype(np.float64) * m).sum(1) / np.maximum(m.sum(1), 1.0)
+def _pool(hs: np.ndarray, mask: np.ndarray, pooling: str = "mean") -> np.ndarray:
+    from .op.pooling import float_pool
+
+    return float_pool(pooling, hs, mask)
 
 
-def torch_encoder(model, head: str) -> Encoder:
+def torch_encoder(model, head: str, pooling: str = "mean") -> Encoder:
     import torch
 
     from .quantization.calibrate import torch_inputs
@@ -120,7 +121,7 @@ def torch_encoder(model, head: str) -> Encoder:
             res = model(**torch_inputs(enc))
         if head == "classifier":
             return res.logits.double().numpy()
-        return _pool(res.last_hidden_state.double().numpy(), enc["attention_mask"])
+        return _pool(res.last_hidden_state.double().numpy(), enc["attention_mask"], pooling)
 
     return run
 
@@ -136,7 +137,7 @@ def torch_int8_encoder(ckpt) -> Encoder:
     import torch
 
     model = torch.ao.quantization.quantize_dynamic(copy.deepcopy(ckpt.model), {torch.nn.Linear}, dtype=torch.qint8)
-    return torch_encoder(model, ckpt.head)
+    return torch_encoder(model, ckpt.head, ckpt.pooling)
 
 
 _ONNX_INPUTS = INPUTS
@@ -175,9 +176,9 @@ def ort_encoder(ckpt, tokenizer, workdir: Path, weight_type: str) -> Encoder:
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     feeds = lambda enc: {n: enc[n].astype(np.int64) for n in _ONNX_INPUTS}  # noqa: E731
-    ref = torch_encoder(ckpt.model, head)(probe)
+    ref = torch_encoder(ckpt.model, head, ckpt.pooling)(probe)
     got = ort.InferenceSession(str(fp32_path), opts, providers=["CPUExecutionProvider"]).run(None, feeds(probe))[0]
-    got = got if head == "classifier" else _pool(got, probe["attention_mask"])
+    got = got if head == "classifier" else _pool(got, probe["attention_mask"], ckpt.pooling)
     if not np.allclose(got, ref, atol=1e-3, rtol=1e-3):
         raise RuntimeError(f"the ONNX export disagrees with PyTorch (max diff {np.abs(got - ref).max():.3g})")
     quantize_dynamic(str(fp32_path), str(q_path),
@@ -186,7 +187,7 @@ def ort_encoder(ckpt, tokenizer, workdir: Path, weight_type: str) -> Encoder:
 
     def run(enc):
         out = sess.run(None, feeds(enc))[0]
-        return out.astype(np.float64) if head == "classifier" else _pool(out, enc["attention_mask"])
+        return out.astype(np.float64) if head == "classifier" else _pool(out, enc["attention_mask"], ckpt.pooling)
 
     return run
 
@@ -321,7 +322,7 @@ def evaluate(task, ckpt, *, compiled=None, peers: Sequence[str] = (), batch_size
     if compiled is not None:
         check_pair(ckpt, compiled, tok_json)
     tokenizer = Tokenizer(tok_json, ckpt.max_positions, ckpt.family, ckpt.pad_token_id)
-    columns: list[tuple[str, Callable[[], Encoder]]] = [("fp32", lambda: torch_encoder(ckpt.model, ckpt.head))]
+    columns: list[tuple[str, Callable[[], Encoder]]] = [("fp32", lambda: torch_encoder(ckpt.model, ckpt.head, ckpt.pooling))]
     if compiled is not None:
         columns.append(("integer", lambda: compiled_encoder(compiled)))
     for name, enc in (extra_columns or {}).items():

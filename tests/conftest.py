@@ -29,10 +29,9 @@ def make_tiny_model(path: Path, arch: str = "BertModel", *, seed: int = 0, num_l
     from ibert_tvm.model.hf_loader import default_model_dir
 
     torch.manual_seed(seed)
-    roberta = arch.startswith(("Roberta", "IBert"))
-    cfg_cls = transformers.IBertConfig if arch.startswith("IBert") else (
-        transformers.RobertaConfig if roberta else transformers.BertConfig
-    )
+    roberta = arch.startswith(("Roberta", "IBert", "XLMRoberta", "Camembert"))
+    prefix = next((p for p in ("IBert", "XLMRoberta", "Camembert", "Roberta", "Electra") if arch.startswith(p)), "Bert")
+    cfg_cls = getattr(transformers, f"{prefix}Config")
     kw = dict(TINY, vocab_size=30522, initializer_range=0.08, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     if roberta:
         kw.update(pad_token_id=1, max_position_embeddings=130, type_vocab_size=1)
@@ -41,6 +40,8 @@ def make_tiny_model(path: Path, arch: str = "BertModel", *, seed: int = 0, num_l
     if "Classification" in arch:
         kw.update(num_labels=num_labels, id2label={i: f"class{i}" for i in range(num_labels)},
                   label2id={f"class{i}": i for i in range(num_labels)})
+    if prefix == "Electra":
+        kw.update(embedding_size=TINY["hidden_size"])
     kw.update(overrides)
     config = cfg_cls(**kw)
     model = getattr(transformers, arch)(config)

@@ -154,6 +154,7 @@ def compile_quantized(
         },
         "family": d["family"],
         "head": d["head"],
+        **({"pooling": plan.pooling, "normalize": bool(d.get("normalize", False))} if d["head"] == "embedding" else {}),
         "max_seq": d["max_seq"],
         "vocab": d["vocab"],
         "type_vocab": d["type_vocab"],

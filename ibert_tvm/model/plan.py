@@ -107,6 +107,7 @@ class ModelPlan:
         self.qm = qm
         d = qm.dims
         self.family, self.head = d["family"], d["head"]
+        self.pooling = d.get("pooling", "mean")  # embedding head: op/pooling.POOLINGS (artifacts before it: mean)
         self.hidden, self.heads, self.n_layers = d["hidden"], d["heads"], d["layers"]
         self.head_dim = self.hidden // self.heads
         self.max_seq = d["max_seq"]
@@ -184,7 +185,8 @@ class ModelPlan:
             ln2 = ln(hp + "output.LayerNorm", s_h)
             self.layers.append(LayerPlan(hp, q, k, v, softmax, ctx, attn_out, ln1, inter, gelu, out, ln2))
 
-        # Mean pooling sums int8 tokens with scale s_h (per channel) and keeps FRAC_BITS extra bits;
+        # Pooling (mean, cls or max: same output convention) keeps FRAC_BITS extra bits of the int8
+        # tokens with scale s_h (per channel); mean pooling sums them;
         # a per-channel s_h is then requantized to one output scale max(s_h) / 2^POOL_BITS:
         # |pooled| <= 128 * 2^FRAC_BITS and the ratio is <= 2^(POOL_BITS - FRAC_BITS), so the
         # result stays below 2^(7 + POOL_BITS) = 2^29 (int32, never saturates).

@@ -46,8 +46,8 @@ float op on activations                          integer lowering (``te()`` of t
 views (reshape, permute_dims, broadcast_to,      the same op on the integer tensor (an int32
 expand_dims, squeeze, take of one token)         accumulator is requantized first when the view
                                                  moves its channel axis)
-returned ``[batch, seq, H]`` hidden state         mean pooling (``mean_pool_te``) + the plan's
-(a ``*Model``)                                   pooled requantization, as the compiled model does
+returned ``[batch, seq, H]`` hidden state         the plan's pooling (``op.pooling``: mean, cls
+(a ``*Model``)                                   or max) + the pooled requantization
 ==============================================  ================================================
 
 Plans are found by the HF module path of the weights, below the base-model prefix
@@ -80,7 +80,7 @@ from tvm.ir import GenericConst, Op
 
 from ..errors import IBertTVMError
 from ..op.int_matmul import batch_matmul_te
-from ..op.pooling import mean_pool_te
+from ..op.pooling import POOLINGS
 from ..op.residual_add import ResidualAdd
 from ..schedules import GENERIC, LinearStrategy
 from .find_quantization_points import vars_read
@@ -316,7 +316,8 @@ class _Lowering:
         if len(out.ty.shape) != 3:
             raise IBertTVMError(f"LowerToInteger: a *Model must return the [batch, seq, H] hidden state, "
                                 f"main returns {out.ty.shape}")
-        pooled = self.bb.emit_te(mean_pool_te, h.expr, self.mask, primfunc_name_hint="mean_pool")
+        pool = self.plan.pooling
+        pooled = self.bb.emit_te(POOLINGS[pool][1], h.expr, self.mask, primfunc_name_hint=f"{pool}_pool")
         if self.plan.pool is None:
             return pooled
         rq = self.plan.pool

@@ -33,6 +33,7 @@ import numpy as np
 
 from ..errors import IBertTVMError
 from ..support.fs import ArtifactKind, atomic_dir
+from ..op.pooling import POOLINGS as POOLING_MODES
 from .config import QuantConfig
 
 FORMAT = "ibert-tvm-quantized/1"
@@ -204,9 +205,15 @@ class QuantizedModel:
             v = d.get(name)
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise IBertTVMError(f"{meta_file}: dims.{name} must be an integer >= {lo}, got {v!r}")
-        unknown = sorted(set(d) - set(DIMS) - {"family", "head"})
+        unknown = sorted(set(d) - set(DIMS) - {"family", "head", "pooling", "normalize"})
         if unknown:
             raise IBertTVMError(f"{meta_file}: unknown dims {', '.join(unknown)}")
+        if "pooling" in d and (d["head"] != "embedding" or d["pooling"] not in POOLING_MODES):
+            raise IBertTVMError(f"{meta_file}: dims.pooling is {d['pooling']!r}; an embedding head pools with one of "
+                                f"{', '.join(POOLING_MODES)}")
+        if "normalize" in d and (d["head"] != "embedding" or not isinstance(d["normalize"], bool)):
+            raise IBertTVMError(f"{meta_file}: dims.normalize must be true or false (embedding heads only), "
+                                f"got {d['normalize']!r}")
         if d["hidden"] % d["heads"]:
             raise IBertTVMError(f"{meta_file}: dims.hidden {d['hidden']} is not a multiple of dims.heads {d['heads']}")
         if d["pad_id"] >= d["vocab"]:

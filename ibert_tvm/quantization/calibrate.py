@@ -304,6 +304,8 @@ def build_quantized(ckpt: HFCheckpoint, obs: dict[str, RangeObserver], config: Q
         pad_id=int(ckpt.pad_token_id),
         num_labels=len(labels),
     )
+    if ckpt.head == "embedding":  # the model dir's sentence-transformers Pooling / Normalize
+        dims.update(pooling=ckpt.pooling, normalize=bool(ckpt.normalize))
     source = dict(path=str(ckpt.path), architecture=ckpt.architecture, model_hash=ckpt.model_hash)
     return QuantizedModel(config, dims, scales, tensors, source, load_tokenizer_json(ckpt.path), labels,
                           weight_bits_map=packed)

@@ -25,7 +25,7 @@ golden's values under the same names, in the same integer units)::
     layer{i}.gelu   = q_8 (  x/2 (1 + erf(x/sqrt 2)) ,             S_gelu)   per channel
     layer{i}.res2   = q_rb(  gelu @ Wo2^T + b + ln1 ,              S_res2)
     layer{i}.ln2    = q_8 (  LN(res2) ,                            S_ln2)    per channel
-    pooled          = q_32(  masked mean of ln2 ,                  S_ln2 / 2^FRAC_BITS)  [B,H]
+    pooled          = q_32(  masked mean / first / max of ln2 ,    S_ln2 / 2^FRAC_BITS)  [B,H]
     head.pre_tanh   = q_tb(  ln2[:, 0] @ Wd^T + b ,                S_pre)    [B,H]
     head.tanh       = q_8 (  tanh(pre) ,                           S_tanh = scales["head.out.input"])
     head.logits     = q_lb(  tanh @ Wout^T + b ,                   S_logits) [B,labels]
@@ -61,7 +61,7 @@ import math
 
 import numpy as np
 
-from ..op.pooling import FRAC_BITS
+from ..op.pooling import FRAC_BITS, float_pool
 from .artifact import QuantizedModel
 
 SOFTMAX_OUT_BITS = 8  # i-softmax output: unsigned, scale 2^-8 (a convention, not a calibrated scale)
@@ -170,9 +170,8 @@ def fake_quant(qm: QuantizedModel, input_ids, attention_mask, token_type_ids, po
         h_name = p + "ln2"
     h, s_h = src(h_name), s(h_name)
     if d["head"] != "classifier":
-        keep = mask.astype(np.float64)[:, :, None]
-        mean = (dequantize(h, s_h) * keep).sum(axis=1) / np.maximum(keep.sum(axis=1), 1.0)
-        out["pooled"] = quantize(mean, np.asarray(s_h) / (1 << FRAC_BITS), 32)
+        pooled = float_pool(d.get("pooling", "mean"), dequantize(h, s_h), mask)
+        out["pooled"] = quantize(pooled, np.asarray(s_h) / (1 << FRAC_BITS), 32)
         return out
     out["head.pre_tanh"] = quantize(r.linear("head.dense", h[:, 0, :], s_h), s("head.pre_tanh"), cfg.tanh_in_bits)
     s_t = s("head.out.input") if "head.out.input" in qm.scales else 1.0 / ((1 << (ab - 1)) - 1)

@@ -41,6 +41,7 @@ from ..support.tokenize import Tokenizer
 from ..errors import IBertTVMError
 from ..model.plan import ModelPlan
 from ..op.int_matmul import check_accumulator
+from ..op.pooling import float_pool
 from .artifact import QuantizedModel
 from .calibrate import RangeObserver, build_quantized, head_modules, quantization_points, torch_inputs
 
@@ -344,9 +345,7 @@ class QATModel:
         if self.ckpt.head == "classifier":
             f = res.logits
         else:
-            hs = res.last_hidden_state
-            m = torch.from_numpy(mask).to(hs.dtype)[:, :, None]
-            f = (hs * m).sum(1) / m.sum(1).clamp(min=1.0)
+            f = _torch_pool(self.plan.pooling, res.last_hidden_state, torch.from_numpy(mask))
         q = torch.from_numpy(out_int.astype(np.float64) * self.plan.out_scale).to(f.dtype)
         if observe:
             for name, v in seen.items():
@@ -356,6 +355,21 @@ class QATModel:
     __call__ = forward
 
 
+def _torch_pool(mode: str, hs, mask):
+    """The pooling ``mode`` of ``op.pooling`` on float token embeddings, differentiable (torch)."""
+    import torch
+
+    m = mask.to(hs.dtype)[:, :, None]
+    if mode == "mean":
+        return (hs * m).sum(1) / m.sum(1).clamp(min=1.0)
+    if mode == "cls":
+        return hs[:, 0, :] * (m.sum(1) > 0).to(hs.dtype)
+    if mode == "max":
+        some = (m.sum(1) > 0).to(hs.dtype)
+        return torch.where(m > 0, hs, torch.full_like(hs, -torch.inf)).amax(1).nan_to_num(0.0, neginf=0.0) * some
+    raise IBertTVMError(f"unknown pooling {mode!r}")
+
+
 # -- training loops ---------------------------------------------------------------------------
 def _batches(n: int, batch_size: int, rng: np.random.Generator | None):
     order = rng.permutation(n) if rng is not None else np.arange(n)
@@ -363,7 +377,7 @@ def _batches(n: int, batch_size: int, rng: np.random.Generator | None):
 
 
 def fp32_embeddings(ckpt, tokenizer: Tokenizer, texts: Sequence[str], *, batch_size: int = 32, progress=None) -> np.ndarray:
-    """Mean-pooled FP32 embeddings ``[N, H]`` float64 (sentence-transformers' pooling)."""
+    """FP32 embeddings ``[N, H]`` float64, pooled as the model dir says (sentence-transformers)."""
     import torch
 
     out = []
@@ -372,8 +386,7 @@ def fp32_embeddings(ckpt, tokenizer: Tokenizer, texts: Sequence[str], *, batch_s
         for chunk in progress(chunks) if progress else chunks:
             enc = tokenizer(list(chunk))
             hs = ckpt.model(**torch_inputs(enc)).last_hidden_state.double().numpy()
-            m = enc["attention_mask"][:, :, None].astype(np.float64)
-            out.append((hs * m).sum(1) / np.maximum(m.sum(1), 1.0))
+            out.append(float_pool(ckpt.pooling, hs, enc["attention_mask"]))
     return np.concatenate(out)
 
 
@@ -384,7 +397,7 @@ def distill_embeddings(qat: QATModel, sentences: Sequence[str], teacher: np.ndar
     import torch
 
     if qat.ckpt.head != "embedding":
-        raise IBertTVMError("embedding distillation needs an embedding model (mean pooling head)")
+        raise IBertTVMError("embedding distillation needs an embedding model (a pooling head)")
     opt = torch.optim.AdamW(qat.parameters(), lr=lr, weight_decay=0.0)
     rng = np.random.default_rng(seed)
     stats = QATStats()
