@@ -57,6 +57,9 @@ def cmd(args) -> int:
     except ImportError as e:
         raise IBertTVMError(f"serve needs starlette and uvicorn ({e}): pip install 'ibert-tvm[serve]'") from None
     model = ibert_tvm.load(args.compiled)
+    if args.max_batch_tokens < model.max_seq_length:
+        raise IBertTVMError(f"--max-batch-tokens {args.max_batch_tokens} is below the model's maximum sequence "
+                            f"length {model.max_seq_length}: one text must fit in a model call")
     if not is_loopback(args.host) and args.api_key is None:
         print(f"ibert-tvm serve: warning: listening on {args.host} with no authentication: anyone who can reach "
               "this address can use the model (set --api-key)", file=sys.stderr)
