@@ -429,3 +429,92 @@ def serve(model: CompiledModel, host: str = "127.0.0.1", port: int = 8080, *, lo
           file=sys.stderr, flush=True)
     config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=10, lifespan="on")
     uvicorn.Server(config).run(sockets=[sock])
+
+
+# -- the command line (shared by ``ibert-tvm serve`` and ``python -m ibert_tvm.deploy.server``) ----
+def add_arguments(p) -> None:
+    """The serve options, on an argparse parser (``ibert-tvm serve`` and this module's main)."""
+    import argparse
+
+    def port_number(s: str) -> int:
+        try:
+            n = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{s!r} is not a port number") from None
+        if not 0 <= n <= 65535:
+            raise argparse.ArgumentTypeError(f"{s} is not a port number (0..65535)")
+        return n
+
+    def positive_int(s: str) -> int:
+        try:
+            n = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
+        if n < 1:
+            raise argparse.ArgumentTypeError(f"{s} must be at least 1")
+        return n
+
+    p.add_argument("compiled", help="directory written by `ibert-tvm compile`")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine "
+                   "only; another address exposes the model to the network)")
+    p.add_argument("--port", type=port_number, default=8080, help="port (default 8080)")
+    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every route but /health "
+                   "(default: no authentication)")
+    p.add_argument("--max-batch-tokens", type=positive_int, default=DEFAULT_MAX_BATCH_TOKENS,
+                   help=f"padded tokens (rows x longest row) per model call (default {DEFAULT_MAX_BATCH_TOKENS})")
+    p.add_argument("--max-client-batch-size", type=positive_int, default=DEFAULT_MAX_CLIENT_BATCH_SIZE,
+                   help=f"texts per request; more is a 413 (default {DEFAULT_MAX_CLIENT_BATCH_SIZE})")
+    p.add_argument("--payload-limit", type=positive_int, default=DEFAULT_PAYLOAD_LIMIT,
+                   help=f"request body bytes; more is a 413 (default {DEFAULT_PAYLOAD_LIMIT})")
+    p.add_argument("--served-model-name", help="the model name /info and /v1/embeddings report "
+                   "(default: the manifest's model identity)")
+
+
+def serve_from_args(args, prog: str = "ibert-tvm serve") -> int:
+    """Check the options, load the model (runtime only), serve until interrupted."""
+    import sys
+
+    from .api import load
+
+    if args.api_key is not None and not args.api_key.strip():
+        raise IBertTVMError("--api-key is empty")
+    try:
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as e:
+        raise IBertTVMError(f"serve needs starlette and uvicorn ({e}): pip install 'ibert-tvm[serve]' "
+                            "(or the bundle's requirements.txt)") from None
+    model = load(args.compiled)
+    if args.max_batch_tokens < model.max_seq_length:
+        raise IBertTVMError(f"--max-batch-tokens {args.max_batch_tokens} is below the model's maximum sequence "
+                            f"length {model.max_seq_length}: one text must fit in a model call")
+    if not is_loopback(args.host) and args.api_key is None:
+        print(f"{prog}: warning: listening on {args.host} with no authentication: anyone who can reach "
+              "this address can use the model (set --api-key)", file=sys.stderr)
+    serve(model.compiled, args.host, args.port, api_key=args.api_key, max_batch_tokens=args.max_batch_tokens,
+          max_client_batch_size=args.max_client_batch_size, payload_limit=args.payload_limit,
+          served_model_name=args.served_model_name)
+    return 0
+
+
+def main(argv=None) -> int:
+    """``python -m ibert_tvm.deploy.server OUT/ [--host] [--port] ...``: ``ibert-tvm serve`` for a board,
+    where only the runtime modules (``ibert-tvm bundle``) are installed."""
+    import argparse
+    import sys
+
+    ap = argparse.ArgumentParser(prog="python -m ibert_tvm.deploy.server",
+                                 description="Serve a compiled model over HTTP (TEI / OpenAI embeddings).")
+    add_arguments(ap)
+    args = ap.parse_args(argv)
+    try:
+        return serve_from_args(args, ap.prog)
+    except IBertTVMError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())
