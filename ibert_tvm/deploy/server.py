@@ -2,6 +2,8 @@
 
     POST /embed          TEI: {"inputs": str | [str], "normalize": true, "truncate": false} -> [[float]]
     POST /v1/embeddings  OpenAI: {"input": str | [str], "model": str, "encoding_format": "float" | "base64"}
+    POST /predict        TEI, classifier heads: {"inputs": str | [a, b] (one pair) | [str | [a, b], ...],
+                         "raw_scores": false, "truncate": false} -> [{"label", "score"}] (a list per input)
     GET  /health         200 while the batcher runs (open without the API key: a liveness probe)
     GET  /info           model id, target, head, max sequence, limits, the integer-only proof's summary
 
@@ -203,6 +205,35 @@ def _texts(body: dict, key: str, max_inputs: int) -> tuple[list[str], bool]:
     return texts, single
 
 
+def _predict_inputs(body: dict, max_inputs: int) -> tuple[list[str], list[str] | None, bool]:
+    """TEI's ``/predict`` inputs: a string, or ``[a, b]`` (one sentence pair, as TEI reads it), is
+    one input; any other list is a batch whose items are strings or ``[a, b]`` pairs (all of one
+    kind). Returns (texts, pairs or None, single)."""
+    if "inputs" not in body:
+        raise HTTPError(422, "missing field `inputs`")
+    v = body["inputs"]
+    if isinstance(v, str) or (isinstance(v, list) and len(v) == 2 and all(isinstance(x, str) for x in v)):
+        items, single = [v], True
+    elif isinstance(v, list):
+        items, single = v, False
+    else:
+        raise HTTPError(422, f"`inputs` must be a string, a [text, text] pair or a list of them, got {type(v).__name__}")
+    if not items:
+        raise HTTPError(422, "`inputs` cannot be empty")
+    if len(items) > max_inputs:
+        raise HTTPError(413, f"batch size {len(items)} > maximum allowed batch size {max_inputs}")
+    is_pair = [isinstance(x, list) for x in items]
+    for i, x in enumerate(items):
+        ok = isinstance(x, str) and x or (isinstance(x, list) and len(x) == 2 and all(isinstance(t, str) and t for t in x))
+        if not ok:
+            raise HTTPError(422, f"`inputs[{i}]` must be a non-empty string or a pair of non-empty strings")
+    if any(is_pair) and not all(is_pair):
+        raise HTTPError(422, "`inputs` mixes single texts and pairs: send one kind per request")
+    if all(is_pair):
+        return [x[0] for x in items], [x[1] for x in items], single
+    return list(items), None, single
+
+
 def _flag(body: dict, key: str, default: bool) -> bool:
     v = body.get(key, default)
     if v is None:
@@ -279,8 +310,9 @@ def create_app(model: CompiledModel, *, api_key: str | None = None,
                 if request.method == "GET":
                     return JSONResponse(await handler(None))
                 if head is not None and m["head"] != head:
-                    raise HTTPError(400, f"this model's head is {m['head']!r}: {request.url.path} serves "
-                                    f"{head} models")
+                    routes = {"embedding": "/embed or /v1/embeddings", "classifier": "/predict"}
+                    raise HTTPError(400, f"this model's head is {m['head']!r}: {request.url.path} serves {head} "
+                                    f"models (use {routes.get(m['head'], 'the route for its head')})")
                 size = request.headers.get("content-length")
                 if size is not None and size.isdigit() and int(size) > payload_limit:
                     raise HTTPError(413, f"request body of {size} bytes > payload limit {payload_limit}")
@@ -306,10 +338,10 @@ def create_app(model: CompiledModel, *, api_key: str | None = None,
 
         return run
 
-    async def embed_ints(texts: list[str], truncate: bool):
+    async def embed_ints(texts: list[str], truncate: bool, pairs: list[str] | None = None):
         """Tokenize (422 if a text is over the maximum), queue, await the int32 rows."""
         try:
-            encs = await run_in_threadpool(tokenizer.encode, texts, None, truncate=truncate)
+            encs = await run_in_threadpool(tokenizer.encode, texts, pairs, truncate=truncate)
         except IBertTVMError as e:
             raise HTTPError(422, f"{e}".replace("pass truncate=True / --truncate", 'send "truncate": true')) from None
         q = await asyncio.wrap_future(batcher.submit(encs))
@@ -339,6 +371,26 @@ def create_app(model: CompiledModel, *, api_key: str | None = None,
         tokens = sum(len(ids) for ids, _ in encs)
         return {"object": "list", "data": data, "model": name_given or name,
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+    labels = list(m.get("labels") or [])
+
+    async def predict(body):
+        import numpy as np
+
+        texts, pairs, single = _predict_inputs(body, max_client_batch_size)
+        raw = _flag(body, "raw_scores", False)
+        truncate = _flag(body, "truncate", False)
+        q, _ = await embed_ints(texts, truncate, pairs)
+        names = labels or [f"LABEL_{i}" for i in range(q.shape[1])]
+        x = q.astype(np.float64) * scale  # the logits, dequantized at the boundary
+        if not raw:
+            x = np.exp(x - x.max(axis=1, keepdims=True))
+            x = x / x.sum(axis=1, keepdims=True)
+        out = []
+        for qrow, row in zip(q, x.astype(np.float32)):
+            order = sorted(range(len(row)), key=lambda k: (-int(qrow[k]), k))  # by the integer logit, then label
+            out.append([{"score": float(row[k]), "label": names[k]} for k in order])
+        return out[0] if single else out
 
     async def health(_):
         if not batcher.alive:
@@ -382,6 +434,7 @@ def create_app(model: CompiledModel, *, api_key: str | None = None,
     routes = [
         Route("/embed", endpoint(embed), methods=["POST"]),
         Route("/v1/embeddings", endpoint(openai_embeddings, openai_error), methods=["POST"]),
+        Route("/predict", endpoint(predict, head="classifier"), methods=["POST"]),
         Route("/health", health_route, methods=["GET"]),
         Route("/info", endpoint(info, head=None), methods=["GET"]),
     ]

@@ -364,3 +364,63 @@ def test_batcher_skips_cancelled_requests_and_survives_a_failing_call(reference)
     finally:
         b.stop()
     assert b.stats.cancelled == 1 and not b.alive
+
+
+# -- a classifier: TEI's /predict ----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def classifier(compiled_factory, tmp_path_factory):
+    out = compiled_factory("BertForSequenceClassification")
+    s = Server(out, tmp_path_factory.mktemp("serve-clf") / "server.log", "--max-client-batch-size", str(MAX_INPUTS))
+    yield s, CompiledModel(out)
+    s.stop()
+
+
+def _expected_predictions(ref: CompiledModel, q: np.ndarray, raw: bool) -> list:
+    x = q.astype(np.float64) * ref.output_scale
+    if not raw:
+        x = np.exp(x - x.max(axis=1, keepdims=True))
+        x = x / x.sum(axis=1, keepdims=True)
+    names = ref.manifest["labels"]
+    return [[{"score": float(np.float32(row[k])), "label": names[k]}
+             for k in sorted(range(len(row)), key=lambda k: (-int(qr[k]), k))] for qr, row in zip(q, x)]
+
+
+@pytest.mark.parametrize("raw", [False, True])
+def test_predict_single_pair_and_batches(classifier, raw):
+    s, ref = classifier
+    a, b = mixed_texts(5, seed=51, max_words=20), mixed_texts(5, seed=52, max_words=20)
+    with httpx.Client(base_url=s.url, timeout=120) as c:
+        r = c.post("/predict", json={"inputs": a[0], "raw_scores": raw})  # one text
+        assert r.status_code == 200, r.text
+        assert r.json() == _expected_predictions(ref, ref.run_ids(ref.tokenizer([a[0]])), raw)[0]
+        r = c.post("/predict", json={"inputs": [a[0], b[0]], "raw_scores": raw})  # [a, b] is one pair (TEI)
+        assert r.json() == _expected_predictions(ref, ref.run_ids(ref.tokenizer([a[0]], [b[0]])), raw)[0]
+        r = c.post("/predict", json={"inputs": [[x, y] for x, y in zip(a, b)], "raw_scores": raw})
+        q = np.concatenate([ref.run_ids(ref.tokenizer([x], [y])) for x, y in zip(a, b)])
+        assert r.json() == _expected_predictions(ref, q, raw)
+        r = c.post("/predict", json={"inputs": a[:3], "raw_scores": raw})  # three single texts
+        q = np.concatenate([ref.run_ids(ref.tokenizer([x])) for x in a[:3]])
+        assert r.json() == _expected_predictions(ref, q, raw)
+    assert s.alive()
+
+
+@pytest.mark.parametrize("path,body,status,needle", [
+    ("/embed", {"inputs": "a"}, 400, "head is 'classifier': /embed serves embedding models (use /predict)"),
+    ("/v1/embeddings", {"input": "a"}, 400, "head is 'classifier'"),
+    ("/predict", {"inputs": [["a", "b"], "c"]}, 422, "mixes single texts and pairs"),
+    ("/predict", {"inputs": [["a", "b", "c"]]}, 422, "`inputs[0]` must be a non-empty string or a pair"),
+    ("/predict", {"inputs": 3}, 422, "`inputs` must be a string"),
+    ("/predict", {"inputs": ["a"] * (MAX_INPUTS + 1)}, 413, "maximum allowed batch size"),
+    ("/predict", {"inputs": "a", "raw_scores": "no"}, 422, "`raw_scores` must be true or false"),
+])
+def test_classifier_server_errors(classifier, path, body, status, needle):
+    s, _ = classifier
+    r = httpx.post(s.url + path, json=body, timeout=60)
+    assert r.status_code == status, r.text
+    assert needle in json.dumps(r.json()), r.text
+    assert s.alive()
+
+
+def test_predict_on_an_embedding_model_is_refused(client):
+    r = client.post("/predict", json={"inputs": "a"})
+    assert r.status_code == 400 and "use /embed or /v1/embeddings" in r.json()["error"]
