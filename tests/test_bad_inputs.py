@@ -316,6 +316,7 @@ def test_serve_bad_inputs(compiled_factory, tmp_path, capsys):
         busy.close()
     rc, _, err = cli(capsys, "serve", out, "--port", "0", "--host", "203.0.113.7")  # not this machine's
     assert_user_error(rc, err, "serve", "cannot listen on 203.0.113.7:0")
+    assert "warning: listening on 203.0.113.7 with no authentication" in err  # not loopback, no --api-key
     rc, _, err = cli(capsys, "serve", out, "--port", "0", "--max-batch-tokens", "64")
     assert_user_error(rc, err, "serve", "--max-batch-tokens 64", "maximum sequence length 128")
     rc, _, err = cli(capsys, "serve", out, "--port", "0", "--api-key", " ")
