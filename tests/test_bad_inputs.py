@@ -282,6 +282,59 @@ def test_run_refuses_a_damaged_compiled_dir(row, compiled_factory, tmp_path, cap
     assert "embedding" not in stdout
 
 
+@pytest.mark.parametrize("row", list(OUT_ROWS))
+def test_serve_refuses_a_damaged_compiled_dir(row, compiled_factory, tmp_path, capsys):
+    """``serve`` loads through the same checks as ``run``, before it listens on anything."""
+    damage, needles = OUT_ROWS[row]
+    out = copy_dir(compiled_factory("BertModel"), tmp_path / "out")
+    damage(out)
+    rc, _, err = cli(capsys, "serve", out, "--port", "0")
+    assert_user_error(rc, err, "serve", *needles)
+    assert len(err.strip().splitlines()) == 1, err
+
+
+def _listening_port():
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen()
+    return s
+
+
+def test_serve_bad_inputs(compiled_factory, tmp_path, capsys):
+    """Every row: exit 2, one ``ibert-tvm serve: error:`` line naming the problem, no server left."""
+    out = compiled_factory("BertModel")
+    rc, _, err = cli(capsys, "serve", tmp_path / "missing")
+    assert_user_error(rc, err, "serve", "missing", "not a directory")
+    busy = _listening_port()
+    try:
+        port = busy.getsockname()[1]
+        rc, _, err = cli(capsys, "serve", out, "--port", port)
+        assert_user_error(rc, err, "serve", f"cannot listen on 127.0.0.1:{port}", "in use")
+    finally:
+        busy.close()
+    rc, _, err = cli(capsys, "serve", out, "--port", "0", "--host", "203.0.113.7")  # not this machine's
+    assert_user_error(rc, err, "serve", "cannot listen on 203.0.113.7:0")
+    assert "warning: listening on 203.0.113.7 with no authentication" in err  # not loopback, no --api-key
+    rc, _, err = cli(capsys, "serve", out, "--port", "0", "--max-batch-tokens", "64")
+    assert_user_error(rc, err, "serve", "--max-batch-tokens 64", "maximum sequence length 128")
+    rc, _, err = cli(capsys, "serve", out, "--port", "0", "--api-key", " ")
+    assert_user_error(rc, err, "serve", "--api-key is empty")
+
+
+@pytest.mark.parametrize("flag,value", [("--port", "70000"), ("--port", "http"), ("--port", "-1"),
+                                        ("--max-batch-tokens", "0"), ("--max-client-batch-size", "-2")])
+def test_serve_bad_numbers_are_usage_errors(flag, value, compiled_factory, capsys):
+    from ibert_tvm.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["serve", str(compiled_factory("BertModel")), flag, value])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "ibert-tvm serve: error: argument " + flag in err and value in err and "Traceback" not in err
+
+
 def test_run_refuses_a_non_utf8_text_argument(compiled_factory, capsys):
     """``ibert-tvm run out "$(printf 'caf\\xe9')"``: Python hands the byte 0xe9 over as a lone surrogate."""
     rc, stdout, err = cli(capsys, "run", compiled_factory("BertModel"), "fine", os.fsdecode(b"caf\xe9"))

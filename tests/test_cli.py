@@ -23,7 +23,7 @@ from cli_helpers import assert_nothing_written, assert_user_error, cli, copy_dir
 from ibert_tvm.cli import main
 
 # -- --help ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("command", [None, "calibrate", "compile", "run", "verify"])
+@pytest.mark.parametrize("command", [None, "calibrate", "compile", "run", "verify", "serve"])
 def test_help(command, capsys):
     argv = ["--help"] if command is None else [command, "--help"]
     with pytest.raises(SystemExit) as e:

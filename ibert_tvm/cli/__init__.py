@@ -4,6 +4,8 @@
     ibert-tvm compile q/ --target llvm -o out/          integer-only Relax -> .so + manifest
     ibert-tvm run out/ "a sentence" ["second"]          embedding or label + logits
     ibert-tvm verify out/|q/                            proves: float ops 0
+    ibert-tvm serve out/ [--port 8080]                  HTTP embeddings (TEI / OpenAI protocols)
+    ibert-tvm bundle out/ -o board.tar.gz               everything a board needs, in one file
     ibert-tvm tune | eval | bench | sensitivity         tuning, accuracy, speed, Q-BERT bit plans
 
 One module per command in this package (``cli/<command>.py``): ``add_parser(sub)`` registers
@@ -21,7 +23,7 @@ import sys
 
 from ..errors import IBertTVMError
 
-COMMANDS = ("calibrate", "compile", "run", "verify", "tune", "eval", "bench", "sensitivity")
+COMMANDS = ("calibrate", "compile", "run", "verify", "serve", "bundle", "tune", "eval", "bench", "sensitivity")
 
 
 def build_parser() -> argparse.ArgumentParser:

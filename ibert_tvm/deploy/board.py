@@ -329,9 +329,11 @@ def prepare_board(root: os.PathLike | str | None = None, *, log=print) -> Board:
 # -- the ibert_tvm sources a board needs --------------------------------------------------------
 def runner_modules() -> list[str]:
     """The ``ibert_tvm`` modules ``python -m ibert_tvm.deploy.run`` imports (found, not listed:
-    a fresh host interpreter imports the runner and reports them)."""
+    a fresh host interpreter imports the runner and reports them; ``deploy.api``, which the
+    runner's main imports lazily for :func:`~ibert_tvm.deploy.api.import_runtime_tvm`, named)."""
     code = (
-        "import sys; import ibert_tvm.deploy.run, ibert_tvm.deploy.runtime, ibert_tvm.deploy.export; "
+        "import sys; import ibert_tvm.deploy.run, ibert_tvm.deploy.runtime, ibert_tvm.deploy.api, "
+        "ibert_tvm.deploy.export; "
         "print('\\n'.join(m for m in sys.modules if m == 'ibert_tvm' or m.startswith('ibert_tvm.')))"
     )
     root = str(Path(__file__).resolve().parents[2])  # this copy of ibert_tvm, not another install

@@ -121,8 +121,11 @@ def main(argv=None) -> int:
         out_dir = Path(a.compiled)
         if out_dir.is_dir():
             check_architecture(out_dir)
-        from .runtime import CompiledModel
+        from .api import import_runtime_tvm
+        from .runtime import CompiledModel, read_compiled
 
+        read_compiled(out_dir)  # a bad out/ fails before TVM is imported
+        import_runtime_tvm()  # runtime library only, no torch (a no-op if tvm is already imported)
         model = CompiledModel(out_dir)
         if a.ids_json:
             batches, many = _read_ids(a.ids_json)

@@ -1,0 +1,212 @@
+"""The Python API: ``ibert_tvm.load("out/")`` -> a :class:`Model` with ``encode``, ``encode_int``
+and ``predict``, shaped like sentence-transformers.
+
+    import ibert_tvm
+    m = ibert_tvm.load("out/")
+    e = m.encode(texts, normalize_embeddings=True)   # float32 [N, H], dequantized at the boundary
+    q, scale = m.encode_int(texts)                   # the int32 outputs and their scale
+    labels = m.predict(texts)                        # classifier heads
+
+Everything runs through :class:`~ibert_tvm.deploy.runtime.CompiledModel.run_text`: length-sorted
+batches in bounded memory, rows in input order, each row identical to that text run alone. The
+model computes in integers only; floats appear here, at the boundary, as ``int32 x scale``.
+
+What a method needs is decided by the manifest's ``head`` (:data:`HEAD_METHODS`): a head added
+later (token logits, QA spans) gets its own entry and methods; calling a method the head does
+not serve is an error naming the head and the method to use instead.
+
+:func:`load` imports TVM in its light form when it is the first to import it: the runtime
+library only (``TVM_USE_RUNTIME_LIB=1``) and without PyTorch, which ``tvm_ffi`` would otherwise
+import whenever it is installed (measured on the tiny test model: ~100 MB RSS instead of ~400 MB,
+~1.6 s instead of ~4.7 s). See :func:`import_runtime_tvm`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+from ..errors import IBertTVMError
+from .batching import DEFAULT_BATCH_SIZE
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from .runtime import CompiledModel
+
+# head (manifest "head") -> the methods that serve it; encode_int serves every sentence-level head
+HEAD_METHODS = {
+    "embedding": ("encode", "encode_int"),
+    "classifier": ("predict", "encode_int"),
+}
+_USE_INSTEAD = {"embedding": "encode()", "classifier": "predict()"}
+
+
+def import_runtime_tvm():
+    """Import ``tvm`` for running only, and return it.
+
+    If no one has imported ``tvm`` yet and ``TVM_USE_RUNTIME_LIB`` is unset, the import loads
+    only ``libtvm_runtime`` (not the ~240 MB compiler library) and keeps ``tvm_ffi`` from
+    importing PyTorch (it does so whenever torch is installed, only to exchange tensors with it).
+    PyTorch stays importable afterwards. The cost: this process then cannot compile (``from tvm
+    import relax`` fails); a process that loads *and* compiles should import ``tvm`` first, or set
+    ``TVM_USE_RUNTIME_LIB=0``. If ``tvm`` is already imported this is a plain import.
+    """
+    if "tvm" in sys.modules or "TVM_USE_RUNTIME_LIB" in os.environ:
+        import tvm
+
+        return tvm
+    os.environ["TVM_USE_RUNTIME_LIB"] = "1"
+    block_torch = "torch" not in sys.modules
+    if block_torch:
+        sys.modules["torch"] = None  # `import torch` raises ImportError while tvm_ffi loads
+    try:
+        import tvm
+    finally:
+        del os.environ["TVM_USE_RUNTIME_LIB"]
+        if block_torch and sys.modules.get("torch", 0) is None:
+            del sys.modules["torch"]
+    return tvm
+
+
+def load(path, device: str | None = None) -> Model:
+    """Load a compiled ``out/`` (manifest, every file's sha256, then model.so) for running here.
+
+    ``device``: ``"cpu"``, or a TVM device name; the default is the target's (CPU, or the first
+    GPU for a CUDA build). Errors are :class:`~ibert_tvm.errors.IBertTVMError` naming the file.
+    """
+    from .runtime import CompiledModel, read_compiled
+
+    read_compiled(path)  # every check before TVM is even imported: a bad out/ fails fast
+    import_runtime_tvm()
+    return Model(CompiledModel(path, device=device))
+
+
+def _progress(show: bool, total: int):
+    if not show:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # a board without tqdm: no bar
+        return None
+    return lambda it: tqdm(it, total=total, desc="batches", unit="batch", leave=False)
+
+
+def _split_pairs(texts, pairs) -> tuple[list[str], list[str] | None, bool]:
+    """(texts, pairs, single): a str is one text; a list of 2-item tuples/lists is sentence pairs."""
+    single = isinstance(texts, str)
+    if isinstance(texts, str):
+        texts = [texts]
+    texts = list(texts)
+    if pairs is None and texts and all(isinstance(t, (tuple, list)) for t in texts):
+        if not all(len(t) == 2 for t in texts):
+            raise IBertTVMError("a sentence pair must have exactly two texts")
+        texts, pairs = [t[0] for t in texts], [t[1] for t in texts]
+    elif pairs is not None:
+        pairs = [pairs] if isinstance(pairs, str) else list(pairs)
+    return texts, pairs, single
+
+
+class Model:
+    """A compiled model ready to use: :func:`load` makes one.
+
+    ``texts`` may be a string (the result then has no batch axis, as in sentence-transformers), a
+    list of strings, or a list of ``(text, text)`` sentence pairs; ``pairs=`` gives the second
+    texts separately. Every method is thread-safe (one model may serve many threads).
+    """
+
+    def __init__(self, compiled: CompiledModel):
+        self.compiled = compiled
+        m = compiled.manifest
+        self.head: str = m["head"]
+        self.max_seq_length: int = m["max_seq"]
+        self.labels: list[str] = list(m.get("labels") or [])
+        self.target: str = m["target"]
+        self.scale: float = compiled.output_scale
+
+    @property
+    def manifest(self) -> dict:
+        return self.compiled.manifest
+
+    @property
+    def tokenizer(self):
+        return self.compiled.tokenizer
+
+    def __repr__(self) -> str:
+        return (f"ibert_tvm.Model({str(self.compiled.dir)!r}, head={self.head!r}, target={self.target!r}, "
+                f"max_seq_length={self.max_seq_length})")
+
+    def _require(self, method: str) -> None:
+        served = HEAD_METHODS.get(self.head, ())
+        if method not in served:
+            instead = f"; use {_USE_INSTEAD[self.head]}" if self.head in _USE_INSTEAD else ""
+            raise IBertTVMError(f"{method}() does not serve this model's head {self.head!r}{instead}")
+
+    def _run(self, texts, pairs, batch_size, truncate, show_progress_bar) -> tuple[np.ndarray, bool]:
+        from .batching import length_sorted_batches
+
+        texts, pairs, single = _split_pairs(texts, pairs)
+        if not texts:
+            raise IBertTVMError("no text given")
+        length_sorted_batches([], batch_size)  # checks batch_size before any work
+        n_batches = -(-len(texts) // batch_size)
+        q = self.compiled.run_text(texts, pairs, batch_size=batch_size, truncate=truncate,
+                                   progress=_progress(show_progress_bar, n_batches))
+        return q, single
+
+    def encode_int(self, texts, pairs: Sequence[str] | None = None, *, batch_size: int = DEFAULT_BATCH_SIZE,
+                   truncate: bool = False, show_progress_bar: bool = False) -> tuple[np.ndarray, float]:
+        """The model's int32 outputs (``[N, H]`` embeddings or ``[N, labels]`` logits) and their
+        scale: ``real = q * scale``. Rows in input order, each identical to that text alone."""
+        self._require("encode_int")
+        q, single = self._run(texts, pairs, batch_size, truncate, show_progress_bar)
+        return (q[0] if single else q), self.scale
+
+    def encode(self, texts, pairs: Sequence[str] | None = None, *, batch_size: int = DEFAULT_BATCH_SIZE,
+               normalize_embeddings: bool = False, truncate: bool = False, show_progress_bar: bool = False,
+               convert_to_numpy: bool = True):
+        """Embeddings as float32 ``[N, H]`` (``[H]`` for one string): ``q * scale`` computed in
+        float64 and rounded once to float32; with ``normalize_embeddings`` each row is divided by
+        its L2 norm instead (the scale cancels; an all-zero row stays zero).
+        ``convert_to_numpy=False`` returns a list of 1-D arrays. A text over the model's maximum
+        sequence length is an error unless ``truncate``."""
+        self._require("encode")
+        q, single = self._run(texts, pairs, batch_size, truncate, show_progress_bar)
+        e = dequantize(q, self.scale, normalize=normalize_embeddings)
+        if single:
+            return e[0]
+        return e if convert_to_numpy else list(e)
+
+    def predict(self, texts, pairs: Sequence[str] | None = None, *, batch_size: int = DEFAULT_BATCH_SIZE,
+                truncate: bool = False, show_progress_bar: bool = False):
+        """The label of each text (pair): the manifest's label of the largest integer logit (the
+        first on a tie), ``LABEL_<i>`` when the manifest names none. One string -> one label."""
+        import numpy as np
+
+        self._require("predict")
+        q, single = self._run(texts, pairs, batch_size, truncate, show_progress_bar)
+        names = self.labels or [f"LABEL_{i}" for i in range(q.shape[1])]
+        labels = [names[int(k)] for k in np.argmax(q, axis=1)]
+        return labels[0] if single else labels
+
+
+def dequantize(q: np.ndarray, scale: float, *, normalize: bool = False) -> np.ndarray:
+    """int32 rows -> float32 rows: ``q * scale`` (or ``q / ||q||``), in float64, rounded once."""
+    import numpy as np
+
+    x = np.asarray(q).astype(np.float64)
+    if normalize:
+        norm = np.sqrt(np.sum(x * x, axis=-1, keepdims=True))
+        x = np.divide(x, norm, out=np.zeros_like(x), where=norm > 0)
+    else:
+        x = x * float(scale)
+    return x.astype(np.float32)
+
+
+def model_id(compiled: CompiledModel) -> str:
+    """A name for the model: the manifest's identity (source hash + scheme), else the directory's name."""
+    info = compiled.manifest.get("model")
+    ident = info.get("identity") if isinstance(info, dict) else None
+    return ident if isinstance(ident, str) and ident else Path(compiled.dir).resolve().name
