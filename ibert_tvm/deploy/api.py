@@ -125,6 +125,10 @@ class Model:
         self.labels: list[str] = list(m.get("labels") or [])
         self.target: str = m["target"]
         self.scale: float = compiled.output_scale
+        # the model dir's sentence-transformers config (recorded by calibrate): how the embedding
+        # pools (mean, cls, max; compiled in) and whether a Normalize module follows
+        self.pooling: str | None = m.get("pooling")
+        self.normalize: bool = bool(m.get("normalize", False))
 
     @property
     def manifest(self) -> dict:
@@ -168,13 +172,15 @@ class Model:
                normalize_embeddings: bool = False, truncate: bool = False, show_progress_bar: bool = False,
                convert_to_numpy: bool = True):
         """Embeddings as float32 ``[N, H]`` (``[H]`` for one string): ``q * scale`` computed in
-        float64 and rounded once to float32; with ``normalize_embeddings`` each row is divided by
-        its L2 norm instead (the scale cancels; an all-zero row stays zero).
+        float64 and rounded once to float32; with ``normalize_embeddings``, or when the model dir's
+        sentence-transformers config ends in a Normalize module (``self.normalize``; as
+        sentence-transformers does), each row is divided by its L2 norm instead (the scale cancels;
+        an all-zero row stays zero).
         ``convert_to_numpy=False`` returns a list of 1-D arrays. A text over the model's maximum
         sequence length is an error unless ``truncate``."""
         self._require("encode")
         q, single = self._run(texts, pairs, batch_size, truncate, show_progress_bar)
-        e = dequantize(q, self.scale, normalize=normalize_embeddings)
+        e = dequantize(q, self.scale, normalize=normalize_embeddings or self.normalize)
         if single:
             return e[0]
         return e if convert_to_numpy else list(e)

@@ -80,6 +80,14 @@ def test_pooled_model_compiles_bit_exact_and_tracks_fp32(mode, pooled_dirs, cali
     cos_mean = (ours * mean).sum(1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(mean, axis=1)
     assert cos.min() > 0.95, cos.min()
     assert cos.mean() > cos_mean.mean() + 0.02, (cos.mean(), cos_mean.mean())
+    # the Python API normalizes when the model dir has a Normalize module, as sentence-transformers does
+    import ibert_tvm
+
+    m = ibert_tvm.load(tmp_path / "out")
+    assert (m.pooling, m.normalize) == (mode, normalize)
+    e = m.encode(calibration_sentences[:16])
+    want = ours / np.linalg.norm(ours, axis=1, keepdims=True) if normalize else ours
+    np.testing.assert_allclose(e, want.astype(np.float32), rtol=1e-6, atol=1e-7)
 
 
 def _refusal(tmp_path, tiny_factory, **kw):
