@@ -190,8 +190,11 @@ class Model:
 
     def predict(self, texts, pairs: Sequence[str] | None = None, *, batch_size: int = DEFAULT_BATCH_SIZE,
                 truncate: bool = False, show_progress_bar: bool = False):
-        """The label of each text (pair): the manifest's label of the largest integer logit (the
-        first on a tie), ``LABEL_<i>`` when the manifest names none. One string -> one label."""
+        """Sequence classification: the label of each text (pair), the manifest's label of the
+        largest integer logit (the first on a tie; ``LABEL_<i>`` when the manifest names none);
+        regression (one label): the score. Token classification: a label per token. QA (pairs of
+        question, context): the ``(start, end)`` token span of the best answer (:func:`best_span`).
+        One string (pair) -> one result."""
         import numpy as np
 
         self._require("predict")
@@ -205,6 +208,9 @@ class Model:
                 names = self.labels or [f"LABEL_{i}" for i in range(q.shape[2])]
                 out = [[names[int(k)] for k in np.argmax(q[i, :n], axis=1)] for i, n in enumerate(lengths)]
             return out[0] if single else out
+        if q.shape[1] == 1:  # a regression head (num_labels 1): the score, dequantized at the boundary
+            scores = (q[:, 0].astype(np.float64) * self.scale).tolist()
+            return scores[0] if single else scores
         names = self.labels or [f"LABEL_{i}" for i in range(q.shape[1])]
         labels = [names[int(k)] for k in np.argmax(q, axis=1)]
         return labels[0] if single else labels
