@@ -58,7 +58,12 @@ def cmd(args) -> int:
     ms = (time.perf_counter() - t0) * 1000
     scale = model.output_scale
     m = model.manifest
-    if m["head"] == "classifier":
+    if m["head"] in ("token_classifier", "qa"):
+        from ..deploy.api import token_head_lines
+
+        lengths = [len(ids) for ids, _ in model.tokenizer.encode(texts, pairs, truncate=args.truncate)]
+        print("\n".join(token_head_lines(m, texts, out, lengths)))
+    elif m["head"] == "classifier":
         labels = m["labels"] or [f"LABEL_{i}" for i in range(out.shape[1])]
         for t, row in zip(texts, out):
             k = int(np.argmax(row))

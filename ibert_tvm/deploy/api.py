@@ -40,8 +40,11 @@ if TYPE_CHECKING:
 HEAD_METHODS = {
     "embedding": ("encode", "encode_int"),
     "classifier": ("predict", "encode_int"),
+    "token_classifier": ("predict", "encode_int"),  # a label per token (NER)
+    "qa": ("predict", "encode_int"),  # the best answer span per (question, context) pair
 }
-_USE_INSTEAD = {"embedding": "encode()", "classifier": "predict()"}
+_USE_INSTEAD = {"embedding": "encode()", "classifier": "predict()", "token_classifier": "predict()", "qa": "predict()"}
+MAX_ANSWER_TOKENS = 30  # QA spans: as transformers' question-answering pipeline's max_answer_len
 
 
 def import_runtime_tvm():
@@ -187,15 +190,63 @@ class Model:
 
     def predict(self, texts, pairs: Sequence[str] | None = None, *, batch_size: int = DEFAULT_BATCH_SIZE,
                 truncate: bool = False, show_progress_bar: bool = False):
-        """The label of each text (pair): the manifest's label of the largest integer logit (the
-        first on a tie), ``LABEL_<i>`` when the manifest names none. One string -> one label."""
+        """Sequence classification: the label of each text (pair), the manifest's label of the
+        largest integer logit (the first on a tie; ``LABEL_<i>`` when the manifest names none);
+        regression (one label): the score. Token classification: a label per token. QA (pairs of
+        question, context): the ``(start, end)`` token span of the best answer (:func:`best_span`).
+        One string (pair) -> one result."""
         import numpy as np
 
         self._require("predict")
         q, single = self._run(texts, pairs, batch_size, truncate, show_progress_bar)
+        if self.head in ("token_classifier", "qa"):
+            t, p, _ = _split_pairs(texts, pairs)
+            lengths = [len(ids) for ids, _ in self.compiled.tokenizer.encode(t, p, truncate=truncate)]
+            if self.head == "qa":
+                out = [best_span(q[i, :n]) for i, n in enumerate(lengths)]
+            else:
+                names = self.labels or [f"LABEL_{i}" for i in range(q.shape[2])]
+                out = [[names[int(k)] for k in np.argmax(q[i, :n], axis=1)] for i, n in enumerate(lengths)]
+            return out[0] if single else out
+        if q.shape[1] == 1:  # a regression head (num_labels 1): the score, dequantized at the boundary
+            scores = (q[:, 0].astype(np.float64) * self.scale).tolist()
+            return scores[0] if single else scores
         names = self.labels or [f"LABEL_{i}" for i in range(q.shape[1])]
         labels = [names[int(k)] for k in np.argmax(q, axis=1)]
         return labels[0] if single else labels
+
+
+def token_head_lines(manifest: dict, texts, out, lengths) -> list[str]:
+    """Human-readable lines for a per-token head's output ``[N, seq, labels]`` (``run`` and the
+    board runner), row ``i`` having ``lengths[i]`` real tokens: the label of each token (token
+    classification) or the answer span (QA)."""
+    import numpy as np
+
+    labels = manifest.get("labels") or [f"LABEL_{i}" for i in range(out.shape[2])]
+    lines = []
+    for t, row, n in zip(texts, out, lengths):
+        if manifest["head"] == "qa":
+            s, e = best_span(row[:n])
+            lines.append(f"{t!r}: answer span tokens {s}..{e} (start logit {row[s, 0]}, end logit {row[e, 1]})")
+        else:
+            lines.append(f"{t!r}: " + " ".join(labels[int(k)] for k in np.argmax(row[:n], axis=1)))
+    return lines
+
+
+def best_span(logits, max_tokens: int = MAX_ANSWER_TOKENS) -> tuple[int, int]:
+    """``(start, end)`` token indices (inclusive) of the best answer in one pair's ``[n, 2]`` integer
+    start/end logits: the largest ``start + end`` with ``start <= end < start + max_tokens``, the
+    first on a tie. Integer sums only (int64): no float, as the caller's span decision should be."""
+    import numpy as np
+
+    s, e = (np.asarray(logits[:, k], dtype=np.int64) for k in (0, 1))
+    n = len(s)
+    best, span = None, (0, 0)
+    for i in range(n):
+        j = i + int(np.argmax(e[i : min(n, i + max_tokens)]))
+        if best is None or s[i] + e[j] > best:
+            best, span = s[i] + e[j], (i, j)
+    return span
 
 
 def dequantize(q: np.ndarray, scale: float, *, normalize: bool = False) -> np.ndarray:

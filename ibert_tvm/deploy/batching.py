@@ -44,6 +44,8 @@ def run_batched(
     progress: Callable[[Iterable], Iterable] | None = None,
 ) -> np.ndarray:
     """``run_ids`` over ``texts`` (and ``pairs``) in length-sorted batches; rows in input order.
+    Per-token outputs (token classification, QA) come back as ``[N, longest text, labels]``, each
+    row zero past its own text's tokens.
 
     ``tokenizer`` is a :class:`~ibert_tvm.support.tokenize.Tokenizer`; ``progress`` wraps the
     iterable of batches (e.g. a tqdm bar).
@@ -51,10 +53,17 @@ def run_batched(
     import numpy as np
 
     encs = tokenizer.encode(texts, pairs, truncate=truncate)
-    batches = length_sorted_batches([len(ids) for ids, _ in encs], batch_size)
+    lengths = [len(ids) for ids, _ in encs]
+    batches = length_sorted_batches(lengths, batch_size)
     out = None
     for idx in progress(batches) if progress is not None else batches:
         y = run_ids(tokenizer.pad([encs[i] for i in idx]))
+        if y.ndim == 3:  # per-token outputs [b, seq of this batch, labels]: zero past each text's end
+            if out is None:
+                out = np.zeros((len(encs), max(lengths), y.shape[2]), dtype=y.dtype)
+            for row, i in enumerate(idx):
+                out[i, : lengths[i]] = y[row, : lengths[i]]
+            continue
         if out is None:
             out = np.empty((len(encs), *y.shape[1:]), dtype=y.dtype)
         out[idx] = y

@@ -150,7 +150,8 @@ def compile_quantized(
             "name": plan.output_name,
             "dtype": "int32",
             "scale": plan.out_scale,
-            "shape": ["batch", d["num_labels"] if plan.head == "classifier" else d["hidden"]],
+            "shape": {"embedding": ["batch", d["hidden"]], "classifier": ["batch", d["num_labels"]]}.get(
+                plan.head, ["batch", "seq", d["num_labels"]]),
         },
         "family": d["family"],
         "head": d["head"],

@@ -78,12 +78,16 @@ def _read_ids(path: str) -> tuple[list[dict], bool]:
     return out, isinstance(data, list)
 
 
-def _print_human(model, texts, out, ms: float) -> None:
+def _print_human(model, texts, out, ms: float, lengths=None) -> None:
     import numpy as np
 
     m = model.manifest
     scale = model.output_scale
-    if m["head"] == "classifier":
+    if m["head"] in ("token_classifier", "qa"):
+        from .api import token_head_lines
+
+        print("\n".join(token_head_lines(m, texts, out, lengths)))
+    elif m["head"] == "classifier":
         labels = m.get("labels") or [f"LABEL_{i}" for i in range(out.shape[1])]
         for t, row in zip(texts, out):
             print(f"{labels[int(np.argmax(row))]}\t{t}")
@@ -152,7 +156,9 @@ def main(argv=None) -> int:
             print(json.dumps(res))
         else:
             for i, out in enumerate(outs):
-                _print_human(model, texts or [f"batch {i} row {r}" for r in range(len(out))], out, ms[i])
+                mask = batches[i].get("attention_mask")
+                lengths = [int(n) for n in (mask != 0).sum(axis=1)] if mask is not None else [out.shape[1]] * len(out)
+                _print_human(model, texts or [f"batch {i} row {r}" for r in range(len(out))], out, ms[i], lengths)
     except IBertTVMError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

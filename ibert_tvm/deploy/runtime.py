@@ -24,7 +24,7 @@ REQUIRED = ("target", "inputs", "params", "output", "family", "head", "max_seq",
             "tokenizer")
 LIB, PARAMS, MANIFEST = "model.so", "params.npz", "manifest.json"
 FAMILIES = ("bert", "roberta")
-HEADS = ("embedding", "classifier")
+HEADS = ("embedding", "classifier", "token_classifier", "qa")
 KNOWN_INPUTS = INPUTS
 # parameter name -> manifest field giving its number of rows (the ranges ``check_inputs`` enforces)
 TABLE_ROWS = {"embeddings.word_embeddings.weight": "vocab", "embeddings.token_type_embeddings.weight": "type_vocab"}

@@ -108,7 +108,8 @@ def import_model(model: HFCheckpoint | str | os.PathLike, *, max_batch: int = MA
 
 def _first_output(model):
     """``model`` wrapped so that ``forward`` returns only its first output (the last hidden state
-    of a ``*Model``, the logits of a ``*ForSequenceClassification``): an unused pooler output
+    of a ``*Model``, the logits of a ``*ForSequenceClassification`` / ``*ForTokenClassification``;
+    for a ``*ForQuestionAnswering`` the ``[B, S, 2]`` logits of ``qa_outputs``): an unused pooler output
     stays out of the graph. The wrapped parameters are named ``_WRAPPED`` + HF name."""
     import torch
 
@@ -119,7 +120,11 @@ def _first_output(model):
 
         def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None):
             kw = dict(attention_mask=attention_mask, token_type_ids=token_type_ids, position_ids=position_ids)
-            return self.model(input_ids, **{k: v for k, v in kw.items() if v is not None}, return_dict=False)[0]
+            kw = {k: v for k, v in kw.items() if v is not None}
+            if hasattr(self.model, "qa_outputs"):  # QA: the [B, S, 2] logits, before the start/end split
+                base = next(getattr(self.model, a) for a in ("bert", "roberta", "electra") if hasattr(self.model, a))
+                return self.model.qa_outputs(base(input_ids, **kw, return_dict=False)[0])
+            return self.model(input_ids, **kw, return_dict=False)[0]
 
     return FirstOutput(model)
 

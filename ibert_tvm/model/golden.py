@@ -101,11 +101,15 @@ def run_golden(plan: ModelPlan, input_ids, attention_mask, token_type_ids, posit
     """The model's int32 output; ``trace`` as :func:`encoder_np` (plus ``pooled`` or the head's nodes)."""
     rec = trace.__setitem__ if trace is not None else (lambda name, value: None)
     h = encoder_np(plan, input_ids, attention_mask, token_type_ids, position_ids, trace=trace)
+    A = plan.arrays
+    if plan.head in ("token_classifier", "qa"):
+        logits = plan.head_out.requant.numpy(linear_np(h, weight_np(plan, plan.head_out), A["head.out.bias"]))
+        rec("head.logits", logits)
+        return logits
     if plan.head != "classifier":
         pooled = POOLINGS[plan.pooling][0](h, attention_mask)
         rec("pooled", pooled)
         return pooled if plan.pool is None else plan.pool.numpy(pooled)
-    A = plan.arrays
     cls = np.ascontiguousarray(h[:, 0, :])
     pre = plan.head_dense.requant.numpy(linear_np(cls, weight_np(plan, plan.head_dense), A["head.dense.bias"]))
     rec("head.pre_tanh", pre)

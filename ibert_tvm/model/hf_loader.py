@@ -35,7 +35,17 @@ SUPPORTED = {
     "CamembertForSequenceClassification": ("roberta", "classifier"),
     # BERT's body (ELECTRA's discriminator encoder), when its embeddings are hidden-sized
     "ElectraModel": ("bert", "embedding"),
+    # token-level heads: one linear on every token (NER logits; QA start/end logits)
+    "BertForTokenClassification": ("bert", "token_classifier"),
+    "RobertaForTokenClassification": ("roberta", "token_classifier"),
+    "XLMRobertaForTokenClassification": ("roberta", "token_classifier"),
+    "CamembertForTokenClassification": ("roberta", "token_classifier"),
+    "BertForQuestionAnswering": ("bert", "qa"),
+    "RobertaForQuestionAnswering": ("roberta", "qa"),
+    "XLMRobertaForQuestionAnswering": ("roberta", "qa"),
+    "CamembertForQuestionAnswering": ("roberta", "qa"),
 }
+TOKEN_HEADS = ("token_classifier", "qa")  # outputs [batch, seq, labels]
 # Known architectures we refuse before any work, and why (issue 13 tracks them).
 REFUSED = {
     "DistilBertModel": "DistilBERT's layer names and its missing token types are not lowered yet",
@@ -92,7 +102,7 @@ class HFCheckpoint:
     @property
     def base(self):
         """The encoder (``BertModel``-like: .embeddings, .encoder)."""
-        for attr in ("bert", "roberta", "ibert"):
+        for attr in ("bert", "roberta", "ibert", "electra"):
             if hasattr(self.model, attr):
                 return getattr(self.model, attr)
         return self.model
@@ -109,6 +119,8 @@ class HFCheckpoint:
 
     @property
     def labels(self) -> list[str]:
+        if self.head == "qa":
+            return ["start", "end"]
         id2label = getattr(self.config, "id2label", None) or {}
         return [str(id2label.get(i, id2label.get(str(i), f"LABEL_{i}"))) for i in range(len(id2label))]
 

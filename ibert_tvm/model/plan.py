@@ -41,6 +41,8 @@ from ..op.int_layernorm import IntLayerNorm
 from ..op.int_softmax import IntSoftmax
 from ..op.int_tanh import IntTanh
 from ..op.pooling import FRAC_BITS
+
+TOKEN_HEADS = ("token_classifier", "qa")  # heads with [batch, seq, labels] outputs
 from ..op.packed_weights import check_weight_bits, row_bytes
 from ..op.requantize import Requantize
 from ..op.residual_add import ResidualAdd
@@ -210,6 +212,13 @@ class ModelPlan:
                 Requantize(self.tanh.out_scale * sc("head.out.weight") / s_log, in_bits=32, out_bits=cfg.logits_bits),
             )
             self.out_scale = s_log
+        elif self.head in TOKEN_HEADS:  # one linear on every token: [B, S, labels] logits
+            s_log = sc("head.logits")
+            self.head_out = linear(
+                "head.out",
+                Requantize(lin_in("head.out", s_h) * sc("head.out.weight") / s_log, in_bits=32, out_bits=cfg.logits_bits),
+            )
+            self.out_scale = s_log
         self.arrays = arrays
         self.linears = linears
 
@@ -235,4 +244,4 @@ class ModelPlan:
 
     @property
     def output_name(self) -> str:
-        return "logits" if self.head == "classifier" else "embedding"
+        return "embedding" if self.head == "embedding" else "logits"

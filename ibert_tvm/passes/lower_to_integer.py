@@ -201,7 +201,7 @@ class _Lowering:
         """Plan tensors no graph reads: ``ModelPlan`` makes the mean-pool requantization
         (``pooler.*``) for every model, a classifier never pools (today's module declares them as
         unused parameters)."""
-        return {n for n in self.arrays if n.startswith("pooler.")} if self.plan.head == "classifier" else set()
+        return {n for n in self.arrays if n.startswith("pooler.")} if self.plan.head != "embedding" else set()
 
     def _binding(self, binding: relax.VarBinding) -> None:
         var, value = binding.var, binding.value
@@ -268,6 +268,8 @@ class _Lowering:
         name = self._plan_name(hf)
         if name is None and self.plan.head == "classifier":
             name = "head.out" if self._returned(var) else "head.dense"
+        elif name is None and self.plan.head in ("token_classifier", "qa") and self._returned(var):
+            name = "head.out"
         lp = self.plan.linears.get(name)
         if lp is None:
             raise self._error(var, self.value[var], f"linear {hf} has no plan (plan name {name})")
@@ -310,7 +312,7 @@ class _Lowering:
     def _output(self, out):
         if out not in self.low:
             raise IBertTVMError(f"LowerToInteger: main returns {out.name}, which does not depend on any weight")
-        if self.plan.head == "classifier":
+        if self.plan.head != "embedding":  # logits: [batch, labels] or [batch, seq, labels]
             return self._int(self.low[out], out, "returned").expr
         h = self._int(self.low[out], out, "returned")
         if len(out.ty.shape) != 3:

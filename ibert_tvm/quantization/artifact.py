@@ -46,7 +46,7 @@ ARTIFACT = ArtifactKind("quantized model", FORMAT, META, frozenset({TENSORS, MET
 HASHED = (TENSORS, TOKENIZER)  # every file but META, whose ``files`` records their sha256
 
 FAMILIES = ("bert", "roberta")
-HEADS = ("embedding", "classifier")
+HEADS = ("embedding", "classifier", "token_classifier", "qa")
 DIMS = {  # integer dims -> smallest allowed value (sizes are checked against the tensors too)
     "hidden": 1, "heads": 1, "layers": 1, "intermediate": 1, "vocab": 1, "type_vocab": 1,
     "max_positions": 1, "max_seq": 1, "pad_id": 0, "num_labels": 0,
@@ -136,6 +136,8 @@ class QuantizedModel:
         if d["head"] == "classifier":
             out["head.dense"] = (H, H)
             out["head.out"] = (d["num_labels"], H)
+        elif d["head"] in ("token_classifier", "qa"):
+            out["head.out"] = (d["num_labels"], H)
         return out
 
     def expected_tensors(self) -> dict[str, tuple[str, tuple[int, ...]]]:
@@ -169,6 +171,8 @@ class QuantizedModel:
             out.update({p + "ln1": H if pc else None, p + "gelu": I if pc else None, p + "ln2": H if pc else None})
         if d["head"] == "classifier":
             out.update({"head.pre_tanh": None, "head.logits": None})
+        elif d["head"] in ("token_classifier", "qa"):
+            out["head.logits"] = None
         for prefix, (rows, _) in self.linear_shapes().items():
             out[prefix + ".weight"] = rows
             out[prefix + ".input"] = None
@@ -222,8 +226,8 @@ class QuantizedModel:
         if d["max_seq"] != want_seq:
             raise IBertTVMError(f"{meta_file}: dims.max_seq {d['max_seq']} does not follow from dims.max_positions "
                                 f"{d['max_positions']} ({want_seq} for {d['family']})")
-        n_labels = d["num_labels"] if d["head"] == "classifier" else 0
-        if (d["head"] == "classifier") != (d["num_labels"] > 0) or len(self.labels) not in (0, n_labels):
+        n_labels = d["num_labels"] if d["head"] != "embedding" else 0
+        if (d["head"] != "embedding") != (d["num_labels"] > 0) or len(self.labels) not in (0, n_labels):
             raise IBertTVMError(f"{meta_file}: dims.num_labels {d['num_labels']} does not fit head "
                                 f"{d['head']!r} and {len(self.labels)} labels")
         if not all(isinstance(x, str) for x in self.labels):

@@ -87,12 +87,19 @@ def quantization_points(ckpt: HFCheckpoint):
     if ckpt.head == "classifier":
         dense, out = head_modules(ckpt)
         pts += [("head.pre_tanh", dense, "out"), ("head.logits", out, "out")]
+    elif ckpt.head in ("token_classifier", "qa"):
+        pts += [("head.logits", head_modules(ckpt)[1], "out")]
     return pts
 
 
 def head_modules(ckpt: HFCheckpoint):
-    """(dense before tanh, output projection) of the classification head."""
+    """(dense before tanh, output projection) of the classification head; (None, the per-token
+    linear) of a token classification or QA head."""
     m = ckpt.model
+    if ckpt.head == "token_classifier":
+        return None, m.classifier
+    if ckpt.head == "qa":
+        return None, m.qa_outputs
     if ckpt.family == "bert":
         return ckpt.base.pooler.dense, m.classifier
     return m.classifier.dense, m.classifier.out_proj
@@ -288,6 +295,10 @@ def build_quantized(ckpt: HFCheckpoint, obs: dict[str, RangeObserver], config: Q
         linear("head.dense", dense, s_h)
         wide("head.pre_tanh", config.tanh_in_bits, config.gelu_headroom)
         linear("head.out", out, 1.0 / 127.0)  # i-tanh output scale is 1/127 (int8)
+        wide("head.logits", config.logits_bits, 2.0)
+        labels = ckpt.labels
+    elif ckpt.head in ("token_classifier", "qa"):
+        linear("head.out", head_modules(ckpt)[1], s_h)  # per-token: s_h per channel, folded into W
         wide("head.logits", config.logits_bits, 2.0)
         labels = ckpt.labels
     dims = dict(

@@ -169,6 +169,9 @@ def fake_quant(qm: QuantizedModel, input_ids, attention_mask, token_type_ids, po
         out[p + "ln2"] = quantize(ln2, s(p + "ln2"), ab)
         h_name = p + "ln2"
     h, s_h = src(h_name), s(h_name)
+    if d["head"] in ("token_classifier", "qa"):
+        out["head.logits"] = quantize(r.linear("head.out", h, s_h), s("head.logits"), cfg.logits_bits)
+        return out
     if d["head"] != "classifier":
         pooled = float_pool(d.get("pooling", "mean"), dequantize(h, s_h), mask)
         out["pooled"] = quantize(pooled, np.asarray(s_h) / (1 << FRAC_BITS), 32)

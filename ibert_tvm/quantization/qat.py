@@ -229,6 +229,9 @@ class QATModel:
     def __init__(self, ckpt, qm: QuantizedModel, *, momentum: float = MOMENTUM):
         if qm.source.get("model_hash") != ckpt.model_hash:
             raise IBertTVMError("the quantized artifact was not calibrated from this checkpoint (source hash differs)")
+        if ckpt.head not in ("embedding", "classifier"):
+            raise IBertTVMError(f"QAT trains embedding and sequence-classification heads; {ckpt.architecture}'s "
+                                f"{ckpt.head} head is compiled from calibration (PTQ) only")
         self.ckpt = ckpt
         self.config = qm.config
         self.source = dict(qm.source)
