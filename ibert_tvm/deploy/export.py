@@ -112,7 +112,7 @@ def compile_quantized(
         "to the integer op plans")
     mod, names, arrays = integer_module(qm, strategy, model=model, where=where,
                                         dump_dir=None if dump_dir is None else Path(dump_dir) / "frontend")
-    from ..schedules.tune.database import database_origin, resolve_database
+    from ..schedules.tuning_db import database_origin, resolve_database
 
     # An explicit database is checked (target + model identity + sha256); otherwise the matching
     # tuning_logs/<target>/<identity>/ is applied when there is one.
