@@ -54,7 +54,7 @@ def compiler_hash() -> str:
     it is not reused after the compiler changes (new schedules would otherwise never be built)."""
     root = Path(__file__).resolve().parents[1]
     h = hashlib.sha256()
-    for sub in ("op", "model", "passes", "schedules", "quantization", "deploy/export.py", "targets.py"):
+    for sub in ("op", "model", "passes", "schedules", "quantization", "frontend", "deploy/export.py", "targets.py"):
         p = root / sub
         for f in sorted(p.rglob("*.py")) if p.is_dir() else [p]:
             h.update(str(f.relative_to(root)).encode())
