@@ -224,3 +224,32 @@ def _first_token_te(x):
     from tvm import te
 
     return te.compute((x.shape[0], x.shape[2]), lambda b, h: x[b, 0, h], name="first_token")
+
+
+def hand_listed_points(ckpt):
+    """The calibration hooks as ``quantization.calibrate`` listed them by hand before issue 12
+    (plus the token-level heads' logits): the oracle the graph's points are checked against."""
+    from ibert_tvm.quantization.calibrate import head_modules
+
+    base = ckpt.base
+    pts = [("embeddings.sum", base.embeddings.LayerNorm, "in"), ("embeddings.ln", base.embeddings.LayerNorm, "out")]
+    for i, layer in enumerate(base.encoder.layer):
+        a, p = layer.attention, f"layer{i}."
+        pts += [
+            (p + "q", a.self.query, "out"),
+            (p + "k", a.self.key, "out"),
+            (p + "v", a.self.value, "out"),
+            (p + "ctx", a.output.dense, "in"),
+            (p + "res1", a.output.LayerNorm, "in"),
+            (p + "ln1", a.output.LayerNorm, "out"),
+            (p + "inter", layer.intermediate.dense, "out"),
+            (p + "gelu", layer.output.dense, "in"),
+            (p + "res2", layer.output.LayerNorm, "in"),
+            (p + "ln2", layer.output.LayerNorm, "out"),
+        ]
+    if ckpt.head == "classifier":
+        dense, out = head_modules(ckpt)
+        pts += [("head.pre_tanh", dense, "out"), ("head.logits", out, "out")]
+    elif ckpt.head in ("token_classifier", "qa"):
+        pts.append(("head.logits", head_modules(ckpt)[1], "out"))
+    return pts

@@ -157,7 +157,7 @@ def test_compile_refuses_a_damaged_quantized_dir(row, replay_build, quantized_fa
 
 # -- tuning database metadata ----------------------------------------------------------------
 def _tuning_db(root: Path, identity: str, meta_edit) -> Path:
-    from ibert_tvm.schedules.tune import FORMAT, META, RECORDS, WORKLOADS
+    from ibert_tvm.tuning import FORMAT, META, RECORDS, WORKLOADS
 
     d = root / "db"
     d.mkdir()

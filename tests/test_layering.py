@@ -13,31 +13,20 @@ import import_graph as g
 LAYERS = (
     ("errors", "support"),  # shared helpers: atomic outputs, hashes, the tokenizer, ELF headers
     ("targets", "datasets", "tasks", "op"),  # target names, offline data, one integer op per file
-    ("schedules",),  # per-target layouts, schedule rules, intrinsics, tuning databases
-    ("quantization",),  # schemes, calibration, the quantized artifact, QAT, sensitivity
-    ("model",),  # the hand-built integer model (plan, golden, relax.frontend.nn modules)
+    ("schedules",),  # per-target layouts, schedule rules, intrinsics, the tuning databases compile applies
+    ("model",),  # HF checkpoints (hf_loader), the integer op plans of a quantized model, golden
     ("passes",),  # Relax passes, the pipeline, the verifier
-    ("frontend",),  # TVM's importer + graph passes: HF dir -> float Relax -> points, ranges
-    ("deploy",),  # export, runtime, verify out/, board, RPC
-    ("evaluate", "benchmarks"),  # accuracy and speed against other engines
+    ("frontend",),  # TVM's importer + graph passes: HF dir -> float Relax -> points, ranges, integer module
+    ("quantization",),  # schemes, calibration on the frontend's points, the quantized artifact, QAT
+    ("deploy",),  # export, runtime, verify out/, board, RPC, API, server, bundle
+    ("evaluate", "benchmarks", "tuning"),  # accuracy, speed, and the tuner (it runs compile's pipeline
+    # and measures through deploy/rpc on boards, so it sits above both)
     ("cli", "__main__"),  # one module per command
 )
 
-# (importing module, imported package) pairs that point upward today, and why they remain.
-KNOWN_UPWARD = {
-    ("ibert_tvm.quantization.calibrate", "ibert_tvm.model"): "hf_loader: calibration loads the HF checkpoint; "
-    "goes when calibration runs on the imported graph (issue 12)",
-    ("ibert_tvm.quantization.finetune", "ibert_tvm.model"): "hf_loader, as above",
-    ("ibert_tvm.quantization.sensitivity", "ibert_tvm.model"): "hf_loader, as above",
-    ("ibert_tvm.quantization.qat", "ibert_tvm.model"): "QAT runs the hand-built plan's integer forward; goes "
-    "with model/plan when the imported graph is the one description (issue 12)",
-}
-# The tuner (schedules/tune/) lowers the model through the frontend, exactly as compile does, to find
-# its workloads, and measures on boards through deploy/rpc: it is the one part of schedules/ allowed
-# above the passes, the frontend and deploy. Every other module of schedules/ stays below. (It no
-# longer reaches model/: compile and the tuner build the imported graph, not the hand-built model.)
-TUNER = "ibert_tvm.schedules.tune"
-TUNER_MAY_REACH = {"ibert_tvm.frontend", "ibert_tvm.passes", "ibert_tvm.deploy"}
+# (importing module, imported package) pairs that point upward, and why they remain: none today.
+# Add one only with its reason and the issue that removes it.
+KNOWN_UPWARD: dict[tuple[str, str], str] = {}
 
 
 def _layer_of() -> dict[str, int]:
@@ -66,11 +55,8 @@ def test_no_upward_import_but_the_known_ones():
         for target, where in targets.items():
             b = _package(target)
             if a in layer and b in layer and layer[b] > layer[a]:
-                key = (mod, b) if not mod.startswith(TUNER) else (TUNER, b)
-                upward[key] = where
-    tuner = {k for k in upward if k[0] == TUNER}
-    assert {b for _, b in tuner} <= TUNER_MAY_REACH, tuner
-    unknown = {k: v for k, v in upward.items() if k not in KNOWN_UPWARD and k[0] != TUNER}
+                upward[(mod, b)] = where
+    unknown = {k: v for k, v in upward.items() if k not in KNOWN_UPWARD}
     assert unknown == {}, "new upward imports (move the code down, or the shared piece to support/)"
     stale = set(KNOWN_UPWARD) - set(upward)
     assert stale == set(), "KNOWN_UPWARD lists edges that are gone: delete them"
@@ -88,5 +74,17 @@ def test_the_runtime_path_stays_light():
             seen.add(m)
             todo.extend(graph.get(m, {}))
     heavy = {m for m in seen if _package(m) in {f"ibert_tvm.{p}" for p in
-                                                  ("model", "passes", "quantization", "schedules", "frontend")}}
+                                                  ("model", "passes", "quantization", "schedules", "frontend", "tuning")}}
     assert heavy == set()
+
+
+def test_no_package_cycle():
+    """Packages (``ibert_tvm.<name>``) import each other without a cycle, same-layer ones included."""
+    packages: dict[str, dict[str, str]] = {}
+    for mod, targets in g.imports().items():
+        a = _package(mod)
+        for target, where in targets.items():
+            b = _package(target)
+            if a != b and a != g.PACKAGE and b != g.PACKAGE:
+                packages.setdefault(a, {})[b] = where
+    assert g.cycles(packages) == []

@@ -9,7 +9,7 @@ skips the engine, never the run) and returns a JSON-serialisable *spec* (paths, 
 
     tvm-int8    ours: the integer-only artifact of ``compile_quantized`` (x86 VNNI target when
                 this CPU has VNNI and the project registers it, else ``llvm``), with a tuned
-                MetaSchedule database when ``ibert_tvm.schedules.tune`` provides one
+                MetaSchedule database when ``ibert_tvm.tuning`` provides one
     tvm-fp32    the same model in FP32 through the same TVM (``tvm_fp32``), same trial budget
     torch-fp32  PyTorch eager, ``torch.inference_mode``
     torch-int8  ``torch.ao.quantization.quantize_dynamic`` (int8 Linear, dynamic activations)
@@ -152,13 +152,13 @@ def default_int8_target() -> str:
 
 
 def tuning_module():
-    """``ibert_tvm.schedules.tune`` if it exists (issue 5), else ``None``."""
+    """``ibert_tvm.tuning`` if it exists (issue 5), else ``None``."""
     import importlib
 
     try:
-        return importlib.import_module("ibert_tvm.schedules.tune")
+        return importlib.import_module("ibert_tvm.tuning")
     except ModuleNotFoundError as e:
-        if e.name != "ibert_tvm.schedules.tune":
+        if e.name != "ibert_tvm.tuning":
             raise
         return None
 
@@ -166,14 +166,14 @@ def tuning_module():
 def int8_database(qm, target: str, cache: Path, trials: int, *, log=print) -> tuple[str | None, int, str]:
     """(database dir or None, trials it holds, a note) for the integer model.
 
-    With ``ibert_tvm.schedules.tune``: a database found by ``find_database`` (the repository's
+    With ``ibert_tvm.tuning``: a database found by ``find_database`` (the repository's
     ``tuning_logs/``, ``$IBERT_TVM_TUNING_LOGS``) or tuned earlier by the bench under
     ``<cache>/tuning``, checked by ``resolve_database``; failing that and with ``trials > 0``,
     ``tune(qm, trials=trials)`` into ``<cache>/tuning``. Without the module: untuned.
     """
     tune = tuning_module()
     if tune is None or not hasattr(tune, "resolve_database"):
-        return None, 0, "untuned (ibert_tvm.schedules.tune is not available)"
+        return None, 0, "untuned (ibert_tvm.tuning is not available)"
     bench_root = cache / "tuning"
     db = None
     try:

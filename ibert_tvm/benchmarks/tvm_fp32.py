@@ -65,7 +65,7 @@ def to_relax(module, batch: int, seq: int):
 def allocate(weights: list[float], total: int) -> list[int]:
     """``total`` trials in proportion to ``weights`` (op count x occurrences); shares under 2 become 0.
 
-    The integer tuner's rule (``ibert_tvm.schedules.tune.allocate_trials``), so both models spend
+    The integer tuner's rule (``ibert_tvm.tuning.allocate_trials``), so both models spend
     their budget the same way: on the workloads that do the work."""
     s = sum(weights) or 1.0
     raw = [total * w / s for w in weights]
@@ -114,12 +114,12 @@ def tune(mod, target, work_dir: Path, trials: int, *, log=print) -> None:
 
 def _builder(target):
     """MetaSchedule's local builder with the integer tuner's settings (same build function when
-    ``ibert_tvm.schedules.tune`` provides one: it skips a ~40 s import in every builder process)."""
+    ``ibert_tvm.tuning`` provides one: it skips a ~40 s import in every builder process)."""
     from tvm.s_tir import meta_schedule as ms
 
     kw = {}
     try:
-        from ..schedules.tune import build_without_intrin_import
+        from ..tuning import build_without_intrin_import
 
         kw["f_build"] = build_without_intrin_import
     except ImportError:

@@ -1,5 +1,5 @@
 """``ibert-tvm tune q/ --target T --trials N``: MetaSchedule search, the database kept for compile
-(the tuner lives in :mod:`ibert_tvm.schedules.tune`)."""
+(the tuner lives in :mod:`ibert_tvm.tuning`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 
 def cmd(args) -> int:
     from ..quantization.artifact import QuantizedModel
-    from ..schedules.tune.run import tune
+    from ..tuning.run import tune
 
     qm = QuantizedModel.load(args.quantized)
     try:
@@ -21,7 +21,7 @@ def cmd(args) -> int:
 
 
 def add_parser(sub) -> None:
-    from ..schedules.tune.database import ENV_ROOT
+    from ..schedules.tuning_db import ENV_ROOT
     from ..targets import TARGETS
 
     p = sub.add_parser(

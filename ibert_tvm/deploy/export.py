@@ -54,7 +54,7 @@ def compiler_hash() -> str:
     it is not reused after the compiler changes (new schedules would otherwise never be built)."""
     root = Path(__file__).resolve().parents[1]
     h = hashlib.sha256()
-    for sub in ("op", "model", "passes", "schedules", "quantization", "deploy/export.py", "targets.py"):
+    for sub in ("op", "model", "passes", "schedules", "quantization", "frontend", "deploy/export.py", "targets.py"):
         p = root / sub
         for f in sorted(p.rglob("*.py")) if p.is_dir() else [p]:
             h.update(str(f.relative_to(root)).encode())
@@ -112,7 +112,7 @@ def compile_quantized(
         "to the integer op plans")
     mod, names, arrays = integer_module(qm, strategy, model=model, where=where,
                                         dump_dir=None if dump_dir is None else Path(dump_dir) / "frontend")
-    from ..schedules.tune.database import database_origin, resolve_database
+    from ..schedules.tuning_db import database_origin, resolve_database
 
     # An explicit database is checked (target + model identity + sha256); otherwise the matching
     # tuning_logs/<target>/<identity>/ is applied when there is one.

@@ -20,7 +20,7 @@ under, a server that does not answer, a session that stalls, all raise
 hanging (TVM's client retries refused connections for 60 s and waits forever for a free
 server). A stalled call is abandoned on a daemon thread.
 
-Tuning on real boards (``ibert-tvm tune --rpc-tracker``, ``schedules.tune.measure``):
+Tuning on real boards (``ibert-tvm tune --rpc-tracker``, ``tuning.measure``):
 :func:`rpc_runner` gives MetaSchedule an ``RPCRunner`` measuring on the tracker's boards, and
 :func:`cross_builder` a ``LocalBuilder`` that links candidates with the target's cross compiler
 (a board has no compiler to link TVM's default ``.tar`` artifacts).

@@ -29,7 +29,11 @@ batch 1-8 x sequence 1-128 with padding, and on MiniLM (tests/passes/test_lower_
 with ``CanonicalizeViews`` its fused kernels are the hand-built model's, so the committed tuning
 database still applies.
 
-Not done yet (issue 12): the plans are still built by ``plan.ModelPlan`` from today's point
-names (``legacy_names`` and ``LowerToInteger``'s ``_plan_index`` are the bridges), calibration
-still hooks today's hand-listed points, and golden still walks ``golden.encoder_np``.
+Calibration (``quantization.calibrate``) hooks the PyTorch modules at the points found on the
+graph (``points.hook_points``); the hand-written list is gone (kept as a test oracle: the two
+are equal on every architecture and head, and the artifact is reproduced bit for bit).
+
+Not done yet (issue 12): the op plans are still built by ``plan.ModelPlan`` from the points'
+scale names (``legacy_names`` and ``LowerToInteger``'s ``_plan_index`` are the bridges), and
+golden still walks ``golden.encoder_np``.
 """

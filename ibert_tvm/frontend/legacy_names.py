@@ -1,12 +1,12 @@
-"""Graph point names -> today's calibration point names (the bridge to ``calibrate.quantization_points``).
+"""Graph point names -> the scale names the op plans read (``layer{i}.q``, ``embeddings.ln``...).
 
 Today's hand-built path names its calibration points ``embeddings.sum``, ``embeddings.ln``,
 ``layer{i}.{q,k,v,ctx,res1,ln1,inter,gelu,res2,ln2}``, ``head.pre_tanh`` and ``head.logits``.
 :func:`legacy_name` gives the one a graph point
 (:class:`~ibert_tvm.passes.find_quantization_points.QuantizationPoint`) stands for, from its
 aliases (the HF module paths of BERT/RoBERTa/I-BERT, under any prefix such as ``bert.``) and,
-for the head, from its kind. It exists so that the graph path can be checked against today's
-calibration, and goes when that path is retired (issue 12).
+for the head, from its kind. Calibration stores each point's scale under this name
+(``frontend.points``); it goes when the op plans are built from the graph itself (issue 12).
 
 Points with no name today map to None: the embedding gathers (scale from the table), the
 attention scores and probabilities (derived and fixed scales), the tanh output (1/127) and the

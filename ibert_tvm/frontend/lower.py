@@ -1,6 +1,7 @@
 """The imported float model lowered to the integer model: the front half of ``compile``.
 
-    HF dir / HFCheckpoint / ImportedModel, QuantizedModel
+    HF dir / HFCheckpoint / ImportedModel, QuantizedModel (``qm``: duck-typed, so that frontend/
+                                        stays below quantization/, which calibrates on its points)
       -> importer.import_model          float Relax, HF weight names (skipped for an ImportedModel)
       -> passes.FoldLayerNorm           hand-written float LayerNorm -> nn.layer_norm
       -> passes.CanonicalizeViews       the importer's flatten/matmul/unflatten chains undone
@@ -26,7 +27,6 @@ import numpy as np
 
 from ..errors import IBertTVMError
 from ..model.hf_loader import HFCheckpoint
-from ..quantization.artifact import QuantizedModel
 from ..schedules import GENERIC, LinearStrategy
 from .importer import INPUTS, ImportedModel, import_model
 
@@ -55,7 +55,7 @@ def lowering_passes(plan, strategy: LinearStrategy = GENERIC, *, dump_dir: str |
 
 def lower_to_integer(
     model: HFCheckpoint | ImportedModel | str | os.PathLike,
-    qm: QuantizedModel,
+    qm,
     *,
     strategy: LinearStrategy = GENERIC,
     dump_dir: str | os.PathLike | None = None,
@@ -85,7 +85,7 @@ def lower_to_integer(
     return mod, names, {n: np.asarray(arrays[n]) for n in names}
 
 
-def source_model(qm: QuantizedModel, model: str | os.PathLike | None = None, *, where: str = "q/") -> str:
+def source_model(qm, model: str | os.PathLike | None = None, *, where: str = "q/") -> str:
     """The HF directory ``compile`` imports for ``qm``: ``model`` when given, else the path ``qm`` was
     calibrated from (``quantization.json``'s ``source.path``). Its sha256 is checked against the
     artifact's by :func:`lower_to_integer`."""
@@ -101,7 +101,7 @@ def source_model(qm: QuantizedModel, model: str | os.PathLike | None = None, *, 
 
 
 def integer_module(
-    qm: QuantizedModel,
+    qm,
     strategy: LinearStrategy = GENERIC,
     *,
     model: HFCheckpoint | ImportedModel | str | os.PathLike | None = None,

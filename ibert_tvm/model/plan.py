@@ -47,7 +47,6 @@ from ..op.packed_weights import check_weight_bits, row_bytes
 from ..op.requantize import Requantize
 from ..op.residual_add import ResidualAdd
 from ..errors import IBertTVMError
-from ..quantization.artifact import QuantizedModel
 
 
 POOL_BITS = 22  # fractional bits of the pooled embedding below the largest channel scale
@@ -74,7 +73,7 @@ class LinearPlan:
     def weight_name(self) -> str:
         return f"{self.name}.weight_packed" if self.packed else f"{self.name}.weight"
 
-    def arrays(self, qm: QuantizedModel) -> dict[str, np.ndarray]:
+    def arrays(self, qm) -> dict[str, np.ndarray]:
         if self.packed:
             w = np.asarray(qm.packed_weight(self.name))
             want = (int(qm.tensor(f"{self.name}.weight").shape[0]), row_bytes(self.in_features, self.bits))
@@ -105,7 +104,9 @@ class LayerPlan:
 
 
 class ModelPlan:
-    def __init__(self, qm: QuantizedModel):
+    def __init__(self, qm):
+        """``qm``: a :class:`~ibert_tvm.quantization.artifact.QuantizedModel` (its scales, tensors, dims
+        and config; not imported here, so that ``model`` stays below ``quantization``)."""
         self.qm = qm
         d = qm.dims
         self.family, self.head = d["family"], d["head"]

@@ -67,29 +67,13 @@ class RangeObserver:
 
 
 def quantization_points(ckpt: HFCheckpoint):
-    """(name, module, kind) for every hook: kind 'in' = module input, 'out' = module output."""
-    base = ckpt.base
-    pts = [("embeddings.sum", base.embeddings.LayerNorm, "in"), ("embeddings.ln", base.embeddings.LayerNorm, "out")]
-    for i, layer in enumerate(base.encoder.layer):
-        a, p = layer.attention, f"layer{i}."
-        pts += [
-            (p + "q", a.self.query, "out"),
-            (p + "k", a.self.key, "out"),
-            (p + "v", a.self.value, "out"),
-            (p + "ctx", a.output.dense, "in"),
-            (p + "res1", a.output.LayerNorm, "in"),
-            (p + "ln1", a.output.LayerNorm, "out"),
-            (p + "inter", layer.intermediate.dense, "out"),
-            (p + "gelu", layer.output.dense, "in"),
-            (p + "res2", layer.output.LayerNorm, "in"),
-            (p + "ln2", layer.output.LayerNorm, "out"),
-        ]
-    if ckpt.head == "classifier":
-        dense, out = head_modules(ckpt)
-        pts += [("head.pre_tanh", dense, "out"), ("head.logits", out, "out")]
-    elif ckpt.head in ("token_classifier", "qa"):
-        pts += [("head.logits", head_modules(ckpt)[1], "out")]
-    return pts
+    """(name, module, kind) for every hook: kind 'in' = module input, 'out' = module output.
+
+    The points are the graph's (``frontend.points.hook_points``: found on the imported model by
+    ``find_quantization_points``, none listed by hand), resolved to ``ckpt.model``'s modules."""
+    from ..frontend.points import hook_points
+
+    return [(name, ckpt.model.get_submodule(path), side) for name, path, side in hook_points(ckpt)]
 
 
 def head_modules(ckpt: HFCheckpoint):

@@ -25,7 +25,8 @@ module assembles x86's rule set from the two other x86 rule modules)::
     x86_softmax     x86: RowSoftmaxRule
     arm_sdot        aarch64: sdot linear layout + TE, SdotLinearRule
     cuda_t4         cuda-t4: T4Int8MatmulRule (+ dlight's GPU rules for the rest)
-    tune/           MetaSchedule tuning and its databases (compile needs only tune.database)
+    tuning_db       the tuning databases: format, lookup, checks (what compile applies; the
+                    tuner that writes them is ibert_tvm.tuning)
 
 The generic strategy is the plain NT layout of ``nn.Linear`` (``W [N, K]``).
 

@@ -30,7 +30,7 @@ does not saturate; ``vpdpbusds`` would). The build is bit-identical to ``linear_
 
 Intrinsic: :data:`~.intrinsics.VNNI_INTRIN` (:mod:`.intrinsics`: TVM's ``dot_16x4_vnni``
 description with LLVM 22's operand types). Tuning gives MetaSchedule a
-``MultiLevelTilingWithIntrin`` rule for this name (``schedules.tune.space``).
+``MultiLevelTilingWithIntrin`` rule for this name (``tuning.space``).
 
 Schedule rule (:class:`VnniLinearRule`; target ``x86``; a dlight ``ScheduleRule``, run by
 ``schedules.schedule_pass`` on every fused PrimFunc not already scheduled, e.g. by a tuning

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from ibert_tvm.errors import IBertTVMError
-from ibert_tvm.schedules import tune as T
+from ibert_tvm import tuning as T
 
 WORKLOAD = "fused_linear_requantize"  # the q/k/v linear (+ requantize) of the tiny model
 
@@ -291,7 +291,7 @@ def test_search_rejects_tensorized_tiles_inside_vectorized_loops():
 def test_a_group_entry_under_an_older_key_is_found_by_its_members():
     """Resuming a database whose metadata keys its groups differently (written before the keys
     came from the IR): the entry with the same members is found and moved to the new key."""
-    from ibert_tvm.schedules.tune.run import previous_entry
+    from ibert_tvm.tuning.run import previous_entry
 
     groups = {"old": {"members": ["a", "b"], "pick": 0}, "other": {"members": ["c"]}}
     assert previous_entry(groups, T.Group(key="new", members={"b": None, "a": None})) == {"members": ["a", "b"], "pick": 0}

@@ -25,8 +25,8 @@ import json
 import os
 from pathlib import Path
 
-from ...support.hashing import sha256_file
-from ...errors import IBertTVMError
+from ..support.hashing import sha256_file
+from ..errors import IBertTVMError
 
 FORMAT = "ibert-tvm-tuning/1"
 META = "ibert_tvm_tuning.json"
@@ -34,7 +34,7 @@ WORKLOADS = "database_workload.json"
 RECORDS = "database_tuning_record.json"
 SEARCH = "search"
 ENV_ROOT = "IBERT_TVM_TUNING_LOGS"
-REPO_ROOT = Path(__file__).resolve().parents[3]  # ibert_tvm/schedules/tune/database.py -> the repo
+REPO_ROOT = Path(__file__).resolve().parents[2]  # ibert_tvm/schedules/tuning_db.py -> the repo
 
 
 # -- where databases live -------------------------------------------------------------------

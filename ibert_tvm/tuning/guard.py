@@ -33,7 +33,7 @@ def arg_infos(qm, spec, tgt, shapes) -> list[dict]:
 
 def default_schedule(spec, tgt, dyn_mod):
     """The workload as compile schedules it without a database (the target's schedule pass)."""
-    from .. import schedule_pass
+    from ..schedules import schedule_pass
 
     sched = schedule_pass(spec.name, tgt)
     return dyn_mod if sched is None else sched(dyn_mod)

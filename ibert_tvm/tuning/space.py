@@ -16,7 +16,7 @@ def design_space(spec, *, vnni: bool):
         return "post-order-apply"
     from tvm.s_tir import meta_schedule as ms
 
-    from ..intrinsics import register_vnni_intrin
+    from ..schedules.intrinsics import register_vnni_intrin
 
     rules = list(ms.ScheduleRule.create("llvm"))
     postprocs = list(ms.Postproc.create("llvm"))

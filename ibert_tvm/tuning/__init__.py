@@ -4,8 +4,9 @@
     ibert-tvm compile q/ --target x86 -o out/           applies it (``resolve_database``)
 
 =============  ===========================================================================
-``database``   the directory format, where databases are looked for, their checks and
-               writers: all that ``compile`` needs (no TVM import)
+(database)     ``schedules.tuning_db``: the directory format, where databases are looked for,
+               their checks and writers: all that ``compile`` needs (no TVM import), so it sits
+               with the schedules, below deploy; re-exported here
 ``workloads``  the fused workloads in their static and dynamic views, grouped by IR
                structure (equal up to constants); the trial budget
 ``space``      MetaSchedule's design space, search strategy and tune context
@@ -22,7 +23,7 @@ them); every submodule imports TVM only inside its functions, so importing the p
 
 from __future__ import annotations
 
-from .database import (
+from ..schedules.tuning_db import (
     ENV_ROOT,
     FORMAT,
     META,

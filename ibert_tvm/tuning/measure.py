@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from ...errors import IBertTVMError
+from ..errors import IBertTVMError
 
 SESSION_TIMEOUT = 120  # seconds an RPC measurement session may take
 BUILD_TIMEOUT = 120  # seconds one candidate may take to build
@@ -31,7 +31,7 @@ def builder_runner(spec, *, rpc_tracker, rpc_key, workers):
     ``RPCRunner`` on a tracker's ``rpc_key`` devices (checked now: fails fast, not per trial)."""
     from tvm.s_tir import meta_schedule as ms
 
-    from ...deploy import rpc
+    from ..deploy import rpc
 
     if rpc_tracker:
         if not rpc_key:

@@ -18,8 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-from ...errors import IBertTVMError
-from .database import (
+from ..errors import IBertTVMError
+from ..schedules.tuning_db import (
     FORMAT,
     META,
     SEARCH,
@@ -77,7 +77,7 @@ def tune(
     from tqdm.auto import tqdm
     from tvm.s_tir import meta_schedule as ms
 
-    from ...targets import get_target
+    from ..targets import get_target
 
     if trials < 0:
         raise IBertTVMError(f"--trials must be >= 0, got {trials}")

@@ -100,9 +100,9 @@ def fused_views(qm, spec, tgt, shape):
     """(dynamic fused IRModule, static fused IRModule, strategy name) of the model for ``spec``."""
     from tvm import relax
 
-    from ...frontend.lower import integer_module
-    from ...passes.pipeline import fuse
-    from .. import linear_strategy, schedule_pass
+    from ..frontend.lower import integer_module
+    from ..passes.pipeline import fuse
+    from ..schedules import linear_strategy, schedule_pass
 
     strategy = linear_strategy(spec.name)
     mod, _, _ = integer_module(qm, strategy)  # what compile builds

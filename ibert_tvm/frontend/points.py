@@ -1,0 +1,60 @@
+"""Where calibration hooks the float PyTorch model: the quantization points found on the graph.
+
+:func:`hook_points` imports the checkpoint (:mod:`.importer`), folds its LayerNorms, finds the
+quantization points on the graph (:func:`~ibert_tvm.passes.find_quantization_points.find_quantization_points`)
+and turns each calibrated one into a PyTorch hook: the module whose input or output the point is,
+named by the graph (its aliases are ``<HF module path>:in`` / ``:out``). ``calibrate``, QAT and
+``diagnose`` hook exactly these; nothing lists them by hand per architecture. The scales keep
+the names ``legacy_names`` gives the points (``layer{i}.q``, ``embeddings.ln``, ``head.logits``...),
+the names the op plans read.
+
+Each hook is ``(name, module path, "in" | "out")``, in the graph's binding order; the result is
+cached per checkpoint (directory and sha256), since an import costs a ``torch.export``.
+"""
+
+from __future__ import annotations
+
+from ..errors import IBertTVMError
+from ..model.hf_loader import HFCheckpoint
+
+_CACHE: dict[tuple[str, str], list[tuple[str, str, str]]] = {}
+
+
+def hook_points(ckpt: HFCheckpoint) -> list[tuple[str, str, str]]:
+    """``[(point name, HF module path, "in" | "out")]`` for every calibrated quantization point of
+    ``ckpt``'s graph. ``IBertTVMError`` when a calibrated point has no name the op plans know,
+    or no module of ``ckpt.model`` carries it."""
+    key = (str(ckpt.path), ckpt.model_hash)
+    if key not in _CACHE:
+        _CACHE[key] = _hook_points(ckpt)
+    return list(_CACHE[key])
+
+
+def _hook_points(ckpt: HFCheckpoint) -> list[tuple[str, str, str]]:
+    from ..passes.find_quantization_points import find_quantization_points
+    from ..passes.fold_layer_norm import FoldLayerNorm
+    from .importer import import_model
+    from .legacy_names import legacy_name
+
+    im = import_model(ckpt)
+    modules = dict(ckpt.model.named_modules())
+    hooks = []
+    for p in find_quantization_points(FoldLayerNorm()(im.mod)):
+        if not p.calibrated:
+            continue
+        name = legacy_name(p)
+        if name is None:
+            raise IBertTVMError(f"{ckpt.architecture}: the graph's quantization point {p.name} ({p.kind}) has no "
+                                "scale name the integer op plans know")
+        # the point's own name first (a weighted producer's ``:out``, else a consumer's ``:in``)
+        where = [(path, side) for a in (p.name, *p.aliases) for path, _, side in [a.rpartition(":")]
+                 if side in ("in", "out") and path in modules]
+        if not where:
+            raise IBertTVMError(f"{ckpt.architecture}: no module carries the graph's quantization point {p.name} "
+                                f"(aliases {', '.join(p.aliases)})")
+        path, side = where[0]
+        hooks.append((name, path, side))
+    names = [h[0] for h in hooks]
+    if len(set(names)) != len(names):
+        raise IBertTVMError(f"{ckpt.architecture}: two graph points share a scale name: {sorted(names)}")
+    return hooks
