@@ -109,7 +109,8 @@ def saturation(ckpt, qm: QuantizedModel, sentences: Sequence[str], *, batch_size
     point: ``values``, ``saturated`` (count), ``tokens`` / ``tokens_saturated`` (a token counts if
     any of its channels saturates), ``sentences_saturated``, ``by_position`` (saturated values at
     ``cls`` = the first token, ``sep`` = the last real token, ``inner`` = the rest), and per channel
-    ``channel_saturated`` (count) and ``channel_ratio`` (max |x| / range: > 1 saturates).
+    ``channel_saturated`` (count) and ``channel_ratio`` (max |x| / range). A value saturates when it
+    rounds past the largest integer: ``|x| / scale > 2^(b-1) - 1/2`` (ratio > 1 + 1/(2^b - 2)).
     """
     import torch
 
@@ -124,7 +125,9 @@ def saturation(ckpt, qm: QuantizedModel, sentences: Sequence[str], *, batch_size
     def hook(name):
         scale = np.asarray(qm.scale(name), dtype=np.float64)
         bits = getattr(qm.config, _BITS.get(name.split(".")[-1], "act_bits"))
-        lim = scale * ((1 << (bits - 1)) - 1)
+        hi = (1 << (bits - 1)) - 1
+        lim = scale * hi
+        sat_at = (hi + 0.5) / hi  # rounds to hi + 1: clipped
 
         def grab(t):
             x = t.detach().double().numpy()
@@ -132,7 +135,7 @@ def saturation(ckpt, qm: QuantizedModel, sentences: Sequence[str], *, batch_size
             if x.ndim != 3:
                 return
             r = np.abs(x) / lim  # [B, S, C]
-            sat = (r > 1.0) & m[:, :, None]
+            sat = (r > sat_at) & m[:, :, None]
             o = out.setdefault(name, dict(values=0, saturated=0, tokens=0, tokens_saturated=0, sentences_saturated=0,
                                           by_position=dict(cls=0, sep=0, inner=0),
                                           channel_saturated=np.zeros(x.shape[-1], np.int64),
@@ -187,3 +190,51 @@ def saturation_table(sat: dict[str, dict], *, top: int = 20) -> str:
                      f"{bp['cls']}/{bp['sep']}/{bp['inner']} | {int((ch > 0).sum())} | "
                      f"{worst} ({o['channel_ratio'][worst]:.1f}x) |")
     return "\n".join(lines)
+
+
+def fake_quant_cosines(ckpt, qm: QuantizedModel, sentences: Sequence[str], *, batch_size: int = 32,
+                       kinds: Sequence[str] | None = None) -> np.ndarray:
+    """Per-sentence cosine to FP32 with every activation point (or those of ``kinds``) rounded to
+    its calibrated grid at once, in the float model (weights stay float). A fast screen for scale
+    choices; the figures that count come from the integer model (golden or compiled)."""
+    import torch
+
+    from ..support.tokenize import Tokenizer
+
+    d = qm.dims
+    tok = Tokenizer(qm.tokenizer_json, d["max_seq"], d["family"], d["pad_id"])
+    points = [p for p in quantization_points(ckpt) if p[0] in qm.scales and not p[0].startswith("head.")]
+    if kinds is not None:
+        points = [p for p in points if _kind(p[0]) in kinds]
+
+    def embed():
+        outs = []
+        with torch.no_grad():
+            for i in range(0, len(sentences), batch_size):
+                enc = tok(list(sentences[i : i + batch_size]), truncate=True)
+                hs = ckpt.model(**torch_inputs(enc)).last_hidden_state.double().numpy()
+                m = enc["attention_mask"][:, :, None]
+                outs.append((hs * m).sum(1) / m.sum(1))
+        return np.concatenate(outs)
+
+    ref = embed()
+    handles = []
+    for name, mod, where in points:
+        scale = qm.scale(name)
+        scale = torch.tensor(scale, dtype=torch.float32) if np.ndim(scale) > 0 else float(scale)
+        hi = (1 << (getattr(qm.config, _BITS.get(name.split(".")[-1], "act_bits")) - 1)) - 1
+
+        def fq(t, s=scale, hi=hi):
+            return torch.clamp(torch.round(t / s), -hi - 1, hi) * s
+
+        if where == "in":
+            handles.append(mod.register_forward_pre_hook(lambda m, a, f=fq: (f(a[0]), *a[1:])))
+        else:
+            handles.append(mod.register_forward_hook(
+                lambda m, a, o, f=fq: (f(o[0]), *o[1:]) if isinstance(o, tuple) else f(o)))
+    try:
+        got = embed()
+    finally:
+        for h in handles:
+            h.remove()
+    return (got * ref).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(ref, axis=1)
