@@ -49,21 +49,24 @@ def main() -> int:
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--per-slice", type=int, default=100)
+    ap.add_argument("--offset", type=int, default=0, help="skip the first N sentences of each slice (the screen "
+                    "used the first 100: confirm a choice on the next ones)")
     ap.add_argument("--golden", action="store_true")
     ap.add_argument("--only", help="comma-separated lever names")
     ap.add_argument("--calibration-n", type=int, default=300)
     ap.add_argument("-o", "--output")
     args = ap.parse_args()
     ckpt = load_checkpoint("default")
-    slices = {k: v[: args.per_slice] for k, v in probe_slices().items()}
+    slices = {k: v[args.offset : args.offset + args.per_slice] for k, v in probe_slices().items()}
     texts = [s for v in slices.values() for s in v]
     calib = default_calibration_sentences(args.calibration_n)
     ref = fp32_embedder(ckpt)(texts) if args.golden else None
     levers = {k: v for k, v in LEVERS.items() if not args.only or k in args.only.split(",")}
+    base = dict(gelu_channel_floor=1e-4)  # the rule before issue 15: levers are relative to it
     res = {}
     for name, kw in levers.items():
         t0 = time.time()
-        qm = calibrate(ckpt, calib, QuantConfig(**{**QuantConfig().to_dict(), **kw}))
+        qm = calibrate(ckpt, calib, QuantConfig(**{**QuantConfig().to_dict(), **base, **kw}))
         if args.golden:
             cos = cosine_rows(golden_embedder(qm)(texts), ref)
         else:

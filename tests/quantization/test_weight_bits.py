@@ -117,12 +117,16 @@ def test_cli_weight_flags(tiny_factory, tmp_path, capsys):
     out = tmp_path / "q"
     assert main(["calibrate", str(model), "-o", str(out), "--text", str(text), "--weight-bits", "4",
                  "--weight-groups", "8"]) == 0
-    assert "at 4 bits" in capsys.readouterr().out
+    stdout = capsys.readouterr().out
+    assert "at 4 bits" in stdout and "low-bit weights: scheme ibert-w8a8-pertensor" in stdout
     qm = QuantizedModel.load(out)
-    assert qm.config.name == "ibert-w8a8+w4g8" and set(qm.weight_bits_map.values()) == {4}
+    # low-bit weights default to per-tensor activation scales (nothing folded into the 4-bit columns)
+    assert qm.config.name == "ibert-w8a8-pertensor+w4g8" and set(qm.weight_bits_map.values()) == {4}
+    assert not qm.config.per_channel_acts and np.ndim(qm.scale("layer0.gelu")) == 0
     for argv, needle in (
         (["--weight-groups", "5"], "weight_groups=5 does not divide"),
         (["--weight-bits", "4", "--bits-plan", str(text)], "contradict"),
+        (["--weight-bits", "4", "--scheme", "ibert-w8a8"], "folds the per-channel"),
     ):
         rc = main(["calibrate", str(model), "-o", str(tmp_path / "bad"), "--text", str(text), *argv])
         err = capsys.readouterr().err
