@@ -35,6 +35,9 @@ LEVERS = {
     "gelu floor 1/2": dict(gelu_channel_floor=1 / 2),
     "gelu floor 1/4 + ln headroom 2": dict(gelu_channel_floor=1 / 4, ln_channel_headroom=2.0),
     "gelu floor 1/4 + ln floor 1/4": dict(gelu_channel_floor=1 / 4, ln_channel_floor=1 / 4),
+    "w8 per-tensor acts": dict(per_channel_acts=False),
+    "w4 g128 folded (old low-bit default)": dict(weight_bits=4, weight_groups=128),
+    "w4 g128 per-tensor acts (new low-bit default)": dict(weight_bits=4, weight_groups=128, per_channel_acts=False),
 }
 
 

@@ -31,6 +31,9 @@ def add_parser(sub) -> None:
     p.add_argument("--weight-groups", type=nonneg_int, help="weight scales per encoder matrix: 0 = per output row "
                    "(default), 1 = per tensor (DirectQ), G = G groups of consecutive rows (Q-BERT group-wise)")
     p.add_argument("--bits-plan", help="per-layer weight bits from `ibert-tvm sensitivity -o plan.json`")
+    p.add_argument("--accept-lossy-embedding", action="store_true",
+                   help="build an embedding model with 2/3/4-bit weights anyway (refused by default: post-training "
+                   "low-bit weights lose the embedding, docs/fidelity.md)")
     p.add_argument("--calibration", choices=["minmax", "percentile"], help="activation range statistic")
     p.add_argument("--batch-size", type=positive_int, default=16)
     p.set_defaults(func=cmd)
@@ -70,6 +73,12 @@ def cmd(args) -> int:
     if config.per_channel_acts and any(b < 8 for b in (config.layer_weight_bits or (config.weight_bits,))):
         raise IBertTVMError(f"--scheme {scheme} with weights below 8 bits {_FOLD_REASON}; omit --scheme "
                             f"(low-bit weights default to {LOW_BIT_SCHEME}) or pass --scheme {LOW_BIT_SCHEME}")
+    if low_bit and ckpt.head == "embedding" and not args.accept_lossy_embedding:
+        raise IBertTVMError(
+            f"{ckpt.path} is an embedding model: post-training weights below 8 bits lose its embedding (default "
+            "MiniLM, 4-bit with 128 groups: mean cosine 0.78 and worst 0.50 to FP32 on the fidelity probe set with "
+            "per-tensor activations, 0.41 with folded per-channel scales; docs/fidelity.md); keep 8-bit weights, "
+            "or pass --accept-lossy-embedding to build it anyway")
     if low_bit and args.scheme is None:
         print(f"low-bit weights: scheme {LOW_BIT_SCHEME} (per-tensor activation scales; the default "
               "ibert-w8a8 folds per-channel scales into the weights, which low-bit weights cannot carry)")

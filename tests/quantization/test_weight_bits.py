@@ -132,6 +132,15 @@ def test_cli_weight_flags(tiny_factory, tmp_path, capsys):
         err = capsys.readouterr().err
         assert rc == 2 and needle in err and "Traceback" not in err
         assert not (tmp_path / "bad").exists()
+    # an embedding model: low-bit PTQ weights are refused with the reason, unless asked for
+    emb = tiny_factory("BertModel")
+    rc = main(["calibrate", str(emb), "-o", str(tmp_path / "bad"), "--text", str(text), "--weight-bits", "4"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "embedding model" in err and "--accept-lossy-embedding" in err and "Traceback" not in err
+    assert not (tmp_path / "bad").exists()
+    assert main(["calibrate", str(emb), "-o", str(tmp_path / "q4e"), "--text", str(text), "--weight-bits", "4",
+                 "--weight-groups", "8", "--accept-lossy-embedding"]) == 0
+    capsys.readouterr()
     with pytest.raises(SystemExit):  # argparse: bits outside {2, 3, 4, 8}
         main(["calibrate", str(model), "-o", str(tmp_path / "bad"), "--weight-bits", "5"])
     assert "invalid choice" in capsys.readouterr().err
