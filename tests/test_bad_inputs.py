@@ -423,6 +423,7 @@ FIDELITY_ROWS = {
     "text-empty": (["--text", "{tmp}/empty.txt"], ["--text", "empty.txt", "empty"]),
     "text-not-utf8": (["--text", "{tmp}/latin1.txt"], ["--text", "latin1.txt", "UTF-8"]),
     "text-without-fidelity": (["--text", "{tmp}/ok.txt", "--task", "stsb"], ["--text", "--task fidelity"]),
+    "text-with-per-slice": (["--text", "{tmp}/ok.txt", "--per-slice", "5"], ["--per-slice", "--text"]),
     "artifact-neither": (["--text", "{tmp}/ok.txt", "--artifact", "{tmp}/nothing"],
                          ["--artifact", "nothing", "neither a compiled out/"]),
     "artifact-other-model": (["--text", "{tmp}/ok.txt", "--artifact", "{q}", "--model", "{other}"],

@@ -106,6 +106,9 @@ def cmd_fidelity(args, peers) -> int:
     from ..evaluate import progress_fn, resolve_model, write_atomic
 
     out_json = report_path(args.output, "the markdown table goes")
+    if args.text and args.per_slice:
+        raise IBertTVMError("--per-slice sizes the probe set's slices; with --text each file is scored whole "
+                            "(use --limit N for its first N lines)")
     if args.text:  # the user's files, before any slow work
         names = [Path(t).name for t in args.text]
         slices = {(n if names.count(n) == 1 else t): F.read_text_file(t) for n, t in zip(names, args.text)}
@@ -126,12 +129,21 @@ def cmd_fidelity(args, peers) -> int:
                 "sha256": probe.slices_digest(slices), "rebuild": "python -m ibert_tvm.probe -o probe.tsv"}
     if args.limit:
         slices = {k: v[: args.limit] for k, v in slices.items()}
+        data["limit_per_slice"] = args.limit
+    import tempfile
+
     columns = {"integer": integer}
-    for p in peers:
-        columns[p] = _peer_embedder(p, ckpt, args.batch_size, Path(out_json).parent)
-    print(f"fidelity: {sum(map(len, slices.values()))} sentences in {len(slices)} slices; columns: "
-          + ", ".join(columns))
-    report = F.fidelity_report(slices, F.fp32_embedder(ckpt, batch_size=args.batch_size), columns)
+    with tempfile.TemporaryDirectory(prefix="ibert-tvm-fidelity-") as workdir:  # the ONNX peers' files
+        for p in peers:
+            try:
+                columns[p] = _peer_embedder(p, ckpt, args.batch_size, Path(workdir))
+            except Exception as e:  # noqa: BLE001 - a peer that cannot be built is skipped, as in eval
+                reason = (f"{e.name} is not installed (pip install onnxruntime onnx)" if isinstance(e, ModuleNotFoundError)
+                          else f"{type(e).__name__}: {e}".splitlines()[0][:300])
+                print(f"skipping {p}: {reason}")
+        print(f"fidelity: {sum(map(len, slices.values()))} sentences in {len(slices)} slices; columns: "
+              + ", ".join(columns))
+        report = F.fidelity_report(slices, F.fp32_embedder(ckpt, batch_size=args.batch_size), columns)
     report.update(task="fidelity", data=data, artifact=desc,
                   model={"path": str(ckpt.path), "architecture": ckpt.architecture, "source_hash": ckpt.model_hash},
                   command="ibert-tvm " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
@@ -144,9 +156,8 @@ def cmd_fidelity(args, peers) -> int:
 
 
 def _peer_embedder(name, ckpt, batch_size, workdir):
-    """A dynamic-int8 peer as a texts -> embeddings function (the peers of ``eval``)."""
-    import tempfile
-
+    """A dynamic-int8 peer as a texts -> embeddings function (the peers of ``eval``); ONNX files go
+    to ``workdir``."""
     from ..deploy.batching import run_batched
     from ..evaluate import ort_encoder, torch_int8_encoder
     from ..fidelity import _tokenizer_of
@@ -155,8 +166,7 @@ def _peer_embedder(name, ckpt, batch_size, workdir):
     if name == "torch-int8":
         run = torch_int8_encoder(ckpt)
     else:
-        tmp = tempfile.mkdtemp(prefix="ibert-tvm-fidelity-")
-        run = ort_encoder(ckpt, tok, Path(tmp), "int8" if name == "ort-int8" else "uint8")
+        run = ort_encoder(ckpt, tok, workdir, "int8" if name == "ort-int8" else "uint8")
     return lambda texts: run_batched(run, tok, list(texts), batch_size=batch_size, truncate=True)
 
 
