@@ -346,10 +346,11 @@ def main(argv=None) -> int:
         print(f"{name:16s} {len(s):5d}")
     print(f"sha256 {slices_digest(slices)}")
     if args.output:
-        from .evaluate import write_atomic
-
-        write_atomic(Path(args.output), "".join(f"{n}\t{s}\n" for n, ss in slices.items() for s in ss))
-        print(f"wrote {args.output}")
+        out = Path(args.output)
+        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+        tmp.write_text("".join(f"{n}\t{s}\n" for n, ss in slices.items() for s in ss), encoding="utf-8")
+        os.replace(tmp, out)  # atomic
+        print(f"wrote {out}")
     return 0
 
 

@@ -12,14 +12,14 @@ import import_graph as g
 
 LAYERS = (
     ("errors", "support"),  # shared helpers: atomic outputs, hashes, the tokenizer, ELF headers
-    ("targets", "datasets", "tasks", "op"),  # target names, offline data, one integer op per file
+    ("targets", "datasets", "tasks", "probe", "op"),  # target names, offline data, one integer op per file
     ("schedules",),  # per-target layouts, schedule rules, intrinsics, tuning databases
     ("quantization",),  # schemes, calibration, the quantized artifact, QAT, sensitivity
     ("model",),  # the hand-built integer model (plan, golden, relax.frontend.nn modules)
     ("passes",),  # Relax passes, the pipeline, the verifier
     ("frontend",),  # TVM's importer + graph passes: HF dir -> float Relax -> points, ranges
     ("deploy",),  # export, runtime, verify out/, board, RPC
-    ("evaluate", "benchmarks"),  # accuracy and speed against other engines
+    ("evaluate", "fidelity", "benchmarks"),  # accuracy, fidelity and speed against other engines
     ("cli", "__main__"),  # one module per command
 )
 
