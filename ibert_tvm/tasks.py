@@ -35,7 +35,7 @@ SENTIMENT_PACKAGE = "sentiment@5.0.2"
 SENTIMENT_SOURCES = ("imdb", "amazon", "yelp")
 SENTIMENT_SEED = 20240  # the fixed train/test split
 SENTIMENT_TEST_FRACTION = 0.2
-TASK_NAMES = ("stsb", "sentiment", "tsv:PATH")
+TASK_NAMES = ("stsb", "sentiment", "tsv:PATH", "fidelity")
 
 
 def cache_dir() -> Path:

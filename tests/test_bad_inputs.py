@@ -461,3 +461,46 @@ def test_calibrate_names_a_non_finite_weight(value, tiny_factory, tmp_path, caps
                       "not finite")
     assert "calibration saw no non-zero values" not in err
     assert_nothing_written(out)
+
+
+# -- eval --task fidelity ----------------------------------------------------------------------
+def _fidelity_files(tmp: Path) -> None:
+    (tmp / "empty.txt").write_text("\n  \n", encoding="utf-8")
+    (tmp / "latin1.txt").write_bytes("Caf\xe9 au lait\n".encode("latin-1"))
+    (tmp / "ok.txt").write_text("A short sentence.\n", encoding="utf-8")
+    (tmp / "nothing").mkdir()
+
+
+FIDELITY_ROWS = {
+    "text-missing": (["--text", "{tmp}/none.txt"], ["--text", "none.txt", "does not exist"]),
+    "text-empty": (["--text", "{tmp}/empty.txt"], ["--text", "empty.txt", "empty"]),
+    "text-not-utf8": (["--text", "{tmp}/latin1.txt"], ["--text", "latin1.txt", "UTF-8"]),
+    "text-without-fidelity": (["--text", "{tmp}/ok.txt", "--task", "stsb"], ["--text", "--task fidelity"]),
+    "text-with-per-slice": (["--text", "{tmp}/ok.txt", "--per-slice", "5"], ["--per-slice", "--text"]),
+    "artifact-neither": (["--text", "{tmp}/ok.txt", "--artifact", "{tmp}/nothing"],
+                         ["--artifact", "nothing", "neither a compiled out/"]),
+    "artifact-other-model": (["--text", "{tmp}/ok.txt", "--artifact", "{q}", "--model", "{other}"],
+                             ["was not calibrated from", "source.model_hash"]),
+    "classifier-model": (["--text", "{tmp}/ok.txt", "--model", "{clf}"], ["classifier", "embedding model"]),
+    "output-not-json": (["--text", "{tmp}/ok.txt", "-o", "{tmp}/r.txt"], ["--output", "r.txt", ".json"]),
+}
+
+
+@pytest.mark.parametrize("row", list(FIDELITY_ROWS))
+def test_eval_fidelity_refuses_bad_input(row, tiny_factory, quantized_factory, tmp_path, capsys):
+    argv, needles = FIDELITY_ROWS[row]
+    _fidelity_files(tmp_path)
+    fill = dict(tmp=tmp_path, q=quantized_factory("BertModel")[1] if "{q}" in argv else "",
+                other=tiny_factory("BertModel", seed=3) if "{other}" in argv else "",
+                clf=tiny_factory("BertForSequenceClassification") if "{clf}" in argv else "")
+    argv = [a.format(**fill) for a in argv]
+    if "--task" not in argv:
+        argv = ["--task", "fidelity", *argv]
+    if "--model" not in argv:
+        argv += ["--model", str(tiny_factory("BertModel"))]
+    if "-o" not in argv:
+        argv += ["-o", str(tmp_path / "r.json")]
+    rc, _, err = cli(capsys, "eval", *argv)
+    assert_user_error(rc, err, "eval", *needles)
+    assert len([ln for ln in err.splitlines() if "error:" in ln]) == 1, err  # (transformers' load bar aside)
+    assert_nothing_written(tmp_path / "r.json")

@@ -12,14 +12,14 @@ import import_graph as g
 
 LAYERS = (
     ("errors", "support"),  # shared helpers: atomic outputs, hashes, the tokenizer, ELF headers
-    ("targets", "datasets", "tasks", "op"),  # target names, offline data, one integer op per file
+    ("targets", "datasets", "tasks", "probe", "op"),  # target names, offline data, one integer op per file
     ("schedules",),  # per-target layouts, schedule rules, intrinsics, the tuning databases compile applies
     ("model",),  # HF checkpoints (hf_loader), the integer op plans of a quantized model, golden
     ("passes",),  # Relax passes, the pipeline, the verifier
     ("frontend",),  # TVM's importer + graph passes: HF dir -> float Relax -> points, ranges, integer module
     ("quantization",),  # schemes, calibration on the frontend's points, the quantized artifact, QAT
     ("deploy",),  # export, runtime, verify out/, board, RPC, API, server, bundle
-    ("evaluate", "benchmarks", "tuning"),  # accuracy, speed, and the tuner (it runs compile's pipeline
+    ("evaluate", "fidelity", "benchmarks", "tuning"),  # accuracy, speed, and the tuner (it runs compile's pipeline
     # and measures through deploy/rpc on boards, so it sits above both)
     ("cli", "__main__"),  # one module per command
 )

@@ -8,6 +8,13 @@ from ..errors import IBertTVMError
 from .argtypes import nonneg_int, positive_int
 from .common import check_output_of, progress
 
+LOW_BIT_SCHEME = "ibert-w8a8-pertensor"
+# README "Q-BERT": folding per-channel LayerNorm/GELU scales into 4-bit weights (128 groups) gave
+# 70.83% on sentiment against 92.33% unfolded, and an embedding cosine as low as 0.43 (issue 15).
+_FOLD_REASON = ("folds the per-channel LayerNorm/GELU output scales into the low-bit weights' columns, which "
+                "wrecks them (4-bit, 128 groups: 70.83% sentiment accuracy folded vs 92.33% unfolded; README, "
+                "'Q-BERT')")
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("calibrate", help="static activation ranges -> quantized artifact", description=
@@ -17,12 +24,16 @@ def add_parser(sub) -> None:
     p.add_argument("-o", "--output", required=True, help="output directory for the quantized artifact")
     p.add_argument("--text", help="calibration text file, one sentence per line (default: STS-B train sentences)")
     p.add_argument("-n", "--num-sentences", type=positive_int, default=300, help="sentences to use (default 300)")
-    p.add_argument("--scheme", default="ibert-w8a8", help="quantization scheme (default ibert-w8a8)")
+    p.add_argument("--scheme", help="quantization scheme (default ibert-w8a8; with 2/3/4-bit weights "
+                   f"{LOW_BIT_SCHEME}, which keeps per-channel activation scales out of the weights)")
     p.add_argument("--weight-bits", type=int, choices=(2, 3, 4, 8), help="encoder linear weight bits "
                    "(default: the scheme's, 8); 2/3/4-bit weights are stored packed and unpacked in the kernels")
     p.add_argument("--weight-groups", type=nonneg_int, help="weight scales per encoder matrix: 0 = per output row "
                    "(default), 1 = per tensor (DirectQ), G = G groups of consecutive rows (Q-BERT group-wise)")
     p.add_argument("--bits-plan", help="per-layer weight bits from `ibert-tvm sensitivity -o plan.json`")
+    p.add_argument("--accept-lossy-embedding", action="store_true",
+                   help="build an embedding model with 2/3/4-bit weights anyway (refused by default: post-training "
+                   "low-bit weights lose the embedding, docs/fidelity.md)")
     p.add_argument("--calibration", choices=["minmax", "percentile"], help="activation range statistic")
     p.add_argument("--batch-size", type=positive_int, default=16)
     p.set_defaults(func=cmd)
@@ -35,10 +46,12 @@ def cmd(args) -> int:
     from ..quantization.calibrate import calibrate
     from ..quantization.config import QUANTIZATION, QuantConfig
 
-    if args.scheme not in QUANTIZATION:
-        raise IBertTVMError(f"unknown quantization scheme {args.scheme!r}; known: {', '.join(QUANTIZATION)}")
+    low_bit = (args.weight_bits is not None and args.weight_bits < 8) or bool(args.bits_plan)
+    scheme = args.scheme or (LOW_BIT_SCHEME if low_bit else "ibert-w8a8")
+    if scheme not in QUANTIZATION:
+        raise IBertTVMError(f"unknown quantization scheme {scheme!r}; known: {', '.join(QUANTIZATION)}")
     check_output_of(args.output, args.model, ARTIFACT)
-    config = QUANTIZATION[args.scheme]
+    config = QUANTIZATION[scheme]
     if args.calibration:
         config = QuantConfig.from_dict({**config.to_dict(), "calibration": args.calibration})
     if args.bits_plan and args.weight_bits is not None:
@@ -57,6 +70,18 @@ def cmd(args) -> int:
         config = config.with_weights(args.weight_bits, args.weight_groups, layer_bits)
     except ValueError as e:
         raise IBertTVMError(str(e)) from None
+    if config.per_channel_acts and any(b < 8 for b in (config.layer_weight_bits or (config.weight_bits,))):
+        raise IBertTVMError(f"--scheme {scheme} with weights below 8 bits {_FOLD_REASON}; omit --scheme "
+                            f"(low-bit weights default to {LOW_BIT_SCHEME}) or pass --scheme {LOW_BIT_SCHEME}")
+    if low_bit and ckpt.head == "embedding" and not args.accept_lossy_embedding:
+        raise IBertTVMError(
+            f"{ckpt.path} is an embedding model: post-training weights below 8 bits lose its embedding (default "
+            "MiniLM, 4-bit with 128 groups: mean cosine 0.78 and worst 0.50 to FP32 on the fidelity probe set with "
+            "per-tensor activations, 0.41 with folded per-channel scales; docs/fidelity.md); keep 8-bit weights, "
+            "or pass --accept-lossy-embedding to build it anyway")
+    if low_bit and args.scheme is None:
+        print(f"low-bit weights: scheme {LOW_BIT_SCHEME} (per-tensor activation scales; the default "
+              "ibert-w8a8 folds per-channel scales into the weights, which low-bit weights cannot carry)")
     print(f"model: {ckpt.architecture} ({ckpt.family}, {ckpt.config.num_hidden_layers} layers, "
           f"hidden {ckpt.config.hidden_size}) from {ckpt.path}")
     print(f"calibrating on {len(sentences)} sentences ({config.calibration})")

@@ -151,11 +151,12 @@ def _sym_scale(r: float, bits: int, what: str) -> float:
 SILENT_CHANNEL_FLOOR = 1e-4  # an (almost) silent channel's range: this fraction of its point's max |x|
 
 
-def channel_scales(o: RangeObserver, bits: int, what: str) -> np.ndarray:
+def channel_scales(o: RangeObserver, bits: int, what: str, *, headroom: float = 1.0,
+                   floor: float = SILENT_CHANNEL_FLOOR) -> np.ndarray:
     """One point's per-channel symmetric scales ``[C]``:
-    ``max(channel max |x|, SILENT_CHANNEL_FLOOR * max |x|) / (2^(bits-1) - 1)``."""
+    ``max(headroom * channel max |x|, floor * max |x|) / (2^(bits-1) - 1)``."""
     _sym_scale(o.absmax, bits, what)  # raises if the point saw nothing
-    return np.maximum(o.channel_absmax, o.absmax * SILENT_CHANNEL_FLOOR) / ((1 << (bits - 1)) - 1)
+    return np.maximum(o.channel_absmax * headroom, o.absmax * floor) / ((1 << (bits - 1)) - 1)
 
 
 def check_groups(groups, rows: int, what: str = "weight") -> int:
@@ -213,7 +214,10 @@ def build_quantized(ckpt: HFCheckpoint, obs: dict[str, RangeObserver], config: Q
     def act_pc(name):  # int8 activation with per-channel scales (LayerNorm / GELU outputs)
         if not config.per_channel_acts:
             return act(name)
-        s = channel_scales(obs[name], config.act_bits, name)
+        gelu = name.endswith(".gelu")
+        s = channel_scales(obs[name], config.act_bits, name,
+                           headroom=config.gelu_channel_headroom if gelu else config.ln_channel_headroom,
+                           floor=config.gelu_channel_floor if gelu else config.ln_channel_floor)
         scales[name] = s.tolist()
         return s
 

@@ -28,6 +28,13 @@ class QuantConfig:
     # Per-channel int8 scales for the LayerNorm and GELU outputs (BERT's outlier channels):
     # folded into the consuming linears' weights and into the residual/pooling requantization.
     per_channel_acts: bool = True
+    # Ranges of those per-channel scales (issue 15: a channel's max over the calibration text is
+    # far exceeded on other text). Channel range = max(headroom * channel max |x|, floor * the
+    # point's max |x|); the floor lifts the channels that are (almost) silent on calibration text.
+    ln_channel_headroom: float = 1.0
+    gelu_channel_headroom: float = 1.0
+    ln_channel_floor: float = 1e-4
+    gelu_channel_floor: float = 0.25  # issue 15: 1/4 of the point max (docs/fidelity.md, "Levers")
     # Weight scales of the encoder linears (Q-BERT's group-wise quantization): 0 = one scale per
     # output row (per channel), 1 = one per matrix (per tensor, "DirectQ"), G > 1 = G groups of
     # consecutive output rows (G must divide every matrix's rows). Each row's requantization
@@ -56,7 +63,10 @@ class QuantConfig:
             raise ValueError(f"calibration must be 'minmax' or 'percentile', got {self.calibration!r}")
         if not 50.0 < float(self.percentile) <= 100.0:
             raise ValueError(f"percentile must be in (50, 100], got {self.percentile}")
-        for f in ("residual_headroom", "gelu_headroom"):
+        for f in ("ln_channel_floor", "gelu_channel_floor"):
+            if not 0.0 < float(getattr(self, f)) <= 1.0:
+                raise ValueError(f"{f} must be in (0, 1], got {getattr(self, f)}")
+        for f in ("residual_headroom", "gelu_headroom", "ln_channel_headroom", "gelu_channel_headroom"):
             if not float(getattr(self, f)) >= 1.0:
                 raise ValueError(f"{f} must be >= 1, got {getattr(self, f)}")
 

@@ -99,3 +99,142 @@ def format_table(rows) -> str:
     lines = ["| quantized alone | mean cosine vs FP32 | min |", "|---|---|---|"]
     lines += [f"| {k} | {m:.4f} | {n:.4f} |" for k, m, n in rows]
     return "\n".join(lines)
+
+
+def saturation(ckpt, qm: QuantizedModel, sentences: Sequence[str], *, batch_size: int = 16) -> dict[str, dict]:
+    """How often each quantization point's FP32 values fall outside its calibrated integer range.
+
+    For every point the float model's values at real tokens are divided by the point's scale (per
+    channel where it has one) and compared with the largest integer of its width. Returns, per
+    point: ``values``, ``saturated`` (count), ``tokens`` / ``tokens_saturated`` (a token counts if
+    any of its channels saturates), ``sentences_saturated``, ``by_position`` (saturated values at
+    ``cls`` = the first token, ``sep`` = the last real token, ``inner`` = the rest), and per channel
+    ``channel_saturated`` (count) and ``channel_ratio`` (max |x| / range). A value saturates when it
+    rounds past the largest integer: ``|x| / scale > 2^(b-1) - 1/2`` (ratio > 1 + 1/(2^b - 2)).
+    """
+    import torch
+
+    from ..support.tokenize import Tokenizer
+
+    d = qm.dims
+    tok = Tokenizer(qm.tokenizer_json, d["max_seq"], d["family"], d["pad_id"])
+    points = [p for p in quantization_points(ckpt) if p[0] in qm.scales and not p[0].startswith("head.")]
+    out: dict[str, dict] = {}
+    state: dict = {}
+
+    def hook(name):
+        scale = np.asarray(qm.scale(name), dtype=np.float64)
+        bits = getattr(qm.config, _BITS.get(name.split(".")[-1], "act_bits"))
+        hi = (1 << (bits - 1)) - 1
+        lim = scale * hi
+        sat_at = (hi + 0.5) / hi  # rounds to hi + 1: clipped
+
+        def grab(t):
+            x = t.detach().double().numpy()
+            m = state["mask"].astype(bool)
+            if x.ndim != 3:
+                return
+            r = np.abs(x) / lim  # [B, S, C]
+            sat = (r > sat_at) & m[:, :, None]
+            o = out.setdefault(name, dict(values=0, saturated=0, tokens=0, tokens_saturated=0, sentences_saturated=0,
+                                          by_position=dict(cls=0, sep=0, inner=0),
+                                          channel_saturated=np.zeros(x.shape[-1], np.int64),
+                                          channel_ratio=np.zeros(x.shape[-1])))
+            o["values"] += int(m.sum()) * x.shape[-1]
+            o["saturated"] += int(sat.sum())
+            o["tokens"] += int(m.sum())
+            tok_sat = sat.any(-1)
+            o["tokens_saturated"] += int(tok_sat.sum())
+            o["sentences_saturated"] += int(tok_sat.any(-1).sum())
+            last = m.sum(1) - 1
+            per_tok = sat.sum(-1)  # [B, S]
+            cls = int(per_tok[:, 0].sum())
+            sep = int(per_tok[np.arange(len(last)), last].sum())
+            o["by_position"]["cls"] += cls
+            o["by_position"]["sep"] += sep
+            o["by_position"]["inner"] += int(per_tok.sum()) - cls - sep
+            o["channel_saturated"] += sat.sum((0, 1))
+            o["channel_ratio"] = np.maximum(o["channel_ratio"], np.where(m[:, :, None], r, 0).max((0, 1)))
+        return grab
+
+    handles = []
+    for name, mod, where in points:
+        g = hook(name)
+        if where == "in":
+            handles.append(mod.register_forward_pre_hook(lambda m, a, g=g: g(a[0])))
+        else:
+            handles.append(mod.register_forward_hook(lambda m, a, o, g=g: g(o[0] if isinstance(o, tuple) else o)))
+    try:
+        with torch.no_grad():
+            for i in range(0, len(sentences), batch_size):
+                enc = tok(list(sentences[i : i + batch_size]), truncate=True)
+                state["mask"] = enc["attention_mask"]
+                ckpt.model(**torch_inputs(enc))
+    finally:
+        for h in handles:
+            h.remove()
+    return out
+
+
+def saturation_table(sat: dict[str, dict], *, top: int = 20) -> str:
+    """The points with the most saturated values (share of values and of tokens)."""
+    rows = sorted(sat.items(), key=lambda kv: -kv[1]["saturated"])[:top]
+    lines = ["| point | saturated values | share of values | tokens hit | sentences hit | cls/sep/inner | "
+             "channels hit | worst channel (max \\|x\\|/range) |", "|---|---:|---:|---:|---:|---|---:|---|"]
+    for name, o in rows:
+        ch = o["channel_saturated"]
+        worst = int(np.argmax(o["channel_ratio"]))
+        bp = o["by_position"]
+        lines.append(f"| {name} | {o['saturated']} | {o['saturated'] / max(o['values'], 1):.2e} | "
+                     f"{o['tokens_saturated'] / max(o['tokens'], 1):.1%} | {o['sentences_saturated']} | "
+                     f"{bp['cls']}/{bp['sep']}/{bp['inner']} | {int((ch > 0).sum())} | "
+                     f"{worst} ({o['channel_ratio'][worst]:.1f}x) |")
+    return "\n".join(lines)
+
+
+def fake_quant_cosines(ckpt, qm: QuantizedModel, sentences: Sequence[str], *, batch_size: int = 32,
+                       kinds: Sequence[str] | None = None) -> np.ndarray:
+    """Per-sentence cosine to FP32 with every activation point (or those of ``kinds``) rounded to
+    its calibrated grid at once, in the float model (weights stay float). A fast screen for scale
+    choices; the figures that count come from the integer model (golden or compiled)."""
+    import torch
+
+    from ..support.tokenize import Tokenizer
+
+    d = qm.dims
+    tok = Tokenizer(qm.tokenizer_json, d["max_seq"], d["family"], d["pad_id"])
+    points = [p for p in quantization_points(ckpt) if p[0] in qm.scales and not p[0].startswith("head.")]
+    if kinds is not None:
+        points = [p for p in points if _kind(p[0]) in kinds]
+
+    def embed():
+        outs = []
+        with torch.no_grad():
+            for i in range(0, len(sentences), batch_size):
+                enc = tok(list(sentences[i : i + batch_size]), truncate=True)
+                hs = ckpt.model(**torch_inputs(enc)).last_hidden_state.double().numpy()
+                m = enc["attention_mask"][:, :, None]
+                outs.append((hs * m).sum(1) / m.sum(1))
+        return np.concatenate(outs)
+
+    ref = embed()
+    handles = []
+    for name, mod, where in points:
+        scale = qm.scale(name)
+        scale = torch.tensor(scale, dtype=torch.float32) if np.ndim(scale) > 0 else float(scale)
+        hi = (1 << (getattr(qm.config, _BITS.get(name.split(".")[-1], "act_bits")) - 1)) - 1
+
+        def fq(t, s=scale, hi=hi):
+            return torch.clamp(torch.round(t / s), -hi - 1, hi) * s
+
+        if where == "in":
+            handles.append(mod.register_forward_pre_hook(lambda m, a, f=fq: (f(a[0]), *a[1:])))
+        else:
+            handles.append(mod.register_forward_hook(
+                lambda m, a, o, f=fq: (f(o[0]), *o[1:]) if isinstance(o, tuple) else f(o)))
+    try:
+        got = embed()
+    finally:
+        for h in handles:
+            h.remove()
+    return (got * ref).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(ref, axis=1)

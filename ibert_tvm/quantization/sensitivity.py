@@ -368,11 +368,16 @@ def folded_input_scales(ckpt, sentences: Sequence[str], *, progress=None) -> lis
     ``sentences`` (calibrate's own observers and rule); None for the attention output dense,
     whose input (the attention context) has one per-tensor scale."""
     from .calibrate import channel_scales, collect_ranges
+    from .config import QuantConfig
 
     obs = collect_ranges(ckpt, list(sentences), progress=progress)
+    cfg = QuantConfig()
 
-    def pc(name):  # the int8 per-channel scales calibrate gives the point
-        return channel_scales(obs[name], 8, name)
+    def pc(name):  # the int8 per-channel scales calibrate gives the point (the default scheme's rule)
+        gelu = name.endswith(".gelu")
+        return channel_scales(obs[name], 8, name,
+                              headroom=cfg.gelu_channel_headroom if gelu else cfg.ln_channel_headroom,
+                              floor=cfg.gelu_channel_floor if gelu else cfg.ln_channel_floor)
 
     out = []
     for i in range(len(ckpt.base.encoder.layer)):

@@ -117,17 +117,30 @@ def test_cli_weight_flags(tiny_factory, tmp_path, capsys):
     out = tmp_path / "q"
     assert main(["calibrate", str(model), "-o", str(out), "--text", str(text), "--weight-bits", "4",
                  "--weight-groups", "8"]) == 0
-    assert "at 4 bits" in capsys.readouterr().out
+    stdout = capsys.readouterr().out
+    assert "at 4 bits" in stdout and "low-bit weights: scheme ibert-w8a8-pertensor" in stdout
     qm = QuantizedModel.load(out)
-    assert qm.config.name == "ibert-w8a8+w4g8" and set(qm.weight_bits_map.values()) == {4}
+    # low-bit weights default to per-tensor activation scales (nothing folded into the 4-bit columns)
+    assert qm.config.name == "ibert-w8a8-pertensor+w4g8" and set(qm.weight_bits_map.values()) == {4}
+    assert not qm.config.per_channel_acts and np.ndim(qm.scale("layer0.gelu")) == 0
     for argv, needle in (
         (["--weight-groups", "5"], "weight_groups=5 does not divide"),
         (["--weight-bits", "4", "--bits-plan", str(text)], "contradict"),
+        (["--weight-bits", "4", "--scheme", "ibert-w8a8"], "folds the per-channel"),
     ):
         rc = main(["calibrate", str(model), "-o", str(tmp_path / "bad"), "--text", str(text), *argv])
         err = capsys.readouterr().err
         assert rc == 2 and needle in err and "Traceback" not in err
         assert not (tmp_path / "bad").exists()
+    # an embedding model: low-bit PTQ weights are refused with the reason, unless asked for
+    emb = tiny_factory("BertModel")
+    rc = main(["calibrate", str(emb), "-o", str(tmp_path / "bad"), "--text", str(text), "--weight-bits", "4"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "embedding model" in err and "--accept-lossy-embedding" in err and "Traceback" not in err
+    assert not (tmp_path / "bad").exists()
+    assert main(["calibrate", str(emb), "-o", str(tmp_path / "q4e"), "--text", str(text), "--weight-bits", "4",
+                 "--weight-groups", "8", "--accept-lossy-embedding"]) == 0
+    capsys.readouterr()
     with pytest.raises(SystemExit):  # argparse: bits outside {2, 3, 4, 8}
         main(["calibrate", str(model), "-o", str(tmp_path / "bad"), "--weight-bits", "5"])
     assert "invalid choice" in capsys.readouterr().err
