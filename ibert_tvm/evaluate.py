@@ -151,26 +151,18 @@ def ort_encoder(ckpt, tokenizer, workdir: Path, weight_type: str) -> Encoder:
     import torch
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    head = ckpt.head
-
-    class _Wrap(torch.nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
-
-        def forward(self, input_ids, attention_mask, token_type_ids, position_ids):
-            r = self.m(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                       position_ids=position_ids)
-            return r.logits if head == "classifier" else r.last_hidden_state
-
+    from .model.reference import reference_module
     from .quantization.calibrate import torch_inputs
+
+    head = ckpt.head
 
     probe = tokenizer(["A short probe sentence.", "A somewhat longer second probe sentence, with padding after."])
     args = tuple(torch_inputs(probe)[n] for n in _ONNX_INPUTS)
     fp32_path, q_path = workdir / "model.onnx", workdir / f"model-{weight_type}.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(_Wrap(ckpt.model).eval(), args, str(fp32_path), input_names=list(_ONNX_INPUTS),
+        torch.onnx.export(reference_module(ckpt.model, head, ckpt.pooling), args, str(fp32_path),
+                          input_names=list(_ONNX_INPUTS),
                           output_names=["out"], dynamic_axes={n: {0: "batch", 1: "seq"} for n in _ONNX_INPUTS},
                           opset_version=17, dynamo=False)
     opts = ort.SessionOptions()
@@ -178,7 +170,6 @@ def ort_encoder(ckpt, tokenizer, workdir: Path, weight_type: str) -> Encoder:
     feeds = lambda enc: {n: enc[n].astype(np.int64) for n in _ONNX_INPUTS}  # noqa: E731
     ref = torch_encoder(ckpt.model, head, ckpt.pooling)(probe)
     got = ort.InferenceSession(str(fp32_path), opts, providers=["CPUExecutionProvider"]).run(None, feeds(probe))[0]
-    got = got if head == "classifier" else _pool(got, probe["attention_mask"], ckpt.pooling)
     if not np.allclose(got, ref, atol=1e-3, rtol=1e-3):
         raise RuntimeError(f"the ONNX export disagrees with PyTorch (max diff {np.abs(got - ref).max():.3g})")
     quantize_dynamic(str(fp32_path), str(q_path),
@@ -186,8 +177,7 @@ def ort_encoder(ckpt, tokenizer, workdir: Path, weight_type: str) -> Encoder:
     sess = ort.InferenceSession(str(q_path), opts, providers=["CPUExecutionProvider"])
 
     def run(enc):
-        out = sess.run(None, feeds(enc))[0]
-        return out.astype(np.float64) if head == "classifier" else _pool(out, enc["attention_mask"], ckpt.pooling)
+        return sess.run(None, feeds(enc))[0].astype(np.float64)
 
     return run
 

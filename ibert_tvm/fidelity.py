@@ -49,14 +49,14 @@ def _tokenizer_of(ckpt):
 
 
 def fp32_embedder(ckpt, *, batch_size: int = 32, progress=None) -> Embedder:
-    """The FP32 PyTorch model: mean-pooled last hidden state over the real tokens."""
+    """The FP32 PyTorch model: its last hidden state pooled as the model dir says (mean by default)."""
     from .deploy.batching import run_batched
     from .evaluate import torch_encoder
 
     if ckpt.head != "embedding":
         raise IBertTVMError(f"fidelity compares sentence embeddings; {ckpt.path} is a classifier "
                             f"({ckpt.architecture}): use an embedding model (e.g. --model default)")
-    run = torch_encoder(ckpt.model, "embedding")
+    run = torch_encoder(ckpt.model, "embedding", ckpt.pooling)
     tok = _tokenizer_of(ckpt)
     return lambda texts: run_batched(run, tok, list(texts), batch_size=batch_size, truncate=True, progress=progress)
 

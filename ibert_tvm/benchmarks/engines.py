@@ -83,26 +83,13 @@ def _dir_hash(d: Path) -> str:
 
 
 # -- the torch graph every non-TVM-int8 engine computes ------------------------------------------
-def pooled_module(hf_model, head: str):
-    """``(input_ids, attention_mask, token_type_ids, position_ids) -> [B, H]`` mean-pooled embedding
-    (``head == "embedding"``) or ``[B, labels]`` logits: what the integer model outputs."""
-    import torch
+def pooled_module(ckpt):
+    """``(input_ids, attention_mask, token_type_ids, position_ids) -> [B, H]`` embedding, pooled as
+    the model's sentence-transformers config says, or ``[B, labels]`` logits: what the integer model
+    outputs (:func:`ibert_tvm.model.reference.reference_module`)."""
+    from ..model.reference import reference_module
 
-    class Pooled(torch.nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
-
-        def forward(self, input_ids, attention_mask, token_type_ids, position_ids):
-            r = self.m(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                       position_ids=position_ids)
-            if head == "classifier":
-                return r.logits
-            h = r.last_hidden_state
-            m = attention_mask.unsqueeze(-1).to(h.dtype)
-            return (h * m).sum(1) / m.sum(1).clamp(min=1.0)
-
-    return Pooled(hf_model).eval()
+    return reference_module(ckpt.model, ckpt.head, ckpt.pooling)
 
 
 def _torch_model(model: BenchModel, threads: int):
@@ -115,7 +102,7 @@ def _torch_model(model: BenchModel, threads: int):
         torch.set_num_interop_threads(1)
     except RuntimeError:  # already set (a second engine in one process: tests)
         pass
-    return pooled_module(load_checkpoint(model.path).model, model.head)
+    return pooled_module(load_checkpoint(model.path))
 
 
 class _TorchRunner(Runner):
@@ -297,8 +284,9 @@ class TvmFp32(_TvmEngine):
         if explicit:  # --fp32-trials
             trials = int(ctx["fp32_trials"])
         out = Path(ctx["cache"]) / "tvm-fp32" / (
-            f"{model_slug(model.name)}-{hash_model_dir(Path(model.path))[:12]}-{target_name}-t{trials}-v2")
-        module = pooled_module(load_checkpoint(model.path).model, model.head)
+            f"{model_slug(model.name)}-{hash_model_dir(Path(model.path))[:12]}-{target_name}-t{trials}-v2"
+        + ("" if model.pooling == "mean" else f"-{model.pooling}"))
+        module = pooled_module(load_checkpoint(model.path))
         log(f"building TVM FP32 {model.name} for {target_name} ({'%d trials per shape' % trials if trials else 'untuned'})")
         meta = build_fp32(module, [tuple(s) for s in ctx["shapes"]], out, target, trials=trials, log=log)
         note = (f"tuned: {trials} trials per shape ({'--fp32-trials' if explicit else 'the integer model budget'})"
@@ -407,7 +395,7 @@ class TorchInt8(Engine):
         path = Path(ctx["cache"]) / "torch-int8" / f"{model_slug(model.name)}-{hash_model_dir(Path(model.path))[:12]}.pt"
         if not path.is_file():
             path.parent.mkdir(parents=True, exist_ok=True)
-            q = self._quantize(pooled_module(load_checkpoint(model.path).model, model.head))
+            q = self._quantize(pooled_module(load_checkpoint(model.path)))
             tmp = path.with_suffix(".tmp")
             torch.save(q.state_dict(), tmp)
             tmp.rename(path)
@@ -430,7 +418,8 @@ def onnx_fp32(model: BenchModel, cache: Path, *, log=print) -> dict:
 
     from ..model.hf_loader import hash_model_dir
 
-    d = cache / "onnx" / f"{model_slug(model.name)}-{hash_model_dir(Path(model.path))[:12]}"
+    d = cache / "onnx" / (f"{model_slug(model.name)}-{hash_model_dir(Path(model.path))[:12]}"
+                          + ("" if model.pooling == "mean" else f"-{model.pooling}"))
     plain, fused = d / "model.onnx", d / "model-fused.onnx"
     meta_path = d / "fp32.json"
     if meta_path.is_file():
@@ -443,7 +432,7 @@ def onnx_fp32(model: BenchModel, cache: Path, *, log=print) -> dict:
     from ..model.hf_loader import load_checkpoint
     from .models import bench_inputs
 
-    module = pooled_module(load_checkpoint(model.path).model, model.head)
+    module = pooled_module(load_checkpoint(model.path))
     probe = bench_inputs(model, 2, 16, seed=1)
     args = tuple(torch.from_numpy(probe[n]) for n in _INPUTS)
     log(f"exporting {model.name} to ONNX")

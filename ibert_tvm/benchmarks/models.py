@@ -41,6 +41,7 @@ class BenchModel:
     heads: int
     intermediate: int
     calibration: str  # "stsb:N" | "random:N"
+    pooling: str = "mean"  # an embedding's pooling (the model dir's sentence-transformers config)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -106,7 +107,7 @@ def build_bert_base(path: Path, *, seed: int = 0) -> Path:
 
 def resolve(name: str, cache: Path) -> BenchModel:
     """A model name (``minilm``, ``bert-base``) or a local HF directory -> :class:`BenchModel`."""
-    from ..model.hf_loader import SUPPORTED, default_model_dir, resolve_model_dir
+    from ..model.hf_loader import SUPPORTED, default_model_dir, resolve_model_dir, sentence_pooling
 
     if name in ("minilm", "default"):
         path, label, calib = default_model_dir(), "minilm", "stsb:300"
@@ -125,13 +126,17 @@ def resolve(name: str, cache: Path) -> BenchModel:
     if arch not in SUPPORTED:
         raise IBertTVMError(f"unsupported architecture {arch!r} in {path}; supported: {', '.join(SUPPORTED)}")
     family, head = SUPPORTED[arch]
+    if head not in ("embedding", "classifier"):
+        raise IBertTVMError(f"{path}/config.json: architectures {arch}: the bench compares sentence embeddings "
+                            f"and sequence classifiers; its {head} head is not benchmarked")
+    pooling = sentence_pooling(Path(path))[0]
     pad = int(cfg.get("pad_token_id", 0) or 0)
     n_pos = int(cfg["max_position_embeddings"])
     return BenchModel(
         name=label, path=str(path), family=family, head=head, pad_id=pad, vocab=int(cfg["vocab_size"]),
         type_vocab=int(cfg.get("type_vocab_size", 2)), max_seq=n_pos - (pad + 1) if family == "roberta" else n_pos,
         layers=int(cfg["num_hidden_layers"]), hidden=int(cfg["hidden_size"]), heads=int(cfg["num_attention_heads"]),
-        intermediate=int(cfg["intermediate_size"]), calibration=calib,
+        intermediate=int(cfg["intermediate_size"]), calibration=calib, pooling=pooling,
     )
 
 

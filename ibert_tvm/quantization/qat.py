@@ -40,6 +40,7 @@ import numpy as np
 from ..support.tokenize import Tokenizer
 from ..errors import IBertTVMError
 from ..model.plan import ModelPlan
+from ..model.reference import torch_pool
 from ..op.int_matmul import check_accumulator
 from ..op.pooling import float_pool
 from .artifact import QuantizedModel
@@ -348,7 +349,7 @@ class QATModel:
         if self.ckpt.head == "classifier":
             f = res.logits
         else:
-            f = _torch_pool(self.plan.pooling, res.last_hidden_state, torch.from_numpy(mask))
+            f = torch_pool(self.plan.pooling, res.last_hidden_state, torch.from_numpy(mask))
         q = torch.from_numpy(out_int.astype(np.float64) * self.plan.out_scale).to(f.dtype)
         if observe:
             for name, v in seen.items():
@@ -356,21 +357,6 @@ class QATModel:
         return q + (f - f.detach())
 
     __call__ = forward
-
-
-def _torch_pool(mode: str, hs, mask):
-    """The pooling ``mode`` of ``op.pooling`` on float token embeddings, differentiable (torch)."""
-    import torch
-
-    m = mask.to(hs.dtype)[:, :, None]
-    if mode == "mean":
-        return (hs * m).sum(1) / m.sum(1).clamp(min=1.0)
-    if mode == "cls":
-        return hs[:, 0, :] * (m.sum(1) > 0).to(hs.dtype)
-    if mode == "max":
-        some = (m.sum(1) > 0).to(hs.dtype)
-        return torch.where(m > 0, hs, torch.full_like(hs, -torch.inf)).amax(1).nan_to_num(0.0, neginf=0.0) * some
-    raise IBertTVMError(f"unknown pooling {mode!r}")
 
 
 # -- training loops ---------------------------------------------------------------------------
