@@ -65,16 +65,16 @@ def default_calibration_sentences(n: int = 300) -> list[str]:
     return list(seen)
 
 
-def read_sentences(path: str | Path) -> list[str]:
-    """One sentence per non-empty line of a UTF-8 text file."""
+def read_sentences(path: str | Path, what: str = "calibration file") -> list[str]:
+    """One sentence per non-empty line of a UTF-8 text file (stripped); errors name it as ``what``."""
     p = Path(path)
     if not p.is_file():
-        raise IBertTVMError(f"calibration file {p} does not exist or is not a file")
+        raise IBertTVMError(f"{what} {p} does not exist or is not a file")
     try:
         lines = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines()]
     except UnicodeDecodeError as e:
-        raise IBertTVMError(f"calibration file {p} is not UTF-8 text: {e}") from None
+        raise IBertTVMError(f"{what} {p} is not UTF-8 text: {e}") from None
     lines = [ln for ln in lines if ln]
     if not lines:
-        raise IBertTVMError(f"calibration file {p} is empty: it needs one sentence per line")
+        raise IBertTVMError(f"{what} {p} is empty: it needs one sentence per line")
     return lines

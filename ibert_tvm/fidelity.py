@@ -167,15 +167,7 @@ def fidelity_table(report: dict) -> str:
 
 
 def read_text_file(path) -> list[str]:
-    """One sentence per non-empty line of a UTF-8 text file (``--text``)."""
-    p = Path(path)
-    if not p.is_file():
-        raise IBertTVMError(f"--text {p} does not exist or is not a file")
-    try:
-        lines = [" ".join(ln.split()) for ln in p.read_text(encoding="utf-8").splitlines()]
-    except UnicodeDecodeError as e:
-        raise IBertTVMError(f"--text {p} is not UTF-8 text: {e}") from None
-    lines = [ln for ln in lines if ln]
-    if not lines:
-        raise IBertTVMError(f"--text {p} is empty: it needs one sentence per line")
-    return lines
+    """One sentence per non-empty line of a UTF-8 text file (``--text``), inner whitespace collapsed."""
+    from .datasets import read_sentences
+
+    return [" ".join(ln.split()) for ln in read_sentences(path, "--text")]
