@@ -163,3 +163,15 @@ def test_manifest_token_types_must_match_the_inputs(built, tmp_path):
         (out / "manifest.json").write_text(json.dumps({**m, "inputs": inputs, "type_vocab": type_vocab}))
         with pytest.raises(IBertTVMError, match=re.escape("manifest.json: " + msg)):
             read_compiled(out)
+
+
+def test_qat_and_sensitivity_refuse_distilbert(built):
+    from ibert_tvm.errors import IBertTVMError
+    from ibert_tvm.quantization.qat import QATModel
+
+    for arch in CASES:
+        ckpt, qm, _, _ = built[arch]
+        with pytest.raises(IBertTVMError, match=f"{arch} is compiled from calibration"):
+            QATModel(ckpt, qm)
+        with pytest.raises(IBertTVMError, match=f"config.json: architectures {arch}: this tool walks BERT's"):
+            ckpt.base
