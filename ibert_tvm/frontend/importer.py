@@ -7,13 +7,13 @@ here knows a model family: the exported function is the model's own ``forward``.
 The imported ``main``::
 
     main(input_ids, attention_mask, token_type_ids, position_ids,   # int32 [batch, seq]
-         *weights)                                                  # float32, HF names
+         *weights)                                                  # float32, HF names (BERT's)
       -> float32 [batch, seq, H] last hidden state (a ``*Model``: the sentence embedding is
          its mean over real tokens, taken outside this graph as the compiled model does)
        | float32 [batch, labels] logits (a ``*ForSequenceClassification``)
 
 ``attrs["num_input"]`` is the number of token inputs (the inputs ``forward`` accepts, in the
-order above); ``batch`` is in [1, ``max_batch``] and ``seq`` in [1, the model's longest
+order above: DistilBERT's has no ``token_type_ids``); ``batch`` is in [1, ``max_batch``] and ``seq`` in [1, the model's longest
 sequence]. The inputs are int32, as :class:`~ibert_tvm.support.tokenize.Tokenizer` makes them.
 
 Where the stock importer falls short, and what this file does about it:
