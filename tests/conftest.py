@@ -42,6 +42,12 @@ def make_tiny_model(path: Path, arch: str = "BertModel", *, seed: int = 0, num_l
                   label2id={f"class{i}": i for i in range(num_labels)})
     if prefix == "Electra":
         kw.update(embedding_size=TINY["hidden_size"])
+    if arch.startswith("DistilBert"):  # its own config names, no token types
+        cfg_cls = transformers.DistilBertConfig
+        kw = dict(dim=TINY["hidden_size"], n_layers=TINY["num_hidden_layers"], n_heads=TINY["num_attention_heads"],
+                  hidden_dim=TINY["intermediate_size"], vocab_size=30522, initializer_range=0.08, dropout=0.0,
+                  attention_dropout=0.0, seq_classif_dropout=0.0, pad_token_id=0, max_position_embeddings=128,
+                  **{k: v for k, v in kw.items() if k in ("num_labels", "id2label", "label2id")})
     kw.update(overrides)
     config = cfg_cls(**kw)
     model = getattr(transformers, arch)(config)
@@ -124,7 +130,7 @@ def random_batch(rng: np.random.Generator, batch: int, seq: int, *, vocab: int =
     lengths[0] = seq
     mask = (np.arange(seq)[None, :] < lengths[:, None]).astype(np.int32)
     ids = np.where(mask == 1, ids, pad_id).astype(np.int32)
-    tt = (rng.integers(0, type_vocab, (batch, seq)) * mask).astype(np.int32)
+    tt = (rng.integers(0, max(type_vocab, 1), (batch, seq)) * mask).astype(np.int32)  # 0: no token types
     return {"input_ids": ids, "attention_mask": mask, "token_type_ids": tt,
             "position_ids": position_ids(ids, mask, family, pad_id)}
 

@@ -102,7 +102,7 @@ def compile_quantized(
     from ..model.plan import ModelPlan
     from ..passes.pipeline import build
     from ..schedules import linear_strategy
-    from ..support.tokenize import INPUTS
+    from ..frontend.lower import model_inputs
 
     spec = get_target(target)
     tgt = spec.tvm_target()
@@ -143,7 +143,7 @@ def compile_quantized(
             "quantization": qm.config.name,
             "weight_bits": plan.weight_bits(),  # packed (< 8-bit) linears; every other linear is int8
         },
-        "inputs": list(INPUTS),
+        "inputs": model_inputs(mod["forward"]),  # the model's own: no token_type_ids for DistilBERT
         "params": names,
         "param_types": [[np.asarray(arrays[n]).dtype.name, list(np.shape(arrays[n]))] for n in names],
         "output": {

@@ -52,15 +52,19 @@ def check_manifest(m: dict, mpath: Path) -> None:
     for field, values in (("family", FAMILIES), ("head", HEADS)):
         if m[field] not in values:
             bad(field, "one of " + ", ".join(values))
-    for field in ("max_seq", "vocab", "type_vocab"):
+    for field in ("max_seq", "vocab"):
         if not _is_int(m[field], 1):
             bad(field, "an integer >= 1")
     if not _is_int(m["pad_id"], 0) or m["pad_id"] >= m["vocab"]:
         bad("pad_id", f"an integer in [0, vocab={m['vocab']})")
     inputs = m["inputs"]
-    if not isinstance(inputs, list) or not set(KNOWN_INPUTS[:3]) <= set(inputs) <= set(KNOWN_INPUTS) \
+    if not isinstance(inputs, list) or not set(KNOWN_INPUTS[:2]) <= set(inputs) <= set(KNOWN_INPUTS) \
             or len(set(inputs)) != len(inputs):
-        bad("inputs", f"a list of the model inputs ({', '.join(KNOWN_INPUTS)})")
+        bad("inputs", f"a list of the model inputs ({', '.join(KNOWN_INPUTS)}; the first two required)")
+    # token types: a model that reads them has a table of type_vocab >= 1 rows; one without (DistilBERT) has 0
+    tt_lo = 1 if "token_type_ids" in inputs else 0
+    if not _is_int(m["type_vocab"], tt_lo) or (tt_lo == 0 and m["type_vocab"] != 0):
+        bad("type_vocab", "an integer >= 1" if tt_lo else "0 (the model takes no token_type_ids)")
     out = m["output"]
     if not isinstance(out, dict):
         bad("output", "an object")
@@ -188,8 +192,8 @@ class CompiledModel:
         if ids.min() < 0 or ids.max() >= m["vocab"]:
             bad = int(ids[(ids < 0) | (ids >= m["vocab"])][0])
             raise IBertTVMError(f"token id {bad} is outside the vocabulary [0, {m['vocab']})")
-        tt = out["token_type_ids"]
-        if tt.min() < 0 or tt.max() >= m["type_vocab"]:
+        tt = out.get("token_type_ids")  # None: the model has no token types (the tokenizer's are not read)
+        if tt is not None and (tt.min() < 0 or tt.max() >= m["type_vocab"]):
             raise IBertTVMError(f"token_type_ids must be in [0, {m['type_vocab']})")
         mask = out["attention_mask"]
         if not np.isin(mask, (0, 1)).all():

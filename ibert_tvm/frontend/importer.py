@@ -7,13 +7,13 @@ here knows a model family: the exported function is the model's own ``forward``.
 The imported ``main``::
 
     main(input_ids, attention_mask, token_type_ids, position_ids,   # int32 [batch, seq]
-         *weights)                                                  # float32, HF names
+         *weights)                                                  # float32, HF names (BERT's)
       -> float32 [batch, seq, H] last hidden state (a ``*Model``: the sentence embedding is
          its mean over real tokens, taken outside this graph as the compiled model does)
        | float32 [batch, labels] logits (a ``*ForSequenceClassification``)
 
 ``attrs["num_input"]`` is the number of token inputs (the inputs ``forward`` accepts, in the
-order above); ``batch`` is in [1, ``max_batch``] and ``seq`` in [1, the model's longest
+order above: DistilBERT's has no ``token_type_ids``); ``batch`` is in [1, ``max_batch``] and ``seq`` in [1, the model's longest
 sequence]. The inputs are int32, as :class:`~ibert_tvm.support.tokenize.Tokenizer` makes them.
 
 Where the stock importer falls short, and what this file does about it:
@@ -27,7 +27,10 @@ Where the stock importer falls short, and what this file does about it:
   (``encoder.layer.0.attention.self.query.weight``; TVMScript prints it as
   ``encoder_layer_0_...``), taken from the export's graph signature, and the values are
   re-collected by name from the export's state dict, in the function's own parameter order.
-  A weight the graph does not read (the pooler of a ``*Model``) stays a parameter.
+  A weight the graph does not read (the pooler of a ``*Model``) stays a parameter. An
+  architecture that renames BERT's modules (DistilBERT's ``transformer.layer.0.attention.q_lin``)
+  gets BERT's names here (``HFCheckpoint.canonical``, from its name map in
+  ``hf_loader.MODULE_NAMES``): every pass after the import sees one naming.
 * **Symbolic shape names.** The importer keeps torch's symbols (``s18``, ``s41``);
   :func:`_rename_shape_vars` names them ``batch`` and ``seq`` (with their bounds).
 * **Attention.** Under the default SDPA attention the export holds one
@@ -53,6 +56,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..errors import IBertTVMError
 from ..model.hf_loader import HFCheckpoint, load_checkpoint
 
 from ..support.tokenize import INPUTS  # noqa: F401  (re-exported)
@@ -98,10 +102,13 @@ def import_model(model: HFCheckpoint | str | os.PathLike, *, max_batch: int = MA
         )
     t1 = time.perf_counter()
     mod, _ = detach_params(from_exported_program(ep, keep_params_as_input=True, unwrap_unit_return_tuple=True))
-    func, names = _rename_params(mod["main"], ep)
+    func, own = _rename_params(mod["main"], ep, ckpt.canonical)  # BERT's names (hf_loader.MODULE_NAMES)
+    names = [str(p.name) for p in func.params[len(inputs):]]
+    if len(set(names)) != len(names):
+        raise IBertTVMError(f"{ckpt.architecture}: its name map gives two weights one name")
     mod["main"] = _rename_shape_vars(func, inputs)
     state = ep.state_dict
-    params = [state[_WRAPPED + n].detach().numpy() for n in names]
+    params = [state[_WRAPPED + n].detach().numpy() for n in own]
     t2 = time.perf_counter()
     return ImportedModel(mod, inputs, names, params, ckpt, {"export": t1 - t0, "import": t2 - t1})
 
@@ -159,8 +166,8 @@ def _example_inputs(ckpt: HFCheckpoint, inputs: tuple[str, ...]) -> dict:
     return {n: torch.from_numpy(arrays[n]) for n in inputs}
 
 
-def _rename_params(func, ep):
-    """-> (``func`` with each weight variable named by its HF name, those names in order).
+def _rename_params(func, ep, canonical=lambda n: n):
+    """-> (``func`` with each weight variable named ``canonical(its HF name)``, the HF names in order).
 
     A weight's Relax variable carries the export placeholder name (``spec.arg.name``); the
     graph signature maps it to the module attribute path (``spec.target``)."""
@@ -168,10 +175,11 @@ def _rename_params(func, ep):
 
     target = {s.arg.name: s.target for s in ep.graph_signature.input_specs if s.target is not None}
     n_in = int(func.attrs["num_input"])
-    renamed = {p: relax.Var(target[p.name][len(_WRAPPED):], p.ty) for p in func.params[n_in:]}
+    own = [target[p.name][len(_WRAPPED):] for p in func.params[n_in:]]
+    renamed = {p: relax.Var(canonical(n), p.ty) for p, n in zip(func.params[n_in:], own, strict=True)}
     body = func.bind_params(renamed).body
     params = list(func.params[:n_in]) + list(renamed.values())
-    return relax.Function(params, body, func.ret_ty, func.is_pure, func.attrs), [v.name for v in renamed.values()]
+    return relax.Function(params, body, func.ret_ty, func.is_pure, func.attrs), own
 
 
 def _rename_shape_vars(func, inputs):

@@ -1,7 +1,8 @@
 """Graph point names -> the scale names the op plans read (``layer{i}.q``, ``embeddings.ln``...).
 
 Today's hand-built path names its calibration points ``embeddings.sum``, ``embeddings.ln``,
-``layer{i}.{q,k,v,ctx,res1,ln1,inter,gelu,res2,ln2}``, ``head.pre_tanh`` and ``head.logits``.
+``layer{i}.{q,k,v,ctx,res1,ln1,inter,gelu,res2,ln2}``, ``head.pre_tanh`` and ``head.logits``
+(``head.relu`` for DistilBERT's ReLU head, ``head.pre_gelu`` / ``head.gelu`` for ELECTRA's GELU head).
 :func:`legacy_name` gives the one a graph point
 (:class:`~ibert_tvm.passes.find_quantization_points.QuantizationPoint`) stands for, from its
 aliases (the HF module paths of BERT/RoBERTa/I-BERT, under any prefix such as ``bert.``) and,
@@ -33,7 +34,9 @@ _LAYER_ROLES = {
     "output.LayerNorm:out": "ln2",
 }
 _EMBEDDINGS = re.compile(r"(?:^|\.)embeddings\.LayerNorm:(in|out)$")
-_HEAD_KINDS = {"tanh_in": "head.pre_tanh", "logits": "head.logits"}
+_HEAD_KINDS = {"tanh_in": "head.pre_tanh", "logits": "head.logits", "relu_out": "head.relu"}
+# a GELU outside the encoder layers: ELECTRA's classifier (dense -> GELU -> out_proj)
+_HEAD_GELU = {"gelu_in": "head.pre_gelu", "act_channel": "head.gelu"}
 
 
 def _alias_name(alias: str) -> str | None:
@@ -51,9 +54,17 @@ def legacy_name(point) -> str | None:
     found = {n for a in point.aliases if (n := _alias_name(a)) is not None}
     if point.kind in _HEAD_KINDS:
         found.add(_HEAD_KINDS[point.kind])
+    if not found and point.kind in _HEAD_GELU and _next_to_gelu(point):
+        found.add(_HEAD_GELU[point.kind])
     if len(found) > 1:
         raise IBertTVMError(f"graph point {point.name} stands for several of today's points: {sorted(found)}")
     return found.pop() if found else None
+
+
+def _next_to_gelu(point) -> bool:
+    """Whether ``point`` is a GELU's input or output (its kind says so for the input; an
+    ``act_channel`` with no LayerNorm alias is a GELU output)."""
+    return point.kind == "gelu_in" or not any(a.rsplit(":", 1)[0].endswith("LayerNorm") for a in point.aliases)
 
 
 def legacy_names(points) -> dict:

@@ -63,9 +63,10 @@ def lower_to_integer(
     """-> ``(mod, names, arrays)``: the integer Relax module of ``model`` with the scales and
     integer tensors of ``qm``.
 
-    ``mod["main"]`` takes ``input_ids, attention_mask, token_type_ids, position_ids`` (int32
-    ``[batch, seq]``, as today's ``IntBertModel``; an input the model's ``forward`` does not accept
-    is an unused parameter) and then one integer tensor per name of ``names``; ``arrays[name]`` is
+    ``mod["main"]`` takes the token inputs of the model's ``forward`` among ``input_ids,
+    attention_mask, token_type_ids, position_ids`` (int32 ``[batch, seq]``, in that order: all
+    four for BERT/RoBERTa/ELECTRA, no ``token_type_ids`` for DistilBERT; :func:`model_inputs`)
+    and then one integer tensor per name of ``names``; ``arrays[name]`` is
     its value (``ModelPlan(qm).arrays_for(strategy)``). It returns int32 ``[batch, labels]`` logits
     or the ``[batch, H]`` pooled embedding (scale ``ModelPlan(qm).out_scale``).
     ``IBertTVMError`` when ``qm`` was not calibrated from ``model`` or the graph has an op that
@@ -80,7 +81,7 @@ def lower_to_integer(
     mod = lowering_passes(plan, strategy, dump_dir=dump_dir)(im.mod)
     main = mod["main"]
     names = [str(n) for n in main.attrs["ibert_param_names"]]
-    mod["main"] = _all_inputs(main)
+    mod["main"] = _model_inputs(main)
     arrays = plan.arrays_for(strategy)
     return mod, names, {n: np.asarray(arrays[n]) for n in names}
 
@@ -127,16 +128,17 @@ def integer_module(
     return tvm.IRModule(funcs, attrs=mod.attrs), names, arrays
 
 
-def _all_inputs(func):
-    """``func`` taking every one of ``INPUTS`` in order (a missing one as an unused int32
-    ``[batch, seq]`` parameter), then its integer tensors."""
-    from tvm import relax
+def model_inputs(func) -> list[str]:
+    """The token inputs ``func`` (an imported or lowered ``main`` / ``forward``) takes, in order."""
+    return [str(p.name) for p in func.params[: int(func.attrs["num_input"])]]
 
-    n_in = int(func.attrs["num_input"])
-    have = {p.name: p for p in func.params[:n_in]}
-    if list(have) == list(INPUTS):
-        return func
-    ty = func.params[0].ty
-    inputs = [have.get(n) or relax.Var(n, relax.TensorType(ty.shape, "int32")) for n in INPUTS]
-    out = relax.Function(inputs + list(func.params[n_in:]), func.body, func.ret_ty, func.is_pure, func.attrs)
-    return out.with_attr("num_input", len(INPUTS))
+
+def _model_inputs(func):
+    """``func``, checked to take the inputs of the model's own ``forward`` in ``INPUTS`` order, with
+    ``input_ids`` and ``attention_mask`` among them. A model without token types (DistilBERT) has
+    no ``token_type_ids`` parameter: the compiled model never reads ids it has no table for."""
+    have = model_inputs(func)
+    if have != [n for n in INPUTS if n in have] or not {"input_ids", "attention_mask"} <= set(have):
+        raise IBertTVMError(f"the imported model takes {have}: expected input_ids, attention_mask and any of "
+                            f"{', '.join(INPUTS[2:])}, in that order")
+    return func

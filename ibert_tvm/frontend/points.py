@@ -8,7 +8,8 @@ named by the graph (its aliases are ``<HF module path>:in`` / ``:out``). ``calib
 the names ``legacy_names`` gives the points (``layer{i}.q``, ``embeddings.ln``, ``head.logits``...),
 the names the op plans read.
 
-Each hook is ``(name, module path, "in" | "out")``, in the graph's binding order; the result is
+Each hook is ``(name, module path, "in" | "out")`` (the model's own module path, not the
+BERT name the graph gives it), in the graph's binding order; the result is
 cached per checkpoint (directory and sha256), since an import costs a ``torch.export``.
 """
 
@@ -37,7 +38,9 @@ def _hook_points(ckpt: HFCheckpoint) -> list[tuple[str, str, str]]:
     from .legacy_names import legacy_name
 
     im = import_model(ckpt)
-    modules = dict(ckpt.model.named_modules())
+    # the graph names modules by BERT's names (the importer applies the architecture's name map):
+    # BERT-named path -> the model's own path
+    modules = {ckpt.canonical(n): n for n, _ in ckpt.model.named_modules()}
     hooks = []
     for p in find_quantization_points(FoldLayerNorm()(im.mod)):
         if not p.calibrated:
@@ -53,7 +56,7 @@ def _hook_points(ckpt: HFCheckpoint) -> list[tuple[str, str, str]]:
             raise IBertTVMError(f"{ckpt.architecture}: no module carries the graph's quantization point {p.name} "
                                 f"(aliases {', '.join(p.aliases)})")
         path, side = where[0]
-        hooks.append((name, path, side))
+        hooks.append((name, modules[path], side))
     names = [h[0] for h in hooks]
     if len(set(names)) != len(names):
         raise IBertTVMError(f"{ckpt.architecture}: two graph points share a scale name: {sorted(names)}")

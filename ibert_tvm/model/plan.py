@@ -38,6 +38,7 @@ import numpy as np
 from ..op.embedding import EmbeddingSum
 from ..op.int_gelu import IntGELU
 from ..op.int_layernorm import IntLayerNorm
+from ..op.int_relu import IntReLU
 from ..op.int_softmax import IntSoftmax
 from ..op.int_tanh import IntTanh
 from ..op.pooling import FRAC_BITS
@@ -149,12 +150,15 @@ class ModelPlan:
 
         # embeddings
         s_sum = sc("embeddings.sum")
+        self.token_types = int(d["type_vocab"]) > 0  # DistilBERT has no token-type table (type_vocab 0)
         self.embeddings = EmbeddingSum(
-            sc("embeddings.word") / s_sum, sc("embeddings.position") / s_sum, sc("embeddings.token_type") / s_sum, out_bits=rb
+            sc("embeddings.word") / s_sum, sc("embeddings.position") / s_sum,
+            sc("embeddings.token_type") / s_sum if self.token_types else None, out_bits=rb
         )
         arrays["embeddings.word_embeddings.weight"] = qm.tensor("embeddings.word")
         arrays["embeddings.position_embeddings.weight"] = qm.tensor("embeddings.position")
-        arrays["embeddings.token_type_embeddings.weight"] = qm.tensor("embeddings.token_type")
+        if self.token_types:
+            arrays["embeddings.token_type_embeddings.weight"] = qm.tensor("embeddings.token_type")
         s_h = sc("embeddings.ln")
         self.emb_ln = ln("embeddings.LayerNorm", s_h)
 
@@ -201,7 +205,8 @@ class ModelPlan:
             arrays.update({f"pooler.{k}": v for k, v in self.pool.params().items()})
         else:
             self.out_scale = s_h / (1 << FRAC_BITS)
-        if self.head == "classifier":
+        self.head_act = d.get("head_act", "tanh") if self.head == "classifier" else None
+        if self.head == "classifier" and self.head_act == "tanh":  # BERT's pooler, RoBERTa's classifier
             s_pre, s_log = sc("head.pre_tanh"), sc("head.logits")
             self.head_dense = linear(
                 "head.dense",
@@ -213,6 +218,32 @@ class ModelPlan:
                 Requantize(self.tanh.out_scale * sc("head.out.weight") / s_log, in_bits=32, out_bits=cfg.logits_bits),
             )
             self.out_scale = s_log
+        elif self.head == "classifier" and self.head_act == "relu":  # DistilBERT: requantize to ReLU's output scale
+            s_relu, s_log = sc("head.relu"), sc("head.logits")
+            self.head_dense = linear(
+                "head.dense", Requantize(lin_in("head.dense", s_h) * sc("head.dense.weight") / s_relu, in_bits=32, out_bits=8))
+            self.relu = IntReLU()
+            self.head_out = linear(
+                "head.out",
+                Requantize(lin_in("head.out", s_relu) * sc("head.out.weight") / s_log, in_bits=32, out_bits=cfg.logits_bits),
+            )
+            self.out_scale = s_log
+        elif self.head == "classifier" and self.head_act == "gelu":  # ELECTRA: i-GELU as in the encoder's FFN
+            s_pre, s_log = sc("head.pre_gelu"), sc("head.logits")
+            self.head_dense = linear(
+                "head.dense",
+                Requantize(lin_in("head.dense", s_h) * sc("head.dense.weight") / s_pre, in_bits=32, out_bits=cfg.gelu_in_bits),
+            )
+            s_g = sc("head.gelu")
+            self.head_gelu = IntGELU(s_pre, in_bits=cfg.gelu_in_bits, out_scale_q=s_g)
+            arrays.update({f"head.act.{k}": v for k, v in self.head_gelu.params().items()})
+            self.head_out = linear(
+                "head.out",
+                Requantize(lin_in("head.out", s_g) * sc("head.out.weight") / s_log, in_bits=32, out_bits=cfg.logits_bits),
+            )
+            self.out_scale = s_log
+        elif self.head == "classifier":
+            raise IBertTVMError(f"dims.head_act {self.head_act!r}: the classifier's activation must be tanh, relu or gelu")
         elif self.head in TOKEN_HEADS:  # one linear on every token: [B, S, labels] logits
             s_log = sc("head.logits")
             self.head_out = linear(

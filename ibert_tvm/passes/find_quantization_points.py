@@ -22,7 +22,7 @@ Result
 tensor, in binding order. A tensor is the same through value-preserving views (``reshape``,
 ``permute_dims``, ``broadcast_to``, ``expand_dims``, ``squeeze``, a ``take`` of one token of an
 activation). Points are the inputs and outputs of every linear, ``nn.layer_norm``, GELU,
-``tanh`` and ``nn.softmax``, the outputs of the embedding gathers and of activation x
+``tanh``, ``nn.relu`` and ``nn.softmax``, the outputs of the embedding gathers and of activation x
 activation matmuls (attention context). Each point's ``aliases`` are all its graph names:
 
     ``<L>:in`` / ``<L>:out``   input / output of linear ``L``  (``encoder.layer.3.attention.self.query:out``)
@@ -32,7 +32,7 @@ activation matmuls (attention context). Each point's ``aliases`` are all its gra
                                path of the linears feeding the score product (``...attention.self``)
 
 and ``name`` is the first of: a ``:out`` of a weighted producer, a ``:in`` of a weighted
-consumer, a structural name. GELU and ``tanh`` carry no weights: their input and output are
+consumer, a structural name. GELU, ``tanh`` and ReLU carry no weights: their input and output are
 named by the linears on either side (``...intermediate.dense:out``, ``...output.dense:in``).
 
 ``kind`` follows from the neighbours (first match wins):
@@ -40,10 +40,12 @@ named by the linears on either side (``...intermediate.dense:out``, ``...output.
     ``residual``     feeds a LayerNorm (embedding sum, residual adds)   calibrated, wide
     ``gelu_in``      feeds a GELU                                       calibrated, wide
     ``tanh_in``      feeds a tanh                                       calibrated, wide
+    ``relu_in``      feeds a ReLU: requantized to the ReLU output's scale  not calibrated
     ``scores``       feeds a softmax: scale S_q S_k / sqrt(d), derived   not calibrated
     ``embedding``    gathered table rows: the table's own scale          not calibrated
     ``probs``        softmax output: fixed scale                         not calibrated
     ``tanh_out``     tanh output: fixed scale 1/127                      not calibrated
+    ``relu_out``     ReLU output, int8, non-negative (one scale)         calibrated
     ``act_channel``  LayerNorm / GELU output, int8, per-channel scales   calibrated
     ``branch``       a linear output only summed into a residual: its
                      int32 accumulator is requantized into the sum       not calibrated
@@ -70,6 +72,7 @@ from ..errors import IBertTVMError
 KINDS = {  # kind -> calibrated (its scale comes from an observed range)
     "residual": True, "gelu_in": True, "tanh_in": True, "scores": False, "embedding": False,
     "probs": False, "tanh_out": False, "act_channel": True, "branch": False, "logits": True, "act": True,
+    "relu_in": False, "relu_out": True,
 }
 _VIEWS = {"relax.reshape", "relax.permute_dims", "relax.broadcast_to", "relax.expand_dims", "relax.squeeze"}
 _GELU = {"relax.nn.gelu", "relax.nn.gelu_tanh"}
@@ -178,6 +181,9 @@ class _Graph(PyExprVisitor):
             elif op == "relax.tanh":
                 role(call.args[0], None, _UNNAMED, cons="tanh")
                 role(var, None, _UNNAMED, prod="tanh")
+            elif op == "relax.nn.relu":
+                role(call.args[0], None, _UNNAMED, cons="relu")
+                role(var, None, _UNNAMED, prod="relu")
             elif op == "relax.nn.softmax":
                 scope = self._scope(call.args[0], linears)
                 role(call.args[0], f"{scope}:scores", _STRUCTURAL, cons="softmax")
@@ -256,11 +262,12 @@ class _Graph(PyExprVisitor):
 
     def _kind(self, t, r) -> str:
         cons, prod = r["cons"], r["prod"]
-        for c, kind in (("layer_norm", "residual"), ("gelu", "gelu_in"), ("tanh", "tanh_in"), ("softmax", "scores")):
+        for c, kind in (("layer_norm", "residual"), ("gelu", "gelu_in"), ("tanh", "tanh_in"), ("softmax", "scores"),
+                        ("relu", "relu_in")):
             if c in cons:
                 return kind
         by_prod = {"embedding": "embedding", "softmax": "probs", "tanh": "tanh_out",
-                   "layer_norm": "act_channel", "gelu": "act_channel"}
+                   "layer_norm": "act_channel", "gelu": "act_channel", "relu": "relu_out"}
         if prod in by_prod:
             return by_prod[prod]
         if prod == "linear" and not cons and self._only_residual(t):

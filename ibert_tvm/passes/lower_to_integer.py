@@ -28,7 +28,7 @@ unchanged and left for :class:`~ibert_tvm.passes.eliminate_float.EliminateFloat`
 float op on activations                          integer lowering (``te()`` of the plan)
 ==============================================  ================================================
 ``take(E.weight, ids)`` (+ ``add`` of gathers)   gathers collected; materialised as one
-                                                 ``EmbeddingSum`` (word/position/token_type)
+                                                 ``EmbeddingSum`` (word/position[/token_type])
 ``matmul(x, permute_dims(L.weight))`` + bias     ``strategy.te`` (int8 x int8 -> int32, bias in);
                                                  the accumulator stays int32 until a consumer
                                                  needs it: then ``LinearPlan.requant`` (dyadic)
@@ -37,6 +37,8 @@ float op on activations                          integer lowering (``te()`` of t
                                                  already folded into the next weight by the plan)
 ``nn.gelu``                                      ``IntGELU.te_q`` (fused requantization)
 ``tanh``                                         ``IntTanh``
+``nn.relu`` (DistilBERT's classifier)            ``IntReLU`` after the dense's requantization to
+                                                 the ReLU output's scale
 ``matmul(q, k^T)`` then ``* 1/sqrt(d)``           ``batch_matmul_te`` (int32); the scale factor is
                                                  checked against the plan's (folded in softmax)
 ``add(scores, mask)``, ``nn.softmax``            ``IntSoftmax(scores, attention_mask)``: the mask
@@ -157,6 +159,8 @@ def _plan_index(plan) -> dict:
         idx[hp + "attention.output.LayerNorm"] = ("layer_norm", lp.ln1)
         idx[hp + "output.LayerNorm"] = ("layer_norm", lp.ln2)
         idx[hp + "intermediate.dense"] = ("gelu_after", lp.gelu)
+    if getattr(plan, "head_act", None) == "gelu":  # ELECTRA's classifier: dense -> i-GELU -> out
+        idx["head.dense"] = ("gelu_after", plan.head_gelu)
     return idx
 
 
@@ -455,13 +459,18 @@ class _Lowering:
                     origin=prefix)
 
     def _embedding_sum(self, g: _Gathers, x, var, call) -> _Int:
-        if sorted(g.ids) != [0, 1, 2]:
-            raise self._error(var, call, f"EmbeddingSum needs {list(_TABLES)} gathered once each, got "
+        n = 3 if self.plan.embeddings.has_token_types else 2  # no token-type table: word + position
+        if sorted(g.ids) != list(range(n)):
+            raise self._error(var, call, f"EmbeddingSum needs {list(_TABLES)[:n]} gathered once each, got "
                               f"{sorted(k for k, i in _TABLES.items() if i in g.ids)}")
         rows = relax.ShapeExpr(list(x.ty.shape)[:-1])  # [batch, seq]
-        ids = [self.bb.emit(relax.op.reshape(g.ids[i], rows)) for i in range(3)]
-        tables = [self._param(f"embeddings.{k}.weight") for k in _TABLES]
-        return _Int(self.bb.emit_te(self.plan.embeddings.te, *ids, *tables, primfunc_name_hint="embedding_sum"))
+        ids = [self.bb.emit(relax.op.reshape(g.ids[i], rows)) for i in range(n)]
+        tables = [self._param(f"embeddings.{k}.weight") for k in list(_TABLES)[:n]]
+        if n == 3:
+            return _Int(self.bb.emit_te(self.plan.embeddings.te, *ids, *tables, primfunc_name_hint="embedding_sum"))
+        te = self.plan.embeddings.te
+        return _Int(self.bb.emit_te(lambda i, p, w, pw: te(i, p, None, w, pw, None), *ids, *tables,
+                                    primfunc_name_hint="embedding_sum"))
 
     def _take(self, var, call):
         table, idx = call.args
@@ -502,10 +511,16 @@ class _Lowering:
         prefix = x.origin.rsplit(".", 1)[0] + ".act"
         return _Int(self._te(gelu.te_q, "int_gelu", [x.expr], {k: f"{prefix}.{k}" for k in sorted(gelu.params())}))
 
+    def _relu(self, var, call):
+        x = self._arg(call, 0, var, "the ReLU input")  # the head's dense, requantized to the ReLU output's scale
+        if x.origin != "head.dense" or getattr(self.plan, "head_act", None) != "relu":
+            raise self._error(var, call, f"the ReLU input comes from {x.origin}, not a ReLU classification head")
+        return _Int(self.bb.emit_te(self.plan.relu.te, x.expr, primfunc_name_hint="int_relu"))
+
     def _tanh(self, var, call):
         x = self._arg(call, 0, var, "the tanh input")
-        if x.origin != "head.dense":
-            raise self._error(var, call, f"the tanh input comes from {x.origin}, not the classification head")
+        if x.origin != "head.dense" or getattr(self.plan, "head_act", None) != "tanh":
+            raise self._error(var, call, f"the tanh input comes from {x.origin}, not a tanh classification head")
         return _Int(self.bb.emit_te(self.plan.tanh.te, x.expr, primfunc_name_hint="int_tanh"))
 
 
@@ -518,6 +533,7 @@ _RULES = {
     "relax.nn.layer_norm": _Lowering._layer_norm,
     "relax.nn.gelu": _Lowering._gelu,
     "relax.tanh": _Lowering._tanh,
+    "relax.nn.relu": _Lowering._relu,
     "relax.take": _Lowering._take,
     **{v: _Lowering._view for v in _VIEWS},
 }

@@ -46,9 +46,11 @@ ARTIFACT = ArtifactKind("quantized model", FORMAT, META, frozenset({TENSORS, MET
 HASHED = (TENSORS, TOKENIZER)  # every file but META, whose ``files`` records their sha256
 
 FAMILIES = ("bert", "roberta")
+HEAD_ACTS = ("tanh", "relu", "gelu")  # dims.head_act of a classifier (absent: tanh)
+_HEAD_ACT_SCALES = {"tanh": "head.pre_tanh", "relu": "head.relu", "gelu": "head.pre_gelu"}
 HEADS = ("embedding", "classifier", "token_classifier", "qa")
 DIMS = {  # integer dims -> smallest allowed value (sizes are checked against the tensors too)
-    "hidden": 1, "heads": 1, "layers": 1, "intermediate": 1, "vocab": 1, "type_vocab": 1,
+    "hidden": 1, "heads": 1, "layers": 1, "intermediate": 1, "vocab": 1, "type_vocab": 0,  # 0: no token types
     "max_positions": 1, "max_seq": 1, "pad_id": 0, "num_labels": 0,
 }
 
@@ -147,8 +149,9 @@ class QuantizedModel:
         out = {
             "embeddings.word": ("int8", (d["vocab"], H)),
             "embeddings.position": ("int8", (d["max_positions"], H)),
-            "embeddings.token_type": ("int8", (d["type_vocab"], H)),
         }
+        if d["type_vocab"] > 0:
+            out["embeddings.token_type"] = ("int8", (d["type_vocab"], H))
         norms = ["embeddings.LayerNorm"] + [f"encoder.layer.{i}.{n}.LayerNorm" for i in range(d["layers"])
                                             for n in ("attention.output", "output")]
         for n in norms:
@@ -163,14 +166,18 @@ class QuantizedModel:
         d = self.dims
         H, I = d["hidden"], d["intermediate"]
         pc = self.config.per_channel_acts
-        out: dict[str, int | None] = {f"embeddings.{n}": None for n in ("word", "position", "token_type", "sum")}
+        tables = ("word", "position", "token_type", "sum") if d["type_vocab"] > 0 else ("word", "position", "sum")
+        out: dict[str, int | None] = {f"embeddings.{n}": None for n in tables}
         out["embeddings.ln"] = H if pc else None
         for i in range(d["layers"]):
             p = f"layer{i}."
             out.update({p + n: None for n in ("q", "k", "v", "ctx", "res1", "inter", "res2")})
             out.update({p + "ln1": H if pc else None, p + "gelu": I if pc else None, p + "ln2": H if pc else None})
         if d["head"] == "classifier":
-            out.update({"head.pre_tanh": None, "head.logits": None})
+            act = d.get("head_act", "tanh")
+            out.update({_HEAD_ACT_SCALES[act]: None, "head.logits": None})
+            if act == "gelu":
+                out["head.gelu"] = H if pc else None
         elif d["head"] in ("token_classifier", "qa"):
             out["head.logits"] = None
         for prefix, (rows, _) in self.linear_shapes().items():
@@ -209,12 +216,15 @@ class QuantizedModel:
             v = d.get(name)
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise IBertTVMError(f"{meta_file}: dims.{name} must be an integer >= {lo}, got {v!r}")
-        unknown = sorted(set(d) - set(DIMS) - {"family", "head", "pooling", "normalize"})
+        unknown = sorted(set(d) - set(DIMS) - {"family", "head", "pooling", "normalize", "head_act"})
         if unknown:
             raise IBertTVMError(f"{meta_file}: unknown dims {', '.join(unknown)}")
         if "pooling" in d and (d["head"] != "embedding" or d["pooling"] not in POOLING_MODES):
             raise IBertTVMError(f"{meta_file}: dims.pooling is {d['pooling']!r}; an embedding head pools with one of "
                                 f"{', '.join(POOLING_MODES)}")
+        if "head_act" in d and (d["head"] != "classifier" or d["head_act"] not in HEAD_ACTS):
+            raise IBertTVMError(f"{meta_file}: dims.head_act is {d['head_act']!r}; a classifier head's activation is one "
+                                f"of {', '.join(HEAD_ACTS)}")
         if "normalize" in d and (d["head"] != "embedding" or not isinstance(d["normalize"], bool)):
             raise IBertTVMError(f"{meta_file}: dims.normalize must be true or false (embedding heads only), "
                                 f"got {d['normalize']!r}")

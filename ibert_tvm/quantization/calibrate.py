@@ -84,7 +84,9 @@ def head_modules(ckpt: HFCheckpoint):
         return None, m.classifier
     if ckpt.head == "qa":
         return None, m.qa_outputs
-    if ckpt.family == "bert":
+    if hasattr(m, "pre_classifier"):  # DistilBERT: pre_classifier -> ReLU -> classifier
+        return m.pre_classifier, m.classifier
+    if ckpt.family == "bert" and not hasattr(m.classifier, "out_proj"):  # BERT's pooler (ELECTRA has RoBERTa's head)
         return ckpt.base.pooler.dense, m.classifier
     return m.classifier.dense, m.classifier.out_proj
 
@@ -201,7 +203,7 @@ def quantize_table(w: np.ndarray) -> tuple[np.ndarray, float]:
 def build_quantized(ckpt: HFCheckpoint, obs: dict[str, RangeObserver], config: QuantConfig) -> QuantizedModel:
     """Scales from observed ranges + integer weights -> :class:`QuantizedModel`."""
     pct = config.percentile if config.calibration == "percentile" else None
-    base, cfg = ckpt.base, ckpt.config
+    cfg = ckpt.config
     scales: dict = {}
     tensors: dict[str, np.ndarray] = {}
     packed: dict[str, int] = {}  # linear prefix -> weight bits, for the packed (< 8-bit) ones
@@ -247,42 +249,54 @@ def build_quantized(ckpt: HFCheckpoint, obs: dict[str, RangeObserver], config: Q
         tensors[prefix + ".gamma"] = np_(mod.weight).astype(np.float32)
         tensors[prefix + ".beta"] = np_(mod.bias).astype(np.float32)
 
-    emb = base.embeddings
-    for key, mod in (("word", emb.word_embeddings), ("position", emb.position_embeddings), ("token_type", emb.token_type_embeddings)):
-        q, s = quantize_table(np_(mod.weight))
+    mod = ckpt.module  # modules by BERT's names (an architecture's own names through its name map)
+    tables = ("word", "position") + (("token_type",) if _has_module(ckpt, "embeddings.token_type_embeddings") else ())
+    for key in tables:
+        q, s = quantize_table(np_(mod(f"embeddings.{key}_embeddings").weight))
         tensors[f"embeddings.{key}"] = q
         scales[f"embeddings.{key}"] = s
     wide("embeddings.sum", config.residual_bits, config.residual_headroom)
-    layernorm("embeddings.LayerNorm", emb.LayerNorm)
+    layernorm("embeddings.LayerNorm", mod("embeddings.LayerNorm"))
     s_h = act_pc("embeddings.ln")
-    num_layers = len(base.encoder.layer)
-    for i, layer in enumerate(base.encoder.layer):
+    num_layers = int(cfg.num_hidden_layers)
+    for i in range(num_layers):
         p, hp = f"layer{i}.", f"encoder.layer.{i}."
         wq = dict(bits=config.bits_for_layer(i, num_layers), groups=config.weight_groups)
-        a = layer.attention
         for n in ("q", "k", "v"):
             act(p + n)
-        linear(hp + "attention.self.query", a.self.query, s_h, **wq)
-        linear(hp + "attention.self.key", a.self.key, s_h, **wq)
-        linear(hp + "attention.self.value", a.self.value, s_h, **wq)
+        for n in ("query", "key", "value"):
+            linear(hp + f"attention.self.{n}", mod(hp + f"attention.self.{n}"), s_h, **wq)
         s_ctx = act(p + "ctx")
-        linear(hp + "attention.output.dense", a.output.dense, s_ctx, **wq)
+        linear(hp + "attention.output.dense", mod(hp + "attention.output.dense"), s_ctx, **wq)
         wide(p + "res1", config.residual_bits, config.residual_headroom)
-        layernorm(hp + "attention.output.LayerNorm", a.output.LayerNorm)
+        layernorm(hp + "attention.output.LayerNorm", mod(hp + "attention.output.LayerNorm"))
         s_a = act_pc(p + "ln1")
-        linear(hp + "intermediate.dense", layer.intermediate.dense, s_a, **wq)
+        linear(hp + "intermediate.dense", mod(hp + "intermediate.dense"), s_a, **wq)
         wide(p + "inter", config.gelu_in_bits, config.gelu_headroom)
         s_g = act_pc(p + "gelu")
-        linear(hp + "output.dense", layer.output.dense, s_g, **wq)
+        linear(hp + "output.dense", mod(hp + "output.dense"), s_g, **wq)
         wide(p + "res2", config.residual_bits, config.residual_headroom)
-        layernorm(hp + "output.LayerNorm", layer.output.LayerNorm)
+        layernorm(hp + "output.LayerNorm", mod(hp + "output.LayerNorm"))
         s_h = act_pc(p + "ln2")
     labels: list[str] = []
+    head_act = None
     if ckpt.head == "classifier":
         dense, out = head_modules(ckpt)
+        # the head's activation, as the graph shows it (its points: head.pre_tanh / head.relu / head.pre_gelu)
+        acts = [a for a, n in (("tanh", "head.pre_tanh"), ("relu", "head.relu"), ("gelu", "head.pre_gelu")) if n in obs]
+        if len(acts) != 1:
+            raise IBertTVMError(f"{ckpt.architecture}: the classification head's activation is not one of tanh, "
+                                f"ReLU, GELU (graph points: {sorted(n for n in obs if n.startswith('head.'))})")
+        head_act = acts[0]
         linear("head.dense", dense, s_h)
-        wide("head.pre_tanh", config.tanh_in_bits, config.gelu_headroom)
-        linear("head.out", out, 1.0 / 127.0)  # i-tanh output scale is 1/127 (int8)
+        if head_act == "tanh":
+            wide("head.pre_tanh", config.tanh_in_bits, config.gelu_headroom)
+            linear("head.out", out, 1.0 / 127.0)  # i-tanh output scale is 1/127 (int8)
+        elif head_act == "relu":  # dense requantized straight to the ReLU output's scale (op/int_relu.py)
+            linear("head.out", out, act("head.relu"))
+        else:  # GELU as in the encoder's FFN: wide input, per-channel int8 output folded into head.out
+            wide("head.pre_gelu", config.gelu_in_bits, config.gelu_headroom)
+            linear("head.out", out, act_pc("head.gelu"))
         wide("head.logits", config.logits_bits, 2.0)
         labels = ckpt.labels
     elif ckpt.head in ("token_classifier", "qa"):
@@ -295,9 +309,9 @@ def build_quantized(ckpt: HFCheckpoint, obs: dict[str, RangeObserver], config: Q
         hidden=int(cfg.hidden_size),
         heads=int(cfg.num_attention_heads),
         layers=int(cfg.num_hidden_layers),
-        intermediate=int(cfg.intermediate_size),
+        intermediate=int(tensors["encoder.layer.0.intermediate.dense.weight"].shape[0]),
         vocab=int(cfg.vocab_size),
-        type_vocab=int(cfg.type_vocab_size),
+        type_vocab=int(tensors["embeddings.token_type"].shape[0]) if "token_type" in tables else 0,
         max_positions=int(cfg.max_position_embeddings),
         max_seq=int(ckpt.max_positions),
         pad_id=int(ckpt.pad_token_id),
@@ -305,9 +319,19 @@ def build_quantized(ckpt: HFCheckpoint, obs: dict[str, RangeObserver], config: Q
     )
     if ckpt.head == "embedding":  # the model dir's sentence-transformers Pooling / Normalize
         dims.update(pooling=ckpt.pooling, normalize=bool(ckpt.normalize))
+    if head_act not in (None, "tanh"):  # absent = tanh (artifacts from before other heads)
+        dims.update(head_act=head_act)
     source = dict(path=str(ckpt.path), architecture=ckpt.architecture, model_hash=ckpt.model_hash)
     return QuantizedModel(config, dims, scales, tensors, source, load_tokenizer_json(ckpt.path), labels,
                           weight_bits_map=packed)
+
+
+def _has_module(ckpt: HFCheckpoint, path: str) -> bool:
+    try:
+        ckpt.module(path)
+    except IBertTVMError:
+        return False
+    return True
 
 
 def check_weight_config(ckpt: HFCheckpoint, config: QuantConfig) -> None:
@@ -319,10 +343,11 @@ def check_weight_config(ckpt: HFCheckpoint, config: QuantConfig) -> None:
         raise IBertTVMError(f"layer_weight_bits has {len(config.layer_weight_bits)} entries, the model has {layers} "
                             "encoder layers")
     g = config.weight_groups
-    for rows, what in ((int(cfg.hidden_size), "hidden"), (int(cfg.intermediate_size), "intermediate")):
+    inter = int(getattr(cfg, "intermediate_size", None) or cfg.hidden_dim)  # DistilBertConfig: hidden_dim
+    for rows, what in ((int(cfg.hidden_size), "hidden"), (inter, "intermediate")):
         if g > 1 and rows % g:
             raise IBertTVMError(f"weight_groups={g} does not divide the {rows} output rows of the {what}-sized "
-                                f"encoder matrices; pick a divisor of {math.gcd(int(cfg.hidden_size), int(cfg.intermediate_size))} "
+                                f"encoder matrices; pick a divisor of {math.gcd(int(cfg.hidden_size), inter)} "
                                 "(0 = one scale per row, 1 = per tensor)")
 
 

@@ -88,8 +88,9 @@ def batches(manifest: dict, shapes, seed: int = 0) -> list[dict[str, np.ndarray]
 
     rng = np.random.default_rng(seed)
     m = manifest
-    return [random_batch(rng, b, s, vocab=m["vocab"], family=m["family"], pad_id=m["pad_id"],
-                         type_vocab=m["type_vocab"]) for b, s in shapes]
+    out = [random_batch(rng, b, s, vocab=m["vocab"], family=m["family"], pad_id=m["pad_id"],
+                        type_vocab=m["type_vocab"]) for b, s in shapes]
+    return [{k: v for k, v in x.items() if k in m["inputs"]} for x in out]  # only the model's own inputs
 
 
 def run_on_board(brd, pkg: Path, out: Path, batch_list, tmp_path: Path, *, cpu: str = "max",

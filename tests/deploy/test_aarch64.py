@@ -3,7 +3,8 @@
 Default suite (tiny 2-layer model): the packing is a permutation; the packed TE is exact on the
 host; the schedule tensorizes to ``sdot``; ``compile --target aarch64`` gives a .so whose linear
 kernels contain ``sdot`` and no float; on the board (``qemu-aarch64 -cpu max``, runtime-only TVM,
-no torch) ``python -m ibert_tvm.deploy.run`` reproduces the x86 build bit for bit; on a CPU
+no torch) ``python -m ibert_tvm.deploy.run`` reproduces the x86 build bit for bit, for BERT and
+for DistilBERT (other module names, no token_type_ids input, a ReLU head); on a CPU
 without dotprod (``cortex-a53``) it dies with SIGILL; an x86 .so is refused with a clear error.
 Slow: the same on the default MiniLM (``python -m pytest -m slow tests/deploy/test_aarch64.py``).
 Needs ``g++-aarch64-linux-gnu qemu-user`` (skipped without them, except under CI).
@@ -212,6 +213,32 @@ def test_board_run_is_bit_identical_to_x86(board, pkg, arm_out, compiled_factory
     assert res.returncode == 0, res.stderr[-2000:]
     np.testing.assert_array_equal(json.loads(res.stdout)["output"],
                                   x86.run_text(["A plane is taking off.", "An air plane is taking off."]))
+
+
+def test_distilbert_on_the_board_is_bit_identical_to_x86_and_golden(board, pkg, quantized_factory, compiled_factory,
+                                                                    tmp_path_factory, tmp_path):
+    """A new architecture (DistilBERT: other module names, no token types, a ReLU head) built for
+    aarch64 runs on the board exactly as the x86 build and golden, from its own three inputs."""
+    from ibert_tvm.deploy.runtime import CompiledModel
+    from ibert_tvm.model.golden import run_golden
+    from ibert_tvm.model.plan import ModelPlan
+
+    arch = "DistilBertForSequenceClassification"
+    out = arm.arm_out(quantized_factory, tmp_path_factory, arch)
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["target"] == "aarch64" and m["inputs"] == ["input_ids", "attention_mask", "position_ids"]
+    x86 = CompiledModel(compiled_factory(arch))
+    bl = arm.batches(x86.manifest, SHAPES, seed=3)
+    assert all("token_type_ids" not in b for b in bl)
+    res = arm.run_on_board(board, pkg, out, bl, tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    got = json.loads(res.stdout)
+    assert got["target"] == "aarch64" and len(got["outputs"]) == len(SHAPES)
+    plan = ModelPlan(quantized_factory(arch)[0])
+    for (b, s), inputs, o in zip(SHAPES, bl, got["outputs"]):
+        want = run_golden(plan, **inputs, token_type_ids=None)
+        np.testing.assert_array_equal(x86.run_ids(inputs), want, err_msg=f"x86 batch={b} seq={s}")
+        np.testing.assert_array_equal(np.asarray(o, dtype=np.int64), want, err_msg=f"board batch={b} seq={s}")
 
 
 def test_cpu_without_dotprod_dies_with_sigill(board, pkg, arm_out, compiled_factory, tmp_path):

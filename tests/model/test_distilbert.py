@@ -1,0 +1,177 @@
+"""DistilBERT through import + passes: its modules are BERT's under other names (one name map,
+``hf_loader.MODULE_NAMES``), it has no token types, and its classifier is pre_classifier ->
+ReLU -> classifier. Tiny random models calibrate, compile (llvm) float-free, take no
+token_type_ids, equal golden bit for bit on padded batches, and track FP32."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import random_batch
+
+# (architecture, config overrides): learned positions for the body, sinusoidal for the classifier
+CASES = {"DistilBertModel": {}, "DistilBertForSequenceClassification": {"sinusoidal_pos_embds": True}}
+SHAPES = [(1, 1), (3, 33), (8, 128)]
+
+
+@pytest.fixture(scope="module")
+def built(tiny_factory, calibration_sentences, tmp_path_factory):
+    from ibert_tvm.deploy.export import compile_quantized
+    from ibert_tvm.model.hf_loader import load_checkpoint
+    from ibert_tvm.quantization.calibrate import calibrate
+
+    out = {}
+    for arch, kw in CASES.items():
+        ckpt = load_checkpoint(tiny_factory(arch, **kw))
+        qm = calibrate(ckpt, calibration_sentences)
+        d = tmp_path_factory.mktemp(arch)
+        qm.save(d / "q")
+        manifest = compile_quantized(qm, d / "out", target="llvm", log=lambda *a: None)
+        out[arch] = (ckpt, qm, d, manifest)
+    return out
+
+
+@pytest.mark.parametrize("arch", list(CASES))
+def test_distilbert_compiles_float_free_without_token_types(arch, built):
+    from ibert_tvm.quantization.artifact import QuantizedModel
+
+    ckpt, qm, d, manifest = built[arch]
+    assert manifest["verify"]["module"]["float_ops"] == 0 and manifest["verify"]["code"]["float_ops"] == 0
+    assert manifest["inputs"] == ["input_ids", "attention_mask", "position_ids"]
+    assert manifest["type_vocab"] == 0 and "embeddings.token_type_embeddings.weight" not in manifest["params"]
+    assert qm.dims["type_vocab"] == 0 and "embeddings.token_type" not in qm.tensors
+    assert QuantizedModel.load(d / "q").dims == qm.dims  # the saved artifact validates and reloads
+    if arch.endswith("Classification"):
+        assert qm.dims["head_act"] == "relu" and "head.relu" in qm.scales and "head.pre_tanh" not in qm.scales
+
+
+@pytest.mark.parametrize("arch", list(CASES))
+def test_distilbert_compiled_equals_golden_with_padding(arch, built):
+    from ibert_tvm.deploy.runtime import CompiledModel
+    from ibert_tvm.model.golden import run_golden
+    from ibert_tvm.model.plan import ModelPlan
+
+    _, qm, d, _ = built[arch]
+    plan, model = ModelPlan(qm), CompiledModel(d / "out")
+    rng = np.random.default_rng(3)
+    for batch, seq in SHAPES:
+        inputs = random_batch(rng, batch, seq, family="bert", pad_id=qm.dims["pad_id"])
+        want = run_golden(plan, **inputs)
+        assert want.dtype == np.int32
+        np.testing.assert_array_equal(model.run_ids(inputs), want, err_msg=f"{arch} batch={batch} seq={seq}")
+        # token types are no input: other ones, or none at all, change nothing
+        inputs["token_type_ids"] = rng.integers(0, 7, inputs["input_ids"].shape).astype(np.int32)
+        np.testing.assert_array_equal(model.run_ids(inputs), want)
+        del inputs["token_type_ids"]
+        np.testing.assert_array_equal(model.run_ids(inputs), want)
+        np.testing.assert_array_equal(run_golden(plan, token_type_ids=None, **inputs), want)
+
+
+@pytest.mark.parametrize("arch", list(CASES))
+def test_distilbert_tracks_fp32(arch, built, calibration_sentences):
+    import torch
+
+    from ibert_tvm.deploy.runtime import CompiledModel
+    from ibert_tvm.model.plan import ModelPlan
+    from ibert_tvm.op.pooling import float_pool
+    from ibert_tvm.quantization.calibrate import torch_inputs
+
+    ckpt, qm, d, _ = built[arch]
+    model, plan = CompiledModel(d / "out"), ModelPlan(qm)
+    enc = model.tokenizer(calibration_sentences[:16])
+    assert enc["attention_mask"].min() == 0
+    ours = model.run_ids(enc) * plan.out_scale
+    with torch.no_grad():
+        res = ckpt.model(**torch_inputs({k: v for k, v in enc.items() if k != "token_type_ids"}))
+    if ckpt.head == "classifier":
+        ref = res.logits.numpy()
+        # a random 2-layer model: nearly input-independent logits (the bounds of test_more_architectures)
+        err, agree = np.abs(ours - ref).max() / np.abs(ref).max(), (ours.argmax(1) == ref.argmax(1)).mean()
+        print(f"{arch}: max |err| / max |logit| = {err:.4f}, argmax agreement {agree:.3f}")
+        assert err < 0.2 and agree >= 0.9
+    else:
+        ref = float_pool("mean", res.last_hidden_state.double().numpy(), enc["attention_mask"])
+        cos = (ours * ref).sum(1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(ref, axis=1)
+        print(f"{arch}: min cosine to FP32 {cos.min():.4f}")
+        assert cos.min() > 0.95, cos.min()
+
+
+def test_distilbert_graph_has_bert_names_and_calibration_hooks_its_own_modules(built):
+    from ibert_tvm.frontend.importer import import_model
+    from ibert_tvm.frontend.points import hook_points
+
+    ckpt, _, _, _ = built["DistilBertForSequenceClassification"]
+    im = import_model(ckpt)
+    assert im.inputs == ("input_ids", "attention_mask", "position_ids")
+    assert "distilbert.encoder.layer.1.attention.self.query.weight" in im.param_names
+    assert "distilbert.encoder.layer.0.output.LayerNorm.bias" in im.param_names
+    assert not [n for n in im.param_names if "q_lin" in n or "transformer" in n or "token_type" in n]
+    hooks = {name: (path, side) for name, path, side in hook_points(ckpt)}
+    assert hooks["layer1.q"] == ("distilbert.transformer.layer.1.attention.q_lin", "out")
+    assert hooks["layer0.res1"] == ("distilbert.transformer.layer.0.sa_layer_norm", "in")
+    assert hooks["layer0.gelu"] == ("distilbert.transformer.layer.0.ffn.lin2", "in")
+    assert hooks["head.relu"] == ("classifier", "in")  # the ReLU's output, non-negative
+    for path, _ in hooks.values():
+        ckpt.model.get_submodule(path)
+
+
+def test_distilbert_api_runs_texts(built, calibration_sentences):
+    import ibert_tvm
+    from ibert_tvm.deploy.runtime import CompiledModel
+
+    _, qm, d, _ = built["DistilBertForSequenceClassification"]
+    texts = calibration_sentences[:5]
+    q = CompiledModel(d / "out").run_text(texts)
+    assert ibert_tvm.load(d / "out").predict(texts) == [qm.labels[k] for k in q.argmax(1)]
+    _, _, d, _ = built["DistilBertModel"]
+    np.testing.assert_array_equal(ibert_tvm.load(d / "out").encode_int(texts)[0], CompiledModel(d / "out").run_text(texts))
+
+
+def test_distilbert_with_another_activation_is_refused(tiny_factory, tmp_path):
+    import json
+    import shutil
+
+    from ibert_tvm.errors import IBertTVMError
+    from ibert_tvm.model.hf_loader import load_checkpoint
+
+    d = tmp_path / "m"
+    shutil.copytree(tiny_factory("DistilBertModel"), d)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["activation"] = "relu"
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(IBertTVMError, match=r"config.json: activation 'relu' is not supported"):
+        load_checkpoint(d)
+
+
+def test_manifest_token_types_must_match_the_inputs(built, tmp_path):
+    import json
+    import re
+    import shutil
+
+    from ibert_tvm.deploy.runtime import read_compiled
+    from ibert_tvm.errors import IBertTVMError
+
+    _, _, d, _ = built["DistilBertModel"]
+    out = tmp_path / "out"
+    shutil.copytree(d / "out", out)
+    m = json.loads((out / "manifest.json").read_text())
+    for inputs, type_vocab, msg in [
+            (["input_ids", "attention_mask", "token_type_ids", "position_ids"], 0, "type_vocab must be an integer >= 1"),
+            (["input_ids", "attention_mask", "position_ids"], 2, "type_vocab must be 0 (the model takes no token_type_ids)"),
+            (["input_ids", "position_ids"], 0, "inputs must be a list of the model inputs")]:
+        (out / "manifest.json").write_text(json.dumps({**m, "inputs": inputs, "type_vocab": type_vocab}))
+        with pytest.raises(IBertTVMError, match=re.escape("manifest.json: " + msg)):
+            read_compiled(out)
+
+
+def test_qat_and_sensitivity_refuse_distilbert(built):
+    from ibert_tvm.errors import IBertTVMError
+    from ibert_tvm.quantization.qat import QATModel
+
+    for arch in CASES:
+        ckpt, qm, _, _ = built[arch]
+        with pytest.raises(IBertTVMError, match=f"{arch} is compiled from calibration"):
+            QATModel(ckpt, qm)
+        with pytest.raises(IBertTVMError, match=f"config.json: architectures {arch}: this tool walks BERT's"):
+            ckpt.base
