@@ -167,9 +167,12 @@ def ort_encoder(ckpt, tokenizer, workdir: Path, weight_type: str) -> Encoder:
                           opset_version=17, dynamo=False)
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    feeds = lambda enc: {n: enc[n].astype(np.int64) for n in _ONNX_INPUTS}  # noqa: E731
+    # the exporter drops inputs the model ignores (DistilBERT: token_type_ids, position_ids): feed
+    # the session the inputs it names
+    feeds = lambda s, enc: {i.name: enc[i.name].astype(np.int64) for i in s.get_inputs()}  # noqa: E731
     ref = torch_encoder(ckpt.model, head, ckpt.pooling)(probe)
-    got = ort.InferenceSession(str(fp32_path), opts, providers=["CPUExecutionProvider"]).run(None, feeds(probe))[0]
+    fp32_sess = ort.InferenceSession(str(fp32_path), opts, providers=["CPUExecutionProvider"])
+    got = fp32_sess.run(None, feeds(fp32_sess, probe))[0]
     if not np.allclose(got, ref, atol=1e-3, rtol=1e-3):
         raise RuntimeError(f"the ONNX export disagrees with PyTorch (max diff {np.abs(got - ref).max():.3g})")
     quantize_dynamic(str(fp32_path), str(q_path),
@@ -177,7 +180,7 @@ def ort_encoder(ckpt, tokenizer, workdir: Path, weight_type: str) -> Encoder:
     sess = ort.InferenceSession(str(q_path), opts, providers=["CPUExecutionProvider"])
 
     def run(enc):
-        return sess.run(None, feeds(enc))[0].astype(np.float64)
+        return sess.run(None, feeds(sess, enc))[0].astype(np.float64)
 
     return run
 

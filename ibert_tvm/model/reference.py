@@ -37,6 +37,8 @@ def reference_module(hf_model, head: str, pooling: str = "mean"):
     """``hf_model`` (eval mode) wrapped to output what the integer model outputs (see the module
     docstring). ``head`` is ``"embedding"`` or ``"classifier"``; the token-level heads are not
     wrapped (their peers are not built)."""
+    import inspect
+
     import torch
 
     if head not in ("embedding", "classifier"):
@@ -44,14 +46,19 @@ def reference_module(hf_model, head: str, pooling: str = "mean"):
     if head == "embedding" and pooling not in ("mean", "cls", "max"):
         raise IBertTVMError(f"unknown pooling {pooling!r}")
 
+    # DistilBERT's forward takes neither token_type_ids nor position_ids (it has no token types
+    # and its positions are always 0..S-1): pass only what the model's forward names.
+    takes = set(inspect.signature(hf_model.forward).parameters)
+
     class Reference(torch.nn.Module):
         def __init__(self, m):
             super().__init__()
             self.m = m
 
         def forward(self, input_ids, attention_mask, token_type_ids, position_ids):
-            r = self.m(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                       position_ids=position_ids)
+            given = {"input_ids": input_ids, "attention_mask": attention_mask,
+                     "token_type_ids": token_type_ids, "position_ids": position_ids}
+            r = self.m(**{k: v for k, v in given.items() if k in takes})
             if head == "classifier":
                 return r.logits
             return torch_pool(pooling, r.last_hidden_state, attention_mask)

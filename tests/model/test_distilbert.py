@@ -175,3 +175,36 @@ def test_qat_and_sensitivity_refuse_distilbert(built):
             QATModel(ckpt, qm)
         with pytest.raises(IBertTVMError, match=f"config.json: architectures {arch}: this tool walks BERT's"):
             ckpt.base
+
+
+@pytest.mark.parametrize("arch", list(CASES))
+def test_distilbert_eval_scores_fp32_integer_and_peers(arch, built, tmp_path, capsys):
+    """``eval`` on DistilBERT: its FP32 reference (and the ONNX peers exported from it) must not
+    hand the model token_type_ids or position_ids, which its forward does not take."""
+    import json
+
+    from ibert_tvm.cli import main
+    from ibert_tvm.datasets import stsb
+
+    ckpt, _, d, _ = built[arch]
+    tsv = tmp_path / "t.tsv"
+    if arch == "DistilBertModel":
+        tsv.write_text("sentence1\tsentence2\tscore\n" + "".join(
+            f"{p.sentence1}\t{p.sentence2}\t{p.score}\n" for p in stsb("dev")[:12]))
+        task, metric = f"tsv:{tsv}", "spearman"
+    else:
+        tsv.write_text("sentence\tlabel\n" + "".join(
+            f"sentence number {i} is {'good' if i % 2 else 'bad'}\t{i % 2}\n" for i in range(12)))
+        task, metric = f"tsv:{tsv}", "accuracy"
+    out = tmp_path / "r.json"
+    code = main(["eval", "--task", task, "--model", str(ckpt.path), "--artifact", str(d / "out"),
+                 "--peers", "torch-int8,ort-int8", "-o", str(out)])
+    assert code == 0, capsys.readouterr().err
+    rep = json.loads(out.read_text())
+    assert rep["metric"] == metric and rep["examples"] == 12
+    res = rep["results"]
+    assert set(res) == {"fp32", "integer", "torch-int8", "ort-int8"}
+    for name in ("fp32", "integer", "torch-int8"):
+        assert res[name]["value"] is not None, res[name]
+    # onnxruntime is in the test pins: its peer must have run, not been skipped
+    assert res["ort-int8"]["value"] is not None, res["ort-int8"]
