@@ -4,15 +4,16 @@ What the apache-tvm 0.27 wheel allows: it ships the runtime as its own library,
 ``tvm/lib/libtvm_runtime.so`` (3.4 MB: the Relax VM, its builtins, the thread pool, the
 ``VMExecutable`` loader), beside ``libtvm_compiler.so`` (259 MB). ``import tvm`` always loads the
 runtime and, unless ``TVM_USE_RUNTIME_LIB=1``, the compiler; even in runtime-only mode it imports
-~1000 Python modules (``tvm.ir``, ``tvm.script``, ``tvm.tirx``, ``tvm.te``, ``tvm.target``...).
-None of that is needed to run: ``tvm.runtime.load_module`` *is* ``tvm_ffi.load_module``, and
-``tvm.runtime.vm.VirtualMachine`` is a thin wrapper over three packed functions of the module
-(``vm_load_executable``, ``vm_initialization``, then the model's functions). So this module does
-what ``tvm/base.py`` does first (``dlopen`` the runtime library ``RTLD_GLOBAL``, so that model.so
-finds ``TVMBackend*`` and the ``VMExecutable`` loader), then what ``VirtualMachine`` does, and
-makes tensors with the runtime's own allocator (``runtime.TVMTensorAllocWithScope``: aligned as
-the kernels expect) and copies (``runtime.TVMTensorCopy{From,To}Bytes``), as ``tvm.runtime.tensor``
-and ``Tensor.numpy`` do. The same calls with the same bytes: outputs are bit-identical.
+~200 Python modules (~900 with the compiler: ``tvm.ir``, ``tvm.script``, ``tvm.tirx``, ``tvm.te``,
+``tvm.target``...). None of that is needed to run: ``tvm.runtime.load_module`` *is*
+``tvm_ffi.load_module``, and ``tvm.runtime.vm.VirtualMachine`` is a thin wrapper over three packed
+functions of the module (``vm_load_executable``, ``vm_initialization``, then the model's
+functions). So this module does what ``tvm/base.py`` does first (``dlopen`` the runtime library
+``RTLD_GLOBAL``, so that model.so finds ``TVMBackend*`` and the ``VMExecutable`` loader), then what
+``VirtualMachine`` does, and makes tensors with the runtime's own allocator
+(``runtime.TVMTensorAllocWithScope``: aligned as the kernels expect) and copies
+(``runtime.TVMTensorCopy{From,To}Bytes``), as ``tvm.runtime.tensor`` and ``Tensor.numpy`` do. The
+same calls with the same bytes: outputs are bit-identical.
 
 It works whether or not ``tvm`` is imported in the process (then the library is already loaded;
 ``dlopen`` of the same file is a no-op), on the aarch64 board too. Not covered: devices other
