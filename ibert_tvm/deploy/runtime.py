@@ -192,7 +192,7 @@ class CompiledModel:
             from tvm.runtime.vm import VirtualMachine as _VM
 
             load_module, dev = tvm.runtime.load_module, (tvm.cpu() if device == "cpu" else tvm.device(device))
-            VirtualMachine = lambda lib: _VM(lib, dev)  # noqa: E731
+            VirtualMachine = lambda lib: _VM(lib, dev)
             self._tensor, self._empty, self._numpy = tvm.runtime.tensor, tvm.runtime.empty, lambda t: t.numpy()
         try:
             lib = load_module(str(lib_path))
