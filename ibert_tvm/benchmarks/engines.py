@@ -199,6 +199,14 @@ class TvmInt8(_TvmEngine):
     precision = "int8"
     use_database = True
 
+    def imports(self):
+        """What a deployment loads (``deploy.light``): tvm_ffi + libtvm_runtime.so, not ``import tvm``."""
+        import tokenizers  # noqa: F401
+
+        from ..deploy import light
+
+        light.load_runtime()
+
     def prepare(self, ctx, log=print):
         from ..deploy.export import compile_quantized, compiler_hash, quantized_hash
         from .models import quantized

@@ -15,21 +15,21 @@ What a method needs is decided by the manifest's ``head`` (:data:`HEAD_METHODS`)
 later (token logits, QA spans) gets its own entry and methods; calling a method the head does
 not serve is an error naming the head and the method to use instead.
 
-:func:`load` imports TVM in its light form when it is the first to import it: the runtime
-library only (``TVM_USE_RUNTIME_LIB=1``) and without PyTorch, which ``tvm_ffi`` would otherwise
-import whenever it is installed (measured on the tiny test model: ~100 MB RSS instead of ~400 MB,
-~1.6 s instead of ~4.7 s). See :func:`import_runtime_tvm`.
+:func:`load` does not import the ``tvm`` Python package at all on the CPU: it runs model.so
+with ``tvm_ffi`` and ``libtvm_runtime.so`` alone (:mod:`~ibert_tvm.deploy.light`), without
+PyTorch, which ``tvm_ffi`` would otherwise import whenever it is installed. Where that is
+impossible it falls back to :func:`import_runtime_tvm` (the runtime library only,
+``TVM_USE_RUNTIME_LIB=1``).
 """
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from ..errors import IBertTVMError
 from .batching import DEFAULT_BATCH_SIZE
+from .light import import_runtime_tvm  # noqa: F401  (re-exported: the fallback of the light runtime)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -47,44 +47,15 @@ _USE_INSTEAD = {"embedding": "encode()", "classifier": "predict()", "token_class
 MAX_ANSWER_TOKENS = 30  # QA spans: as transformers' question-answering pipeline's max_answer_len
 
 
-def import_runtime_tvm():
-    """Import ``tvm`` for running only, and return it.
-
-    If no one has imported ``tvm`` yet and ``TVM_USE_RUNTIME_LIB`` is unset, the import loads
-    only ``libtvm_runtime`` (not the ~240 MB compiler library) and keeps ``tvm_ffi`` from
-    importing PyTorch (it does so whenever torch is installed, only to exchange tensors with it).
-    PyTorch stays importable afterwards. The cost: this process then cannot compile (``from tvm
-    import relax`` fails); a process that loads *and* compiles should import ``tvm`` first, or set
-    ``TVM_USE_RUNTIME_LIB=0``. If ``tvm`` is already imported this is a plain import.
-    """
-    if "tvm" in sys.modules or "TVM_USE_RUNTIME_LIB" in os.environ:
-        import tvm
-
-        return tvm
-    os.environ["TVM_USE_RUNTIME_LIB"] = "1"
-    block_torch = "torch" not in sys.modules
-    if block_torch:
-        sys.modules["torch"] = None  # `import torch` raises ImportError while tvm_ffi loads
-    try:
-        import tvm
-    finally:
-        del os.environ["TVM_USE_RUNTIME_LIB"]
-        if block_torch and sys.modules.get("torch", 0) is None:
-            del sys.modules["torch"]
-    return tvm
-
-
 def load(path, device: str | None = None) -> Model:
     """Load a compiled ``out/`` (manifest, every file's sha256, then model.so) for running here.
 
     ``device``: ``"cpu"``, or a TVM device name; the default is the target's (CPU, or the first
     GPU for a CUDA build). Errors are :class:`~ibert_tvm.errors.IBertTVMError` naming the file.
     """
-    from .runtime import CompiledModel, read_compiled
+    from .runtime import CompiledModel
 
-    read_compiled(path)  # every check before TVM is even imported: a bad out/ fails fast
-    import_runtime_tvm()
-    return Model(CompiledModel(path, device=device))
+    return Model(CompiledModel(path, device=device))  # every check of out/ before TVM is even loaded
 
 
 def _progress(show: bool, total: int):

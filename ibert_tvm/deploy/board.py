@@ -329,8 +329,8 @@ def prepare_board(root: os.PathLike | str | None = None, *, log=print) -> Board:
 # -- the ibert_tvm sources a board needs --------------------------------------------------------
 def runner_modules() -> list[str]:
     """The ``ibert_tvm`` modules ``python -m ibert_tvm.deploy.run`` imports (found, not listed:
-    a fresh host interpreter imports the runner and reports them; ``deploy.api``, which the
-    runner's main imports lazily for :func:`~ibert_tvm.deploy.api.import_runtime_tvm`, named)."""
+    a fresh host interpreter imports the runner and reports them; ``deploy.api``, for
+    ``ibert_tvm.load`` on the board, named)."""
     code = (
         "import sys; import ibert_tvm.deploy.run, ibert_tvm.deploy.runtime, ibert_tvm.deploy.api, "
         "ibert_tvm.deploy.export; "

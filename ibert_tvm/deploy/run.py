@@ -1,8 +1,9 @@
 """The board-side runner: ``python -m ibert_tvm.deploy.run OUT/ "text" ...``.
 
 What a user runs on a device after copying a compiled ``out/`` there. It imports only the TVM
-runtime, numpy, ``tokenizers`` and :mod:`ibert_tvm.deploy.runtime` / ``.tokenize`` (no PyTorch,
-no transformers, no Relax compiler), so a runtime-only TVM install is enough.
+runtime library (through ``tvm_ffi``, not the ``tvm`` package: :mod:`ibert_tvm.deploy.light`),
+numpy, ``tokenizers`` and :mod:`ibert_tvm.deploy.runtime` / ``.tokenize`` (no PyTorch, no
+transformers, no Relax compiler), so a runtime-only TVM install is enough.
 
     python -m ibert_tvm.deploy.run out-arm/ "A plane is taking off." "An air plane is taking off."
     python -m ibert_tvm.deploy.run out-arm/ --ids-json batch.json --print-ints
@@ -10,10 +11,12 @@ no transformers, no Relax compiler), so a runtime-only TVM install is enough.
 ``--ids-json FILE`` (``-`` for stdin) takes integer inputs instead of texts: a JSON object
 ``{"input_ids": [[...]], "attention_mask": [[...]], "token_type_ids": [[...]],
 "position_ids": [[...]]}``, or a list of such batches. ``--print-ints`` prints the raw int32
-output as one JSON object ``{"output": [[...]], "scale": s, "target": t, "ms": t}`` on stdout
+output as one JSON object ``{"output": [[...]], "scale": s, "target": t, "ms": t, "runtime": r}`` on stdout
 (``"outputs": [...]`` and ``"ms": [...]``, one per batch, for a list), for exact comparison
-between builds; ``ms`` is the fastest of ``--repeat`` runs. Errors print ``error: ...`` and exit 2; a ``model.so`` built for another CPU
-architecture is named as such before the runtime tries to load it.
+between builds; ``ms`` is the fastest of ``--repeat`` runs; ``runtime`` says what ran the model
+(``tvm_ffi + libtvm_runtime.so``, or ``import tvm (why)``). Errors print ``error: ...`` and
+exit 2; a ``model.so`` built for another CPU architecture is named as such before the runtime
+tries to load it.
 """
 
 from __future__ import annotations
@@ -125,12 +128,9 @@ def main(argv=None) -> int:
         out_dir = Path(a.compiled)
         if out_dir.is_dir():
             check_architecture(out_dir)
-        from .api import import_runtime_tvm
-        from .runtime import CompiledModel, read_compiled
+        from .runtime import CompiledModel
 
-        read_compiled(out_dir)  # a bad out/ fails before TVM is imported
-        import_runtime_tvm()  # runtime library only, no torch (a no-op if tvm is already imported)
-        model = CompiledModel(out_dir)
+        model = CompiledModel(out_dir)  # checks out/ first; then tvm_ffi + libtvm_runtime.so, no torch
         if a.ids_json:
             batches, many = _read_ids(a.ids_json)
             texts = None
@@ -152,7 +152,7 @@ def main(argv=None) -> int:
             ms.append(round(best, 3))
         if a.print_ints:
             res = {"outputs": [o.tolist() for o in outs], "ms": ms} if many else {"output": outs[0].tolist(), "ms": ms[0]}
-            res.update(scale=model.output_scale, target=model.manifest["target"])
+            res.update(scale=model.output_scale, target=model.manifest["target"], runtime=model.runtime_note)
             print(json.dumps(res))
         else:
             for i, out in enumerate(outs):

@@ -1,7 +1,9 @@
 """Run a compiled ``out/`` with the TVM runtime, numpy and ``tokenizers`` only.
 
-No PyTorch, no transformers, no Relax compiler import: this is what runs on a board.
-``tvm.runtime.vm.VirtualMachine`` works with a runtime-only TVM install.
+No PyTorch, no transformers, no Relax compiler import: this is what runs on a board. On the
+CPU not even the ``tvm`` Python package is imported: model.so runs on ``tvm_ffi`` and
+``libtvm_runtime.so`` alone (:mod:`~ibert_tvm.deploy.light`); other devices, or an install where
+that is impossible, use ``tvm.runtime.vm.VirtualMachine`` (works with a runtime-only TVM too).
 """
 
 from __future__ import annotations
@@ -9,12 +11,14 @@ from __future__ import annotations
 import json
 import math
 import threading
+import zipfile
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from ..errors import IBertTVMError
+from . import light
 from .batching import DEFAULT_BATCH_SIZE, run_batched
 from ..support.hashing import check_files, sha256_file  # noqa: F401  (re-exported)
 from ..support.tokenize import INPUTS, Tokenizer
@@ -92,10 +96,49 @@ def check_manifest(m: dict, mpath: Path) -> None:
         bad("lib_sha256", f"the sha256 of {LIB} recorded in files.{LIB}")
 
 
-def read_compiled(out_dir) -> tuple[Path, dict, list[np.ndarray], Tokenizer]:
+def read_params(d: Path, m: dict, alloc=np.empty) -> list[np.ndarray] | None:
+    """The parameters of ``d/params.npz``, each checked against the manifest's ``param_types``
+    (read from its ``.npy`` header, before any data), then read straight into ``alloc(shape,
+    dtype)``: a C-contiguous writable array, e.g. a view of a TVM tensor, so that the 23 MB of
+    MiniLM's parameters are held once, not once in numpy and once in TVM. ``alloc=None`` checks
+    the headers only and returns None. Errors are ``IBertTVMError`` naming the file."""
+    fmt = np.lib.format
+    params = [] if alloc is not None else None
+    try:
+        with zipfile.ZipFile(d / PARAMS) as zf:
+            for i, (name, (dtype, shape)) in enumerate(zip(m["params"], m["param_types"])):
+                with zf.open(f"p{i:04d}.npy") as f:
+                    version = fmt.read_magic(f)
+                    header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+                    hshape, fortran, hdtype = header(f)
+                    if hdtype.name != dtype or list(hshape) != shape:
+                        raise IBertTVMError(f"{d}/{PARAMS}: p{i:04d} ({name}) has dtype and shape {hdtype.name} "
+                                            f"{list(hshape)}; {MANIFEST} param_types records {dtype} {shape}: "
+                                            "parameters of another model?")
+                    if fortran or hdtype.hasobject or not hdtype.isnative:
+                        raise ValueError(f"p{i:04d} is not a C-ordered native {dtype} array")
+                    if alloc is None:
+                        continue
+                    a = alloc(tuple(hshape), hdtype)
+                    buf, got = memoryview(a.reshape(-1).view(np.uint8)), 0
+                    while got < len(buf):
+                        n = f.readinto(buf[got:])
+                        if not n:
+                            raise ValueError(f"p{i:04d}.npy is truncated")
+                        got += n
+                    params.append(a)
+    except IBertTVMError:
+        raise
+    except Exception as e:  # noqa: BLE001 - OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError
+        raise IBertTVMError(f"{d}/{PARAMS} is missing or corrupt: {e}") from None
+    return params
+
+
+def read_compiled(out_dir, alloc=np.empty) -> tuple[Path, dict, list[np.ndarray] | None, Tokenizer]:
     """Read a compiled ``out/`` and check all of it but model.so's contents, in this order: the
     manifest's format, the sha256 of every file it records (:func:`check_files`), its fields
-    (:func:`check_manifest`), every parameter's dtype and shape. Returns (dir, manifest,
+    (:func:`check_manifest`), every parameter's dtype and shape (:func:`read_params`, which reads
+    them into ``alloc``; ``alloc=None``: checked, not read, None returned). Returns (dir, manifest,
     parameters, tokenizer). Any failure is an ``IBertTVMError`` naming the file and the field; an
     ``out/`` that records no file hashes (written before they existed) is refused: re-run compile.
     The one place a compiled artifact is checked: :class:`CompiledModel` (here) and
@@ -115,16 +158,7 @@ def read_compiled(out_dir) -> tuple[Path, dict, list[np.ndarray], Tokenizer]:
         raise IBertTVMError(f"{mpath} is not an ibert-tvm manifest (format {FORMAT!r} expected)")
     check_files(d, m.get("files"), mpath, (LIB, PARAMS), "ibert-tvm compile")
     check_manifest(m, mpath)
-    try:
-        with np.load(d / PARAMS) as z:
-            params = [z[f"p{i:04d}"] for i in range(len(m["params"]))]
-    except Exception as e:  # noqa: BLE001 - OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError
-        raise IBertTVMError(f"{d}/{PARAMS} is missing or corrupt: {e}") from None
-    for i, (name, p, (dtype, shape)) in enumerate(zip(m["params"], params, m["param_types"])):
-        if p.dtype.name != dtype or list(p.shape) != shape:
-            raise IBertTVMError(f"{d}/{PARAMS}: p{i:04d} ({name}) has dtype and shape {p.dtype.name} "
-                                f"{list(p.shape)}; {MANIFEST} param_types records {dtype} {shape}: "
-                                "parameters of another model?")
+    params = read_params(d, m, alloc)
     try:
         tokenizer_json = (d / m["tokenizer"]).read_text(encoding="utf-8")
     except (OSError, ValueError) as e:
@@ -140,30 +174,58 @@ class CompiledModel:
     """
 
     def __init__(self, out_dir, device: str | None = None):
-        self.dir, self.manifest, self.params, self.tokenizer = read_compiled(out_dir)
+        self.dir, self.manifest, _, self.tokenizer = read_compiled(out_dir, alloc=None)  # params: below
         m = self.manifest
         lib_path = self.dir / LIB
-        import tvm
-        from tvm.runtime.vm import VirtualMachine
+        if device is None:  # CUDA builds run on the first GPU (untested here: no GPU was available)
+            device = "cuda" if str(m.get("target", "")).startswith("cuda") else "cpu"
+        # the light path (tvm_ffi + libtvm_runtime.so, no `import tvm`) on the CPU; else `import tvm`.
+        #: which runtime runs this model: "light" or "tvm"; runtime_note says which library, or why not
+        self.runtime, self.runtime_note = "tvm", f"import tvm (device {device!r}: the light path is CPU-only)"
+        if device == "cpu":
+            try:
+                self.runtime_note = "tvm_ffi + " + Path(light.load_runtime()).name
+                self.runtime = "light"
+            except light.Unavailable as e:
+                self.runtime_note = f"import tvm ({e})"
+        if self.runtime == "light":
+            load_module, VirtualMachine, dev = light.load_module, light.VirtualMachine, light.cpu()
+            self._tensor, self._empty, self._numpy = light.tensor, light.empty, light.numpy
+        else:
+            tvm = light.import_runtime_tvm()  # runtime library only, no torch (plain import if tvm is in)
+            from tvm.runtime.vm import VirtualMachine as _VM
 
+            load_module, dev = tvm.runtime.load_module, (tvm.cpu() if device == "cpu" else tvm.device(device))
+            VirtualMachine = lambda lib: _VM(lib, dev)
+            self._tensor, self._empty, self._numpy = tvm.runtime.tensor, tvm.runtime.empty, lambda t: t.numpy()
         try:
-            lib = tvm.runtime.load_module(str(lib_path))
+            lib = load_module(str(lib_path))
         except Exception as e:  # noqa: BLE001
             raise IBertTVMError(
                 f"cannot load {lib_path} (built for target {m.get('target')!r}; a library for another "
                 f"architecture cannot be loaded here): {e}"
             ) from None
-        if device is None:  # CUDA builds run on the first GPU (untested here: no GPU was available)
-            device = "cuda" if str(m.get("target", "")).startswith("cuda") else "cpu"
-        dev = tvm.cpu() if device == "cpu" else tvm.device(device)
         try:
-            self.vm = VirtualMachine(lib, dev)
+            self.vm = VirtualMachine(lib)
             self.vm["forward"]
         except (AttributeError, RuntimeError) as e:  # a library, but not our executable (TVM errors are RuntimeError)
             raise IBertTVMError(f"{lib_path} is not a TVM Relax VM executable with a 'forward' function: {e}") from None
         self._lock = threading.Lock()  # one VM, shared by every thread: see run_ids
-        self._tvm_params = [tvm.runtime.tensor(p, dev) for p in self.params]
         self.dev = dev
+        if device == "cpu":  # read straight into the runtime's tensors: the parameters are held once
+            self._tvm_params = []
+
+            def alloc(shape, dtype):
+                self._tvm_params.append(self._empty(shape, dtype.name, dev))
+                return np.from_dlpack(self._tvm_params[-1])
+
+            #: the parameters as numpy arrays (on the CPU: read-only views of the runtime's tensors)
+            self.params = read_params(self.dir, m, alloc)
+            for p in self.params:
+                p.flags.writeable = False
+        else:
+            self.params = read_params(self.dir, m)
+            self._tvm_params = [self._tensor(p, dev) for p in self.params]
 
     @property
     def output_scale(self) -> float:
@@ -212,12 +274,10 @@ class CompiledModel:
         runs its kernels on TVM's thread pool, so running two at once would gain nothing; the
         uncontended lock costs well under a microsecond against a millisecond-scale call.
         """
-        import tvm
-
         x = self.check_inputs(inputs)
         with self._lock:
-            args = [tvm.runtime.tensor(x[n], self.dev) for n in self.manifest["inputs"]]
-            return self.vm["forward"](*args, *self._tvm_params).numpy()
+            args = [self._tensor(x[n], self.dev) for n in self.manifest["inputs"]]
+            return self._numpy(self.vm["forward"](*args, *self._tvm_params))
 
     def run_text(self, texts: Sequence[str], pairs: Sequence[str] | None = None, *,
                  batch_size: int = DEFAULT_BATCH_SIZE, truncate: bool = False, progress=None) -> np.ndarray:

@@ -201,6 +201,7 @@ def test_board_run_is_bit_identical_to_x86(board, pkg, arm_out, compiled_factory
     assert res.returncode == 0, res.stderr[-2000:]
     got = json.loads(res.stdout)
     assert got["target"] == "aarch64" and len(got["outputs"]) == len(SHAPES)
+    assert got["runtime"] == "tvm_ffi + libtvm_runtime.so"  # deploy.light: no `import tvm` on the board
     plan = ModelPlan(quantized_factory("BertModel")[0])
     for (b, s), inputs, out in zip(SHAPES, bl, got["outputs"]):
         want = x86.run_ids(inputs)
