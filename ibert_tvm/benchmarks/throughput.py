@@ -652,7 +652,8 @@ def markdown(report: dict) -> str:
     if loaded(report):
         L += ["", "**The machine was loaded (other processes were running): absolute figures are indicative "
                   "only; ratios between engines are fairer, since engines were interleaved.**"]
-    L += ["", f"Corpus: {c['sentences']} sentences ({c['what']}; {c['order']}; sha256 {c['sha256'][:12]})."]
+    part = f"{c['sentences']:,} sentences" + (f" of {c['of']:,}" if c["of"] != c["sentences"] else "")
+    L += ["", f"Corpus: {part}, {c['what']} ({c['order']}; sha256 {c['sha256'][:12]})."]
     for name, mres in report["models"].items():
         md = mres["model"]
         L += ["", f"## {name}: {md['layers']} layers, hidden {md['hidden']}, {md['heads']} heads", ""]
