@@ -160,6 +160,8 @@ def test_load_test_counts_errors(compiled_factory, tmp_path):
     (["--throughput", "--text", "/no/such/corpus.txt"], "no such file"),
     (["--throughput", "-o", "t.txt"], "must end in .json"),
     (["--server", "--engines", "ort-int8"], "--server alone runs the integer model"),
+    (["--server", "--rounds", "2"], "--rounds is for --throughput"),
+    (["--throughput", "--clients", "8"], "--clients needs --server"),
 ])
 def test_throughput_bad_input(argv, msg, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -167,6 +169,42 @@ def test_throughput_bad_input(argv, msg, tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert msg in err and err.count("error:") == 1, err
     assert not list(tmp_path.glob("*.json"))
+
+
+def test_report_of_a_skipped_engine_and_a_failed_server(tmp_path):
+    """Ratios only between engines that ran; a skipped engine and a failed server say why."""
+    model = {"name": "m", "path": "/nowhere", "family": "bert", "head": "embedding", "pad_id": 0, "vocab": 100,
+             "type_vocab": 2, "max_seq": 128, "layers": 2, "hidden": 32, "heads": 4, "intermediate": 64,
+             "calibration": "stsb:8"}
+    ok = {"label": "X", "precision": "int8", "status": "ok", "checksums_ok": True,
+          "cosine_vs_fp32": {"reference": "torch-fp32", "n": 10, "mean": 0.99, "min": 0.9, "p01": 0.95}}
+    r = {"format": thr.FORMAT, "started": "t", "seconds": 1.0,
+         "config": thr.ThroughputConfig(models=["m"], server=True).to_dict(),
+         "corpus": {"source": "file", "what": "c.txt", "sentences": 10, "of": 20, "order": "o", "sha256": "ab" * 32},
+         "machine": {"cpu": {"model": "cpu", "logical_cpus": 2}}, "versions": {}, "git": {"commit": "abc"},
+         "load_average": {"start": [0.1, 0.1, 0.1], "end": [0.2, 0.1, 0.1]},
+         "models": {"m": {"model": model, "bulk": {
+             "corpus_tokens": {"tokens": 200, "padded_tokens": 250, "batches": 2, "truncated": 0, "length_min": 3,
+                               "length_median": 20, "length_p90": 40, "length_max": 60, "max_seq": 128},
+             "engines": {"tvm-int8": {**ok, "label": "TVM int8 (ours)", "rounds_s": [1.0, 2.0, 0.5]},
+                         "torch-fp32": {**ok, "label": "PyTorch FP32", "rounds_s": [4.0, 5.0, 2.0]},
+                         "ort-int8": {"label": "ORT int8", "status": "skipped",
+                                      "reason": "onnxruntime is not installed"}}},
+             "server": {"status": "failed", "reason": "the server did not start within 180 s"}}}}
+    thr.summarize(r)
+    b = r["models"]["m"]["bulk"]
+    assert b["engines"]["tvm-int8"]["sentences_per_s"] == {"median": 10.0, "min": 5.0, "max": 20.0, "n": 3}
+    assert b["engines"]["tvm-int8"]["tokens_per_s"]["median"] == pytest.approx(200.0)
+    assert b["speedups"]["tvm-int8"] == {"vs_torch-fp32": pytest.approx(4.0), "vs_ort-int8": None}
+    assert "ort-int8" not in b["speedups"]
+    md = thr.markdown(r)
+    assert "| TVM int8 (ours) | **10.0** [5.0-20.0] | 200 | 4.00x | - |" in md
+    assert "skipped: onnxruntime is not installed" in md
+    assert "failed: the server did not start within 180 s" in md
+    assert "10 sentences of 20" in md and "80% useful" in md
+    assert "indicative only" not in md
+    paths = thr.write_outputs(r, tmp_path / "t.json")
+    assert json.loads(paths["json"].read_text())["models"]["m"]["bulk"]["speedups"]["tvm-int8"]["vs_ort-int8"] is None
 
 
 def test_config_validation():

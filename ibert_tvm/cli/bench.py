@@ -107,6 +107,14 @@ def cmd_throughput(args) -> int:
     bad = [n for n in LATENCY_ONLY if _given(args, n)]
     if bad:
         raise IBertTVMError(f"--{bad[0].replace('_', '-')} is an option of the latency bench, not of --throughput/--server")
+    if not args.throughput:
+        bad = [n for n in ("rounds", "batch_size") if _given(args, n)]
+        if bad:
+            raise IBertTVMError(f"--{bad[0].replace('_', '-')} is for --throughput (bulk embedding), not --server")
+    if not args.server:
+        bad = [n for n in ("clients", "requests", "duration", "texts_per_request") if _given(args, n)]
+        if bad:
+            raise IBertTVMError(f"--{bad[0].replace('_', '-')} needs --server")
     if args.text and args.corpus:
         raise IBertTVMError("give --corpus or --text, not both")
     for k, v in THROUGHPUT_DEFAULTS.items():
