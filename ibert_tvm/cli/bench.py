@@ -24,7 +24,8 @@ passes after a warm-up pass whose embeddings are compared with PyTorch FP32's (c
 engines tvm-int8, ort-int8, torch-fp32 (TVM FP32 has fixed shapes and cannot take part).
 ``--server``: ``ibert-tvm serve`` of the integer model on 127.0.0.1 (ephemeral port) under
 ``--clients`` concurrent HTTP clients, at most ``--requests`` requests or ``--duration`` seconds:
-requests/s, sentences/s, p50/p90/p99 latency, errors. Writes ``OUT.json`` and ``OUT.md``.
+requests/s, sentences/s, p50/p90/p99 latency, errors. Writes ``OUT.json``, ``OUT.md`` and
+``OUT.png`` (the bulk figures).
 """
 
 from __future__ import annotations
@@ -120,7 +121,7 @@ def cmd_throughput(args) -> int:
     for k, v in THROUGHPUT_DEFAULTS.items():
         if getattr(args, k, None) is None:
             setattr(args, k, v)
-    out_json = report_path(args.output, "the .md goes")
+    out_json = report_path(args.output, "the .md and .png go")
     if args.server and not args.throughput and args.engines is not None:
         raise IBertTVMError("--engines is for --throughput: --server alone runs the integer model behind ibert-tvm serve")
     # tvm-fp32 passes the parse so that the config says why it cannot take part
@@ -244,7 +245,7 @@ def add_parser(sub) -> None:
     p.add_argument("--cache", help="cache of built artifacts (default ~/.cache/ibert-tvm/bench)")
     p.add_argument("-o", "--output",
                    help="JSON report; OUT.md and OUT.png are written next to it (default bench.json; "
-                   "throughput.json with --throughput/--server, no chart)")
+                   "throughput.json with --throughput/--server)")
     t = p.add_argument_group("throughput (bulk embedding and the server under load)")
     t.add_argument("--throughput", action="store_true",
                    help="bulk embedding: sentences/s of every engine over a whole corpus, length-bucketed batches")
