@@ -9,6 +9,8 @@
           {"cmd": "output", "shape"}                             -> the output, as lists
           {"cmd": "profile", "shape"}                            -> per-kernel profile (TVM)
           {"cmd": "peak", "threads"}                             -> int8/fp32 GEMM peak (torch)
+          {"cmd": "corpus", "path", "batch_size"}                -> its token counts (throughput.BulkJob)
+          {"cmd": "bulk", "save": path | null}                   -> seconds, checksum of one whole pass
           {"cmd": "quit"}                                        -> peak_rss_mb
         Every answer has "ok"; a failure answers {"ok": false, "error": one line, "trace"}.
 
@@ -59,6 +61,7 @@ class Server:
         self.runner = None
         self.model = None
         self.inputs: dict = {}
+        self.job = None  # throughput.BulkJob, after "corpus"
 
     def _inputs(self, shape):
         from .models import bench_inputs
@@ -123,6 +126,27 @@ class Server:
         from .profile import measure_peak
 
         return {"peak": measure_peak(int(req["threads"]), runs=int(req.get("runs", 20)))}
+
+    def corpus(self, req):
+        from .throughput import BulkJob
+
+        sentences = json.loads(open(req["path"], encoding="utf-8").read())
+        self.job = BulkJob(self.model, sentences, int(req["batch_size"]))
+        return {"corpus": self.job.describe()}
+
+    def bulk(self, req):
+        """One pass of the bulk-embedding job, timed end to end; ``save``: the embeddings as .npy."""
+        import numpy as np
+
+        from .throughput import checksum
+
+        gc.collect()
+        t0 = time.perf_counter()
+        emb = self.job.run(self.runner)
+        secs = time.perf_counter() - t0
+        if req.get("save"):
+            np.save(req["save"], emb)
+        return {"seconds": secs, "checksum": checksum(emb)}
 
     def quit(self, req):
         return {"peak_rss_mb": peak_rss_mb(), "rss_mb": rss_mb()}
