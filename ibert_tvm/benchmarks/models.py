@@ -130,13 +130,25 @@ def resolve(name: str, cache: Path) -> BenchModel:
         raise IBertTVMError(f"{path}/config.json: architectures {arch}: the bench compares sentence embeddings "
                             f"and sequence classifiers; its {head} head is not benchmarked")
     pooling = sentence_pooling(Path(path))[0]
+
+    def field(*names):  # DistilBertConfig names its fields dim, n_layers, n_heads, hidden_dim
+        for n in names:
+            if n in cfg:
+                try:
+                    return int(cfg[n])
+                except (TypeError, ValueError):
+                    raise IBertTVMError(f"{path}/config.json: {n} must be an integer") from None
+        raise IBertTVMError(f"{path}/config.json: {names[0]} is missing")
+
     pad = int(cfg.get("pad_token_id", 0) or 0)
-    n_pos = int(cfg["max_position_embeddings"])
+    n_pos = field("max_position_embeddings")
     return BenchModel(
-        name=label, path=str(path), family=family, head=head, pad_id=pad, vocab=int(cfg["vocab_size"]),
-        type_vocab=int(cfg.get("type_vocab_size", 2)), max_seq=n_pos - (pad + 1) if family == "roberta" else n_pos,
-        layers=int(cfg["num_hidden_layers"]), hidden=int(cfg["hidden_size"]), heads=int(cfg["num_attention_heads"]),
-        intermediate=int(cfg["intermediate_size"]), calibration=calib, pooling=pooling,
+        name=label, path=str(path), family=family, head=head, pad_id=pad, vocab=field("vocab_size"),
+        type_vocab=int(cfg.get("type_vocab_size", 0 if arch.startswith("DistilBert") else 2)),
+        max_seq=n_pos - (pad + 1) if family == "roberta" else n_pos,
+        layers=field("num_hidden_layers", "n_layers"), hidden=field("hidden_size", "dim"),
+        heads=field("num_attention_heads", "n_heads"), intermediate=field("intermediate_size", "hidden_dim"),
+        calibration=calib, pooling=pooling,
     )
 
 

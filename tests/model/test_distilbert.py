@@ -208,3 +208,25 @@ def test_distilbert_eval_scores_fp32_integer_and_peers(arch, built, tmp_path, ca
         assert res[name]["value"] is not None, res[name]
     # onnxruntime is in the test pins: its peer must have run, not been skipped
     assert res["ort-int8"]["value"] is not None, res["ort-int8"]
+
+
+def test_bench_resolves_distilbert_config_names(tiny_factory, tmp_path):
+    """DistilBertConfig names its fields dim / n_layers / n_heads / hidden_dim: the bench reads them
+    (it raised KeyError: 'num_hidden_layers'), and a missing one is a named error."""
+    import json
+    import shutil
+
+    from ibert_tvm.benchmarks.models import resolve
+    from ibert_tvm.errors import IBertTVMError
+
+    src = tiny_factory("DistilBertModel")
+    cfg = json.loads((src / "config.json").read_text())
+    m = resolve(str(src), tmp_path)
+    assert (m.layers, m.hidden, m.heads, m.intermediate, m.type_vocab) == (
+        cfg["n_layers"], cfg["dim"], cfg["n_heads"], cfg["hidden_dim"], 0)
+    d = tmp_path / "m"
+    shutil.copytree(src, d)
+    del cfg["n_heads"]
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(IBertTVMError, match="config.json: num_attention_heads is missing"):
+        resolve(str(d), tmp_path)
