@@ -44,6 +44,9 @@ def calibrate_ranges(
     ckpt = im.ckpt
     mod = FoldLayerNorm()(im.mod)
     points = find_quantization_points(mod)
+    if any(p.application for p in points):
+        raise IBertTVMError(f"{ckpt.architecture}: graph calibration of a shared layer (points applied more "
+                            "than once) is not offered: use quantization.calibrate (hooks see every application)")
     named = legacy_names(points)
     unknown = [p.name for p in points if p.calibrated and p not in named.values()]
     if unknown:

@@ -96,7 +96,7 @@ def import_model(model: HFCheckpoint | str | os.PathLike, *, max_batch: int = MA
     batch, seq = Dim("batch", min=1, max=max_batch), Dim("seq", min=1, max=ckpt.max_positions)
     example = _example_inputs(ckpt, inputs)
     t0 = time.perf_counter()
-    with _eager_attention(ckpt.model), torch.no_grad():
+    with _eager_attention(ckpt.model), _torch_gelu(ckpt.model), torch.no_grad():
         ep = torch.export.export(
             _first_output(ckpt.model), (), kwargs=example, dynamic_shapes={n: {0: batch, 1: seq} for n in inputs}
         )
@@ -149,6 +149,34 @@ def _eager_attention(model):
     finally:
         for k, c in configs.items():
             c._attn_implementation = saved[k]
+
+
+@contextlib.contextmanager
+def _torch_gelu(model):
+    """Export transformers' hand-written GELUs as torch's own ``gelu`` (restored after).
+
+    ``NewGELUActivation`` (``hidden_act="gelu_new"``: ALBERT, ELECTRA variants) computes
+    ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`` with ``pow``/``tanh``/``multiply``, and
+    ``gelu_python`` writes ``erf`` out: the graph would hold float ops no rule places. They are the
+    same functions as ``gelu(x, approximate="tanh")`` / ``gelu(x)``, which import as
+    ``nn.gelu_tanh`` / ``nn.gelu`` (both lowered to i-GELU)."""
+    import torch
+    from transformers import activations
+
+    forms = {activations.NewGELUActivation: "tanh"}
+    swapped = []
+    for m in model.modules():
+        approx = forms.get(type(m))
+        if approx is None and isinstance(m, activations.GELUActivation) and m.act is not torch.nn.functional.gelu:
+            approx = "none"  # gelu_python: erf written out
+        if approx is not None:
+            swapped.append(m)
+            m.forward = (lambda x, a=approx: torch.nn.functional.gelu(x, approximate=a))
+    try:
+        yield
+    finally:
+        for m in swapped:
+            del m.forward  # the instance attribute: the class's forward again
 
 
 def _example_inputs(ckpt: HFCheckpoint, inputs: tuple[str, ...]) -> dict:

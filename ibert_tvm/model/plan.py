@@ -161,9 +161,18 @@ class ModelPlan:
             arrays["embeddings.token_type_embeddings.weight"] = qm.tensor("embeddings.token_type")
         s_h = sc("embeddings.ln")
         self.emb_ln = ln("embeddings.LayerNorm", s_h)
+        # factorized embeddings (dims.embedding_size: ALBERT, ELECTRA): E-wide tables and LayerNorm, then
+        # one more int8 linear E -> H, requantized per channel to the first layer's input scale
+        self.project = None
+        if "embedding_size" in d:
+            n = "embeddings.project"
+            self.project = linear(n, Requantize(lin_in(n, s_h) * sc(n + ".weight") / sc(n), in_bits=32, out_bits=8))
+            s_h = sc(n)
+        # dims.shared_layers (ALBERT): one LayerPlan, its tensors under encoder.layer.0, applied n_layers times
+        self.shared_layers = bool(d.get("shared_layers"))
 
         self.layers: list[LayerPlan] = []
-        for i in range(self.n_layers):
+        for i in range(1 if self.shared_layers else self.n_layers):
             p, hp = f"layer{i}.", f"encoder.layer.{i}."
             s_q, s_k, s_v, s_ctx = sc(p + "q"), sc(p + "k"), sc(p + "v"), sc(p + "ctx")
 
@@ -191,6 +200,8 @@ class ModelPlan:
             s_h = sc(p + "ln2")
             ln2 = ln(hp + "output.LayerNorm", s_h)
             self.layers.append(LayerPlan(hp, q, k, v, softmax, ctx, attn_out, ln1, inter, gelu, out, ln2))
+        if self.shared_layers:  # the same plan (and tensors) at every application
+            self.layers = self.layers * self.n_layers
 
         # Pooling (mean, cls or max: same output convention) keeps FRAC_BITS extra bits of the int8
         # tokens with scale s_h (per channel); mean pooling sums them;

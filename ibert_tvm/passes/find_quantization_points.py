@@ -52,7 +52,12 @@ named by the linears on either side (``...intermediate.dense:out``, ``...output.
     ``logits``       a linear output the function returns                calibrated, wide
     ``act``          any other linear / attention-context output, int8   calibrated
 
-Invariant: point names are unique; the tensor of a point is float32 with its channels on the
+A module whose weights are applied more than once (ALBERT's one shared layer, run
+``num_hidden_layers`` times) names a tensor of each application alike: those points share their
+``name`` and are told apart by ``application`` (0, 1, .. in binding order), so that calibration
+gives every application of a shared module's point one scale (the range over all of them).
+
+Invariant: ``(name, application)`` pairs are unique; the tensor of a point is float32 with its channels on the
 last axis (``[batch, seq, C]``, ``[batch * seq, C]`` token rows, or ``[batch, C]`` per
 sequence; ``[batch, heads, seq, seq]`` for scores and probs). A float op on an activation that
 none of the rules above places (e.g. ``erf``, ``mean``, a ``tanh`` inside a hand-written GELU)
@@ -88,6 +93,7 @@ class QuantizationPoint:
     kind: str
     var: relax.Var
     aliases: tuple[str, ...]
+    application: int = 0  # the k-th tensor named ``name``: k-th application of a shared module
 
     @property
     def calibrated(self) -> bool:
@@ -253,12 +259,28 @@ class _Graph(PyExprVisitor):
             if not named:
                 raise IBertTVMError(f"FindQuantizationPoints: {t.name} has no weighted neighbour to name it by")
             kind = self._kind(t, r)
-            points.append(QuantizationPoint(named[0][1], kind, named[0][2], tuple(n for _, n, _ in named)))
-        names = [p.name for p in points]
-        dup = {n for n in names if names.count(n) > 1}
-        if dup:
-            raise IBertTVMError(f"FindQuantizationPoints: names not unique: {sorted(dup)}")
+            name = named[0][1]
+            app = sum(p.name == name for p in points)  # earlier tensors of that name: shared weights
+            if app and not self._shared(name):
+                raise IBertTVMError(f"FindQuantizationPoints: names not unique: {name} names two tensors, "
+                                    "and no weight of it is read more than once")
+            points.append(QuantizationPoint(name, kind, named[0][2], tuple(n for _, n, _ in named), app))
         return points
+
+    def _shared(self, name: str) -> bool:
+        """Whether the module ``name`` names (``<module>:<role>``) has a weight read by more than one
+        binding (one layer applied several times)."""
+        module = name.rpartition(":")[0]
+        if module.endswith(".self"):  # an attention scope: its query/key/value
+            module = module.rpartition(".")[0]
+        if "_reads" not in self.__dict__:
+            reads: dict = {}
+            for var in self.order:
+                for v in vars_read(self.value[var]):
+                    if v in self.weights:
+                        reads[self.weights[v]] = reads.get(self.weights[v], 0) + 1
+            self.__dict__["_reads"] = reads
+        return any(n > 1 for w, n in self.__dict__["_reads"].items() if w.startswith(module + "."))
 
     def _kind(self, t, r) -> str:
         cons, prod = r["cons"], r["prod"]

@@ -35,7 +35,9 @@ float op on activations                          integer lowering (``te()`` of t
 ``add(linear acc, skip)``                        the linear's ``ResidualAdd`` (int32, 24-bit)
 ``nn.layer_norm``                                ``IntLayerNorm`` (per-channel output scales
                                                  already folded into the next weight by the plan)
-``nn.gelu``                                      ``IntGELU.te_q`` (fused requantization)
+``nn.gelu``, ``nn.gelu_tanh``                    ``IntGELU.te_q`` (fused requantization; the tanh
+                                                 form differs from erf's by < 5e-4, i-GELU's own
+                                                 error is 0.018)
 ``tanh``                                         ``IntTanh``
 ``nn.relu`` (DistilBERT's classifier)            ``IntReLU`` after the dense's requantization to
                                                  the ReLU output's scale
@@ -53,7 +55,10 @@ returned ``[batch, seq, H]`` hidden state         the plan's pooling (``op.pooli
 ==============================================  ================================================
 
 Plans are found by the HF module path of the weights, below the base-model prefix
-(``bert.``/``roberta.``): ``embeddings.*``, ``encoder.layer.<i>.*``; the classification head's
+(``bert.``/``roberta.``): ``embeddings.*`` (with ``embeddings.project``, the E -> H linear of
+factorized embeddings), ``encoder.layer.<i>.*``. A shared layer (ALBERT) is one set of weights
+read at every application: each application finds the same plan and the same integer parameters,
+so ``main`` holds one copy of them; the classification head's
 two linears by their role (the one feeding ``tanh`` is ``head.dense``, the one returned is
 ``head.out``). :func:`_plan_index` is that table.
 
@@ -310,7 +315,11 @@ class _Lowering:
                           f"integer activation ({why})")
 
     def _arg(self, value, i: int, var, why: str) -> _Int:
-        return self._int(self.low[value.args[i]], var, why)
+        x = value.args[i]
+        low = self._int(self.low[x], var, why)
+        if isinstance(self.low[x], _Acc):  # requantized once for all its readers (a projection feeds q, k, v)
+            self.low[x] = low
+        return low
 
     # -- outputs --------------------------------------------------------------------------------
     def _output(self, out):
@@ -532,6 +541,7 @@ _RULES = {
     "relax.nn.softmax": _Lowering._softmax,
     "relax.nn.layer_norm": _Lowering._layer_norm,
     "relax.nn.gelu": _Lowering._gelu,
+    "relax.nn.gelu_tanh": _Lowering._gelu,  # gelu_new (ALBERT): i-GELU approximates both forms
     "relax.tanh": _Lowering._tanh,
     "relax.nn.relu": _Lowering._relu,
     "relax.take": _Lowering._take,

@@ -124,12 +124,20 @@ class QuantizedModel:
         return f"{self.source['model_hash'][:12]}-{self.config.name}"
 
     # -- validation -----------------------------------------------------------------------
+    @property
+    def stored_layers(self) -> int:
+        """Layers with their own tensors and scales: 1 when one layer is applied ``dims.layers`` times
+        (``dims.shared_layers``, ALBERT), else ``dims.layers``."""
+        return 1 if self.dims.get("shared_layers") else self.dims["layers"]
+
     def linear_shapes(self) -> dict[str, tuple[int, int]]:
         """Linear prefix -> weight shape ``(out, in)`` the dims call for (encoder, and head)."""
         d = self.dims
         H, I = d["hidden"], d["intermediate"]
         out = {}
-        for i in range(d["layers"]):
+        if "embedding_size" in d:  # factorized embeddings: E -> H after the embedding LayerNorm
+            out["embeddings.project"] = (H, d["embedding_size"])
+        for i in range(self.stored_layers):
             hp = f"encoder.layer.{i}."
             for n in ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense"):
                 out[hp + n] = (H, H)
@@ -146,14 +154,15 @@ class QuantizedModel:
         """Tensor name -> (dtype, shape) of every tensor the dims call for (nothing else is allowed)."""
         d = self.dims
         H = d["hidden"]
+        E = d.get("embedding_size", H)
         out = {
-            "embeddings.word": ("int8", (d["vocab"], H)),
-            "embeddings.position": ("int8", (d["max_positions"], H)),
+            "embeddings.word": ("int8", (d["vocab"], E)),
+            "embeddings.position": ("int8", (d["max_positions"], E)),
         }
         if d["type_vocab"] > 0:
-            out["embeddings.token_type"] = ("int8", (d["type_vocab"], H))
-        norms = ["embeddings.LayerNorm"] + [f"encoder.layer.{i}.{n}.LayerNorm" for i in range(d["layers"])
-                                            for n in ("attention.output", "output")]
+            out["embeddings.token_type"] = ("int8", (d["type_vocab"], E))
+        out["embeddings.LayerNorm.gamma"] = out["embeddings.LayerNorm.beta"] = ("float32", (E,))
+        norms = [f"encoder.layer.{i}.{n}.LayerNorm" for i in range(self.stored_layers) for n in ("attention.output", "output")]
         for n in norms:
             out[n + ".gamma"] = out[n + ".beta"] = ("float32", (H,))
         for prefix, (rows, cols) in self.linear_shapes().items():
@@ -168,8 +177,10 @@ class QuantizedModel:
         pc = self.config.per_channel_acts
         tables = ("word", "position", "token_type", "sum") if d["type_vocab"] > 0 else ("word", "position", "sum")
         out: dict[str, int | None] = {f"embeddings.{n}": None for n in tables}
-        out["embeddings.ln"] = H if pc else None
-        for i in range(d["layers"]):
+        out["embeddings.ln"] = d.get("embedding_size", H) if pc else None
+        if "embedding_size" in d:
+            out["embeddings.project"] = H if pc else None
+        for i in range(self.stored_layers):
             p = f"layer{i}."
             out.update({p + n: None for n in ("q", "k", "v", "ctx", "res1", "inter", "res2")})
             out.update({p + "ln1": H if pc else None, p + "gelu": I if pc else None, p + "ln2": H if pc else None})
@@ -188,7 +199,9 @@ class QuantizedModel:
     def _dims_seen_in_tensors(self) -> dict[str, tuple[int, str]]:
         """Dim -> (its value in the tensors, which tensor says so), for the dims tensors fix."""
         seen = {}
-        for dim, tensor, axis in (("vocab", "embeddings.word", 0), ("hidden", "embeddings.word", 1),
+        width = "embedding_size" if "embedding_size" in self.dims else "hidden"  # of the embedding tables
+        factorized = (("hidden", "embeddings.project.weight", 0),) if width != "hidden" else ()
+        for dim, tensor, axis in (("vocab", "embeddings.word", 0), (width, "embeddings.word", 1), *factorized,
                                   ("max_positions", "embeddings.position", 0),
                                   ("type_vocab", "embeddings.token_type", 0),
                                   ("intermediate", "encoder.layer.0.intermediate.dense.weight", 0),
@@ -197,7 +210,10 @@ class QuantizedModel:
             if t is not None and t.ndim > axis:
                 seen[dim] = (int(t.shape[axis]), f"{tensor} dimension {axis}")
         layers = {k.split(".")[2] for k in self.tensors if k.startswith("encoder.layer.")}
-        seen["layers"] = (len(layers), "encoder.layer.* tensors")
+        if not self.dims.get("shared_layers"):
+            seen["layers"] = (len(layers), "encoder.layer.* tensors")
+        elif len(layers) != 1:
+            seen["shared_layers"] = (len(layers), "encoder.layer.* tensors: one shared layer expected")
         return seen
 
     def validate(self, meta_file: str = META, tensors_file: str = TENSORS) -> None:
@@ -216,9 +232,15 @@ class QuantizedModel:
             v = d.get(name)
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise IBertTVMError(f"{meta_file}: dims.{name} must be an integer >= {lo}, got {v!r}")
-        unknown = sorted(set(d) - set(DIMS) - {"family", "head", "pooling", "normalize", "head_act"})
+        unknown = sorted(set(d) - set(DIMS) - {"family", "head", "pooling", "normalize", "head_act", "embedding_size",
+                                               "shared_layers"})
         if unknown:
             raise IBertTVMError(f"{meta_file}: unknown dims {', '.join(unknown)}")
+        e = d.get("embedding_size", 1)
+        if isinstance(e, bool) or not isinstance(e, int) or e < 1:
+            raise IBertTVMError(f"{meta_file}: dims.embedding_size must be an integer >= 1, got {e!r}")
+        if d.get("shared_layers", True) is not True:
+            raise IBertTVMError(f"{meta_file}: dims.shared_layers must be true when present, got {d['shared_layers']!r}")
         if "pooling" in d and (d["head"] != "embedding" or d["pooling"] not in POOLING_MODES):
             raise IBertTVMError(f"{meta_file}: dims.pooling is {d['pooling']!r}; an embedding head pools with one of "
                                 f"{', '.join(POOLING_MODES)}")
@@ -272,6 +294,10 @@ class QuantizedModel:
         extra = sorted(set(self.scales) - set(want_s))
         if extra:
             raise IBertTVMError(f"{meta_file}: unknown scales {', '.join(f'scales.{n}' for n in extra[:10])}")
+        if d.get("shared_layers") and "embedding_size" in d and self.scales["embeddings.project"] != self.scales["layer0.ln2"]:
+            # the shared layer's input: the projection (application 0) and its own output (the rest)
+            raise IBertTVMError(f"{meta_file}: scales.embeddings.project differs from scales.layer0.ln2: the shared "
+                                "layer's weights fold one input scale for every application")
 
     # -- I/O ------------------------------------------------------------------------------
     def save(self, out_dir: str | os.PathLike) -> Path:

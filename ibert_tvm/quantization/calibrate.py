@@ -87,7 +87,7 @@ def head_modules(ckpt: HFCheckpoint):
     if hasattr(m, "pre_classifier"):  # DistilBERT: pre_classifier -> ReLU -> classifier
         return m.pre_classifier, m.classifier
     if ckpt.family == "bert" and not hasattr(m.classifier, "out_proj"):  # BERT's pooler (ELECTRA has RoBERTa's head)
-        return ckpt.base.pooler.dense, m.classifier
+        return ckpt.module("pooler.dense"), m.classifier  # by BERT's name (ALBERT's pooler is one Linear)
     return m.classifier.dense, m.classifier.out_proj
 
 
@@ -259,7 +259,15 @@ def build_quantized(ckpt: HFCheckpoint, obs: dict[str, RangeObserver], config: Q
     layernorm("embeddings.LayerNorm", mod("embeddings.LayerNorm"))
     s_h = act_pc("embeddings.ln")
     num_layers = int(cfg.num_hidden_layers)
-    for i in range(num_layers):
+    shared = ckpt.shared_layers  # ALBERT: one layer applied num_layers times (its hooks saw every application)
+    project = _has_module(ckpt, "embeddings.project")  # factorized embeddings: E -> H after the LayerNorm
+    if project:
+        if shared:  # the shared layer's input is the projection (application 0) or its own ln2 (the rest):
+            # one scale for both, so that every application folds the same scale into the same weights
+            obs["embeddings.project"] = obs["layer0.ln2"] = _merged(obs["embeddings.project"], obs["layer0.ln2"])
+        linear("embeddings.project", mod("embeddings.project"), s_h)
+        s_h = act_pc("embeddings.project")
+    for i in range(1 if shared else num_layers):
         p, hp = f"layer{i}.", f"encoder.layer.{i}."
         wq = dict(bits=config.bits_for_layer(i, num_layers), groups=config.weight_groups)
         for n in ("q", "k", "v"):
@@ -303,6 +311,12 @@ def build_quantized(ckpt: HFCheckpoint, obs: dict[str, RangeObserver], config: Q
         linear("head.out", head_modules(ckpt)[1], s_h)  # per-token: s_h per channel, folded into W
         wide("head.logits", config.logits_bits, 2.0)
         labels = ckpt.labels
+    if project:
+        dims_extra = dict(embedding_size=int(tensors["embeddings.word"].shape[1]))
+    else:
+        dims_extra = {}
+    if shared:
+        dims_extra.update(shared_layers=True)
     dims = dict(
         family=ckpt.family,
         head=ckpt.head,
@@ -317,6 +331,7 @@ def build_quantized(ckpt: HFCheckpoint, obs: dict[str, RangeObserver], config: Q
         pad_id=int(ckpt.pad_token_id),
         num_labels=len(labels),
     )
+    dims.update(dims_extra)
     if ckpt.head == "embedding":  # the model dir's sentence-transformers Pooling / Normalize
         dims.update(pooling=ckpt.pooling, normalize=bool(ckpt.normalize))
     if head_act not in (None, "tanh"):  # absent = tanh (artifacts from before other heads)
@@ -324,6 +339,13 @@ def build_quantized(ckpt: HFCheckpoint, obs: dict[str, RangeObserver], config: Q
     source = dict(path=str(ckpt.path), architecture=ckpt.architecture, model_hash=ckpt.model_hash)
     return QuantizedModel(config, dims, scales, tensors, source, load_tokenizer_json(ckpt.path), labels,
                           weight_bits_map=packed)
+
+
+def _merged(a: RangeObserver, b: RangeObserver) -> RangeObserver:
+    """One observer holding what ``a`` and ``b`` saw (max |x|, per channel, and their samples)."""
+    m = RangeObserver(a.keep_samples or b.keep_samples, max(a.absmax, b.absmax),
+                      np.maximum(a.channel_absmax, b.channel_absmax), [*a.samples, *b.samples], a.count + b.count)
+    return m
 
 
 def _has_module(ckpt: HFCheckpoint, path: str) -> bool:
@@ -342,6 +364,9 @@ def check_weight_config(ckpt: HFCheckpoint, config: QuantConfig) -> None:
     if config.layer_weight_bits and len(config.layer_weight_bits) != layers:
         raise IBertTVMError(f"layer_weight_bits has {len(config.layer_weight_bits)} entries, the model has {layers} "
                             "encoder layers")
+    if ckpt.shared_layers and len(set(config.layer_weight_bits or ())) > 1:
+        raise IBertTVMError(f"layer_weight_bits {list(config.layer_weight_bits)}: {ckpt.architecture} applies one "
+                            "layer's weights in every layer, so they have one bit width")
     g = config.weight_groups
     inter = int(getattr(cfg, "intermediate_size", None) or cfg.hidden_dim)  # DistilBertConfig: hidden_dim
     for rows, what in ((int(cfg.hidden_size), "hidden"), (inter, "intermediate")):
