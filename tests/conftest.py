@@ -42,6 +42,9 @@ def make_tiny_model(path: Path, arch: str = "BertModel", *, seed: int = 0, num_l
                   label2id={f"class{i}": i for i in range(num_labels)})
     if prefix == "Electra":
         kw.update(embedding_size=TINY["hidden_size"])
+    if arch.startswith("Albert"):  # factorized embeddings (E = 16 < H), one layer shared by all 3 layers, gelu_new
+        cfg_cls = transformers.AlbertConfig
+        kw.update(embedding_size=16, num_hidden_layers=3, classifier_dropout_prob=0.0)
     if arch.startswith("DistilBert"):  # its own config names, no token types
         cfg_cls = transformers.DistilBertConfig
         kw = dict(dim=TINY["hidden_size"], n_layers=TINY["num_hidden_layers"], n_heads=TINY["num_attention_heads"],
