@@ -8,6 +8,7 @@
       -> passes.LowerToInteger(plan)    every float op on an activation -> an op plan's te()
       -> passes.CanonicalizeViews       the lowering's own view chains merged
       -> passes.EliminateFloat          the dead mask arithmetic dropped; live float refused
+      -> passes.OutlineSharedLayer      shared layers (ALBERT) only: one layer function called L times
     -> (IRModule, param names, arrays)  ready for passes.pipeline.build (which runs
                                         VerifyIntegerOnly after TVM's lowering)
 
@@ -44,6 +45,11 @@ def lowering_passes(plan, strategy: LinearStrategy = GENERIC, *, dump_dir: str |
     passes = [("0_import", None), ("1_fold_layer_norm", FoldLayerNorm()), ("2_canonicalize_views", CanonicalizeViews()),
               ("3_lower_to_integer", LowerToInteger(plan, strategy)), ("4_canonicalize_views", CanonicalizeViews()),
               ("5_eliminate_float", EliminateFloat())]
+    if getattr(plan, "shared_layers", False) and plan.n_layers > 1:  # ALBERT: one layer function, called L times
+        from ..passes.outline_shared_layer import OutlineSharedLayer
+
+        end = plan.layers[0].prefix + "output.LayerNorm.g"  # read by the last binding of each application
+        passes.append(("6_outline_shared_layer", OutlineSharedLayer(end, plan.n_layers)))
     seq = []
     for name, p in passes:
         if p is not None:

@@ -54,8 +54,12 @@ def test_albert_compiles_float_free(arch, built):
 @pytest.mark.parametrize("arch", CASES)
 def test_albert_artifacts_hold_one_copy_of_the_shared_layer(arch, built):
     """q/ and out/params.npz hold encoder.layer.0 only, and the compiled forward reads each of its
-    integer tensors at all 3 applications (fails if per-application copies come back)."""
+    integer tensors at all 3 applications, through one layer function called 3 times (fails if
+    per-application copies or an unrolled forward come back)."""
     from collections import Counter
+
+    import tvm
+    from tvm import relax
 
     from ibert_tvm.frontend.lower import integer_module
     from ibert_tvm.model.plan import ModelPlan
@@ -84,6 +88,13 @@ def test_albert_artifacts_hold_one_copy_of_the_shared_layer(arch, built):
                    if v in params)
     for name in names:
         assert uses[name] == (3 if name.startswith("encoder.layer.") else 1), (name, uses[name])
+    # ... through one Relax function of the layer (passes/outline_shared_layer.py), called 3 times
+    calls = [b.value.op.name_hint for blk in fwd.body.blocks for b in blk.bindings
+             if isinstance(b.value, relax.Call) and isinstance(b.value.op, tvm.ir.GlobalVar)]
+    assert calls == ["shared_layer"] * 3
+    assert [gv.name_hint for gv, f in mod.functions_items() if isinstance(f, relax.Function)] in (
+        ["forward", "shared_layer"], ["shared_layer", "forward"])
+    assert manifest["verify"]["module"]["ops"]["relax_function"] == 2
 
 
 @pytest.mark.parametrize("arch", CASES)
@@ -257,3 +268,30 @@ def test_qat_and_sensitivity_refuse_albert(built):
             QATModel(ckpt, qm)
         with pytest.raises(IBertTVMError, match=f"config.json: architectures {arch}: this tool walks BERT's"):
             ckpt.base
+
+
+def test_outline_shared_layer_refuses_what_it_cannot_cut(built):
+    """OutlineSharedLayer outlines only L consecutive applications of one length, else an error
+    naming why (the unrolled forward stays correct; a wrong cut would not)."""
+    from ibert_tvm.errors import IBertTVMError
+    from ibert_tvm.frontend.importer import import_model
+    from ibert_tvm.model.plan import ModelPlan
+    from ibert_tvm.passes.canonicalize_views import CanonicalizeViews
+    from ibert_tvm.passes.eliminate_float import EliminateFloat
+    from ibert_tvm.passes.fold_layer_norm import FoldLayerNorm
+    from ibert_tvm.passes.lower_to_integer import LowerToInteger
+    from ibert_tvm.passes.outline_shared_layer import OutlineSharedLayer
+
+    ckpt, qm, _, _ = built["AlbertModel"]
+    plan = ModelPlan(qm)
+    mod = import_model(ckpt).mod
+    for p in (FoldLayerNorm(), CanonicalizeViews(), LowerToInteger(plan), CanonicalizeViews(), EliminateFloat()):
+        mod = p(mod)
+    end = "encoder.layer.0.output.LayerNorm.g"
+    with pytest.raises(IBertTVMError, match=r"3 bindings read encoder.layer.0.output.LayerNorm.g, expected one per "
+                                            r"application \(4\)"):
+        OutlineSharedLayer(end, 4)(mod)
+    with pytest.raises(IBertTVMError, match="not consecutive runs of one length"):
+        OutlineSharedLayer("encoder.layer.0.attention.self.query.weight", 3)(mod)  # not the last binding of each
+    out = OutlineSharedLayer(end, 3)(mod)
+    assert "shared_layer" in [gv.name_hint for gv, _ in out.functions_items()]
