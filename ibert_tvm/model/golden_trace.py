@@ -11,6 +11,8 @@ node                        dtype, shape               integer units (scale)
 ==========================  =========================  ==================================
 ``embeddings.sum``          int32 [B, S, H]            ``S_embeddings.sum`` (residual_bits)
 ``embeddings.ln``           int8  [B, S, H]            ``S_embeddings.ln`` (per channel)
+``embeddings.project``      int8  [B, S, H]            ``S_embeddings.project`` (factorized
+                                                       embeddings: ``embeddings.*`` above are E-wide)
 ``layer{i}.q`` / k / v      int8  [B, S, H]            ``S_layer{i}.q`` / k / v
 ``layer{i}.p``              uint8 [B, heads, S, S]     2^-8 (i-softmax output)
 ``layer{i}.ctx``            int8  [B, S, H]            ``S_layer{i}.ctx``
