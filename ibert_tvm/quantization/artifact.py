@@ -239,8 +239,10 @@ class QuantizedModel:
         e = d.get("embedding_size", 1)
         if isinstance(e, bool) or not isinstance(e, int) or e < 1:
             raise IBertTVMError(f"{meta_file}: dims.embedding_size must be an integer >= 1, got {e!r}")
-        if d.get("shared_layers", True) is not True:
-            raise IBertTVMError(f"{meta_file}: dims.shared_layers must be true when present, got {d['shared_layers']!r}")
+        if d.get("shared_layers", True) is not True or ("shared_layers" in d and "embedding_size" not in d):
+            raise IBertTVMError(f"{meta_file}: dims.shared_layers must be true when present, and with "
+                                f"dims.embedding_size (the shared layer's first input is the projection), "
+                                f"got {d.get('shared_layers')!r}")
         if "pooling" in d and (d["head"] != "embedding" or d["pooling"] not in POOLING_MODES):
             raise IBertTVMError(f"{meta_file}: dims.pooling is {d['pooling']!r}; an embedding head pools with one of "
                                 f"{', '.join(POOLING_MODES)}")
@@ -294,7 +296,7 @@ class QuantizedModel:
         extra = sorted(set(self.scales) - set(want_s))
         if extra:
             raise IBertTVMError(f"{meta_file}: unknown scales {', '.join(f'scales.{n}' for n in extra[:10])}")
-        if d.get("shared_layers") and "embedding_size" in d and self.scales["embeddings.project"] != self.scales["layer0.ln2"]:
+        if d.get("shared_layers") and self.scales["embeddings.project"] != self.scales["layer0.ln2"]:
             # the shared layer's input: the projection (application 0) and its own output (the rest)
             raise IBertTVMError(f"{meta_file}: scales.embeddings.project differs from scales.layer0.ln2: the shared "
                                 "layer's weights fold one input scale for every application")

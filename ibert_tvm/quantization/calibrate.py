@@ -261,6 +261,8 @@ def build_quantized(ckpt: HFCheckpoint, obs: dict[str, RangeObserver], config: Q
     num_layers = int(cfg.num_hidden_layers)
     shared = ckpt.shared_layers  # ALBERT: one layer applied num_layers times (its hooks saw every application)
     project = _has_module(ckpt, "embeddings.project")  # factorized embeddings: E -> H after the LayerNorm
+    if shared and not project:  # the first application's input would have the embedding LayerNorm's scale
+        raise IBertTVMError(f"{ckpt.architecture}: a shared layer is lowered only after an embedding projection")
     if project:
         if shared:  # the shared layer's input is the projection (application 0) or its own ln2 (the rest):
             # one scale for both, so that every application folds the same scale into the same weights
@@ -311,12 +313,6 @@ def build_quantized(ckpt: HFCheckpoint, obs: dict[str, RangeObserver], config: Q
         linear("head.out", head_modules(ckpt)[1], s_h)  # per-token: s_h per channel, folded into W
         wide("head.logits", config.logits_bits, 2.0)
         labels = ckpt.labels
-    if project:
-        dims_extra = dict(embedding_size=int(tensors["embeddings.word"].shape[1]))
-    else:
-        dims_extra = {}
-    if shared:
-        dims_extra.update(shared_layers=True)
     dims = dict(
         family=ckpt.family,
         head=ckpt.head,
@@ -331,7 +327,10 @@ def build_quantized(ckpt: HFCheckpoint, obs: dict[str, RangeObserver], config: Q
         pad_id=int(ckpt.pad_token_id),
         num_labels=len(labels),
     )
-    dims.update(dims_extra)
+    if project:  # the embedding tables' width E (the encoder's is hidden)
+        dims.update(embedding_size=int(tensors["embeddings.word"].shape[1]))
+    if shared:
+        dims.update(shared_layers=True)
     if ckpt.head == "embedding":  # the model dir's sentence-transformers Pooling / Normalize
         dims.update(pooling=ckpt.pooling, normalize=bool(ckpt.normalize))
     if head_act not in (None, "tanh"):  # absent = tanh (artifacts from before other heads)
@@ -343,9 +342,8 @@ def build_quantized(ckpt: HFCheckpoint, obs: dict[str, RangeObserver], config: Q
 
 def _merged(a: RangeObserver, b: RangeObserver) -> RangeObserver:
     """One observer holding what ``a`` and ``b`` saw (max |x|, per channel, and their samples)."""
-    m = RangeObserver(a.keep_samples or b.keep_samples, max(a.absmax, b.absmax),
-                      np.maximum(a.channel_absmax, b.channel_absmax), [*a.samples, *b.samples], a.count + b.count)
-    return m
+    return RangeObserver(a.keep_samples or b.keep_samples, max(a.absmax, b.absmax),
+                         np.maximum(a.channel_absmax, b.channel_absmax), [*a.samples, *b.samples], a.count + b.count)
 
 
 def _has_module(ckpt: HFCheckpoint, path: str) -> bool:
