@@ -77,3 +77,16 @@ def test_known_unsupported_architecture_is_refused_with_the_reason(arch, why, tm
     with pytest.raises(IBertTVMError) as e:
         load_checkpoint(tmp_path)
     assert f"config.json: architectures {arch}: " in str(e.value) and why in str(e.value)
+
+
+def test_only_a_factorized_electra_is_refused_by_the_tools_that_walk_bert_attributes(tiny_factory):
+    """The ELECTRA name map renames embeddings_project only: QAT / sensitivity (``ckpt.base``) keep a
+    hidden-sized ELECTRA and refuse a factorized one (they would miss its projection)."""
+    from ibert_tvm.model.hf_loader import load_checkpoint
+
+    plain = load_checkpoint(tiny_factory("ElectraModel"))
+    assert not plain.renamed and plain.base is plain.model
+    factorized = load_checkpoint(tiny_factory("ElectraModel", embedding_size=16))
+    assert factorized.renamed and factorized.canonical("embeddings_project") == "embeddings.project"
+    with pytest.raises(IBertTVMError, match="config.json: architectures ElectraModel: this tool walks BERT's"):
+        factorized.base
