@@ -266,7 +266,7 @@ class QuantizedModel:
             if t.dtype.kind == "f" and not np.isfinite(t).all():
                 raise IBertTVMError(f"{tensors_file}: tensor {name} is not finite (NaN or inf)")
         bucket = self.tensors.get("encoder.relative_attention_bucket")
-        if bucket is not None and bucket.size and (int(bucket.min()) < 0 or int(bucket.max()) >= rb):
+        if rb and bucket is not None and bucket.size and (int(bucket.min()) < 0 or int(bucket.max()) >= rb):
             raise IBertTVMError(f"{tensors_file}: tensor encoder.relative_attention_bucket has values outside "
                                 f"[0, {rb}) (dims.rel_buckets in {meta_file})")
         extra = sorted(set(self.tensors) - set(want))
