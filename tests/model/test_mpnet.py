@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import random_batch
 
 CASES = ("MPNetModel", "MPNetForSequenceClassification")
@@ -71,7 +70,7 @@ def _cosines(a, b):
 def test_mpnet_compiles_float_free_without_token_types(arch, built):
     from ibert_tvm.quantization.artifact import QuantizedModel
 
-    ckpt, qm, d, manifest = built[arch]
+    _, qm, d, manifest = built[arch]
     assert manifest["verify"]["module"]["float_ops"] == 0 and manifest["verify"]["code"]["float_ops"] == 0
     assert manifest["inputs"] == ["input_ids", "attention_mask", "position_ids"]
     assert manifest["type_vocab"] == 0 and qm.dims["type_vocab"] == 0
@@ -212,7 +211,7 @@ def test_qat_and_sensitivity_refuse_mpnet(built):
         with pytest.raises(IBertTVMError, match=f"{arch} is compiled from calibration"):
             QATModel(ckpt, qm)
         with pytest.raises(IBertTVMError, match=f"config.json: architectures {arch}: this tool walks BERT's"):
-            ckpt.base
+            _ = ckpt.base
 
 
 def _sentence_transformers_dir(tiny_factory, tmp_path) -> Path:
