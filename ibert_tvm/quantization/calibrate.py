@@ -278,6 +278,9 @@ def build_quantized(ckpt: HFCheckpoint, obs: dict[str, RangeObserver], config: Q
         wide(p + "res2", config.residual_bits, config.residual_headroom)
         layernorm(hp + "output.LayerNorm", mod(hp + "output.LayerNorm"))
         s_h = act_pc(p + "ln2")
+    rel = relative_position_bias(ckpt)
+    if rel is not None:  # MPNet: one float table for every layer, quantized per layer by the plan
+        tensors["encoder.relative_attention_bias"], tensors["encoder.relative_attention_bucket"] = rel
     labels: list[str] = []
     head_act = None
     if ckpt.head == "classifier":
@@ -317,6 +320,8 @@ def build_quantized(ckpt: HFCheckpoint, obs: dict[str, RangeObserver], config: Q
         pad_id=int(ckpt.pad_token_id),
         num_labels=len(labels),
     )
+    if rel is not None:
+        dims.update(rel_buckets=int(rel[0].shape[0]))
     if ckpt.head == "embedding":  # the model dir's sentence-transformers Pooling / Normalize
         dims.update(pooling=ckpt.pooling, normalize=bool(ckpt.normalize))
     if head_act not in (None, "tanh"):  # absent = tanh (artifacts from before other heads)
@@ -324,6 +329,42 @@ def build_quantized(ckpt: HFCheckpoint, obs: dict[str, RangeObserver], config: Q
     source = dict(path=str(ckpt.path), architecture=ckpt.architecture, model_hash=ckpt.model_hash)
     return QuantizedModel(config, dims, scales, tensors, source, load_tokenizer_json(ckpt.path), labels,
                           weight_bits_map=packed)
+
+
+def relative_position_bias(ckpt: HFCheckpoint) -> tuple[np.ndarray, np.ndarray] | None:
+    """MPNet's relative position bias: ``(W, bucket)``, or None for a model without one.
+
+    ``W`` is ``encoder.relative_attention_bias.weight`` (float32 ``[num_buckets, heads]``);
+    ``bucket`` (int32 ``[2L - 1]``, ``L`` = the longest sequence) the bucket HF's own
+    ``compute_position_bias`` gives relative position ``r = j - i``, at ``r + L - 1``: read from the
+    embedding's input while it runs (its float ``log``/``divide`` run here, in torch, once), and
+    checked to depend on ``j - i`` only. The compiled model gathers these integers
+    (``op/rel_pos_bias.py``)."""
+    import torch
+
+    if not _has_module(ckpt, "encoder.relative_attention_bias"):
+        return None
+    emb, enc = ckpt.module("encoder.relative_attention_bias"), ckpt.module("encoder")
+    L = int(ckpt.max_positions)
+    seen = []
+    handle = emb.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach().clone()))
+    try:
+        with torch.no_grad():
+            enc.compute_position_bias(torch.zeros(1, L, 1))
+    finally:
+        handle.remove()
+    if len(seen) != 1 or tuple(seen[0].shape) != (L, L):
+        raise IBertTVMError(f"{ckpt.architecture}: compute_position_bias did not look up one [{L}, {L}] bucket matrix")
+    full = seen[0].numpy().astype(np.int64)
+    bucket = np.concatenate([full[::-1, 0], full[0, 1:]])  # r = -(L-1) .. L-1
+    pos = np.arange(L)
+    if not np.array_equal(full, bucket[pos[None, :] - pos[:, None] + L - 1]):
+        raise IBertTVMError(f"{ckpt.architecture}: the relative position buckets depend on more than j - i")
+    w = emb.weight.detach().float().numpy().astype(np.float32)
+    if bucket.min() < 0 or bucket.max() >= w.shape[0]:
+        raise IBertTVMError(f"{ckpt.architecture}: relative position buckets reach {bucket.max()}, the bias table "
+                            f"has {w.shape[0]} rows")
+    return w, bucket.astype(np.int32)
 
 
 def _has_module(ckpt: HFCheckpoint, path: str) -> bool:
