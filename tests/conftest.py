@@ -29,7 +29,7 @@ def make_tiny_model(path: Path, arch: str = "BertModel", *, seed: int = 0, num_l
     from ibert_tvm.model.hf_loader import default_model_dir
 
     torch.manual_seed(seed)
-    roberta = arch.startswith(("Roberta", "IBert", "XLMRoberta", "Camembert"))
+    roberta = arch.startswith(("Roberta", "IBert", "XLMRoberta", "Camembert", "MPNet"))
     prefix = next((p for p in ("IBert", "XLMRoberta", "Camembert", "Roberta", "Electra") if arch.startswith(p)), "Bert")
     cfg_cls = getattr(transformers, f"{prefix}Config")
     kw = dict(TINY, vocab_size=30522, initializer_range=0.08, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
@@ -45,6 +45,9 @@ def make_tiny_model(path: Path, arch: str = "BertModel", *, seed: int = 0, num_l
     if arch.startswith("Albert"):  # factorized embeddings (E = 16 < H), one layer shared by all 3 layers, gelu_new
         cfg_cls = transformers.AlbertConfig
         kw.update(embedding_size=16, num_hidden_layers=3, classifier_dropout_prob=0.0)
+    if arch.startswith("MPNet"):  # RoBERTa's pad id and positions, no token types, 32 position buckets
+        cfg_cls = transformers.MPNetConfig
+        kw = {k: v for k, v in kw.items() if k != "type_vocab_size"}
     if arch.startswith("DistilBert"):  # its own config names, no token types
         cfg_cls = transformers.DistilBertConfig
         kw = dict(dim=TINY["hidden_size"], n_layers=TINY["num_hidden_layers"], n_heads=TINY["num_attention_heads"],

@@ -282,3 +282,21 @@ def test_loaded_counts_other_processes_not_the_bench_itself():
     del r["models"]["m"]["load_during"]
     r["load_average"]["start"] = [1.5, 1.0, 0.8]  # busy before the bench began
     assert rep.loaded(r)
+
+
+def test_wait_policy_auto_follows_the_load(monkeypatch):
+    """auto -> passive on a loaded machine (1-min load over half the cores), else spin; a bad name is refused."""
+    import os
+
+    from ibert_tvm.benchmarks import machine
+
+    cores = os.cpu_count() or 1
+    monkeypatch.setattr(machine, "load_average", lambda: [0.5 * cores + 0.01, 0.0, 0.0])
+    assert machine.resolve_wait_policy("auto") == "passive"
+    monkeypatch.setattr(machine, "load_average", lambda: [0.5 * cores, 0.0, 0.0])
+    assert machine.resolve_wait_policy("auto") == "spin"
+    monkeypatch.setattr(machine, "load_average", lambda: None)
+    assert machine.resolve_wait_policy("auto") == "spin"
+    assert machine.resolve_wait_policy("passive") == "passive"
+    with pytest.raises(IBertTVMError, match="wait policy 'sleepy'"):
+        machine.resolve_wait_policy("sleepy")

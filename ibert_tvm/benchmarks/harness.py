@@ -36,6 +36,7 @@ from pathlib import Path
 
 from ..errors import IBertTVMError
 from .engines import DEFAULT_ENGINES, ENGINES, thread_env
+from .machine import WAIT_POLICIES, resolve_wait_policy
 
 DEFAULT_SHAPES = ((1, 32), (8, 32), (1, 128), (8, 128))
 
@@ -74,7 +75,7 @@ class BenchConfig:
         for n, what in ((self.runs, "runs"), (self.rounds, "rounds"), (self.threads, "threads")):
             if int(n) < 1:
                 raise IBertTVMError(f"{what} must be at least 1")
-        if self.wait_policy not in ("auto", "spin", "passive"):
+        if self.wait_policy not in WAIT_POLICIES:
             raise IBertTVMError(f"wait policy {self.wait_policy!r}: use auto, spin or passive")
         if self.trials < 0 or self.warmup < 0:
             raise IBertTVMError("trials and warmup must be >= 0")
@@ -84,11 +85,7 @@ class BenchConfig:
 
     @property
     def passive(self) -> bool:
-        if self.wait_policy == "auto":
-            from .machine import load_average
-
-            la = load_average()
-            self.wait_policy = "passive" if la and la[0] > 0.5 * (os.cpu_count() or 1) else "spin"
+        self.wait_policy = resolve_wait_policy(self.wait_policy)
         return self.wait_policy == "passive"
 
     @property

@@ -7,6 +7,8 @@ import platform
 import subprocess
 from pathlib import Path
 
+from ..errors import IBertTVMError
+
 
 def cpu_info() -> dict:
     info = {"model": platform.processor() or platform.machine(), "logical_cpus": os.cpu_count(), "flags": []}
@@ -40,6 +42,20 @@ def load_average() -> list[float] | None:
         return [round(x, 2) for x in os.getloadavg()]
     except OSError:
         return None
+
+
+WAIT_POLICIES = ("auto", "spin", "passive")
+
+
+def resolve_wait_policy(policy: str) -> str:
+    """``spin`` or ``passive`` (idle threads sleep); ``auto`` is passive when the 1-minute load
+    average is over half the cores (a shared machine), else spin."""
+    if policy not in WAIT_POLICIES:
+        raise IBertTVMError(f"wait policy {policy!r}: use auto, spin or passive")
+    if policy != "auto":
+        return policy
+    la = load_average()
+    return "passive" if la and la[0] > 0.5 * (os.cpu_count() or 1) else "spin"
 
 
 def versions() -> dict:

@@ -44,6 +44,7 @@ import numpy as np
 from ..errors import IBertTVMError
 from .engines import ENGINES, thread_env
 from .harness import Worker, WorkerError, prepare_engine
+from .machine import WAIT_POLICIES, resolve_wait_policy
 
 FORMAT = "ibert-tvm-throughput/1"
 # tvm-fp32 is built for fixed shapes (one library per batch x sequence): it cannot run batches
@@ -107,16 +108,12 @@ class ThroughputConfig:
             raise IBertTVMError("limit must be at least 1")
         if not self.duration_s > 0:
             raise IBertTVMError("duration must be > 0 seconds")
-        if self.wait_policy not in ("auto", "spin", "passive"):
+        if self.wait_policy not in WAIT_POLICIES:
             raise IBertTVMError(f"wait policy {self.wait_policy!r}: use auto, spin or passive")
 
     @property
     def passive(self) -> bool:
-        if self.wait_policy == "auto":
-            from .machine import load_average
-
-            la = load_average()
-            self.wait_policy = "passive" if la and la[0] > 0.5 * (os.cpu_count() or 1) else "spin"
+        self.wait_policy = resolve_wait_policy(self.wait_policy)
         return self.wait_policy == "passive"
 
     def to_dict(self) -> dict:

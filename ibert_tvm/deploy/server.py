@@ -1,9 +1,14 @@
 """An embedding server for a compiled model: the TEI and OpenAI protocols, on Starlette + uvicorn.
 
-    POST /embed          TEI: {"inputs": str | [str], "normalize": true, "truncate": false} -> [[float]]
-    POST /v1/embeddings  OpenAI: {"input": str | [str], "model": str, "encoding_format": "float" | "base64"}
+    POST /embed          TEI: {"inputs": str | [str] | [int] | [[int]], "normalize": true, "truncate": false}
+                         -> [[float]] (token ids are used as given: the special tokens are the caller's)
+    POST /v1/embeddings  OpenAI: {"input": str | [str] | [int] | [[int]], "model": str,
+                         "encoding_format": "float" | "base64"}
     POST /predict        TEI, classifier heads: {"inputs": str | [a, b] (one pair) | [str | [a, b], ...],
                          "raw_scores": false, "truncate": false} -> [{"label", "score"}] (a list per input)
+    POST /rerank         TEI, one-label (cross-encoder) classifiers: {"query": str, "texts": [str],
+                         "raw_scores": false, "return_text": false, "truncate": false}
+                         -> [{"index", "score"[, "text"]}], best first (sigmoid of the logit)
     GET  /health         200 while the batcher runs (open without the API key: a liveness probe)
     GET  /info           model id, target, head, max sequence, limits, the integer-only proof's summary
 
@@ -183,23 +188,43 @@ class HTTPError(Exception):
         self.status, self.message, self.error_type = status, message, error_type
 
 
-def _texts(body: dict, key: str, max_inputs: int) -> tuple[list[str], bool]:
-    """``body[key]`` as a non-empty list of non-empty strings (and whether it was one string)."""
+def _is_id(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _texts(body: dict, key: str, max_inputs: int, *, ids: bool = False) -> tuple[list, bool]:
+    """``body[key]`` as a non-empty list of non-empty strings (and whether it was one string).
+
+    With ``ids``, token ids are accepted too, as TEI's ``/embed`` and OpenAI's ``/v1/embeddings``
+    take them: ``[int, ...]`` is one tokenized input, ``[[int, ...], ...]`` a batch of them; the
+    items are then lists of ints (used as given: special tokens are the caller's)."""
     if key not in body:
         raise HTTPError(422, f"missing field `{key}`")
     v = body[key]
+    if ids and isinstance(v, list) and v and all(_is_id(x) for x in v):
+        return [v], True  # one tokenized input
     single = isinstance(v, str)
     texts = [v] if single else v
     if not isinstance(texts, list):
-        raise HTTPError(422, f"`{key}` must be a string or a list of strings, got {type(v).__name__}")
+        want = "a string, a list of strings, or token ids" if ids else "a string or a list of strings"
+        raise HTTPError(422, f"`{key}` must be {want}, got {type(v).__name__}")
     if not texts:
         raise HTTPError(422, f"`{key}` cannot be empty")
+    kinds = set()
     for i, t in enumerate(texts):
+        if ids and isinstance(t, list):
+            if not t or not all(_is_id(x) for x in t):
+                raise HTTPError(422, f"`{key}[{i}]` must be a non-empty list of integer token ids")
+            kinds.add("ids")
+            continue
         if not isinstance(t, str):
             what = "token ids are not accepted: send text" if isinstance(t, (int, list)) else type(t).__name__
             raise HTTPError(422, f"`{key}[{i}]` must be a string ({what})")
         if not t:
             raise HTTPError(422, f"`{key}[{i}]` cannot be empty" if not single else f"`{key}` cannot be empty")
+        kinds.add("text")
+    if len(kinds) > 1:
+        raise HTTPError(422, f"`{key}` mixes texts and token ids: send one kind per request")
     if len(texts) > max_inputs:
         raise HTTPError(413, f"batch size {len(texts)} > maximum allowed batch size {max_inputs}")
     return texts, single
@@ -338,31 +363,53 @@ def create_app(model: CompiledModel, *, api_key: str | None = None,
 
         return run
 
-    async def embed_ints(texts: list[str], truncate: bool, pairs: list[str] | None = None):
-        """Tokenize (422 if a text is over the maximum), queue, await the int32 rows."""
-        try:
-            encs = await run_in_threadpool(tokenizer.encode, texts, pairs, truncate=truncate)
-        except IBertTVMError as e:
-            raise HTTPError(422, f"{e}".replace("pass truncate=True / --truncate", 'send "truncate": true')) from None
+    def id_encodings(key: str, seqs: list[list[int]], truncate: bool) -> list:
+        """Token-id inputs as encodings (token type 0), checked against the vocabulary and the
+        maximum length (cut to it with ``truncate``, as a text would be)."""
+        vocab, max_len = int(m["vocab"]), int(m["max_seq"])
+        encs = []
+        for i, row in enumerate(seqs):
+            bad = next((x for x in row if not 0 <= x < vocab), None)
+            if bad is not None:
+                raise HTTPError(422, f"`{key}[{i}]`: token id {bad} is outside the vocabulary [0, {vocab})")
+            if len(row) > max_len:
+                if not truncate:
+                    raise HTTPError(422, f"`{key}[{i}]` has {len(row)} tokens; the model's maximum sequence length "
+                                    f'is {max_len} (cut it, or send "truncate": true)')
+                row = row[:max_len]
+            encs.append((list(row), [0] * len(row)))
+        return encs
+
+    async def embed_ints(texts: list, truncate: bool, pairs: list[str] | None = None, key: str = "inputs"):
+        """Tokenize (422 if a text is over the maximum), queue, await the int32 rows. ``texts``
+        may instead be token-id lists (see :func:`_texts`)."""
+        if isinstance(texts[0], list):
+            encs = id_encodings(key, texts, truncate)
+        else:
+            try:
+                encs = await run_in_threadpool(tokenizer.encode, texts, pairs, truncate=truncate)
+            except IBertTVMError as e:
+                raise HTTPError(422, f"{e}".replace("pass truncate=True / --truncate",
+                                                    'send "truncate": true')) from None
         q = await asyncio.wrap_future(batcher.submit(encs))
         return q, encs
 
     async def embed(body):
-        texts, _ = _texts(body, "inputs", max_client_batch_size)
+        texts, _ = _texts(body, "inputs", max_client_batch_size, ids=True)
         normalize = _flag(body, "normalize", True)
         truncate = _flag(body, "truncate", False)
         q, _ = await embed_ints(texts, truncate)
         return dequantize(q, scale, normalize=normalize).tolist()
 
     async def openai_embeddings(body):
-        texts, _ = _texts(body, "input", max_client_batch_size)
+        texts, _ = _texts(body, "input", max_client_batch_size, ids=True)
         fmt = _string(body, "encoding_format", "float", ("float", "base64"))
         name_given = _string(body, "model", None)
         dims = body.get("dimensions")
         if dims is not None and dims != m["output"].get("shape", [None, None])[-1]:
             raise HTTPError(422, f"`dimensions` {json.dumps(dims)} is not supported: this model's embeddings "
                             f"have {m['output'].get('shape', ['?', '?'])[-1]}")
-        q, encs = await embed_ints(texts, False)
+        q, encs = await embed_ints(texts, False, key="input")
         e = dequantize(q, scale, normalize=True)  # OpenAI's embeddings are unit length
         data = []
         for i, row in enumerate(e):
@@ -391,6 +438,30 @@ def create_app(model: CompiledModel, *, api_key: str | None = None,
             order = sorted(range(len(row)), key=lambda k: (-int(qrow[k]), k))  # by the integer logit, then label
             out.append([{"score": float(row[k]), "label": names[k]} for k in order])
         return out[0] if single else out
+
+    async def rerank(body):
+        """TEI's ``/rerank``: score each of ``texts`` against ``query`` with a one-label (cross-encoder)
+        classifier: ``[{"index", "score"[, "text"]}]``, best first. The order is the integer
+        logits' (ties by index); the score is their sigmoid, or the logit with ``raw_scores``."""
+        import numpy as np
+
+        n_labels = len(labels) if labels else m["output"].get("shape", [None, None])[-1]
+        if n_labels != 1:
+            raise HTTPError(400, f"/rerank needs a one-label (cross-encoder) classifier; this model has "
+                            f"{n_labels} labels (use /predict)")
+        query = _string(body, "query", None)
+        if not query:
+            raise HTTPError(422, "missing or empty field `query`")
+        texts, _ = _texts(body, "texts", max_client_batch_size)
+        raw = _flag(body, "raw_scores", False)
+        return_text = _flag(body, "return_text", False)
+        truncate = _flag(body, "truncate", False)
+        q, _ = await embed_ints([query] * len(texts), truncate, texts, key="texts")
+        logit = q[:, 0].astype(np.float64) * scale
+        score = (logit if raw else 1.0 / (1.0 + np.exp(-logit))).astype(np.float32)
+        order = sorted(range(len(texts)), key=lambda i: (-int(q[i, 0]), i))
+        return [{"index": i, "score": float(score[i]), **({"text": texts[i]} if return_text else {})}
+                for i in order]
 
     async def health(_):
         if not batcher.alive:
@@ -435,6 +506,7 @@ def create_app(model: CompiledModel, *, api_key: str | None = None,
         Route("/embed", endpoint(embed), methods=["POST"]),
         Route("/v1/embeddings", endpoint(openai_embeddings, openai_error), methods=["POST"]),
         Route("/predict", endpoint(predict, head="classifier"), methods=["POST"]),
+        Route("/rerank", endpoint(rerank, head="classifier"), methods=["POST"]),
         Route("/health", health_route, methods=["GET"]),
         Route("/info", endpoint(info, head=None), methods=["GET"]),
     ]

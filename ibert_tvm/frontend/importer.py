@@ -13,7 +13,7 @@ The imported ``main``::
        | float32 [batch, labels] logits (a ``*ForSequenceClassification``)
 
 ``attrs["num_input"]`` is the number of token inputs (the inputs ``forward`` accepts, in the
-order above: DistilBERT's has no ``token_type_ids``); ``batch`` is in [1, ``max_batch``] and ``seq`` in [1, the model's longest
+order above: DistilBERT's and MPNet's have no ``token_type_ids``); ``batch`` is in [1, ``max_batch``] and ``seq`` in [1, the model's longest
 sequence]. The inputs are int32, as :class:`~ibert_tvm.support.tokenize.Tokenizer` makes them.
 
 Where the stock importer falls short, and what this file does about it:

@@ -71,7 +71,7 @@ def lower_to_integer(
 
     ``mod["main"]`` takes the token inputs of the model's ``forward`` among ``input_ids,
     attention_mask, token_type_ids, position_ids`` (int32 ``[batch, seq]``, in that order: all
-    four for BERT/RoBERTa/ELECTRA, no ``token_type_ids`` for DistilBERT; :func:`model_inputs`)
+    four for BERT/RoBERTa/ELECTRA, no ``token_type_ids`` for DistilBERT and MPNet; :func:`model_inputs`)
     and then one integer tensor per name of ``names``; ``arrays[name]`` is
     its value (``ModelPlan(qm).arrays_for(strategy)``). It returns int32 ``[batch, labels]`` logits
     or the ``[batch, H]`` pooled embedding (scale ``ModelPlan(qm).out_scale``).
@@ -141,7 +141,7 @@ def model_inputs(func) -> list[str]:
 
 def _model_inputs(func):
     """``func``, checked to take the inputs of the model's own ``forward`` in ``INPUTS`` order, with
-    ``input_ids`` and ``attention_mask`` among them. A model without token types (DistilBERT) has
+    ``input_ids`` and ``attention_mask`` among them. A model without token types (DistilBERT, MPNet) has
     no ``token_type_ids`` parameter: the compiled model never reads ids it has no table for."""
     have = model_inputs(func)
     if have != [n for n in INPUTS if n in have] or not {"input_ids", "attention_mask"} <= set(have):

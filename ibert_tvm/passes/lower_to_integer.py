@@ -43,6 +43,9 @@ float op on activations                          integer lowering (``te()`` of t
                                                  the ReLU output's scale
 ``matmul(q, k^T)`` then ``* 1/sqrt(d)``           ``batch_matmul_te`` (int32); the scale factor is
                                                  checked against the plan's (folded in softmax)
+``take(relative_attention_bias, buckets)``,      ``RelativePositionBias``: the layer's integer table
+its views, ``add(scores, bias)`` (MPNet)         gathered by ``j - i`` from the plan's buckets; the
+                                                 graph's float bucket chain (weight-free) is dropped
 ``add(scores, mask)``, ``nn.softmax``            ``IntSoftmax(scores, attention_mask)``: the mask
                                                  side must derive from ``attention_mask`` only
 ``matmul(probs, v)``                             ``batch_matmul_te`` + the layer's ``ctx``
@@ -95,6 +98,7 @@ from .find_quantization_points import vars_read
 _VIEWS = {"relax.reshape", "relax.permute_dims", "relax.broadcast_to", "relax.expand_dims", "relax.squeeze"}
 _TABLES = {"word_embeddings": 0, "position_embeddings": 1, "token_type_embeddings": 2}  # EmbeddingSum order
 _PLAN_NAME = re.compile(r"(?:^|\.)((?:embeddings|encoder\.layer\.\d+)\..+)$")
+_PROBE = (2, 3)  # batch and seq at which the relative position bias's views are checked
 _SCALE_RTOL = 1e-6  # the score scale constant is float32: 1/sqrt(d) within its rounding (2^-24 ~ 6e-8)
 
 
@@ -137,6 +141,7 @@ class _Scores:
     scope: str
     head_dim: int
     scaled: bool = False
+    biased: bool = False  # the relative position bias was added (MPNet)
 
 
 @dataclass
@@ -144,6 +149,17 @@ class _Masked:
     """Scores plus the additive mask built from the ``attention_mask`` input."""
 
     scores: _Scores
+
+
+@dataclass
+class _RelBias:
+    """The relative position bias ``W[bucket(j - i), h]`` (MPNet), not materialised: each layer adds
+    its own integer table (``RelativePositionBias``) to its scores. ``probe`` is the graph's views
+    applied to a small stand-in of the gathered rows (``[seq, seq, heads]`` or ``[seq * seq,
+    heads]``, element = (i * seq + j) * heads + head, at batch ``_PROBE[0]`` and seq ``_PROBE[1]``):
+    the add checks that it lines up as ``[batch, heads, i, j]``."""
+
+    probe: np.ndarray
 
 
 @dataclass
@@ -393,6 +409,9 @@ class _Lowering:
                     raise self._error(var, call, f"bias {self.weights[other]} is not linear {acc.lp.name}'s")
                 return acc
         if la is not None and lb is not None:
+            for sc, rb in ((la, lb), (lb, la)):
+                if isinstance(sc, _Scores) and isinstance(rb, _RelBias):
+                    return self._add_rel_bias(var, call, sc, rb)
             if isinstance(la, _Gathers) and isinstance(lb, _Gathers):
                 if set(la.ids) & set(lb.ids):
                     raise self._error(var, call, "an embedding table is summed twice")
@@ -443,7 +462,7 @@ class _Lowering:
         if s.head_dim != d or abs(f - want) > _SCALE_RTOL * want:
             raise self._error(var, call, f"scores of head size {s.head_dim} scaled by {f}, the plan folds "
                               f"1/sqrt({d}) = {want}")
-        return _Scores(s.expr, s.scope, s.head_dim, scaled=True)
+        return _Scores(s.expr, s.scope, s.head_dim, scaled=True, biased=s.biased)
 
     def _softmax(self, var, call):
         m = self.low.get(call.args[0])
@@ -484,6 +503,8 @@ class _Lowering:
     def _take(self, var, call):
         table, idx = call.args
         hf = self._weight(table, ".weight")
+        if hf is not None and (hf == "encoder.relative_attention_bias" or hf.endswith(".encoder.relative_attention_bias")):
+            return self._rel_bias(var, call, hf)
         if hf is not None:  # an embedding gather
             name = self._plan_name(hf) or ""
             key = name.split(".")[1] if name.startswith("embeddings.") and name.count(".") == 1 else None
@@ -496,16 +517,81 @@ class _Lowering:
             return self._view(var, call)
         return None
 
+    def _rel_bias(self, var, call, hf: str):
+        """``take(W, buckets)``: the relative position bias, to be added per layer (``_RelBias``).
+        The bucket index must be data-independent (computed from the sequence length only: the
+        plan holds the same buckets as integers, taken from HF's computation at calibration)."""
+        table, idx = call.args
+        if not getattr(self.plan, "rel_buckets", 0):
+            raise self._error(var, call, f"{hf} is in the graph, but the quantized model has no relative position "
+                              "bias (dims.rel_buckets)")
+        self._same_shape(var, call, f"table {hf}", tuple(int(d) for d in table.ty.shape),
+                         (self.plan.rel_buckets, self.plan.heads))
+        if self._inputs_of(idx) or int(call.attrs.axis) != 0:
+            raise self._error(var, call, "the relative position buckets must be computed from the sequence length "
+                              "alone")
+        sq, shape = _PROBE[1], self._probe_shape(idx.ty.shape)
+        if shape not in ((sq, sq), (sq * sq,)):  # [query, key], or flattened row-major
+            raise self._error(var, call, "the relative position buckets are not one per (query, key) pair")
+        h = self.plan.heads
+        return _RelBias(np.arange(sq * sq * h).reshape(*shape, h))
+
+    def _probe_shape(self, shape) -> tuple:
+        """``shape`` (of symbolic ``batch``/``seq``) at the probe sizes."""
+        from tvm import tirx
+        from tvm.sym import Analyzer
+
+        an = Analyzer()
+        for v, n in zip(self.inputs[0].ty.shape, _PROBE, strict=True):  # [batch, seq]
+            an.bind(v, tirx.IntImm("int64", n))
+        return tuple(int(an.simplify(d)) for d in shape)
+
+    def _probe_view(self, var, call, probe: np.ndarray) -> np.ndarray:
+        """View ``call`` applied to the numpy stand-in ``probe`` of the relative position bias."""
+        op, a = call.op.name, call.attrs
+        if op == "relax.permute_dims":
+            return np.transpose(probe, None if a.axes is None else [int(x) for x in a.axes])
+        if op == "relax.expand_dims":
+            return np.expand_dims(probe, tuple(int(x) for x in a.axis))
+        if op == "relax.squeeze":
+            return np.squeeze(probe, None if a.axis is None else tuple(int(x) for x in a.axis))
+        shape = self._probe_shape(var.ty.shape)
+        if op == "relax.reshape":
+            return probe.reshape(shape)
+        if op == "relax.broadcast_to":
+            return np.broadcast_to(probe, shape)
+        raise self._error(var, call, "a view of the relative position bias this lowering does not follow")
+
+    def _add_rel_bias(self, var, call, scores: _Scores, bias: _RelBias) -> _Scores:
+        """scores + the layer's integer bias table, gathered by relative position (``RelativePositionBias``)."""
+        if not scores.scaled or scores.biased:
+            raise self._error(var, call, "the relative position bias must be added once, after the 1/sqrt(d) scaling")
+        b, sq = _PROBE
+        h = self.plan.heads
+        i, j = np.arange(sq)[:, None], np.arange(sq)[None, :]
+        want = np.broadcast_to(((i * sq + j) * h)[None, None] + np.arange(h)[None, :, None, None], (b, h, sq, sq))
+        if bias.probe.shape != want.shape or not np.array_equal(bias.probe, want):
+            raise self._error(var, call, "the relative position bias does not line up as [batch, heads, query, key]")
+        lp = self.index[scores.scope][1]
+        if lp.rel_bias is None or len(scores.expr.ty.shape) != 4:
+            raise self._error(var, call, f"{scores.scope} has no relative position bias plan, or its scores are not "
+                              "[batch, heads, seq, seq]")
+        kw = {"bucket": "encoder.relative_attention_bucket", "table": f"{scores.scope}.position_bias"}
+        expr = self._te(lp.rel_bias.te, "rel_pos_bias", [scores.expr], kw)
+        return _Scores(expr, scores.scope, scores.head_dim, scaled=True, biased=True)
+
     def _view(self, var, call):
         low = self.low[call.args[0]]
         rest = list(call.args[1:])
+        if isinstance(low, _RelBias):
+            return _RelBias(self._probe_view(var, call, low.probe))
         if isinstance(low, _Gathers):
             if int(var.ty.shape[-1]) != int(call.args[0].ty.shape[-1]):
                 raise self._error(var, call, "a view of embedding rows changes their width")
             return low
         if isinstance(low, _Scores):  # per-tensor scale: any view
             expr = self.bb.emit(relax.Call(call.op, [low.expr, *rest], call.attrs, call.ty_args))
-            return _Scores(expr, low.scope, low.head_dim, low.scaled)
+            return _Scores(expr, low.scope, low.head_dim, low.scaled, low.biased)
         if isinstance(low, _Acc) and _keeps_channels(call, var):  # per-channel requantization still applies
             expr = self.bb.emit(relax.Call(call.op, [low.expr, *rest], call.attrs, call.ty_args))
             return _Acc(expr, low.lp, low.hf)

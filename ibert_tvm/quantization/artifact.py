@@ -165,6 +165,9 @@ class QuantizedModel:
         norms = [f"encoder.layer.{i}.{n}.LayerNorm" for i in range(self.stored_layers) for n in ("attention.output", "output")]
         for n in norms:
             out[n + ".gamma"] = out[n + ".beta"] = ("float32", (H,))
+        if d.get("rel_buckets", 0) > 0:  # MPNet's relative position bias (op/rel_pos_bias.py)
+            out["encoder.relative_attention_bias"] = ("float32", (d["rel_buckets"], d["heads"]))
+            out["encoder.relative_attention_bucket"] = ("int32", (2 * d["max_seq"] - 1,))
         for prefix, (rows, cols) in self.linear_shapes().items():
             out[prefix + ".weight"] = ("int8", (rows, cols))
             out[prefix + ".bias"] = ("int32", (rows,))
@@ -233,7 +236,7 @@ class QuantizedModel:
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise IBertTVMError(f"{meta_file}: dims.{name} must be an integer >= {lo}, got {v!r}")
         unknown = sorted(set(d) - set(DIMS) - {"family", "head", "pooling", "normalize", "head_act", "embedding_size",
-                                               "shared_layers"})
+                                               "shared_layers", "rel_buckets"})
         if unknown:
             raise IBertTVMError(f"{meta_file}: unknown dims {', '.join(unknown)}")
         e = d.get("embedding_size", 1)
@@ -252,6 +255,10 @@ class QuantizedModel:
         if "normalize" in d and (d["head"] != "embedding" or not isinstance(d["normalize"], bool)):
             raise IBertTVMError(f"{meta_file}: dims.normalize must be true or false (embedding heads only), "
                                 f"got {d['normalize']!r}")
+        rb = d.get("rel_buckets", 0)
+        if isinstance(rb, bool) or not isinstance(rb, int) or rb < 0:
+            raise IBertTVMError(f"{meta_file}: dims.rel_buckets must be an integer >= 0 (0: no relative position "
+                                f"bias), got {rb!r}")
         if d["hidden"] % d["heads"]:
             raise IBertTVMError(f"{meta_file}: dims.hidden {d['hidden']} is not a multiple of dims.heads {d['heads']}")
         if d["pad_id"] >= d["vocab"]:
@@ -282,6 +289,10 @@ class QuantizedModel:
                                     f"{list(shape)} (from the dims in {meta_file})")
             if t.dtype.kind == "f" and not np.isfinite(t).all():
                 raise IBertTVMError(f"{tensors_file}: tensor {name} is not finite (NaN or inf)")
+        bucket = self.tensors.get("encoder.relative_attention_bucket")
+        if rb and bucket is not None and bucket.size and (int(bucket.min()) < 0 or int(bucket.max()) >= rb):
+            raise IBertTVMError(f"{tensors_file}: tensor encoder.relative_attention_bucket has values outside "
+                                f"[0, {rb}) (dims.rel_buckets in {meta_file})")
         extra = sorted(set(self.tensors) - set(want))
         if extra:
             raise IBertTVMError(f"{tensors_file}: unexpected tensors {', '.join(extra[:10])}"

@@ -288,6 +288,9 @@ def build_quantized(ckpt: HFCheckpoint, obs: dict[str, RangeObserver], config: Q
         wide(p + "res2", config.residual_bits, config.residual_headroom)
         layernorm(hp + "output.LayerNorm", mod(hp + "output.LayerNorm"))
         s_h = act_pc(p + "ln2")
+    rel = relative_position_bias(ckpt)
+    if rel is not None:  # MPNet: one float table for every layer, quantized per layer by the plan
+        tensors["encoder.relative_attention_bias"], tensors["encoder.relative_attention_bucket"] = rel
     labels: list[str] = []
     head_act = None
     if ckpt.head == "classifier":
@@ -331,6 +334,8 @@ def build_quantized(ckpt: HFCheckpoint, obs: dict[str, RangeObserver], config: Q
         dims.update(embedding_size=int(tensors["embeddings.word"].shape[1]))
     if shared:
         dims.update(shared_layers=True)
+    if rel is not None:
+        dims.update(rel_buckets=int(rel[0].shape[0]))
     if ckpt.head == "embedding":  # the model dir's sentence-transformers Pooling / Normalize
         dims.update(pooling=ckpt.pooling, normalize=bool(ckpt.normalize))
     if head_act not in (None, "tanh"):  # absent = tanh (artifacts from before other heads)
@@ -344,6 +349,40 @@ def _merged(a: RangeObserver, b: RangeObserver) -> RangeObserver:
     """One observer holding what ``a`` and ``b`` saw (max |x|, per channel, and their samples)."""
     return RangeObserver(a.keep_samples or b.keep_samples, max(a.absmax, b.absmax),
                          np.maximum(a.channel_absmax, b.channel_absmax), [*a.samples, *b.samples], a.count + b.count)
+def relative_position_bias(ckpt: HFCheckpoint) -> tuple[np.ndarray, np.ndarray] | None:
+    """MPNet's relative position bias: ``(W, bucket)``, or None for a model without one.
+
+    ``W`` is ``encoder.relative_attention_bias.weight`` (float32 ``[num_buckets, heads]``);
+    ``bucket`` (int32 ``[2L - 1]``, ``L`` = the longest sequence) the bucket HF's own
+    ``compute_position_bias`` gives relative position ``r = j - i``, at ``r + L - 1``: read from the
+    embedding's input while it runs (its float ``log``/``divide`` run here, in torch, once), and
+    checked to depend on ``j - i`` only. The compiled model gathers these integers
+    (``op/rel_pos_bias.py``)."""
+    import torch
+
+    if not _has_module(ckpt, "encoder.relative_attention_bias"):
+        return None
+    emb, enc = ckpt.module("encoder.relative_attention_bias"), ckpt.module("encoder")
+    L = int(ckpt.max_positions)
+    seen = []
+    handle = emb.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach().clone()))
+    try:
+        with torch.no_grad():
+            enc.compute_position_bias(torch.zeros(1, L, 1))
+    finally:
+        handle.remove()
+    if len(seen) != 1 or tuple(seen[0].shape) != (L, L):
+        raise IBertTVMError(f"{ckpt.architecture}: compute_position_bias did not look up one [{L}, {L}] bucket matrix")
+    full = seen[0].numpy().astype(np.int64)
+    bucket = np.concatenate([full[::-1, 0], full[0, 1:]])  # r = -(L-1) .. L-1
+    pos = np.arange(L)
+    if not np.array_equal(full, bucket[pos[None, :] - pos[:, None] + L - 1]):
+        raise IBertTVMError(f"{ckpt.architecture}: the relative position buckets depend on more than j - i")
+    w = emb.weight.detach().float().numpy().astype(np.float32)
+    if bucket.min() < 0 or bucket.max() >= w.shape[0]:
+        raise IBertTVMError(f"{ckpt.architecture}: relative position buckets reach {bucket.max()}, the bias table "
+                            f"has {w.shape[0]} rows")
+    return w, bucket.astype(np.int32)
 
 
 def _has_module(ckpt: HFCheckpoint, path: str) -> bool:

@@ -180,6 +180,28 @@ def test_openai_float_and_base64(client, reference):
     assert r.json()["model"] == reference.manifest["model"]["identity"]
 
 
+def test_token_id_inputs_equal_the_texts_they_encode(client, reference):
+    """TEI and OpenAI take token ids: the tokenizer's ids of a text give exactly that text's
+    embedding; a too-long id list is cut with ``truncate`` like a text."""
+    texts = mixed_texts(4, seed=61, max_words=30)
+    ids = [reference.tokenizer.encode([t])[0][0] for t in texts]
+    want = as_float(alone(reference, texts), reference.output_scale, True)
+    r = client.post("/embed", json={"inputs": ids})
+    assert r.status_code == 200, r.text
+    np.testing.assert_array_equal(f32(r.json()), want)
+    r = client.post("/embed", json={"inputs": ids[0]})  # one tokenized input
+    np.testing.assert_array_equal(f32(r.json()), want[:1])
+    r = client.post("/v1/embeddings", json={"input": ids})
+    assert r.status_code == 200, r.text
+    np.testing.assert_array_equal(f32([d["embedding"] for d in r.json()["data"]]), want)
+    assert r.json()["usage"]["prompt_tokens"] == sum(map(len, ids))
+    long = ids[0] + [1000] * 200
+    r = client.post("/embed", json={"inputs": [long], "truncate": True, "normalize": False})
+    assert r.status_code == 200, r.text
+    cut = reference.tokenizer.pad([(long[:128], [0] * 128)])
+    np.testing.assert_array_equal(f32(r.json()), as_float(reference.run_ids(cut), reference.output_scale, False))
+
+
 def test_truncate(client, reference):
     long = " ".join(["word"] * 300)
     r = client.post("/embed", json={"inputs": ["fine", long], "normalize": False})
@@ -232,10 +254,10 @@ BAD = {
     "not-utf8": ("/embed", b'{"inputs": "caf\xe9"}', 400, "malformed JSON"),
     "not-an-object": ("/embed", b'["a", "b"]', 422, "JSON object"),
     "inputs-missing": ("/embed", b'{"input": "a"}', 422, "missing field `inputs`"),
-    "inputs-number": ("/embed", b'{"inputs": 5}', 422, "`inputs` must be a string or a list"),
-    "inputs-object": ("/embed", b'{"inputs": {"a": 1}}', 422, "`inputs` must be a string or a list"),
+    "inputs-number": ("/embed", b'{"inputs": 5}', 422, "`inputs` must be a string, a list of strings, or token ids"),
+    "inputs-object": ("/embed", b'{"inputs": {"a": 1}}', 422, "`inputs` must be a string, a list of strings, or token ids"),
     "inputs-not-strings": ("/embed", b'{"inputs": ["a", 3]}', 422, "`inputs[1]` must be a string"),
-    "inputs-null": ("/embed", b'{"inputs": null}', 422, "`inputs` must be a string or a list"),
+    "inputs-null": ("/embed", b'{"inputs": null}', 422, "`inputs` must be a string, a list of strings, or token ids"),
     "inputs-empty-list": ("/embed", b'{"inputs": []}', 422, "cannot be empty"),
     "inputs-empty-string": ("/embed", b'{"inputs": ""}', 422, "cannot be empty"),
     "inputs-empty-item": ("/embed", b'{"inputs": ["a", ""]}', 422, "`inputs[1]` cannot be empty"),
@@ -244,7 +266,15 @@ BAD = {
     "too-many-inputs": ("/embed", json.dumps({"inputs": ["a"] * (MAX_INPUTS + 1)}).encode(), 413,
                         f"batch size {MAX_INPUTS + 1} > maximum allowed batch size {MAX_INPUTS}"),
     "too-large-body": ("/embed", json.dumps({"inputs": ["a" * (PAYLOAD + 10)]}).encode(), 413, "payload limit"),
-    "openai-token-ids": ("/v1/embeddings", b'{"input": [[101, 2023, 102]]}', 422, "token ids are not accepted"),
+    "ids-mixed": ("/embed", b'{"inputs": ["a", [101, 102]]}', 422, "mixes texts and token ids"),
+    "ids-mixed-2": ("/embed", b'{"inputs": [[101, 102], "a"]}', 422, "mixes texts and token ids"),
+    "ids-out-of-vocab": ("/embed", b'{"inputs": [101, 30522, 102]}', 422, "token id 30522 is outside the vocabulary"),
+    "ids-negative": ("/v1/embeddings", b'{"input": [[101, -1, 102]]}', 422, "token id -1 is outside"),
+    "ids-float": ("/embed", b'{"inputs": [[101, 2.5, 102]]}', 422, "must be a non-empty list of integer token ids"),
+    "ids-bool": ("/embed", b'{"inputs": [[true, 102]]}', 422, "must be a non-empty list of integer token ids"),
+    "ids-empty-row": ("/embed", b'{"inputs": [[]]}', 422, "must be a non-empty list of integer token ids"),
+    "ids-too-long": ("/embed", json.dumps({"inputs": [101] * 129}).encode(), 422,
+                     "has 129 tokens; the model's maximum sequence length is 128 (cut it, or send"),
     "openai-format": ("/v1/embeddings", b'{"input": "a", "encoding_format": "hex"}', 422,
                       '`encoding_format` must be "float" or "base64"'),
     "openai-model-number": ("/v1/embeddings", b'{"input": "a", "model": 5}', 422, "`model` must be a string"),
@@ -424,3 +454,53 @@ def test_classifier_server_errors(classifier, path, body, status, needle):
 def test_predict_on_an_embedding_model_is_refused(client):
     r = client.post("/predict", json={"inputs": "a"})
     assert r.status_code == 400 and "use /embed or /v1/embeddings" in r.json()["error"]
+
+
+# -- a one-label classifier (a cross-encoder): TEI's /rerank ---------------------------------------
+@pytest.fixture(scope="module")
+def reranker(tiny_factory, calibration_sentences, tmp_path_factory):
+    from ibert_tvm.deploy.export import compile_quantized
+    from ibert_tvm.model.hf_loader import load_checkpoint
+    from ibert_tvm.quantization.calibrate import calibrate
+
+    d = tmp_path_factory.mktemp("reranker")
+    qm = calibrate(load_checkpoint(tiny_factory("BertForSequenceClassification", num_labels=1)),
+                   calibration_sentences)
+    compile_quantized(qm, d / "out", target="llvm", log=lambda *a: None)
+    s = Server(d / "out", d / "server.log")
+    yield s, CompiledModel(d / "out")
+    s.stop()
+
+
+@pytest.mark.parametrize("raw", [False, True])
+def test_rerank_orders_by_the_integer_logit(reranker, raw):
+    s, ref = reranker
+    query = "how do I compile a model for an arm board"
+    texts = mixed_texts(7, seed=71, max_words=25)
+    q = np.concatenate([ref.run_ids(ref.tokenizer([query], [t])) for t in texts])[:, 0]
+    logit = q.astype(np.float64) * ref.output_scale
+    score = logit if raw else 1 / (1 + np.exp(-logit))
+    order = sorted(range(len(texts)), key=lambda i: (-int(q[i]), i))
+    with httpx.Client(base_url=s.url, timeout=120) as c:
+        r = c.post("/rerank", json={"query": query, "texts": texts, "raw_scores": raw, "return_text": True})
+        assert r.status_code == 200, r.text
+        assert r.json() == [{"index": i, "score": float(np.float32(score[i])), "text": texts[i]} for i in order]
+        assert len(set(q.tolist())) > 1  # the order is not the input order by accident of equal logits
+        r = c.post("/rerank", json={"query": query, "texts": texts[:2]})
+        assert [x["index"] for x in r.json()] == sorted(range(2), key=lambda i: (-int(q[i]), i))
+        assert all("text" not in x for x in r.json())
+        for body, status, needle in [({"texts": ["a"]}, 422, "`query`"), ({"query": "", "texts": ["a"]}, 422, "`query`"),
+                                     ({"query": "q", "texts": []}, 422, "cannot be empty"),
+                                     ({"query": "q", "texts": ["a"] * 40}, 413, "maximum allowed batch size"),
+                                     ({"query": "q", "texts": "a", "return_text": 1}, 422, "`return_text`")]:
+            r = c.post("/rerank", json=body)
+            assert r.status_code == status and needle in r.text, (body, r.text)
+    assert s.alive()
+
+
+def test_rerank_needs_a_one_label_classifier(classifier, client):
+    s, _ = classifier
+    r = httpx.post(s.url + "/rerank", json={"query": "q", "texts": ["a"]}, timeout=60)
+    assert r.status_code == 400 and "one-label (cross-encoder) classifier; this model has 2 labels" in r.text
+    r = client.post("/rerank", json={"query": "q", "texts": ["a"]})  # an embedding model
+    assert r.status_code == 400 and "use /embed or /v1/embeddings" in r.text

@@ -67,7 +67,6 @@ def _compiles_bit_exact_and_tracks_fp32(model_dir, calibration_sentences, tmp_pa
 
 
 @pytest.mark.parametrize("arch, why", [
-    ("MPNetModel", "relative position bias"),
     ("DebertaV2Model", "disentangled attention is not supported"),
 ])
 def test_known_unsupported_architecture_is_refused_with_the_reason(arch, why, tmp_path):
