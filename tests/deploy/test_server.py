@@ -504,3 +504,23 @@ def test_rerank_needs_a_one_label_classifier(classifier, client):
     assert r.status_code == 400 and "one-label (cross-encoder) classifier; this model has 2 labels" in r.text
     r = client.post("/rerank", json={"query": "q", "texts": ["a"]})  # an embedding model
     assert r.status_code == 400 and "use /embed or /v1/embeddings" in r.text
+
+
+def test_accepted_connections_are_tcp_nodelay():
+    """The listening socket says TCP (proto IPPROTO_TCP), so its accepted sockets do too and asyncio
+    sets TCP_NODELAY on them; with proto 0 every response waited ~40 ms on Nagle's algorithm and
+    the client's delayed ACK. Checked on a real accepted connection."""
+    import socket
+
+    from ibert_tvm.deploy.server import listen_socket
+
+    sock = listen_socket("127.0.0.1", 0)
+    try:
+        sock.listen(1)
+        with socket.create_connection(sock.getsockname()):
+            conn, _ = sock.accept()
+            with conn:
+                assert conn.proto == socket.IPPROTO_TCP
+                assert conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    finally:
+        sock.close()
