@@ -257,15 +257,15 @@ def load_checkpoint(name: str | os.PathLike) -> HFCheckpoint:
     arch = archs[0] if archs else None
     if arch in REFUSED:
         raise IBertTVMError(f"{path}/config.json: architectures {arch}: {REFUSED[arch]}")
-    if arch.startswith("Albert"):  # one shared layer: what MODULE_NAMES["albert"] maps
-        for field in ("num_hidden_groups", "inner_group_num"):
-            if int(cfg.get(field, 1)) != 1:
-                raise IBertTVMError(f"{path}/config.json: {field} {cfg.get(field)}: only ALBERT's one shared layer "
-                                    f"(num_hidden_groups 1, inner_group_num 1) is lowered")
     if arch not in SUPPORTED:
         raise IBertTVMError(
             f"unsupported architecture {arch!r} in {path}/config.json; supported: {', '.join(SUPPORTED)}"
         )
+    if arch.startswith("Albert"):  # one shared layer: what MODULE_NAMES["albert"] maps
+        for field in ("num_hidden_groups", "inner_group_num"):
+            if cfg.get(field, 1) != 1:
+                raise IBertTVMError(f"{path}/config.json: {field} {cfg.get(field)!r}: only ALBERT's one shared layer "
+                                    f"(num_hidden_groups 1, inner_group_num 1) is lowered")
     act_field = "activation" if arch.startswith("DistilBert") else "hidden_act"  # DistilBertConfig's name
     if cfg.get(act_field, "gelu") not in ("gelu", "gelu_new", "gelu_python"):
         raise IBertTVMError(f"{path}/config.json: {act_field} {cfg.get(act_field)!r} is not supported (GELU only)")
