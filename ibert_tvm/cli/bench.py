@@ -153,7 +153,12 @@ def cmd_throughput(args) -> int:
                   f"p99 {r.get('p99_ms', 0):.0f} ms, {r['errors']} errors")
         elif srv:
             print(f"  {name} server: {srv.get('status')}: {srv.get('reason')}")
-    if loaded(report):
+    return _footer(report, paths, loaded(report))
+
+
+def _footer(report: dict, paths: dict, busy: bool) -> int:
+    """The lines both reports end with: a load warning when the machine was ``busy``, the files written."""
+    if busy:
         print(f"note: load average {report['load_average']} on {os.cpu_count()} CPUs: figures are indicative only")
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
@@ -196,10 +201,7 @@ def cmd_latency(args) -> int:
     for t in report.get("targets", []):
         mark = "n/a" if t["reached"] is None else ("reached" if t["reached"] else "NOT reached")
         print(f"  {t['target']}: {t['display']} ({mark})")
-    if loaded(report):
-        print(f"note: load average {report['load_average']} on {os.cpu_count()} CPUs: figures are indicative only")
-    print("wrote " + ", ".join(str(p) for p in paths.values()))
-    return 0
+    return _footer(report, paths, loaded(report))
 
 
 def add_parser(sub) -> None:

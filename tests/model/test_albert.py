@@ -11,8 +11,14 @@ import shutil
 
 import numpy as np
 import pytest
-
-from conftest import random_batch
+from arch_checks import (
+    assert_equals_golden,
+    assert_float_free,
+    assert_qat_and_sensitivity_refuse,
+    assert_tracks_fp32,
+    build,
+    run_both,
+)
 
 CASES = ["AlbertModel", "AlbertForSequenceClassification"]
 SHAPES = [(1, 1), (3, 33), (8, 128)]
@@ -20,19 +26,7 @@ SHAPES = [(1, 1), (3, 33), (8, 128)]
 
 @pytest.fixture(scope="module")
 def built(tiny_factory, calibration_sentences, tmp_path_factory):
-    from ibert_tvm.deploy.export import compile_quantized
-    from ibert_tvm.model.hf_loader import load_checkpoint
-    from ibert_tvm.quantization.calibrate import calibrate
-
-    out = {}
-    for arch in CASES:
-        ckpt = load_checkpoint(tiny_factory(arch))
-        qm = calibrate(ckpt, calibration_sentences)
-        d = tmp_path_factory.mktemp(arch)
-        qm.save(d / "q")
-        manifest = compile_quantized(qm, d / "out", target="llvm", log=lambda *a: None)
-        out[arch] = (ckpt, qm, d, manifest)
-    return out
+    return build(CASES, tiny_factory, calibration_sentences, tmp_path_factory)
 
 
 @pytest.mark.parametrize("arch", CASES)
@@ -40,7 +34,7 @@ def test_albert_compiles_float_free(arch, built):
     from ibert_tvm.quantization.artifact import QuantizedModel
 
     ckpt, qm, d, manifest = built[arch]
-    assert manifest["verify"]["module"]["float_ops"] == 0 and manifest["verify"]["code"]["float_ops"] == 0
+    assert_float_free(manifest)
     assert ckpt.config.num_hidden_layers == 3 and ckpt.config.embedding_size == 16
     assert ckpt.config.hidden_act == "gelu_new"
     assert qm.dims["layers"] == 3 and qm.dims["shared_layers"] is True and qm.dims["embedding_size"] == 16
@@ -99,47 +93,15 @@ def test_albert_artifacts_hold_one_copy_of_the_shared_layer(arch, built):
 
 @pytest.mark.parametrize("arch", CASES)
 def test_albert_compiled_equals_golden_with_padding(arch, built):
-    from ibert_tvm.deploy.runtime import CompiledModel
-    from ibert_tvm.model.golden import run_golden
-    from ibert_tvm.model.plan import ModelPlan
-
     _, qm, d, _ = built[arch]
-    plan, model = ModelPlan(qm), CompiledModel(d / "out")
-    rng = np.random.default_rng(5)
-    for batch, seq in SHAPES:
-        inputs = random_batch(rng, batch, seq, family="bert", pad_id=qm.dims["pad_id"])
-        want = run_golden(plan, **inputs)
-        assert want.dtype == np.int32
-        np.testing.assert_array_equal(model.run_ids(inputs), want, err_msg=f"{arch} batch={batch} seq={seq}")
+    assert_equals_golden(arch, qm, d, SHAPES, seed=5)
 
 
 @pytest.mark.parametrize("arch", CASES)
 def test_albert_tracks_fp32(arch, built, calibration_sentences):
-    import torch
-
-    from ibert_tvm.deploy.runtime import CompiledModel
-    from ibert_tvm.model.plan import ModelPlan
-    from ibert_tvm.op.pooling import float_pool
-    from ibert_tvm.quantization.calibrate import torch_inputs
-
     ckpt, qm, d, _ = built[arch]
-    model, plan = CompiledModel(d / "out"), ModelPlan(qm)
-    enc = model.tokenizer(calibration_sentences[:16])
-    assert enc["attention_mask"].min() == 0
-    ours = model.run_ids(enc) * plan.out_scale
-    with torch.no_grad():
-        res = ckpt.model(**torch_inputs(enc))
-    if ckpt.head == "classifier":
-        ref = res.logits.numpy()
-        # a random model: nearly input-independent logits (the bounds of test_more_architectures)
-        err, agree = np.abs(ours - ref).max() / np.abs(ref).max(), (ours.argmax(1) == ref.argmax(1)).mean()
-        print(f"{arch}: max |err| / max |logit| = {err:.4f}, argmax agreement {agree:.3f}")
-        assert err < 0.2 and agree >= 0.9
-    else:
-        ref = float_pool("mean", res.last_hidden_state.double().numpy(), enc["attention_mask"])
-        cos = (ours * ref).sum(1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(ref, axis=1)
-        print(f"{arch}: min cosine to FP32 {cos.min():.4f}")
-        assert cos.min() > 0.95, cos.min()
+    q, plan, enc, res = run_both(ckpt, qm, d, calibration_sentences)
+    assert_tracks_fp32(arch, ckpt, q * plan.out_scale, res, enc["attention_mask"])
 
 
 def test_albert_shared_layer_scales_cover_every_application(built, calibration_sentences):
@@ -260,15 +222,7 @@ def test_albert_artifact_with_two_input_scales_is_refused(built, tmp_path):
 
 
 def test_qat_and_sensitivity_refuse_albert(built):
-    from ibert_tvm.errors import IBertTVMError
-    from ibert_tvm.quantization.qat import QATModel
-
-    for arch in CASES:
-        ckpt, qm, _, _ = built[arch]
-        with pytest.raises(IBertTVMError, match=f"{arch} is compiled from calibration"):
-            QATModel(ckpt, qm)
-        with pytest.raises(IBertTVMError, match=f"config.json: architectures {arch}: this tool walks BERT's"):
-            ckpt.base
+    assert_qat_and_sensitivity_refuse(built)
 
 
 def test_outline_shared_layer_refuses_what_it_cannot_cut(built):

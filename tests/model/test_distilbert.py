@@ -7,8 +7,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from conftest import random_batch
+from arch_checks import (
+    assert_equals_golden,
+    assert_float_free,
+    assert_qat_and_sensitivity_refuse,
+    assert_tracks_fp32,
+    build,
+    run_both,
+)
 
 # (architecture, config overrides): learned positions for the body, sinusoidal for the classifier
 CASES = {"DistilBertModel": {}, "DistilBertForSequenceClassification": {"sinusoidal_pos_embds": True}}
@@ -17,19 +23,7 @@ SHAPES = [(1, 1), (3, 33), (8, 128)]
 
 @pytest.fixture(scope="module")
 def built(tiny_factory, calibration_sentences, tmp_path_factory):
-    from ibert_tvm.deploy.export import compile_quantized
-    from ibert_tvm.model.hf_loader import load_checkpoint
-    from ibert_tvm.quantization.calibrate import calibrate
-
-    out = {}
-    for arch, kw in CASES.items():
-        ckpt = load_checkpoint(tiny_factory(arch, **kw))
-        qm = calibrate(ckpt, calibration_sentences)
-        d = tmp_path_factory.mktemp(arch)
-        qm.save(d / "q")
-        manifest = compile_quantized(qm, d / "out", target="llvm", log=lambda *a: None)
-        out[arch] = (ckpt, qm, d, manifest)
-    return out
+    return build(CASES, tiny_factory, calibration_sentences, tmp_path_factory)
 
 
 @pytest.mark.parametrize("arch", list(CASES))
@@ -37,7 +31,7 @@ def test_distilbert_compiles_float_free_without_token_types(arch, built):
     from ibert_tvm.quantization.artifact import QuantizedModel
 
     ckpt, qm, d, manifest = built[arch]
-    assert manifest["verify"]["module"]["float_ops"] == 0 and manifest["verify"]["code"]["float_ops"] == 0
+    assert_float_free(manifest)
     assert manifest["inputs"] == ["input_ids", "attention_mask", "position_ids"]
     assert manifest["type_vocab"] == 0 and "embeddings.token_type_embeddings.weight" not in manifest["params"]
     assert qm.dims["type_vocab"] == 0 and "embeddings.token_type" not in qm.tensors
@@ -48,18 +42,9 @@ def test_distilbert_compiles_float_free_without_token_types(arch, built):
 
 @pytest.mark.parametrize("arch", list(CASES))
 def test_distilbert_compiled_equals_golden_with_padding(arch, built):
-    from ibert_tvm.deploy.runtime import CompiledModel
     from ibert_tvm.model.golden import run_golden
-    from ibert_tvm.model.plan import ModelPlan
 
-    _, qm, d, _ = built[arch]
-    plan, model = ModelPlan(qm), CompiledModel(d / "out")
-    rng = np.random.default_rng(3)
-    for batch, seq in SHAPES:
-        inputs = random_batch(rng, batch, seq, family="bert", pad_id=qm.dims["pad_id"])
-        want = run_golden(plan, **inputs)
-        assert want.dtype == np.int32
-        np.testing.assert_array_equal(model.run_ids(inputs), want, err_msg=f"{arch} batch={batch} seq={seq}")
+    def no_token_types(model, plan, inputs, want, rng):
         # token types are no input: other ones, or none at all, change nothing
         inputs["token_type_ids"] = rng.integers(0, 7, inputs["input_ids"].shape).astype(np.int32)
         np.testing.assert_array_equal(model.run_ids(inputs), want)
@@ -67,34 +52,15 @@ def test_distilbert_compiled_equals_golden_with_padding(arch, built):
         np.testing.assert_array_equal(model.run_ids(inputs), want)
         np.testing.assert_array_equal(run_golden(plan, token_type_ids=None, **inputs), want)
 
+    _, qm, d, _ = built[arch]
+    assert_equals_golden(arch, qm, d, SHAPES, seed=3, also=no_token_types)
+
 
 @pytest.mark.parametrize("arch", list(CASES))
 def test_distilbert_tracks_fp32(arch, built, calibration_sentences):
-    import torch
-
-    from ibert_tvm.deploy.runtime import CompiledModel
-    from ibert_tvm.model.plan import ModelPlan
-    from ibert_tvm.op.pooling import float_pool
-    from ibert_tvm.quantization.calibrate import torch_inputs
-
     ckpt, qm, d, _ = built[arch]
-    model, plan = CompiledModel(d / "out"), ModelPlan(qm)
-    enc = model.tokenizer(calibration_sentences[:16])
-    assert enc["attention_mask"].min() == 0
-    ours = model.run_ids(enc) * plan.out_scale
-    with torch.no_grad():
-        res = ckpt.model(**torch_inputs({k: v for k, v in enc.items() if k != "token_type_ids"}))
-    if ckpt.head == "classifier":
-        ref = res.logits.numpy()
-        # a random 2-layer model: nearly input-independent logits (the bounds of test_more_architectures)
-        err, agree = np.abs(ours - ref).max() / np.abs(ref).max(), (ours.argmax(1) == ref.argmax(1)).mean()
-        print(f"{arch}: max |err| / max |logit| = {err:.4f}, argmax agreement {agree:.3f}")
-        assert err < 0.2 and agree >= 0.9
-    else:
-        ref = float_pool("mean", res.last_hidden_state.double().numpy(), enc["attention_mask"])
-        cos = (ours * ref).sum(1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(ref, axis=1)
-        print(f"{arch}: min cosine to FP32 {cos.min():.4f}")
-        assert cos.min() > 0.95, cos.min()
+    q, plan, enc, res = run_both(ckpt, qm, d, calibration_sentences, token_types=False)
+    assert_tracks_fp32(arch, ckpt, q * plan.out_scale, res, enc["attention_mask"])
 
 
 def test_distilbert_graph_has_bert_names_and_calibration_hooks_its_own_modules(built):
@@ -166,15 +132,7 @@ def test_manifest_token_types_must_match_the_inputs(built, tmp_path):
 
 
 def test_qat_and_sensitivity_refuse_distilbert(built):
-    from ibert_tvm.errors import IBertTVMError
-    from ibert_tvm.quantization.qat import QATModel
-
-    for arch in CASES:
-        ckpt, qm, _, _ = built[arch]
-        with pytest.raises(IBertTVMError, match=f"{arch} is compiled from calibration"):
-            QATModel(ckpt, qm)
-        with pytest.raises(IBertTVMError, match=f"config.json: architectures {arch}: this tool walks BERT's"):
-            ckpt.base
+    assert_qat_and_sensitivity_refuse(built)
 
 
 @pytest.mark.parametrize("arch", list(CASES))

@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from conftest import random_batch
+from arch_checks import (
+    assert_equals_golden,
+    assert_float_free,
+    assert_tracks_fp32,
+    build,
+    run_both,
+)
 
 ARCH = "ElectraForSequenceClassification"
 SHAPES = [(1, 1), (2, 7), (3, 33), (8, 128)]
@@ -17,16 +22,7 @@ SHAPES = [(1, 1), (2, 7), (3, 33), (8, 128)]
 
 @pytest.fixture(scope="module")
 def built(tiny_factory, calibration_sentences, tmp_path_factory):
-    from ibert_tvm.deploy.export import compile_quantized
-    from ibert_tvm.model.hf_loader import load_checkpoint
-    from ibert_tvm.quantization.calibrate import calibrate
-
-    ckpt = load_checkpoint(tiny_factory(ARCH, num_labels=3))
-    qm = calibrate(ckpt, calibration_sentences)
-    d = tmp_path_factory.mktemp(ARCH)
-    qm.save(d / "q")
-    manifest = compile_quantized(qm, d / "out", target="llvm", log=lambda *a: None)
-    return ckpt, qm, d, manifest
+    return build({ARCH: {"num_labels": 3}}, tiny_factory, calibration_sentences, tmp_path_factory)[ARCH]
 
 
 def test_electra_head_is_i_gelu_and_compiles_float_free(built):
@@ -34,7 +30,7 @@ def test_electra_head_is_i_gelu_and_compiles_float_free(built):
     from ibert_tvm.quantization.artifact import QuantizedModel
 
     ckpt, qm, d, manifest = built
-    assert manifest["verify"]["module"]["float_ops"] == 0 and manifest["verify"]["code"]["float_ops"] == 0
+    assert_float_free(manifest)
     assert manifest["inputs"] == ["input_ids", "attention_mask", "token_type_ids", "position_ids"]
     assert manifest["output"]["shape"] == ["batch", 3]
     assert qm.dims["head_act"] == "gelu" and "head.pre_tanh" not in qm.scales
@@ -48,37 +44,14 @@ def test_electra_head_is_i_gelu_and_compiles_float_free(built):
 
 
 def test_electra_head_compiled_equals_golden_with_padding(built):
-    from ibert_tvm.deploy.runtime import CompiledModel
-    from ibert_tvm.model.golden import run_golden
-    from ibert_tvm.model.plan import ModelPlan
+    def three_logits(model, plan, inputs, want, rng):
+        assert want.shape == (inputs["input_ids"].shape[0], 3)
 
     _, qm, d, _ = built
-    plan, model = ModelPlan(qm), CompiledModel(d / "out")
-    d_ = qm.dims
-    rng = np.random.default_rng(5)
-    for batch, seq in SHAPES:
-        inputs = random_batch(rng, batch, seq, family=d_["family"], pad_id=d_["pad_id"], type_vocab=d_["type_vocab"])
-        got, want = model.run_ids(inputs), run_golden(plan, **inputs)
-        assert got.dtype == np.int32 and want.dtype == np.int32 and got.shape == (batch, 3)
-        np.testing.assert_array_equal(got, want, err_msg=f"batch={batch} seq={seq}")
+    assert_equals_golden(ARCH, qm, d, SHAPES, seed=5, also=three_logits)
 
 
 def test_electra_head_tracks_fp32(built, calibration_sentences):
-    import torch
-
-    from ibert_tvm.deploy.runtime import CompiledModel
-    from ibert_tvm.model.plan import ModelPlan
-    from ibert_tvm.quantization.calibrate import torch_inputs
-
     ckpt, qm, d, _ = built
-    model, plan = CompiledModel(d / "out"), ModelPlan(qm)
-    enc = model.tokenizer(calibration_sentences[:16])
-    assert enc["attention_mask"].min() == 0
-    ours = model.run_ids(enc) * plan.out_scale
-    with torch.no_grad():
-        ref = ckpt.model(**torch_inputs(enc)).logits.numpy()
-    # a random 2-layer model: nearly input-independent logits (the bounds of test_more_architectures)
-    err, agree = np.abs(ours - ref).max() / np.abs(ref).max(), (ours.argmax(1) == ref.argmax(1)).mean()
-    print(f"{ARCH}: max |err| / max |logit| = {err:.4f}, argmax agreement {agree:.3f}")
-    assert err < 0.2 and agree >= 0.9
-
+    q, plan, enc, res = run_both(ckpt, qm, d, calibration_sentences)
+    assert_tracks_fp32(ARCH, ckpt, q * plan.out_scale, res, enc["attention_mask"])

@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+from arch_checks import assert_float_free, assert_tracks_fp32, run_both
 
 from ibert_tvm.errors import IBertTVMError
 
@@ -32,37 +33,17 @@ def test_electra_with_factorized_embeddings_compiles(arch, tiny_factory, calibra
 
 
 def _compiles_bit_exact_and_tracks_fp32(model_dir, calibration_sentences, tmp_path):
-    import torch
-
     from ibert_tvm.deploy.export import compile_quantized
-    from ibert_tvm.deploy.runtime import CompiledModel
     from ibert_tvm.model.golden import run_golden
     from ibert_tvm.model.hf_loader import load_checkpoint
-    from ibert_tvm.model.plan import ModelPlan
-    from ibert_tvm.op.pooling import float_pool
-    from ibert_tvm.quantization.calibrate import calibrate, torch_inputs
+    from ibert_tvm.quantization.calibrate import calibrate
 
     ckpt = load_checkpoint(model_dir)
     qm = calibrate(ckpt, calibration_sentences)
-    manifest = compile_quantized(qm, tmp_path / "out", target="llvm", log=lambda *a: None)
-    assert manifest["verify"]["module"]["float_ops"] == 0 and manifest["verify"]["code"]["float_ops"] == 0
-    model, plan = CompiledModel(tmp_path / "out"), ModelPlan(qm)
-    enc = model.tokenizer(calibration_sentences[:16])
-    assert enc["attention_mask"].min() == 0
-    got = model.run_ids(enc)
+    assert_float_free(compile_quantized(qm, tmp_path / "out", target="llvm", log=lambda *a: None))
+    got, plan, enc, res = run_both(ckpt, qm, tmp_path, calibration_sentences)
     np.testing.assert_array_equal(got, run_golden(plan, **enc))
-    with torch.no_grad():
-        res = ckpt.model(**torch_inputs(enc))
-    ours = got * plan.out_scale
-    if ckpt.head == "classifier":
-        ref = res.logits.numpy()
-        # a random 2-layer model: nearly input-independent logits (see test_end_to_end)
-        assert np.abs(ours - ref).max() < 0.2 * np.abs(ref).max()
-        assert (ours.argmax(1) == ref.argmax(1)).mean() >= 0.9
-    else:
-        ref = float_pool("mean", res.last_hidden_state.double().numpy(), enc["attention_mask"])
-        cos = (ours * ref).sum(1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(ref, axis=1)
-        assert cos.min() > 0.95, cos.min()
+    assert_tracks_fp32(str(model_dir), ckpt, got * plan.out_scale, res, enc["attention_mask"])
     return qm
 
 

@@ -21,7 +21,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import random_batch
+from arch_checks import (
+    assert_equals_golden,
+    assert_float_free,
+    assert_qat_and_sensitivity_refuse,
+    build,
+    cosines,
+    run_both,
+)
 
 CASES = ("MPNetModel", "MPNetForSequenceClassification")
 SHAPES = [(1, 1), (3, 33), (8, 128)]
@@ -45,25 +52,12 @@ def _strong_bias(path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def built(tiny_factory, calibration_sentences, tmp_path_factory):
-    from ibert_tvm.deploy.export import compile_quantized
-    from ibert_tvm.model.hf_loader import load_checkpoint
-    from ibert_tvm.quantization.calibrate import calibrate
-
-    out = {}
-    for arch in CASES:
+    def strong_bias(arch, model_dir):
         src = tmp_path_factory.mktemp(f"src-{arch}") / "m"
-        shutil.copytree(tiny_factory(arch), src)
-        ckpt = load_checkpoint(_strong_bias(src))
-        qm = calibrate(ckpt, calibration_sentences)
-        d = tmp_path_factory.mktemp(arch)
-        qm.save(d / "q")
-        manifest = compile_quantized(qm, d / "out", target="llvm", log=lambda *a: None)
-        out[arch] = (ckpt, qm, d, manifest)
-    return out
+        shutil.copytree(model_dir, src)
+        return _strong_bias(src)
 
-
-def _cosines(a, b):
-    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    return build(CASES, tiny_factory, calibration_sentences, tmp_path_factory, prepare=strong_bias)
 
 
 @pytest.mark.parametrize("arch", CASES)
@@ -71,7 +65,7 @@ def test_mpnet_compiles_float_free_without_token_types(arch, built):
     from ibert_tvm.quantization.artifact import QuantizedModel
 
     _, qm, d, manifest = built[arch]
-    assert manifest["verify"]["module"]["float_ops"] == 0 and manifest["verify"]["code"]["float_ops"] == 0
+    assert_float_free(manifest)
     assert manifest["inputs"] == ["input_ids", "attention_mask", "position_ids"]
     assert manifest["type_vocab"] == 0 and qm.dims["type_vocab"] == 0
     assert qm.dims["rel_buckets"] == 32 and qm.dims["family"] == "roberta" and qm.dims["pad_id"] == 1
@@ -85,20 +79,12 @@ def test_mpnet_compiles_float_free_without_token_types(arch, built):
 
 @pytest.mark.parametrize("arch", CASES)
 def test_mpnet_compiled_equals_golden_with_padding(arch, built):
-    from ibert_tvm.deploy.runtime import CompiledModel
-    from ibert_tvm.model.golden import run_golden
-    from ibert_tvm.model.plan import ModelPlan
-
-    _, qm, d, _ = built[arch]
-    plan, model = ModelPlan(qm), CompiledModel(d / "out")
-    rng = np.random.default_rng(3)
-    for batch, seq in SHAPES:
-        inputs = random_batch(rng, batch, seq, family="roberta", pad_id=qm.dims["pad_id"])
-        want = run_golden(plan, **inputs)
-        assert want.dtype == np.int32
-        np.testing.assert_array_equal(model.run_ids(inputs), want, err_msg=f"{arch} batch={batch} seq={seq}")
+    def no_token_types(model, plan, inputs, want, rng):
         del inputs["token_type_ids"]  # no token types: the model never takes them
         np.testing.assert_array_equal(model.run_ids(inputs), want)
+
+    _, qm, d, _ = built[arch]
+    assert_equals_golden(arch, qm, d, SHAPES, seed=3, family="roberta", also=no_token_types)
 
 
 def test_buckets_are_hf_own(built):
@@ -116,22 +102,13 @@ def test_buckets_are_hf_own(built):
 def test_mpnet_tracks_fp32_and_needs_the_bias(arch, built, calibration_sentences):
     """Within the bound with the integer bias; golden without it (a zero table) differs from the
     compiled model, and for the body falls below the cosine bound: the bias is really there."""
-    import torch
-
-    from ibert_tvm.deploy.runtime import CompiledModel
     from ibert_tvm.model.golden import run_golden
     from ibert_tvm.model.plan import ModelPlan
     from ibert_tvm.op.pooling import float_pool
-    from ibert_tvm.quantization.calibrate import torch_inputs
 
     ckpt, qm, d, _ = built[arch]
-    model, plan = CompiledModel(d / "out"), ModelPlan(qm)
-    enc = model.tokenizer(calibration_sentences[:16])
-    assert enc["attention_mask"].min() == 0
-    q = model.run_ids(enc)
+    q, plan, enc, res = run_both(ckpt, qm, d, calibration_sentences, token_types=False)
     ours = q * plan.out_scale
-    with torch.no_grad():
-        res = ckpt.model(**torch_inputs({k: v for k, v in enc.items() if k != "token_type_ids"}))
     unbiased = ModelPlan(qm)
     for i in range(qm.dims["layers"]):
         unbiased.arrays[f"encoder.layer.{i}.attention.self.position_bias"] = np.zeros_like(
@@ -147,7 +124,7 @@ def test_mpnet_tracks_fp32_and_needs_the_bias(arch, built, calibration_sentences
         assert err0 > LOGIT_BOUND, err0
     else:
         ref = float_pool("mean", res.last_hidden_state.double().numpy(), enc["attention_mask"])
-        cos, cos0 = _cosines(ours, ref), _cosines(q0 * plan.out_scale, ref)
+        cos, cos0 = cosines(ours, ref), cosines(q0 * plan.out_scale, ref)
         print(f"{arch}: min cosine to FP32 {cos.min():.4f}; without the bias {cos0.min():.4f}")
         assert cos.min() > COS_BOUND, cos.min()
         assert cos0.min() < COS_BOUND, cos0.min()
@@ -174,15 +151,7 @@ def test_mpnet_graph_has_bert_names_and_calibration_hooks_its_own_modules(built)
 
 def test_qat_and_sensitivity_refuse_mpnet(built):
     """QAT and the sensitivity tools walk BERT's module attributes (and know no position bias)."""
-    from ibert_tvm.errors import IBertTVMError
-    from ibert_tvm.quantization.qat import QATModel
-
-    for arch in CASES:
-        ckpt, qm, _, _ = built[arch]
-        with pytest.raises(IBertTVMError, match=f"{arch} is compiled from calibration"):
-            QATModel(ckpt, qm)
-        with pytest.raises(IBertTVMError, match=f"config.json: architectures {arch}: this tool walks BERT's"):
-            _ = ckpt.base
+    assert_qat_and_sensitivity_refuse(built)
 
 
 def _sentence_transformers_dir(tiny_factory, tmp_path) -> Path:
@@ -227,7 +196,7 @@ def test_masked_lm_dir_loads_its_body_with_the_dirs_pooling(tiny_factory, calibr
     with torch.no_grad():
         h = ckpt.model(**torch_inputs({k: v for k, v in enc.items() if k != "token_type_ids"})).last_hidden_state
     ref = float_pool("mean", h.double().numpy(), enc["attention_mask"])
-    assert _cosines(ours, ref).min() > COS_BOUND
+    assert cosines(ours, ref).min() > COS_BOUND
 
 
 def test_masked_lm_dir_with_foreign_weights_is_refused(tiny_factory, tmp_path):
@@ -302,7 +271,7 @@ def test_real_mpnet_tracks_fp32(tmp_path):
         ours = run_golden(plan, **enc).astype(np.float64)
         with torch.no_grad():
             h = ckpt.model(**torch_inputs({k: v for k, v in enc.items() if k != "token_type_ids"})).last_hidden_state
-        cos.extend(_cosines(ours, float_pool("mean", h.double().numpy(), enc["attention_mask"])))
+        cos.extend(cosines(ours, float_pool("mean", h.double().numpy(), enc["attention_mask"])))
     cos = np.asarray(cos)
     print(f"all-mpnet-base-v2: cosine to FP32 mean {cos.mean():.4f}, min {cos.min():.4f}")
     assert cos.mean() > 0.96 and cos.min() > 0.85

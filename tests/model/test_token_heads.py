@@ -7,25 +7,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from arch_checks import assert_float_free, build
 
 ARCHS = ["RobertaForTokenClassification", "BertForQuestionAnswering"]
 
 
 @pytest.fixture(scope="module")
 def built(tiny_factory, calibration_sentences, tmp_path_factory):
-    from ibert_tvm.deploy.export import compile_quantized
-    from ibert_tvm.model.hf_loader import load_checkpoint
-    from ibert_tvm.quantization.calibrate import calibrate
-
-    out = {}
-    for arch in ARCHS:
-        ckpt = load_checkpoint(tiny_factory(arch, **({"num_labels": 5} if "Token" in arch else {})))
-        qm = calibrate(ckpt, calibration_sentences)
-        d = tmp_path_factory.mktemp(arch)
-        qm.save(d / "q")
-        manifest = compile_quantized(qm, d / "out", target="llvm", log=lambda *a: None)
-        out[arch] = (ckpt, qm, d, manifest)
-    return out
+    cases = {arch: ({"num_labels": 5} if "Token" in arch else {}) for arch in ARCHS}
+    return build(cases, tiny_factory, calibration_sentences, tmp_path_factory)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -40,7 +30,7 @@ def test_token_head_compiles_bit_exact_and_tracks_fp32(arch, built, calibration_
     ckpt, qm, d, manifest = built[arch]
     labels = qm.dims["num_labels"]
     assert manifest["output"]["shape"] == ["batch", "seq", labels]
-    assert manifest["verify"]["module"]["float_ops"] == 0 and manifest["verify"]["code"]["float_ops"] == 0
+    assert_float_free(manifest)
     model, plan = CompiledModel(d / "out"), ModelPlan(qm)
     enc = model.tokenizer(calibration_sentences[:16])
     mask = enc["attention_mask"] != 0
