@@ -34,7 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "docs" / "token_heads.json"
 COMMAND = "python bench/token_heads_accuracy.py"
-BOUND_WORD_AGREEMENT = 0.99  # the slow test's bound (tests/model/test_ner_real.py)
+BOUND_WORD_AGREEMENT = 0.99  # the slow test's bounds (tests/model/test_ner_real.py, 100 test tweets)
+BOUND_F1_POINTS = 2.0  # |entity F1 integer - entity F1 FP32| in points
 
 
 def run_ner(model_dir: Path | None = None, *, calib: int = 300, test: int | None = None, work: Path | None = None,
@@ -59,12 +60,10 @@ def run_ner(model_dir: Path | None = None, *, calib: int = 300, test: int | None
         raise IBertTVMError("--calib must be at least 1")
     if test is not None and test < 1:
         raise IBertTVMError("--test must be at least 1")
-    splits = wnut_splits()
-    if model_dir is None:
-        model_dir = finetune_ner(log=log)
-    model_dir = Path(model_dir)
-    if not (model_dir / "config.json").is_file():
+    if model_dir is not None and not (Path(model_dir) / "config.json").is_file():
         raise IBertTVMError(f"--model-dir {model_dir}: no config.json (a Hugging Face model directory is needed)")
+    splits = wnut_splits()
+    model_dir = Path(model_dir) if model_dir is not None else finetune_ner(log=log)
     ckpt = load_checkpoint(model_dir)
     if ckpt.head != "token_classifier":
         raise IBertTVMError(f"{model_dir / 'config.json'}: architectures is {ckpt.architecture}, "
@@ -177,7 +176,8 @@ def render(res: dict) -> str:
             "(`ibert_tvm.ner.span_f1`); WNUT-16 is hard (noisy tweets, ten types, few examples per type), so "
             "the absolute F1 of a 6-layer model trained for minutes is low: the column to read is the difference",
             f"- slow test: `python -m pytest -m slow tests/model/test_ner_real.py` (100 test tweets, bound: word "
-            f"agreement >= {100 * BOUND_WORD_AGREEMENT:.0f} %, |F1 integer - F1 FP32| <= 2 points)",
+            f"agreement >= {100 * BOUND_WORD_AGREEMENT:.0f} %, |F1 integer - F1 FP32| <= {BOUND_F1_POINTS:g} points, "
+            "FP32 F1 > 20 so the agreement is not vacuous)",
             "- extractive QA: no SQuAD-style data set was found in a PyPI or npm package; the QA head is "
             "measured on tiny random models only (`tests/model/test_token_heads.py`)", ""]
     return "\n".join(out)

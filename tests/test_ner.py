@@ -95,3 +95,24 @@ def test_compare_token_logits_counts_disagreements_and_f1():
     assert r["disagreeing_words"] == 1 and r["per_type"]["PER"]["agreement"] == 0.5
     assert r["f1_integer"]["tp"] == 0 and r["f1_integer"]["pred"] == 2
     assert r["f1_integer_vs_fp32"]["f1"] == 0.0
+
+
+def test_bench_script_refuses_bad_input_with_one_error_line(tmp_path, capsys):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from token_heads_accuracy import main
+
+    assert main(["--model-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --model-dir ") and "config.json" in err[0]
+    assert main(["--report", "--out", str(tmp_path / "none.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "none.json does not exist" in err[0]
+    (tmp_path / "bad.json").write_text("{}")
+    assert main(["--report", "--out", str(tmp_path / "bad.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "bad.json: not a results file" in err[0]
+    assert main(["--calib", "0", "--model-dir", str(tmp_path)]) == 2  # the dir is checked first
+    capsys.readouterr()
