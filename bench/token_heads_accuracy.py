@@ -103,6 +103,9 @@ def run_ner(model_dir: Path | None = None, *, calib: int = 300, test: int | None
     scale = model.output_scale
     err = max(float(np.abs(qi.astype(np.float64) * scale - f).max()) for f, qi in zip(fp32, q))
     rep["max_abs_logit_error"] = err
+    errs = np.concatenate([np.abs(qi.astype(np.float64) * scale - f).ravel() for f, qi in zip(fp32, q)])
+    rep["p99_abs_logit_error"] = float(np.quantile(errs, 0.99))
+    rep["median_abs_logit_error"] = float(np.median(errs))
     rep["max_abs_logit"] = max(float(np.abs(f).max()) for f in fp32)
     if golden:
         from ibert_tvm.model.golden import run_golden
@@ -156,8 +159,9 @@ def render(res: dict) -> str:
     if m:
         out.append(f"| FP32 top-1 minus top-2 logit where they differ (median / max) | {m['median']:.3f} / "
                    f"{m['max']:.3f} (median over all tokens {r['fp32_margin_median_all']:.3f}) |")
-    out.append(f"| max abs logit error (integer x scale - FP32) | {r['max_abs_logit_error']:.3f} "
-               f"(largest FP32 logit {r['max_abs_logit']:.2f}) |")
+    out.append(f"| abs logit error (integer x scale - FP32), median / 99th pct / max | "
+               f"{r.get('median_abs_logit_error', float('nan')):.3f} / {r.get('p99_abs_logit_error', float('nan')):.3f} / "
+               f"{r['max_abs_logit_error']:.3f} (largest FP32 logit {r['max_abs_logit']:.2f}) |")
     out += ["", "Per entity type (words whose gold tag has that type):", "",
             "| type | gold spans | words | argmax agreement % | F1 FP32 | F1 integer-only |", "|---|---|---|---|---|---|"]
     for t, v in r["per_type"].items():
@@ -177,7 +181,7 @@ def render(res: dict) -> str:
             "the absolute F1 of a 6-layer model trained for minutes is low: the column to read is the difference",
             f"- slow test: `python -m pytest -m slow tests/model/test_ner_real.py` (100 test tweets, bound: word "
             f"agreement >= {100 * BOUND_WORD_AGREEMENT:.0f} %, |F1 integer - F1 FP32| <= {BOUND_F1_POINTS:g} points, "
-            "FP32 F1 > 20 so the agreement is not vacuous)",
+            "FP32 F1 > 5 so the agreement is not vacuous)",
             "- extractive QA: no SQuAD-style data set was found in a PyPI or npm package; the QA head is "
             "measured on tiny random models only (`tests/model/test_token_heads.py`)", ""]
     return "\n".join(out)
