@@ -181,8 +181,9 @@ def render(res: dict) -> str:
             "(`ibert_tvm.ner.NER_SEED`), are held out; fine-tuning and calibration read only the other 80%",
             "- entity F1: exact (type, first word, last word) matches, conlleval chunking "
             "(`ibert_tvm.ner.span_f1`); WNUT-16 is hard (noisy tweets, ten types, few examples per type), so "
-            "the absolute F1 of a 6-layer model trained for minutes is low (it learned person and geo-loc only; the other types score 0 in FP32 too): the column to read "
-            "is the difference",
+            "the absolute F1 of a 6-layer model trained for minutes is low "
+            "(it learned person and geo-loc only; the other types score 0 in FP32 too): the column to read is "
+            "the difference",
             f"- slow test: `python -m pytest -m slow tests/model/test_ner_real.py` (100 test tweets, bound: word "
             f"agreement >= {100 * BOUND_WORD_AGREEMENT:.0f} %, |F1 integer - F1 FP32| <= {BOUND_F1_POINTS:g} points, "
             "FP32 F1 > 5 so the agreement is not vacuous)",
