@@ -28,4 +28,4 @@ def test_ner_on_tweets_tracks_fp32():
     assert "bit for bit" in r["golden_check"]
     assert r["word_agreement"] >= BOUND_WORD_AGREEMENT, r["word_agreement"]
     assert abs(r["f1_integer"]["f1"] - r["f1_fp32"]["f1"]) <= BOUND_F1_POINTS / 100, (r["f1_fp32"], r["f1_integer"])
-    assert r["f1_fp32"]["f1"] > 0.05  # the FP32 model did learn something (a random head scores ~0)
+    assert r["f1_fp32"]["f1"] > 0.02  # the FP32 model learned something (a random head scores ~0.002)
