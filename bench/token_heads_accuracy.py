@@ -127,6 +127,94 @@ def run_ner(model_dir: Path | None = None, *, calib: int = 300, test: int | None
     }
 
 
+def run_qa(*, calib: int = 300, work: Path | None = None, golden: int = 8, target: str = "llvm", log=print) -> dict:
+    """QA built from the NER tweets (:mod:`ibert_tvm.ner_qa`): fine-tune (cached), calibrate on train
+    questions + tweets, compile, and decode the test questions' spans from FP32 and from the int32 logits."""
+    import numpy as np
+    import torch
+
+    from ibert_tvm.deploy.api import best_span
+    from ibert_tvm.deploy.export import compile_quantized
+    from ibert_tvm.deploy.runtime import CompiledModel
+    from ibert_tvm.model.hf_loader import load_checkpoint, load_tokenizer_json
+    from ibert_tvm.ner import wnut_splits
+    from ibert_tvm.ner_qa import META, best_span_float, compare_spans, encode_qa, finetune_qa, qa_examples
+    from ibert_tvm.quantization.artifact import QuantizedModel
+    from ibert_tvm.quantization.calibrate import calibrate, torch_inputs
+    from ibert_tvm.support.tokenize import Tokenizer
+    from ibert_tvm.tasks import cache_dir
+
+    splits = wnut_splits()
+    model_dir = finetune_qa(log=log)
+    ckpt = load_checkpoint(model_dir)
+    train = qa_examples(splits["train"])
+    test = qa_examples(splits["test"])
+    # calibration takes single texts: the question and the tweet as one text (token type 0 throughout)
+    calib_texts = [" ".join(e.question + e.context) for e in train[:calib]]
+    work = Path(work or cache_dir() / "bench" / "token-heads" / f"{model_dir.name}-c{calib}-{target.split()[0]}")
+    t0 = time.time()
+    if (work / "out" / "manifest.json").is_file() and (work / "q").is_dir():
+        qm, prepare = QuantizedModel.load(work / "q"), None
+    else:
+        log(f"calibrating the QA model on {len(calib_texts)} train questions, compiling into {work}")
+        qm = calibrate(ckpt, calib_texts)
+        qm.save(work / "q")
+        compile_quantized(qm, work / "out", target=target, log=lambda *a: None)
+        prepare = round(time.time() - t0, 1)
+    model = CompiledModel(work / "out")
+    tok_json = load_tokenizer_json(model_dir)
+    encs, ctx = encode_qa(tok_json, test, model.manifest["max_seq"])
+    tok = Tokenizer(tok_json, model.manifest["max_seq"], "bert", ckpt.pad_token_id)
+    fsp, qsp = [None] * len(test), [None] * len(test)
+    order = sorted(range(len(test)), key=lambda i: len(encs[i][0]))
+    for b in range(0, len(order), 32):
+        idx = order[b : b + 32]
+        enc = tok.pad([encs[i] for i in idx])
+        with torch.no_grad():
+            r = ckpt.model(**torch_inputs(enc))
+        f = np.stack([r.start_logits.numpy(), r.end_logits.numpy()], -1)
+        qi = model.run_ids(enc)
+        for k, i in enumerate(idx):
+            n = len(encs[i][0])
+            fsp[i], qsp[i] = best_span_float(f[k, :n]), best_span(qi[k, :n])
+    rep = compare_spans(test, ctx, fsp, qsp)
+    if golden:
+        from ibert_tvm.model.golden import run_golden
+        from ibert_tvm.model.plan import ModelPlan
+
+        enc = tok.pad(encs[:golden])
+        if not np.array_equal(model.run_ids(enc), run_golden(ModelPlan(qm), **enc)):
+            from ibert_tvm.errors import IBertTVMError
+
+            raise IBertTVMError("QA: compiled != golden on the first test questions")
+        rep["golden_check"] = f"compiled == golden on {golden} test questions (padded batch), bit for bit"
+    meta = json.loads((model_dir / META).read_text()) if (model_dir / META).is_file() else {}
+    return {"train_questions": len(train), "test_questions": len(test), "calibration_questions": len(calib_texts),
+            "model_dir": model_dir.name, "artifact": model.manifest.get("model", {}).get("identity"),
+            "finetune": meta, "prepare_seconds": prepare, "results": rep}
+
+
+def render_qa(res: dict) -> list[str]:
+    r, ft = res["results"], res.get("finetune") or {}
+    return ["### Extractive QA built from the same tweets", "",
+            "No SQuAD-style set ships in a PyPI or npm package that we found, so the tweets become questions "
+            "(`ibert_tvm/ner_qa.py`): for each entity type in a tweet, \"Which <type> is mentioned ?\" over the "
+            "tweet, every span of that type a gold answer. all-MiniLM-L6-v2 fine-tuned as "
+            f"`BertForQuestionAnswering` on the {res['train_questions']} questions of the train tweets "
+            f"({ft.get('config')}, {ft.get('seconds')} s, loss {ft.get('loss_first20', 0):.2f} -> "
+            f"{ft.get('final_loss', 0):.2f}); calibrated on {res['calibration_questions']} of them (question and "
+            "tweet as one text); evaluated on the "
+            f"{res['test_questions']} questions of the held-out test tweets. Both models' spans are decoded by "
+            "the same rule (`deploy/api.best_span`: the largest start + end with start <= end < start + 30; on "
+            f"the int32 logits for the integer model). {r.get('golden_check', '')}.", "",
+            "| model | EM vs gold | word F1 vs gold |", "|---|---|---|",
+            f"| FP32 (PyTorch) | {100 * r['em_fp32']:.2f} | {100 * r['f1_fp32']:.2f} |",
+            f"| integer-only, PTQ min/max (compiled TVM) | {100 * r['em_integer']:.2f} | {100 * r['f1_integer']:.2f} |",
+            "", f"Integer-only vs FP32: exact (start, end) match {100 * r['span_match']:.2f} % "
+            f"({r['differing_spans']} of {r['questions']} spans differ); start {100 * r['start_match']:.2f} %, "
+            f"end {100 * r['end_match']:.2f} %.", ""]
+
+
 def render(res: dict) -> str:
     r = res["results"]
     ft = res.get("finetune") or {}
@@ -187,8 +275,9 @@ def render(res: dict) -> str:
             f"- slow test: `python -m pytest -m slow tests/model/test_ner_real.py` (100 test tweets, bound: word "
             f"agreement >= {100 * BOUND_WORD_AGREEMENT:.0f} %, |F1 integer - F1 FP32| <= {BOUND_F1_POINTS:g} points, "
             "FP32 F1 > 2 so the agreement is not vacuous: 5.5 on these 100, a random head 0.2)",
-            "- extractive QA: no SQuAD-style data set was found in a PyPI or npm package; the QA head is "
-            "measured on tiny random models only (`tests/model/test_token_heads.py`)", ""]
+            ""]
+    if res.get("qa"):
+        out += render_qa(res["qa"])
     return "\n".join(out)
 
 
@@ -200,6 +289,8 @@ def main(argv=None) -> int:
     ap.add_argument("--calib", type=int, default=300, help="train tweets to calibrate on (default 300)")
     ap.add_argument("--test", type=int, help="only the first N test tweets (default: all 479)")
     ap.add_argument("--work", type=Path, help="where the calibrated and compiled model go (default: under the cache)")
+    ap.add_argument("--qa", action="store_true", help="also the QA head on questions built from the tweets "
+                    "(ibert_tvm/ner_qa.py; fine-tunes and compiles a second model)")
     ap.add_argument("--out", type=Path, default=RESULTS, help=f"results JSON (default {RESULTS.relative_to(ROOT)})")
     args = ap.parse_args(argv)
     from ibert_tvm.errors import IBertTVMError
@@ -215,6 +306,8 @@ def main(argv=None) -> int:
                 raise IBertTVMError(f"{args.out}: not a results file of this script ({type(e).__name__}: {e})") from None
             return 0
         res = run_ner(args.model_dir, calib=args.calib, test=args.test, work=args.work)
+        if args.qa:
+            res["qa"] = run_qa(calib=args.calib)
     except IBertTVMError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -224,7 +317,7 @@ def main(argv=None) -> int:
     res.update(when=datetime.date.today().isoformat(), commit=commit,
                machine=f"{platform.machine()}, {os.cpu_count()} cores, no GPU",
                command=COMMAND + (f" --calib {args.calib}" if args.calib != 300 else "")
-               + (f" --test {args.test}" if args.test else ""))
+               + (f" --test {args.test}" if args.test else "") + (" --qa" if args.qa else ""))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(res, indent=1))
     print(render(res))

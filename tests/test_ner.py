@@ -116,3 +116,28 @@ def test_bench_script_refuses_bad_input_with_one_error_line(tmp_path, capsys):
     assert len(err) == 1 and "bad.json: not a results file" in err[0]
     assert main(["--calib", "0", "--model-dir", str(tmp_path)]) == 2  # the dir is checked first
     capsys.readouterr()
+
+
+def test_qa_from_ner_questions_spans_and_scores():
+    from ibert_tvm.deploy.api import best_span
+    from ibert_tvm.ner_qa import best_span_float, compare_spans, qa_examples, token_span, word_span
+
+    s = TaggedSentence(("Ann", "met", "Bob", "in", "New", "York"), ("B-person", "O", "B-person", "O", "B-geo-loc",
+                                                                    "I-geo-loc"))
+    ex = qa_examples([s])
+    assert [e.question for e in ex] == [tuple("Which place is mentioned ?".split()),
+                                        tuple("Which person is mentioned ?".split())]
+    assert ex[0].answers == ((4, 5),) and ex[1].answers == ((0, 0), (2, 2))
+    # [CLS] which place is mentioned ? [SEP] ann met bob in new york [SEP]
+    ctx = [None] * 7 + [0, 1, 2, 3, 4, 5, None]
+    assert token_span(ctx, (4, 5)) == (11, 12)
+    assert word_span(ctx, (11, 13)) == (4, 5) and word_span(ctx, (1, 3)) is None
+    # place: exact; person: "Bob in" overlaps the gold "Bob" (F1 2/3), no exact match
+    r = compare_spans(ex, [ctx, ctx], [(11, 12), (9, 10)], [(11, 12), (9, 9)])
+    assert r["span_match"] == 0.5 and r["start_match"] == 1.0 and r["end_match"] == 0.5
+    assert r["em_fp32"] == 0.5 and abs(r["f1_fp32"] - (1 + 2 / 3) / 2) < 1e-12
+    assert r["em_integer"] == 1.0 and r["f1_integer"] == 1.0
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        q = rng.integers(-50, 50, (int(rng.integers(1, 45)), 2))
+        assert best_span_float(q.astype(np.float64)) == best_span(q.astype(np.int32))
