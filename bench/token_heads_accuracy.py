@@ -36,6 +36,7 @@ RESULTS = ROOT / "docs" / "token_heads.json"
 COMMAND = "python bench/token_heads_accuracy.py"
 BOUND_WORD_AGREEMENT = 0.99  # the slow test's bounds (tests/model/test_ner_real.py, 100 test tweets)
 BOUND_F1_POINTS = 2.0  # |entity F1 integer - entity F1 FP32| in points
+BOUND_QA_SPAN_MATCH = 0.93  # QA: exact (start, end) match with FP32 on the 252 test questions (measured 94.84 %)
 
 
 def run_ner(model_dir: Path | None = None, *, calib: int = 300, test: int | None = None, work: Path | None = None,
@@ -212,7 +213,11 @@ def render_qa(res: dict) -> list[str]:
             f"| integer-only, PTQ min/max (compiled TVM) | {100 * r['em_integer']:.2f} | {100 * r['f1_integer']:.2f} |",
             "", f"Integer-only vs FP32: exact (start, end) match {100 * r['span_match']:.2f} % "
             f"({r['differing_spans']} of {r['questions']} spans differ); start {100 * r['start_match']:.2f} %, "
-            f"end {100 * r['end_match']:.2f} %.", ""]
+            f"end {100 * r['end_match']:.2f} %. The QA decision is one argmax over a whole tweet's tokens (NER's "
+            "is per token among 21 labels), so a near-tie moves it more often. Calibration sees single texts "
+            "(token type 0) while the questions run as pairs. Slow test: "
+            "`python -m pytest -m slow tests/model/test_ner_real.py -k qa` (bound: span match >= "
+            f"{100 * BOUND_QA_SPAN_MATCH:.0f} %, |EM integer - EM FP32| <= 3 points).", ""]
 
 
 def render(res: dict) -> str:

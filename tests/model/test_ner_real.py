@@ -29,3 +29,18 @@ def test_ner_on_tweets_tracks_fp32():
     assert r["word_agreement"] >= BOUND_WORD_AGREEMENT, r["word_agreement"]
     assert abs(r["f1_integer"]["f1"] - r["f1_fp32"]["f1"]) <= BOUND_F1_POINTS / 100, (r["f1_fp32"], r["f1_integer"])
     assert r["f1_fp32"]["f1"] > 0.02  # the FP32 model learned something (a random head scores ~0.002)
+
+
+def test_qa_on_questions_from_tweets_tracks_fp32():
+    """The QA head on questions built from the tweets (ibert_tvm/ner_qa.py): every held-out
+    question, spans decoded by best_span's rule from FP32 and from the int32 logits."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from token_heads_accuracy import BOUND_QA_SPAN_MATCH, run_qa
+
+    res = run_qa(calib=300, golden=8, log=lambda *a: None)
+    r = res["results"]
+    print(r)
+    assert "bit for bit" in r["golden_check"]
+    assert r["span_match"] >= BOUND_QA_SPAN_MATCH, r["span_match"]
+    assert abs(r["em_integer"] - r["em_fp32"]) <= 0.03, r
+    assert r["f1_fp32"] > 0.2  # the FP32 QA model learned the task
