@@ -140,7 +140,14 @@ def run_qa(*, calib: int = 300, work: Path | None = None, golden: int = 8, targe
     from ibert_tvm.deploy.runtime import CompiledModel
     from ibert_tvm.model.hf_loader import load_checkpoint, load_tokenizer_json
     from ibert_tvm.ner import wnut_splits
-    from ibert_tvm.ner_qa import META, best_span_float, compare_spans, encode_qa, finetune_qa, qa_examples
+    from ibert_tvm.ner_qa import (
+        META,
+        best_span_float,
+        compare_spans,
+        encode_qa,
+        finetune_qa,
+        qa_examples,
+    )
     from ibert_tvm.quantization.artifact import QuantizedModel
     from ibert_tvm.quantization.calibrate import calibrate, torch_inputs
     from ibert_tvm.support.tokenize import Tokenizer
@@ -225,7 +232,7 @@ def render(res: dict) -> str:
     r = res["results"]
     ft = res.get("finetune") or {}
     cfg = ft.get("config", {})
-    pct = lambda x: "-" if x is None else f"{100 * x:.2f}"  # noqa: E731
+    pct = lambda x: "-" if x is None else f"{100 * x:.2f}"
     out = ["## NER on tweets (fine-tuned MiniLM token classifier; FP32 vs integer-only)", "",
            f"{res['test_tweets']} held-out test tweets ({r['words']} words, {r['tokens']} sub-word tokens); data: "
            f"{res['data']} (wheel sha256 `{res['wheel_sha256'][:16]}...`); measured {res['when']} at commit "

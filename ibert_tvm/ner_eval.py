@@ -11,7 +11,7 @@ on a tie), exactly what ``Model.predict`` does.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

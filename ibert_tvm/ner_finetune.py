@@ -78,7 +78,7 @@ def finetune_ner(cfg: NerFinetuneConfig = NerFinetuneConfig(), *, source: str = 
     import transformers
 
     from .model.hf_loader import load_checkpoint, load_tokenizer_json
-    from .ner import encode_words, label_list, read_conll, prepare_ner_data, wnut_splits
+    from .ner import encode_words, label_list, prepare_ner_data, read_conll, wnut_splits
     from .quantization.calibrate import torch_inputs
     from .support.tokenize import Tokenizer
 

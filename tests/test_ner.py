@@ -6,8 +6,15 @@ import numpy as np
 import pytest
 
 from ibert_tvm.errors import IBertTVMError
-from ibert_tvm.ner import (TaggedSentence, entity_spans, first_subtoken_index, label_list, read_conll, span_f1,
-                           split_sentences)
+from ibert_tvm.ner import (
+    TaggedSentence,
+    entity_spans,
+    first_subtoken_index,
+    label_list,
+    read_conll,
+    span_f1,
+    split_sentences,
+)
 
 
 def test_entity_spans_follow_conlleval_chunking():
@@ -120,13 +127,19 @@ def test_bench_script_refuses_bad_input_with_one_error_line(tmp_path, capsys):
 
 def test_qa_from_ner_questions_spans_and_scores():
     from ibert_tvm.deploy.api import best_span
-    from ibert_tvm.ner_qa import best_span_float, compare_spans, qa_examples, token_span, word_span
+    from ibert_tvm.ner_qa import (
+        best_span_float,
+        compare_spans,
+        qa_examples,
+        token_span,
+        word_span,
+    )
 
     s = TaggedSentence(("Ann", "met", "Bob", "in", "New", "York"), ("B-person", "O", "B-person", "O", "B-geo-loc",
                                                                     "I-geo-loc"))
     ex = qa_examples([s])
-    assert [e.question for e in ex] == [tuple("Which place is mentioned ?".split()),
-                                        tuple("Which person is mentioned ?".split())]
+    assert [e.question for e in ex] == [tuple(["Which", "place", "is", "mentioned", "?"]),
+                                        tuple(["Which", "person", "is", "mentioned", "?"])]
     assert ex[0].answers == ((4, 5),) and ex[1].answers == ((0, 0), (2, 2))
     # [CLS] which place is mentioned ? [SEP] ann met bob in new york [SEP]
     ctx = [None] * 7 + [0, 1, 2, 3, 4, 5, None]
