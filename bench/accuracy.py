@@ -4,6 +4,7 @@
     python bench/accuracy.py --part stsb      # STS-B dev only       (results kept in docs/accuracy.json)
     python bench/accuracy.py --part sentiment # sentiment test only
     python bench/accuracy.py --report         # re-render docs/accuracy.md from docs/accuracy.json
+    python bench/token_heads_accuracy.py      # NER on tweets (docs/token_heads.json; rendered here too)
 
 STS-B (dev, 1500 pairs, all-MiniLM-L6-v2): FP32, the peers, and the compiled integer-only model
 after post-training calibration with min/max and with percentile activation ranges. If the better
@@ -276,6 +277,12 @@ def render(results: dict) -> str:
             notes.append("- QAT loss: cross-entropy on the train labels + 0.5 x KL toward the FP32 logits (T = 2), "
                          "one epoch, batch 16, AdamW")
         out += ["Details:", "", *notes, ""]
+    token_heads = ROOT / "docs" / "token_heads.json"  # written by bench/token_heads_accuracy.py
+    if token_heads.is_file():
+        sys.path.insert(0, str(ROOT / "bench"))
+        from token_heads_accuracy import render as render_token_heads
+
+        out += [render_token_heads(json.loads(token_heads.read_text()))]
     out += ["## CI regression test (default suite)", "",
             "`python -m pytest tests/test_evaluate.py -k stsb_slice -s` prints its figures: MiniLM calibrated on 100 "
             "STS-B train sentences, the first 200 STS-B dev pairs, integer-only Spearman through the golden "
