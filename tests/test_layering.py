@@ -19,7 +19,7 @@ LAYERS = (
     ("frontend",),  # TVM's importer + graph passes: HF dir -> float Relax -> points, ranges, integer module
     ("quantization",),  # schemes, calibration on the frontend's points, the quantized artifact, QAT
     ("deploy",),  # export, runtime, verify out/, board, RPC, API, server, bundle
-    ("evaluate", "fidelity", "benchmarks", "tuning"),  # accuracy, speed, and the tuner (it runs compile's pipeline
+    ("evaluate", "fidelity", "token_tasks", "benchmarks", "tuning"),  # accuracy (token_tasks: the NER/QA heads on real text), speed, and the tuner (it runs compile's pipeline
     # and measures through deploy/rpc on boards, so it sits above both)
     ("cli", "__main__"),  # one module per command
 )

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ibert_tvm.errors import IBertTVMError
-from ibert_tvm.ner import (
+from ibert_tvm.token_tasks.data import (
     TaggedSentence,
     entity_spans,
     first_subtoken_index,
@@ -77,7 +77,7 @@ def test_first_subtoken_of_each_word():
 
 
 def test_compare_token_logits_counts_disagreements_and_f1():
-    from ibert_tvm.ner_eval import compare_token_logits
+    from ibert_tvm.token_tasks.compare import compare_token_logits
 
     labels = ["O", "B-PER", "I-PER"]
     sents = [TaggedSentence(("Ann", "Lee", "ran"), ("B-PER", "I-PER", "O")),
@@ -127,7 +127,7 @@ def test_bench_script_refuses_bad_input_with_one_error_line(tmp_path, capsys):
 
 def test_qa_from_ner_questions_spans_and_scores():
     from ibert_tvm.deploy.api import best_span
-    from ibert_tvm.ner_qa import (
+    from ibert_tvm.token_tasks.qa import (
         best_span_float,
         compare_spans,
         qa_examples,

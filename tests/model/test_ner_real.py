@@ -32,7 +32,7 @@ def test_ner_on_tweets_tracks_fp32():
 
 
 def test_qa_on_questions_from_tweets_tracks_fp32():
-    """The QA head on questions built from the tweets (ibert_tvm/ner_qa.py): every held-out
+    """The QA head on questions built from the tweets (ibert_tvm/token_tasks/qa.py): every held-out
     question, spans decoded by best_span's rule from FP32 and from the int32 logits."""
     sys.path.insert(0, str(ROOT / "bench"))
     from token_heads_accuracy import BOUND_QA_SPAN_MATCH, run_qa

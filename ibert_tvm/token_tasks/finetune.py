@@ -2,13 +2,13 @@
 
 The bundled all-MiniLM-L6-v2 encoder (``BertModel``) gets a ``BertForTokenClassification`` head
 (one linear layer per token, 21 BIO labels over ten types) and is fine-tuned with AdamW on the
-seeded *train* split of :func:`ibert_tvm.ner.wnut_splits` (1915 tweets). Each word's label is
+seeded *train* split of :func:`ibert_tvm.token_tasks.data.wnut_splits` (1915 tweets). Each word's label is
 put on its first sub-token; the other sub-tokens and [CLS]/[SEP] are ignored by the loss (-100).
 A few minutes on 2 CPU cores.
 
 The result is a plain Hugging Face directory (``config.json``, ``model.safetensors``,
 ``tokenizer.json``) under ``<cache>/models/minilm-ner-<key>/``, ``<key>`` hashing the source
-model, the data split and the hyper-parameters. ``python -m ibert_tvm.ner_finetune`` prints the
+model, the data split and the hyper-parameters. ``python -m ibert_tvm.token_tasks.finetune`` prints the
 directory (training it if needed).
 """
 
@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import IBertTVMError
-from .support.fs import ArtifactKind, atomic_dir
+from ..errors import IBertTVMError
+from ..support.fs import ArtifactKind, atomic_dir
 
 FORMAT = "ibert-tvm-finetuned-ner/1"
 FINETUNE_META = "finetune.json"
@@ -42,7 +42,7 @@ class NerFinetuneConfig:
 
 
 def _key(source_hash: str, cfg: NerFinetuneConfig) -> str:
-    from .ner import NER_SEED, NER_TEST_FRACTION, NER_WHEEL_SHA256
+    from .data import NER_SEED, NER_TEST_FRACTION, NER_WHEEL_SHA256
 
     params = {k: v for k, v in asdict(cfg).items() if not (k == "train_examples" and v is None)}
     blob = json.dumps([source_hash, params, NER_WHEEL_SHA256, NER_SEED, NER_TEST_FRACTION, 1])
@@ -50,8 +50,8 @@ def _key(source_hash: str, cfg: NerFinetuneConfig) -> str:
 
 
 def ner_model_dir(cfg: NerFinetuneConfig = NerFinetuneConfig(), source: str = "default") -> Path:
-    from .model.hf_loader import hash_model_dir, resolve_model_dir
-    from .tasks import cache_dir
+    from ..model.hf_loader import hash_model_dir, resolve_model_dir
+    from ..tasks import cache_dir
 
     return cache_dir() / "models" / f"minilm-ner-{_key(hash_model_dir(resolve_model_dir(source)), cfg)}"
 
@@ -77,10 +77,16 @@ def finetune_ner(cfg: NerFinetuneConfig = NerFinetuneConfig(), *, source: str = 
     import torch
     import transformers
 
-    from .model.hf_loader import load_checkpoint, load_tokenizer_json
-    from .ner import encode_words, label_list, prepare_ner_data, read_conll, wnut_splits
-    from .quantization.calibrate import torch_inputs
-    from .support.tokenize import Tokenizer
+    from ..model.hf_loader import load_checkpoint, load_tokenizer_json
+    from ..quantization.calibrate import torch_inputs
+    from ..support.tokenize import Tokenizer
+    from .data import (
+        encode_words,
+        label_list,
+        prepare_ner_data,
+        read_conll,
+        wnut_splits,
+    )
 
     base = load_checkpoint(source)
     if base.architecture != "BertModel":

@@ -4,7 +4,7 @@ PyPI or npm package that we found).
 Each (tweet, entity type present in it) becomes one question, ``"Which <type> is mentioned?"``,
 over the tweet as context; the gold answers are every span of that type in the tweet (any counts,
 as SQuAD's several answers do), the training target the first. Train/test follow the NER split
-(:func:`ibert_tvm.ner.wnut_splits`), so the QA model and its calibration never see a test tweet.
+(:func:`ibert_tvm.token_tasks.data.wnut_splits`), so the QA model and its calibration never see a test tweet.
 
 :func:`finetune_qa` fine-tunes all-MiniLM-L6-v2 as ``BertForQuestionAnswering`` (cached under
 ``<cache>/models/minilm-nerqa-<key>/``). :func:`compare_spans` scores FP32 and the compiled
@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import IBertTVMError
-from .ner import TaggedSentence, entity_spans
-from .support.fs import ArtifactKind, atomic_dir
+from ..errors import IBertTVMError
+from ..support.fs import ArtifactKind, atomic_dir
+from .data import TaggedSentence, entity_spans
 
 TYPE_WORDS = {"person": "person", "geo-loc": "place", "company": "company", "facility": "facility",
               "product": "product", "musicartist": "music artist", "movie": "movie", "sportsteam": "sports team",
@@ -135,9 +135,9 @@ class QAFinetuneConfig:
 
 
 def qa_model_dir(cfg: QAFinetuneConfig = QAFinetuneConfig(), source: str = "default") -> Path:
-    from .model.hf_loader import hash_model_dir, resolve_model_dir
-    from .ner import NER_SEED, NER_TEST_FRACTION, NER_WHEEL_SHA256
-    from .tasks import cache_dir
+    from ..model.hf_loader import hash_model_dir, resolve_model_dir
+    from ..tasks import cache_dir
+    from .data import NER_SEED, NER_TEST_FRACTION, NER_WHEEL_SHA256
 
     blob = json.dumps([hash_model_dir(resolve_model_dir(source)), asdict(cfg), NER_WHEEL_SHA256, NER_SEED,
                        NER_TEST_FRACTION, TYPE_WORDS, 1])
@@ -152,10 +152,10 @@ def finetune_qa(cfg: QAFinetuneConfig = QAFinetuneConfig(), *, source: str = "de
     import torch
     import transformers
 
-    from .model.hf_loader import load_checkpoint, load_tokenizer_json
-    from .ner import wnut_splits
-    from .quantization.calibrate import torch_inputs
-    from .support.tokenize import Tokenizer
+    from ..model.hf_loader import load_checkpoint, load_tokenizer_json
+    from ..quantization.calibrate import torch_inputs
+    from ..support.tokenize import Tokenizer
+    from .data import wnut_splits
 
     base = load_checkpoint(source)
     if base.architecture != "BertModel":

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .ner import TaggedSentence, first_subtoken_index, span_f1
+from .data import TaggedSentence, first_subtoken_index, span_f1
 
 
 def _score(s) -> dict:
