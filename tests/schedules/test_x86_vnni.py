@@ -132,6 +132,83 @@ def test_tensorized_kernel_equals_linear_np(k, n, lead_rank):
         np.testing.assert_array_equal(out.numpy(), linear_np(x, w, b), err_msg=f"rows {lead}")
 
 
+# -- epilogue-fused kernels: the epilogue runs inside the GEMM tile ---------------------------
+def _build_fused(kind, k, n, seed):
+    """The model's FFN-in (linear -> 16-bit requantization -> i-GELU + int8 requantization) or
+    attention-out / FFN-out (linear -> residual add) as one PrimFunc with symbolic batch x seq,
+    scheduled by the x86 rule; returns ``(lib, scheduled func, run(batch, seq) -> (got, want))``."""
+    import tvm
+    from tvm import te, tirx
+
+    from ibert_tvm.op.int_gelu import IntGELU
+    from ibert_tvm.op.requantize import Requantize
+    from ibert_tvm.op.residual_add import ResidualAdd
+
+    rng = np.random.default_rng(seed)
+    i64 = lambda v: tirx.IntImm("int64", v)  # noqa: E731
+    lead = [tirx.Var("batch", "int64"), tirx.Var("seq", "int64")]
+    strat = xv.VnniLinear()
+    x = te.placeholder((*lead, i64(k)), "int8", name="x")
+    w = te.placeholder([i64(d) for d in strat.param_shapes(n, k)["weight"][0]], "int8", name="w")
+    b = te.placeholder((i64(n),), "int32", name="b")
+    vec = lambda name: te.placeholder((i64(n),), "int32", name=name)  # noqa: E731
+    acc = strat.te(x, w, b)
+    w_np = _extremes(rng, _rand(rng, (n, k)))
+    b_np = rng.integers(-(2**24), 2**24, n).astype(np.int32)
+    packed = strat.pack(w_np, b_np)
+    ratio = rng.uniform(0.5, 2.0, n) / (128 * np.sqrt(k) * 16)
+    if kind == "gelu":
+        rq = Requantize(ratio * 2**8, in_bits=32, out_bits=16)
+        gelu = IntGELU(2.0**-10, in_bits=16, out_scale_q=rng.uniform(0.02, 0.05, n))
+        ts = [vec("m"), vec("s"), vec("gm"), vec("gs")]
+        out = gelu.te_q(rq.te(acc, ts[0], ts[1]), ts[2], ts[3])
+        consts = [rq.m, rq.s, gelu.params()["m"], gelu.params()["s"]]
+        ref = lambda xs, r: gelu.numpy_q(rq.numpy(linear_np(xs, w_np, b_np)))  # noqa: E731
+    else:
+        ra = ResidualAdd(ratio * 2**10, rng.uniform(0.5, 2.0, n) * 2**6, out_bits=24)
+        ts = [te.placeholder((*lead, i64(n)), "int8", name="r"), vec("m"), vec("s"), vec("mb"), vec("sb")]
+        out = ra.te(acc, *ts)
+        p = ra.params()
+        consts = [p["m"], p["s"], p["mb"], p["sb"]]
+        ref = lambda xs, r: ra.numpy(linear_np(xs, w_np, b_np), r)  # noqa: E731
+    func = te.create_prim_func([x, w, b, *ts, out])
+    tgt = tvm.target.Target({"kind": "llvm", "mcpu": "cascadelake", "num-cores": 2})
+    with tgt:
+        sch = xv.VnniLinearRule().apply(func, tgt, False)
+    scheduled = sch.mod["main"]
+    lib = tvm.compile(tvm.IRModule({"main": scheduled.with_attr("global_symbol", "main")}), target=tgt)
+
+    def run(batch, seq):
+        xs = _extremes(rng, _rand(rng, (batch, seq, k)))
+        r = _extremes(rng, _rand(rng, (batch, seq, n)))
+        args = [xs, packed["weight"], packed["bias"], *([r] if kind == "residual" else []), *consts]
+        want = ref(xs, r)
+        got = tvm.runtime.tensor(np.zeros(want.shape, want.dtype))
+        lib["main"](*[tvm.runtime.tensor(a) for a in args], got)
+        return got.numpy(), want
+
+    return lib, scheduled, run
+
+
+@pytest.mark.parametrize("kind,k,n", [("gelu", 64, 192), ("residual", 96, 64), ("gelu", 40, 48)])
+def test_epilogue_fused_kernel_runs_in_the_tile_and_equals_numpy(kind, k, n):
+    """FFN-in (i-GELU) and attention-out (residual add) kernels: the epilogue is inlined into one
+    block computed per GEMM tile (no [M, N] int32 intermediate left), and the integers equal the
+    ops' own numpy references (linear_np -> Requantize / IntGELU / ResidualAdd) bit for bit, for
+    row counts below, at and across the 32-row tile."""
+    from tvm import s_tir
+
+    lib, scheduled, run = _build_fused(kind, k, n, seed=k * n)
+    sch = s_tir.Schedule(scheduled)
+    with pytest.raises(Exception):  # noqa: B017 - the + bias block was inlined into the epilogue
+        sch.get_sblock(xv.OUT_BLOCK)
+    assert "linear_bias_intermediate" not in scheduled.script()  # no [M, N] int32 pass left
+    assert "vpdpbusd" in lib.mod.inspect_source("asm")
+    for batch, seq in [(1, 1), (1, 31), (1, 32), (2, 7), (3, 33), (4, 64)]:
+        got, want = run(batch, seq)
+        np.testing.assert_array_equal(got, want, err_msg=f"{kind} {batch}x{seq}")
+
+
 # -- the whole model ------------------------------------------------------------------------
 def test_x86_linears_fuse_with_their_epilogues(quantized_factory):
     """The row regrouping would make the linear 'opaque'; its declared pattern keeps fusion."""
