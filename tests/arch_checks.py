@@ -89,11 +89,22 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def assert_tracks_fp32(arch: str, ckpt, ours: np.ndarray, res, mask: np.ndarray, *,
                        logit_bound: float = 0.2, cos_bound: float = 0.95) -> None:
     """A classifier: max |logit error| < ``logit_bound`` x max |logit| and argmax agreement >= 90%
-    (a random tiny model's logits are nearly input-independent: see test_end_to_end). A body: the
-    min cosine of the mean-pooled embeddings > ``cos_bound``."""
+    (a random tiny model's logits are nearly input-independent: see test_end_to_end). A token head
+    (NER logits, QA start/end logits ``[B, S, 2]``): the same two bounds over the real tokens
+    (``mask``), the argmax per token (NER: the label; QA: start vs end). A body: the min cosine of
+    the mean-pooled embeddings > ``cos_bound``."""
     from ibert_tvm.op.pooling import float_pool
 
-    if ckpt.head == "classifier":
+    if ckpt.head in ("token_classifier", "qa"):
+        ref = res.logits.numpy() if ckpt.head == "token_classifier" else \
+            np.stack([res.start_logits.numpy(), res.end_logits.numpy()], -1)
+        real = np.asarray(mask) != 0
+        assert ours.shape == ref.shape and not real.all(), (ours.shape, ref.shape)  # padded rows included
+        err = np.abs(ours - ref)[real].max() / np.abs(ref[real]).max()
+        agree = (ours.argmax(-1) == ref.argmax(-1))[real].mean()
+        print(f"{arch}: max |err| / max |logit| over real tokens = {err:.4f}, per-token argmax agreement {agree:.3f}")
+        assert err < logit_bound and agree >= 0.9, (err, agree)
+    elif ckpt.head == "classifier":
         ref = res.logits.numpy()
         err, agree = np.abs(ours - ref).max() / np.abs(ref).max(), (ours.argmax(1) == ref.argmax(1)).mean()
         print(f"{arch}: max |err| / max |logit| = {err:.4f}, argmax agreement {agree:.3f}")

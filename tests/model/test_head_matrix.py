@@ -1,0 +1,109 @@
+"""The README's architecture x head table: every cell no other test builds, one tiny model each.
+
+Each cell is one case: a 1-layer random model of that ``config.json`` architecture (ALBERT: its
+one shared layer applied twice) calibrates, compiles (llvm) float-free, equals golden bit for bit
+on right-padded random batches, and tracks HF's FP32 forward on padded real sentences within
+:func:`arch_checks.assert_tracks_fp32`'s bounds (token heads: per-token argmax agreement >= 0.9 and
+max |error| < 0.2 x max |logit| over the real tokens; classifiers the same per text; bodies: min
+cosine of the mean-pooled embeddings > 0.95). The cells already built elsewhere are named in the
+README's table; this module holds the rest.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from arch_checks import assert_equals_golden, assert_float_free, assert_tracks_fp32, build
+
+ONE = {"num_hidden_layers": 1}
+TOKEN = {"num_hidden_layers": 1, "num_labels": 5}
+CELLS = {
+    # the heads BERT's and RoBERTa's bodies have that test_token_heads.py does not build
+    "BertForTokenClassification": TOKEN,
+    "RobertaForQuestionAnswering": ONE,
+    # I-BERT (its float path: RoBERTa's body)
+    "IBertForSequenceClassification": ONE,
+    "IBertForTokenClassification": TOKEN,
+    "IBertForQuestionAnswering": ONE,
+    # RoBERTa's body under other names
+    "XLMRobertaForSequenceClassification": ONE,
+    "XLMRobertaForTokenClassification": TOKEN,
+    "XLMRobertaForQuestionAnswering": ONE,
+    "CamembertModel": ONE,
+    "CamembertForTokenClassification": TOKEN,
+    "CamembertForQuestionAnswering": ONE,
+    # the token-level heads on the bodies with their own module names
+    "DistilBertForTokenClassification": {"n_layers": 1, "num_labels": 5},  # DistilBertConfig's name
+    "DistilBertForQuestionAnswering": {"n_layers": 1},
+    "ElectraForTokenClassification": TOKEN,
+    "ElectraForQuestionAnswering": ONE,
+    "MPNetForTokenClassification": TOKEN,
+    "MPNetForQuestionAnswering": ONE,
+    "AlbertForTokenClassification": {"num_hidden_layers": 2, "num_labels": 5},  # the shared layer twice
+    "AlbertForQuestionAnswering": {"num_hidden_layers": 2},
+}
+SHAPES = [(1, 1), (3, 33)]  # rows after the first are right-padded (conftest.random_batch)
+
+
+@pytest.fixture(scope="module")
+def cell(tiny_factory, calibration_sentences, tmp_path_factory):
+    """arch -> (ckpt, qm, dir, manifest), built on first use (so ``-k`` builds only its cells)."""
+    cache: dict = {}
+
+    def get(arch: str):
+        if arch not in cache:
+            cache.update(build({arch: CELLS[arch]}, tiny_factory, calibration_sentences, tmp_path_factory))
+        return cache[arch]
+
+    return get
+
+
+@pytest.mark.parametrize("arch", list(CELLS))
+def test_cell_compiles_float_free_equals_golden_and_tracks_fp32(arch, cell, calibration_sentences):
+    import torch
+
+    from ibert_tvm.deploy.runtime import CompiledModel
+    from ibert_tvm.model.golden import run_golden
+    from ibert_tvm.model.plan import ModelPlan
+    from ibert_tvm.quantization.calibrate import torch_inputs
+
+    ckpt, qm, d, manifest = cell(arch)
+    head = ckpt.head
+    assert manifest["head"] == head
+    labels = {"token_classifier": 5, "qa": 2, "classifier": 2}.get(head)
+    if labels is not None:
+        assert qm.dims["num_labels"] == labels
+    want_shape = {"token_classifier": ["batch", "seq", 5], "qa": ["batch", "seq", 2],
+                  "classifier": ["batch", 2]}.get(head, ["batch", qm.dims["hidden"]])
+    assert manifest["output"]["shape"] == want_shape
+    assert_float_free(manifest)
+    token_types = "token_type_ids" in manifest["inputs"]
+    assert token_types == (not arch.startswith(("DistilBert", "MPNet")))  # those two bodies have none
+    assert_equals_golden(arch, qm, d, SHAPES, seed=13, family=ckpt.family)
+
+    # real sentences, padded: compiled == golden, and within the stated bounds of HF's FP32 forward
+    model, plan = CompiledModel(d / "out"), ModelPlan(qm)
+    enc = model.tokenizer(calibration_sentences[:16])
+    assert enc["attention_mask"].min() == 0
+    got = model.run_ids(enc)
+    np.testing.assert_array_equal(got, run_golden(plan, **enc))
+    fp32_inputs = {k: v for k, v in enc.items() if token_types or k != "token_type_ids"}
+    with torch.no_grad():
+        res = ckpt.model(**torch_inputs(fp32_inputs))
+    assert_tracks_fp32(arch, ckpt, got * plan.out_scale, res, enc["attention_mask"])
+
+
+@pytest.mark.parametrize("arch", ["AlbertForQuestionAnswering", "MPNetForQuestionAnswering", "BertForQuestionAnswering"])
+def test_qa_head_without_two_outputs_is_refused_before_any_work(arch, tmp_path, capsys):
+    """HF splits qa_outputs' logits into start and end: a QA config with 3 labels is refused from
+    config.json alone (no weights in the dir), naming the file and the field."""
+    from cli_helpers import assert_user_error, cli
+
+    (tmp_path / "config.json").write_text(json.dumps({
+        "architectures": [arch], "hidden_size": 32, "id2label": {"0": "a", "1": "b", "2": "c"}}))
+    rc, _, err = cli(capsys, "calibrate", tmp_path, "-o", tmp_path / "q")
+    assert_user_error(rc, err, "calibrate", f"{tmp_path}/config.json: id2label/num_labels 3", "exactly 2 outputs")
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "q").exists()
