@@ -1,6 +1,7 @@
 """The checks every architecture x head test runs on its tiny random models, written once.
 
-- :func:`build`: calibrate and compile (llvm) each case once per test module.
+- :func:`build`: calibrate and compile (llvm) each case once per test module (:func:`build_once`:
+  one case, once per session).
 - :func:`assert_float_free`: ``verify``'s Relax and machine-code levels count no float op.
 - :func:`assert_equals_golden`: the compiled model == golden, bit for bit, on padded random batches.
 - :func:`run_both`: the compiled model and HF's FP32 forward on the same padded real sentences.
@@ -39,6 +40,18 @@ def build(cases, tiny_factory, calibration_sentences, tmp_path_factory, *, prepa
     return out
 
 
+_CELLS: dict = {}
+
+
+def build_once(arch: str, overrides: dict, tiny_factory, calibration_sentences, tmp_path_factory) -> tuple:
+    """:func:`build` of one case, cached for the pytest session: test modules that need the same
+    tiny model (the head matrix and the aarch64 board test) share one calibration and x86 build."""
+    key = (arch, tuple(sorted(overrides.items())))
+    if key not in _CELLS:
+        _CELLS[key] = build({arch: overrides}, tiny_factory, calibration_sentences, tmp_path_factory)[arch]
+    return _CELLS[key]
+
+
 def assert_float_free(manifest: dict) -> None:
     assert manifest["verify"]["module"]["float_ops"] == 0 and manifest["verify"]["code"]["float_ops"] == 0
 
@@ -54,7 +67,8 @@ def assert_equals_golden(arch: str, qm, d, shapes, *, seed: int, family: str = "
     plan, model = ModelPlan(qm), CompiledModel(d / "out")
     rng = np.random.default_rng(seed)
     for batch, seq in shapes:
-        inputs = random_batch(rng, batch, seq, family=family, pad_id=qm.dims["pad_id"])
+        inputs = random_batch(rng, batch, seq, family=family, pad_id=qm.dims["pad_id"],
+                              type_vocab=qm.dims["type_vocab"])  # RoBERTa's one token type: all 0
         want = run_golden(plan, **inputs)
         assert want.dtype == np.int32
         np.testing.assert_array_equal(model.run_ids(inputs), want, err_msg=f"{arch} batch={batch} seq={seq}")

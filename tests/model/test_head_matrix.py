@@ -15,7 +15,7 @@ import json
 
 import numpy as np
 import pytest
-from arch_checks import assert_equals_golden, assert_float_free, assert_tracks_fp32, build
+from arch_checks import assert_equals_golden, assert_float_free, assert_tracks_fp32, build_once
 
 ONE = {"num_hidden_layers": 1}
 TOKEN = {"num_hidden_layers": 1, "num_labels": 5}
@@ -24,7 +24,7 @@ CELLS = {
     "BertForTokenClassification": TOKEN,
     "RobertaForQuestionAnswering": ONE,
     # I-BERT (its float path: RoBERTa's body)
-    "IBertForSequenceClassification": ONE,
+    "IBertForSequenceClassification": {},  # SESSION_BUILT: conftest's 2-layer model
     "IBertForTokenClassification": TOKEN,
     "IBertForQuestionAnswering": ONE,
     # RoBERTa's body under other names
@@ -34,7 +34,8 @@ CELLS = {
     "CamembertModel": ONE,
     "CamembertForTokenClassification": TOKEN,
     "CamembertForQuestionAnswering": ONE,
-    # the token-level heads on the bodies with their own module names
+    # the token-level heads on the bodies with their own module names (MPNet NER and ALBERT QA: the
+# same overrides as tests/deploy/test_aarch64.py's BOARD_CASES, so the board test reuses the build)
     "DistilBertForTokenClassification": {"n_layers": 1, "num_labels": 5},  # DistilBertConfig's name
     "DistilBertForQuestionAnswering": {"n_layers": 1},
     "ElectraForTokenClassification": TOKEN,
@@ -45,22 +46,34 @@ CELLS = {
     "AlbertForQuestionAnswering": {"num_hidden_layers": 2},
 }
 SHAPES = [(1, 1), (3, 33)]  # rows after the first are right-padded (conftest.random_batch)
+# Built by test_end_to_end.py already (compiled_factory, 2 layers): this module adds its float-free
+# and FP32 checks at no build cost.
+SESSION_BUILT = {"IBertForSequenceClassification"}
+# RoBERTa's body and heads under other class names (the same modules and graph as the RoBERTa
+# cells test_token_heads.py and this module build in the default suite), and BERT's per-token
+# linear with another label count: slow, to keep the default suite's time (README table: "slow").
+SLOW = {"IBertForTokenClassification", "IBertForQuestionAnswering", "XLMRobertaForSequenceClassification",
+        "XLMRobertaForTokenClassification", "XLMRobertaForQuestionAnswering", "CamembertModel",
+        "CamembertForTokenClassification", "CamembertForQuestionAnswering"}
 
 
 @pytest.fixture(scope="module")
-def cell(tiny_factory, calibration_sentences, tmp_path_factory):
-    """arch -> (ckpt, qm, dir, manifest), built on first use (so ``-k`` builds only its cells)."""
-    cache: dict = {}
+def cell(tiny_factory, calibration_sentences, tmp_path_factory, quantized_factory, compiled_factory):
+    """arch -> (ckpt, qm, dir with q/ and out/, manifest), built on first use (``-k`` builds only its
+    cells) and once per session (:func:`arch_checks.build_once`; the aarch64 board test reuses two)."""
+    from ibert_tvm.model.hf_loader import load_checkpoint
 
     def get(arch: str):
-        if arch not in cache:
-            cache.update(build({arch: CELLS[arch]}, tiny_factory, calibration_sentences, tmp_path_factory))
-        return cache[arch]
+        if arch in SESSION_BUILT:
+            qm, _ = quantized_factory(arch)
+            out = compiled_factory(arch)
+            return load_checkpoint(tiny_factory(arch)), qm, out.parent, json.loads((out / "manifest.json").read_text())
+        return build_once(arch, CELLS[arch], tiny_factory, calibration_sentences, tmp_path_factory)
 
     return get
 
 
-@pytest.mark.parametrize("arch", list(CELLS))
+@pytest.mark.parametrize("arch", [pytest.param(a, marks=pytest.mark.slow) if a in SLOW else a for a in CELLS])
 def test_cell_compiles_float_free_equals_golden_and_tracks_fp32(arch, cell, calibration_sentences):
     import torch
 
