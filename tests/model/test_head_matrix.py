@@ -12,6 +12,7 @@ README's table; this module holds the rest.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,6 +24,8 @@ CELLS = {
     # the heads BERT's and RoBERTa's bodies have that test_token_heads.py does not build
     "BertForTokenClassification": TOKEN,
     "RobertaForQuestionAnswering": ONE,
+    # BERT's classifier: SESSION_BUILT (the API, CLI and server tests compile it)
+    "BertForSequenceClassification": {},
     # I-BERT (its float path: RoBERTa's body)
     "IBertForSequenceClassification": {},  # SESSION_BUILT: conftest's 2-layer model
     "IBertForTokenClassification": TOKEN,
@@ -46,9 +49,9 @@ CELLS = {
     "AlbertForQuestionAnswering": {"num_hidden_layers": 2},
 }
 SHAPES = [(1, 1), (3, 33)]  # rows after the first are right-padded (conftest.random_batch)
-# Built by test_end_to_end.py already (compiled_factory, 2 layers): this module adds its float-free
-# and FP32 checks at no build cost.
-SESSION_BUILT = {"IBertForSequenceClassification"}
+# Compiled by other default tests already (conftest's compiled_factory, 2 layers): this module adds
+# the float-free, padded-golden and FP32 checks at no build cost in the suite.
+SESSION_BUILT = {"IBertForSequenceClassification", "BertForSequenceClassification"}
 # RoBERTa's body and heads under other class names (the same modules and graph as the RoBERTa
 # cells test_token_heads.py and this module build in the default suite), and BERT's per-token
 # linear with another label count: slow, to keep the default suite's time (README table: "slow").
@@ -74,7 +77,9 @@ def cell(tiny_factory, calibration_sentences, tmp_path_factory, quantized_factor
 
 
 @pytest.mark.parametrize("arch", [pytest.param(a, marks=pytest.mark.slow) if a in SLOW else a for a in CELLS])
-def test_cell_compiles_float_free_equals_golden_and_tracks_fp32(arch, cell, calibration_sentences):
+def test_cell(arch, cell, calibration_sentences):
+    """Calibrate, compile (llvm) float-free, compiled == golden bit for bit on padded batches (random
+    and real sentences), within the stated bounds of HF's FP32 forward."""
     import torch
 
     from ibert_tvm.deploy.runtime import CompiledModel
@@ -120,3 +125,49 @@ def test_qa_head_without_two_outputs_is_refused_before_any_work(arch, tmp_path, 
     assert_user_error(rc, err, "calibrate", f"{tmp_path}/config.json: id2label/num_labels 3", "exactly 2 outputs")
     assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "q").exists()
+
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def _table_rows() -> list[list[str]]:
+    text = README.read_text(encoding="utf-8")
+    section = text.split("## Models and heads", 1)[1]
+    lines = section[section.index("| body"):].splitlines()
+    rows = []
+    for ln in lines[2:]:
+        if not ln.startswith("|"):
+            break
+        rows.append([c.strip() for c in ln.strip().strip("|").split("|")])
+    return rows
+
+
+def test_readme_table_names_a_test_for_every_cell():
+    """Every cell of the README's architecture x head table names at least one ``file::test`` (or
+    ``::test`` of the file named before it in the cell), each test exists in that file, and the
+    cells of this module named there are exactly ``CELLS``."""
+    import re
+
+    root = README.parent
+    rows = _table_rows()
+    assert len(rows) >= 10
+    named = set()
+    for row in rows:
+        if row[0].startswith("DeBERTa"):
+            assert "::test_known_unsupported_architecture_is_refused_with_the_reason" in row[1]
+            continue
+        assert len(row) == 5, row
+        for col, cell_text in zip(("embeddings", "classification", "NER", "QA"), row[1:]):
+            refs = re.findall(r"`((?:tests/[\w/]+\.py)?::(\w+)(?:\[([\w-]+)\])?)`", cell_text)
+            assert refs, f"{row[0]} / {col}: no test named in {cell_text!r}"
+            current = None
+            for ref, name, param in refs:
+                path = ref.split("::")[0] or current
+                assert path, f"{row[0]} / {col}: {ref} names no file"
+                current = path
+                src = (root / path).read_text(encoding="utf-8")
+                assert re.search(rf"^def {name}\(", src, re.M), f"{path} has no test {name}"
+                if path.endswith("test_head_matrix.py") and name == "test_cell":
+                    assert param in CELLS, f"{row[0]} / {col}: {param!r} is no cell of this module"
+                    named.add(param)
+    assert named == set(CELLS), sorted(set(CELLS) ^ named)
