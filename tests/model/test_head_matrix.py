@@ -1,7 +1,7 @@
 """The README's architecture x head table: every cell no other test builds, one tiny model each.
 
 Each cell is one case: a 1-layer random model of that ``config.json`` architecture (ALBERT: its
-one shared layer applied twice) calibrates, compiles (llvm) float-free, equals golden bit for bit
+one shared layer applied twice; ``SESSION_BUILT``: the suite's 2-layer build reused) calibrates, compiles (llvm) float-free, equals golden bit for bit
 on right-padded random batches, and tracks HF's FP32 forward on padded real sentences within
 :func:`arch_checks.assert_tracks_fp32`'s bounds (token heads: per-token argmax agreement >= 0.9 and
 max |error| < 0.2 x max |logit| over the real tokens; classifiers the same per text; bodies: min
