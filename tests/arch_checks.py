@@ -1,6 +1,7 @@
 """The checks every architecture x head test runs on its tiny random models, written once.
 
-- :func:`build`: calibrate and compile (llvm) each case once per test module.
+- :func:`build`: calibrate and compile (llvm) each case once per test module (:func:`build_once`:
+  one case, once per session).
 - :func:`assert_float_free`: ``verify``'s Relax and machine-code levels count no float op.
 - :func:`assert_equals_golden`: the compiled model == golden, bit for bit, on padded random batches.
 - :func:`run_both`: the compiled model and HF's FP32 forward on the same padded real sentences.
@@ -39,6 +40,18 @@ def build(cases, tiny_factory, calibration_sentences, tmp_path_factory, *, prepa
     return out
 
 
+_CELLS: dict = {}
+
+
+def build_once(arch: str, overrides: dict, tiny_factory, calibration_sentences, tmp_path_factory) -> tuple:
+    """:func:`build` of one case, cached for the pytest session: test modules that need the same
+    tiny model (the head matrix and the aarch64 board test) share one calibration and x86 build."""
+    key = (arch, tuple(sorted(overrides.items())))
+    if key not in _CELLS:
+        _CELLS[key] = build({arch: overrides}, tiny_factory, calibration_sentences, tmp_path_factory)[arch]
+    return _CELLS[key]
+
+
 def assert_float_free(manifest: dict) -> None:
     assert manifest["verify"]["module"]["float_ops"] == 0 and manifest["verify"]["code"]["float_ops"] == 0
 
@@ -54,7 +67,8 @@ def assert_equals_golden(arch: str, qm, d, shapes, *, seed: int, family: str = "
     plan, model = ModelPlan(qm), CompiledModel(d / "out")
     rng = np.random.default_rng(seed)
     for batch, seq in shapes:
-        inputs = random_batch(rng, batch, seq, family=family, pad_id=qm.dims["pad_id"])
+        inputs = random_batch(rng, batch, seq, family=family, pad_id=qm.dims["pad_id"],
+                              type_vocab=qm.dims["type_vocab"])  # RoBERTa's one token type: all 0
         want = run_golden(plan, **inputs)
         assert want.dtype == np.int32
         np.testing.assert_array_equal(model.run_ids(inputs), want, err_msg=f"{arch} batch={batch} seq={seq}")
@@ -89,11 +103,22 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def assert_tracks_fp32(arch: str, ckpt, ours: np.ndarray, res, mask: np.ndarray, *,
                        logit_bound: float = 0.2, cos_bound: float = 0.95) -> None:
     """A classifier: max |logit error| < ``logit_bound`` x max |logit| and argmax agreement >= 90%
-    (a random tiny model's logits are nearly input-independent: see test_end_to_end). A body: the
-    min cosine of the mean-pooled embeddings > ``cos_bound``."""
+    (a random tiny model's logits are nearly input-independent: see test_end_to_end). A token head
+    (NER logits, QA start/end logits ``[B, S, 2]``): the same two bounds over the real tokens
+    (``mask``), the argmax per token (NER: the label; QA: start vs end). A body: the min cosine of
+    the mean-pooled embeddings > ``cos_bound``."""
     from ibert_tvm.op.pooling import float_pool
 
-    if ckpt.head == "classifier":
+    if ckpt.head in ("token_classifier", "qa"):
+        ref = res.logits.numpy() if ckpt.head == "token_classifier" else \
+            np.stack([res.start_logits.numpy(), res.end_logits.numpy()], -1)
+        real = np.asarray(mask) != 0
+        assert ours.shape == ref.shape and not real.all(), (ours.shape, ref.shape)  # padded rows included
+        err = np.abs(ours - ref)[real].max() / np.abs(ref[real]).max()
+        agree = (ours.argmax(-1) == ref.argmax(-1))[real].mean()
+        print(f"{arch}: max |err| / max |logit| over real tokens = {err:.4f}, per-token argmax agreement {agree:.3f}")
+        assert err < logit_bound and agree >= 0.9, (err, agree)
+    elif ckpt.head == "classifier":
         ref = res.logits.numpy()
         err, agree = np.abs(ours - ref).max() / np.abs(ref).max(), (ours.argmax(1) == ref.argmax(1)).mean()
         print(f"{arch}: max |err| / max |logit| = {err:.4f}, argmax agreement {agree:.3f}")

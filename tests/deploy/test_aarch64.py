@@ -3,8 +3,9 @@
 Default suite (tiny 2-layer model): the packing is a permutation; the packed TE is exact on the
 host; the schedule tensorizes to ``sdot``; ``compile --target aarch64`` gives a .so whose linear
 kernels contain ``sdot`` and no float; on the board (``qemu-aarch64 -cpu max``, runtime-only TVM,
-no torch) ``python -m ibert_tvm.deploy.run`` reproduces the x86 build bit for bit, for BERT and
-for DistilBERT (other module names, no token_type_ids input, a ReLU head); on a CPU
+no torch) ``python -m ibert_tvm.deploy.run`` reproduces the x86 build bit for bit, for BERT,
+for DistilBERT (other module names, no token_type_ids input, a ReLU head), for MPNet (relative
+position bias, a per-token NER head) and ALBERT (one shared layer, a QA head); on a CPU
 without dotprod (``cortex-a53``) it dies with SIGILL; an x86 .so is refused with a clear error.
 Slow: the same on the default MiniLM (``python -m pytest -m slow tests/deploy/test_aarch64.py``).
 Needs ``g++-aarch64-linux-gnu qemu-user`` (skipped without them, except under CI).
@@ -238,6 +239,48 @@ def test_distilbert_on_the_board_is_bit_identical_to_x86_and_golden(board, pkg, 
     plan = ModelPlan(quantized_factory(arch)[0])
     for (b, s), inputs, o in zip(SHAPES, bl, got["outputs"]):
         want = run_golden(plan, **inputs, token_type_ids=None)
+        np.testing.assert_array_equal(x86.run_ids(inputs), want, err_msg=f"x86 batch={b} seq={s}")
+        np.testing.assert_array_equal(np.asarray(o, dtype=np.int64), want, err_msg=f"board batch={b} seq={s}")
+
+
+# (architecture, config overrides): MPNet (its relative position bias as an integer table per layer,
+# no token types) with a per-token NER head; ALBERT (one shared layer function called at every
+# application, factorized embeddings) with the QA head. One layer (ALBERT: the shared one twice):
+# the overrides of tests/model/test_head_matrix.py's cells, whose x86 build this reuses (build_once).
+BOARD_CASES = {"MPNetForTokenClassification": {"num_hidden_layers": 1, "num_labels": 5},
+               "AlbertForQuestionAnswering": {"num_hidden_layers": 2}}
+
+
+@pytest.mark.parametrize("arch", list(BOARD_CASES))
+def test_mpnet_and_albert_on_the_board_are_bit_identical_to_x86_and_golden(arch, board, pkg, tiny_factory,
+                                                                            calibration_sentences, tmp_path_factory,
+                                                                            tmp_path):
+    """One calibration, two builds (llvm, shared with the head matrix, and aarch64, cross-linked):
+    the board's int32 outputs equal the x86 build's and golden's, bit for bit, on right-padded
+    batches up to 4 x 128, from the model's own inputs (MPNet: no token_type_ids)."""
+    from arch_checks import build_once
+    from ibert_tvm.deploy.export import compile_quantized
+    from ibert_tvm.deploy.runtime import CompiledModel
+    from ibert_tvm.model.golden import run_golden
+    from ibert_tvm.model.plan import ModelPlan
+
+    arm.need_tools("aarch64-linux-gnu-g++")
+    _, qm, d, _ = build_once(arch, BOARD_CASES[arch], tiny_factory, calibration_sentences, tmp_path_factory)
+    base = tmp_path_factory.mktemp(f"board-{arch}")
+    compile_quantized(qm, base / "arm", target="aarch64", log=lambda *a: None)
+    m = json.loads((base / "arm" / "manifest.json").read_text())
+    assert m["target"] == "aarch64" and m["head"] == qm.dims["head"]
+    assert m["output"]["shape"] == ["batch", "seq", qm.dims["num_labels"]]
+    assert ("token_type_ids" in m["inputs"]) == (not arch.startswith("MPNet"))
+    x86 = CompiledModel(d / "out")
+    bl = arm.batches(x86.manifest, SHAPES, seed=5)
+    res = arm.run_on_board(board, pkg, base / "arm", bl, tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    got = json.loads(res.stdout)
+    assert got["target"] == "aarch64" and len(got["outputs"]) == len(SHAPES)
+    plan = ModelPlan(qm)
+    for (b, s), inputs, o in zip(SHAPES, bl, got["outputs"]):
+        want = run_golden(plan, **{"token_type_ids": None, **inputs})
         np.testing.assert_array_equal(x86.run_ids(inputs), want, err_msg=f"x86 batch={b} seq={s}")
         np.testing.assert_array_equal(np.asarray(o, dtype=np.int64), want, err_msg=f"board batch={b} seq={s}")
 
