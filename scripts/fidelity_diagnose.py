@@ -1,6 +1,10 @@
 """Diagnose the fidelity tail of a quantized model (docs/fidelity.md was written from its output).
 
-    python scripts/fidelity_diagnose.py Q_DIR [--model default] [--report base.json] [-o diag.json]
+    python scripts/fidelity_diagnose.py Q_DIR [--model default|MODEL_DIR] [--report base.json]
+        [--per-slice N] [-o diag.json]
+
+Any supported architecture: the points and linears are found through ``HFCheckpoint.module``
+(the architecture's name map), so DistilBERT, ALBERT and MPNet work as BERT does.
 
 1. Saturation counts per quantization point on the calibration text (STS-B train, 300) and on
    the probe set: how many FP32 values fall outside the calibrated integer range.
@@ -33,12 +37,17 @@ def main() -> int:
     ap.add_argument("--model", default="default")
     ap.add_argument("--report", help="an eval --task fidelity JSON of this q/ (for the worst sentences)")
     ap.add_argument("--worst", type=int, default=10)
+    ap.add_argument("--per-slice", type=int, help="only the first N probe sentences of each slice (a big model)")
+    ap.add_argument("--random", type=int, default=100, help="the random probe sample that is ablated")
+    ap.add_argument("--ablate-slice", action="append", default=[], help="also ablate on this slice (repeatable)")
     ap.add_argument("-o", "--output")
     args = ap.parse_args()
     ckpt = load_checkpoint(args.model)
     qm = QuantizedModel.load(args.q)
     calib = default_calibration_sentences(300)
     slices = probe_slices()
+    if args.per_slice:
+        slices = {k: v[: args.per_slice] for k, v in slices.items()}
     probe = [s for v in slices.values() for s in v]
     res: dict = {}
     sats = {}
@@ -81,19 +90,26 @@ def main() -> int:
     if args.report:
         rep = json.loads(Path(args.report).read_text())
         cos = np.array(rep["results"]["integer"]["cosines"])
+        if len(cos) != len(probe):
+            ap.error(f"--report has {len(cos)} cosines, the probe set here has {len(probe)} sentences (same --per-slice?)")
         worst = [probe[i] for i in np.argsort(cos, kind="stable")[: args.worst]]
         print(f"\n## ablation on the {args.worst} worst probe sentences\n")
         for s in worst:
             print("-", s[:100])
-        rows = ablate(ckpt, qm, worst)
+        rows = ablate(ckpt, qm, worst, softmax_bits=(8, 16))
         print(format_table(rows))
         res["ablate_worst"] = rows
     rng = np.random.default_rng(0)
-    sample = [probe[i] for i in np.sort(rng.choice(len(probe), 100, replace=False))]
-    print("\n## ablation on 100 random probe sentences\n")
-    rows = ablate(ckpt, qm, sample)
+    sample = [probe[i] for i in np.sort(rng.choice(len(probe), min(args.random, len(probe)), replace=False))]
+    print(f"\n## ablation on {len(sample)} random probe sentences\n")
+    rows = ablate(ckpt, qm, sample, softmax_bits=(8, 16))
     print(format_table(rows))
     res["ablate_random100"] = rows
+    for sl in args.ablate_slice:
+        print(f"\n## ablation on the {sl} slice ({len(slices[sl])} sentences)\n")
+        rows = ablate(ckpt, qm, slices[sl], softmax_bits=(8, 16))
+        print(format_table(rows))
+        res[f"ablate_{sl}"] = rows
     if args.output:
         Path(args.output).write_text(json.dumps(res, indent=1))
     return 0
