@@ -25,8 +25,68 @@ def _kind(name: str) -> str:
     return re.sub(r"^layer\d+\.", "", name).replace("embeddings.", "emb.")
 
 
-def ablate(ckpt, qm: QuantizedModel, sentences: Sequence[str], *, batch_size: int = 25) -> list[tuple[str, float, float]]:
-    """-> [(kind, mean cosine, min cosine)] sorted from most to least lossy."""
+_LINEARS = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
+            "intermediate.dense", "output.dense")
+
+
+def encoder_linears(ckpt) -> list[tuple[str, object]]:
+    """(BERT-named path, module) of every encoder linear, through ``ckpt.module`` (the architecture's
+    name map: DistilBERT, ALBERT, MPNet ... as well as BERT), plus an embedding projection if any."""
+    out = []
+    layers = 1 if ckpt.shared_layers else int(ckpt.config.num_hidden_layers)
+    for i in range(layers):
+        for n in _LINEARS:
+            path = f"encoder.layer.{i}.{n}"
+            out.append((path, ckpt.module(path)))
+    try:
+        out.append(("embeddings.project", ckpt.module("embeddings.project")))
+    except Exception:  # IBertTVMError: no factorized embeddings
+        pass
+    return out
+
+
+class _rounded_softmax:
+    """Within the block, every last-axis softmax of the float model's attention returns its
+    probabilities rounded to multiples of 2^-bits (as the integer i-softmax's output), clamped to
+    [0, (2^bits - 1) 2^-bits]. The attention runs in its eager form (SDPA has no softmax to patch)."""
+
+    def __init__(self, ckpt, bits: int):
+        self.ckpt, self.bits = ckpt, bits
+
+    def __enter__(self):
+        import torch.nn.functional as F
+
+        from ..frontend.importer import _eager_attention as eager_attention
+
+        self._eager = eager_attention(self.ckpt.model)
+        self._eager.__enter__()
+        self._orig = F.softmax
+        orig, n = F.softmax, float(1 << self.bits)
+
+        def softmax(x, dim=None, *a, **k):
+            y = orig(x, dim, *a, **k)
+            if y.ndim == 4 and dim in (-1, 3):
+                import torch
+
+                y = torch.clamp(torch.floor(y * n + 0.5), 0, n - 1) / n
+            return y
+
+        F.softmax = softmax
+        return self
+
+    def __exit__(self, *exc):
+        import torch.nn.functional as F
+
+        F.softmax = self._orig
+        self._eager.__exit__(*exc)
+        return False
+
+
+def ablate(ckpt, qm: QuantizedModel, sentences: Sequence[str], *, batch_size: int = 25,
+           softmax_bits: Sequence[int] = (8,)) -> list[tuple[str, float, float]]:
+    """-> [(kind, mean cosine, min cosine)] sorted from most to least lossy. Besides the
+    calibrated points and the weights, ``softmax out (uint8)`` rounds the attention probabilities
+    to the i-softmax output grid (2^-8; ``softmax_bits`` adds other widths for comparison)."""
     import torch
 
     from ..support.tokenize import Tokenizer
@@ -76,21 +136,26 @@ def ablate(ckpt, qm: QuantizedModel, sentences: Sequence[str], *, batch_size: in
             for h in handles:
                 h.remove()
         results.append((kind, float(c.mean()), float(c.min())))
-    # weights only
+    # the softmax output: the integer model's i-softmax gives uint8 probabilities with scale 2^-8
+    for bits in softmax_bits:
+        with _rounded_softmax(ckpt, bits):
+            c = cos(embed(), ref)
+        results.append((f"softmax out (uint{bits}, 2^-{bits})", float(c.mean()), float(c.min())))
+    # weights only: every encoder linear, found through the architecture's name map
     saved = {}
     with torch.no_grad():
-        for name, p in ckpt.base.encoder.named_parameters():
-            if name.endswith("weight") and p.ndim == 2:
-                saved[name] = p.detach().clone()
-                q, s = quantize_weight(p.numpy())
-                p.copy_(torch.from_numpy((q.astype(np.float64) * s[:, None]).astype(np.float32)))
+        for name, lin in encoder_linears(ckpt):
+            w = lin.weight
+            saved[name] = w.detach().clone()
+            q, s = quantize_weight(w.numpy())
+            w.copy_(torch.from_numpy((q.astype(np.float64) * s[:, None]).astype(np.float32)))
     try:
         c = cos(embed(), ref)
     finally:
         with torch.no_grad():
-            params = dict(ckpt.base.encoder.named_parameters())
+            lins = dict(encoder_linears(ckpt))
             for name, v in saved.items():
-                params[name].copy_(v)
+                lins[name].weight.copy_(v)
     results.append(("weights (int8 per-channel)", float(c.mean()), float(c.min())))
     return sorted(results, key=lambda r: r[1])
 
