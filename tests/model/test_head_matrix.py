@@ -52,18 +52,9 @@ SHAPES = [(1, 1), (3, 33)]  # rows after the first are right-padded (conftest.ra
 # Compiled by other default tests already (conftest's compiled_factory, 2 layers): this module adds
 # the float-free, padded-golden and FP32 checks at no build cost in the suite.
 SESSION_BUILT = {"IBertForSequenceClassification", "BertForSequenceClassification"}
-# Slow, to keep the default suite's time (README table: "(slow)"): RoBERTa's body and heads under
-# other class names (the same modules and graph as the RoBERTa cells of the default suite), and
-# BERT's and RoBERTa's per-token linear where test_token_heads.py builds the other one (RoBERTa NER,
-# BERT QA). Of the four bodies with their own module names the default suite builds one token-level
-# head each, so both import paths run on renamed bodies: QA (the body, then qa_outputs) on DistilBERT
-# and ALBERT, NER (the model's own forward) on ELECTRA and MPNet; the other four are slow.
-SLOW = {"BertForTokenClassification", "RobertaForQuestionAnswering",
-        "DistilBertForTokenClassification", "ElectraForQuestionAnswering", "MPNetForQuestionAnswering",
-        "AlbertForTokenClassification",
-        "IBertForTokenClassification", "IBertForQuestionAnswering", "XLMRobertaForSequenceClassification",
-        "XLMRobertaForTokenClassification", "XLMRobertaForQuestionAnswering", "CamembertModel",
-        "CamembertForTokenClassification", "CamembertForQuestionAnswering"}
+# Cells marked slow (README table: "(slow)"): none. Every cell runs in the default suite, which
+# pytest-xdist runs on 2 workers (pyproject addopts), so the 14 cells that were slow cost ~2 min.
+SLOW: set[str] = set()
 
 
 @pytest.fixture(scope="module")
