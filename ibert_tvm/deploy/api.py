@@ -210,7 +210,14 @@ def best_span(logits, max_tokens: int = MAX_ANSWER_TOKENS) -> tuple[int, int]:
     first on a tie. Integer sums only (int64): no float, as the caller's span decision should be."""
     import numpy as np
 
-    s, e = (np.asarray(logits[:, k], dtype=np.int64) for k in (0, 1))
+    return span_rule(*(np.asarray(logits[:, k], dtype=np.int64) for k in (0, 1)), max_tokens)
+
+
+def span_rule(s, e, max_tokens: int = MAX_ANSWER_TOKENS) -> tuple[int, int]:
+    """The rule of :func:`best_span` on start/end score vectors of any one dtype (the integer model's
+    int64 sums; the FP32 reference's floats, ``token_tasks.qa.best_span_float``)."""
+    import numpy as np
+
     n = len(s)
     best, span = None, (0, 0)
     for i in range(n):

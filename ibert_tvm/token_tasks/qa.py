@@ -87,14 +87,9 @@ def word_span(ctx_word: Sequence[int | None], span: tuple[int, int]) -> tuple[in
 
 def best_span_float(logits: np.ndarray, max_tokens: int = 30) -> tuple[int, int]:
     """:func:`ibert_tvm.deploy.api.best_span`'s rule on float logits (for the FP32 model)."""
-    s, e = logits[:, 0], logits[:, 1]
-    n = len(s)
-    best, span = None, (0, 0)
-    for i in range(n):
-        j = i + int(np.argmax(e[i : min(n, i + max_tokens)]))
-        if best is None or s[i] + e[j] > best:
-            best, span = s[i] + e[j], (i, j)
-    return span
+    from ..deploy.api import span_rule
+
+    return span_rule(logits[:, 0], logits[:, 1], max_tokens)
 
 
 def _f1(pred: tuple[int, int] | None, gold: tuple[int, int]) -> float:
