@@ -42,19 +42,26 @@ class FinetuneConfig:
     train_examples: int | None = None  # first N of the train split (None: all 2400)
 
 
-def _key(source_hash: str, cfg: FinetuneConfig) -> str:
-    from ..tasks import SENTIMENT_PACKAGE, SENTIMENT_SEED, SENTIMENT_TEST_FRACTION
-
-    params = {k: v for k, v in asdict(cfg).items() if not (k == "train_examples" and v is None)}
-    blob = json.dumps([source_hash, params, SENTIMENT_PACKAGE, SENTIMENT_SEED, SENTIMENT_TEST_FRACTION, 1])
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+def config_params(cfg) -> dict:
+    """A fine-tuning config's fields for its cache key (``train_examples=None``, all of the split, left out)."""
+    return {k: v for k, v in asdict(cfg).items() if not (k == "train_examples" and v is None)}
 
 
-def sentiment_model_dir(cfg: FinetuneConfig = FinetuneConfig(), source: str = "default") -> Path:
+def finetuned_model_dir(name: str, source: str, params: dict, *data_identity) -> Path:
+    """Where a fine-tuned ``minilm-<name>`` is cached: keyed by the source model's hash, the
+    hyper-parameters and what identifies the training data (package, split seed and fraction...)."""
     from ..model.hf_loader import hash_model_dir, resolve_model_dir
     from ..tasks import cache_dir
 
-    return cache_dir() / "models" / f"minilm-sentiment-{_key(hash_model_dir(resolve_model_dir(source)), cfg)}"
+    blob = json.dumps([hash_model_dir(resolve_model_dir(source)), params, *data_identity, 1])
+    return cache_dir() / "models" / f"minilm-{name}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+
+
+def sentiment_model_dir(cfg: FinetuneConfig = FinetuneConfig(), source: str = "default") -> Path:
+    from ..tasks import SENTIMENT_PACKAGE, SENTIMENT_SEED, SENTIMENT_TEST_FRACTION
+
+    return finetuned_model_dir("sentiment", source, config_params(cfg), SENTIMENT_PACKAGE, SENTIMENT_SEED,
+                               SENTIMENT_TEST_FRACTION)
 
 
 def finetune_sentiment(cfg: FinetuneConfig = FinetuneConfig(), *, source: str = "default", progress=None,

@@ -14,7 +14,6 @@ directory (training it if needed).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -41,19 +40,11 @@ class NerFinetuneConfig:
     train_examples: int | None = None  # first N of the train split (None: all 1915)
 
 
-def _key(source_hash: str, cfg: NerFinetuneConfig) -> str:
+def ner_model_dir(cfg: NerFinetuneConfig = NerFinetuneConfig(), source: str = "default") -> Path:
+    from ..quantization.finetune import config_params, finetuned_model_dir
     from .data import NER_SEED, NER_TEST_FRACTION, NER_WHEEL_SHA256
 
-    params = {k: v for k, v in asdict(cfg).items() if not (k == "train_examples" and v is None)}
-    blob = json.dumps([source_hash, params, NER_WHEEL_SHA256, NER_SEED, NER_TEST_FRACTION, 1])
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
-
-
-def ner_model_dir(cfg: NerFinetuneConfig = NerFinetuneConfig(), source: str = "default") -> Path:
-    from ..model.hf_loader import hash_model_dir, resolve_model_dir
-    from ..tasks import cache_dir
-
-    return cache_dir() / "models" / f"minilm-ner-{_key(hash_model_dir(resolve_model_dir(source)), cfg)}"
+    return finetuned_model_dir("ner", source, config_params(cfg), NER_WHEEL_SHA256, NER_SEED, NER_TEST_FRACTION)
 
 
 def word_labels_to_tokens(word_ids, word_tags, label2id: dict[str, int]) -> list[int]:

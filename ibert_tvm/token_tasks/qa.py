@@ -15,7 +15,6 @@ against gold.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Sequence
@@ -130,13 +129,10 @@ class QAFinetuneConfig:
 
 
 def qa_model_dir(cfg: QAFinetuneConfig = QAFinetuneConfig(), source: str = "default") -> Path:
-    from ..model.hf_loader import hash_model_dir, resolve_model_dir
-    from ..tasks import cache_dir
+    from ..quantization.finetune import finetuned_model_dir
     from .data import NER_SEED, NER_TEST_FRACTION, NER_WHEEL_SHA256
 
-    blob = json.dumps([hash_model_dir(resolve_model_dir(source)), asdict(cfg), NER_WHEEL_SHA256, NER_SEED,
-                       NER_TEST_FRACTION, TYPE_WORDS, 1])
-    return cache_dir() / "models" / f"minilm-nerqa-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+    return finetuned_model_dir("nerqa", source, asdict(cfg), NER_WHEEL_SHA256, NER_SEED, NER_TEST_FRACTION, TYPE_WORDS)
 
 
 def finetune_qa(cfg: QAFinetuneConfig = QAFinetuneConfig(), *, source: str = "default", progress=None,
