@@ -57,6 +57,54 @@ def finetuned_model_dir(name: str, source: str, params: dict, *data_identity) ->
     return cache_dir() / "models" / f"minilm-{name}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
 
+def epoch_batches(n: int, cfg, rng) -> list[np.ndarray]:
+    """``cfg.epochs`` shuffled passes over ``n`` examples, in batches of ``cfg.batch_size``."""
+    steps = []  # one permutation per epoch
+    for _ in range(cfg.epochs):
+        order = rng.permutation(n)
+        steps += [order[i : i + cfg.batch_size] for i in range(0, n, cfg.batch_size)]
+    return steps
+
+
+def train_fp32(model, steps, loss_of, cfg, progress=None) -> tuple[list[float], float]:
+    """The FP32 fine-tuning loop the sentiment, NER and QA heads share: AdamW (weight decay
+    0.01) at ``cfg.lr`` with a linear warm-up over ``cfg.warmup`` of the steps then a linear
+    decay to 0, one step per batch of ``steps``; ``loss_of(idx)`` is the batch's loss tensor.
+    Returns the per-step losses and the seconds taken; leaves the model in eval mode."""
+    import torch
+
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
+    warm = max(1, int(cfg.warmup * len(steps)))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min((s + 1) / warm, max(0.0, (len(steps) - s) / max(1, len(steps) - warm)))
+    )
+    model.train()
+    t0 = time.time()
+    losses = []
+    it = progress(steps) if progress else steps
+    for idx in it:
+        loss = loss_of(idx)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(float(loss.detach()))
+        if hasattr(it, "set_postfix"):
+            it.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+    model.eval()
+    return losses, round(time.time() - t0, 1)
+
+
+def save_finetuned(out: Path, artifact: ArtifactKind, model, tokenizer_json: str, meta_name: str, meta: dict,
+                   log=print) -> None:
+    """Write a fine-tuned model (``save_pretrained``, its tokenizer, the metadata) to ``out`` atomically."""
+    with atomic_dir(out, artifact) as tmp:
+        model.save_pretrained(str(tmp))
+        (tmp / "tokenizer.json").write_text(tokenizer_json, encoding="utf-8")
+        (tmp / meta_name).write_text(json.dumps(meta, indent=1))
+    log(f"fine-tuned in {meta['seconds']:.0f} s (final loss {meta['final_loss']:.4f})")
+
+
 def sentiment_model_dir(cfg: FinetuneConfig = FinetuneConfig(), source: str = "default") -> Path:
     from ..tasks import SENTIMENT_PACKAGE, SENTIMENT_SEED, SENTIMENT_TEST_FRACTION
 
@@ -73,8 +121,8 @@ def finetune_sentiment(cfg: FinetuneConfig = FinetuneConfig(), *, source: str = 
     import torch
     import transformers
 
-    from ..support.tokenize import Tokenizer
     from ..model.hf_loader import load_checkpoint, load_tokenizer_json
+    from ..support.tokenize import Tokenizer
     from ..tasks import sentiment_task
     from .calibrate import torch_inputs
 
@@ -91,41 +139,17 @@ def finetune_sentiment(cfg: FinetuneConfig = FinetuneConfig(), *, source: str = 
     )
     tok_json = load_tokenizer_json(base.path)
     tok = Tokenizer(tok_json, base.max_positions, "bert", base.pad_token_id)
-    rng = np.random.default_rng(cfg.seed)
     n = len(train)
-    steps = []  # one permutation per epoch
-    for _ in range(cfg.epochs):
-        order = rng.permutation(n)
-        steps += [order[i : i + cfg.batch_size] for i in range(0, n, cfg.batch_size)]
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
-    warm = max(1, int(cfg.warmup * len(steps)))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min((s + 1) / warm, max(0.0, (len(steps) - s) / max(1, len(steps) - warm)))
-    )
+    steps = epoch_batches(n, cfg, np.random.default_rng(cfg.seed))
     labels = torch.tensor([int(e.label) for e in train])
-    model.train()
-    t0 = time.time()
-    losses = []
-    it = progress(steps) if progress else steps
-    for idx in it:
-        enc = tok([train[i].text for i in idx])
-        res = model(**torch_inputs(enc), labels=labels[idx])
-        opt.zero_grad()
-        res.loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(float(res.loss.detach()))
-        if hasattr(it, "set_postfix"):
-            it.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
-    model.eval()
-    with atomic_dir(out, ARTIFACT) as tmp:
-        model.save_pretrained(str(tmp))
-        (tmp / "tokenizer.json").write_text(tok_json, encoding="utf-8")
-        (tmp / FINETUNE_META).write_text(json.dumps(
-            {"format": FORMAT, "config": asdict(cfg), "source": str(base.path), "source_hash": base.model_hash,
-             "train_examples": n, "final_loss": float(np.mean(losses[-20:])), "seconds": round(time.time() - t0, 1)},
-            indent=1))
-    log(f"fine-tuned in {time.time() - t0:.0f} s (final loss {np.mean(losses[-20:]):.4f})")
+
+    def loss(idx):
+        return model(**torch_inputs(tok([train[i].text for i in idx])), labels=labels[idx]).loss
+
+    losses, seconds = train_fp32(model, steps, loss, cfg, progress)
+    save_finetuned(out, ARTIFACT, model, tok_json, FINETUNE_META,
+                   {"format": FORMAT, "config": asdict(cfg), "source": str(base.path), "source_hash": base.model_hash,
+                    "train_examples": n, "final_loss": float(np.mean(losses[-20:])), "seconds": seconds}, log)
     return out
 
 

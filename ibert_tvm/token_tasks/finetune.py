@@ -14,15 +14,13 @@ directory (training it if needed).
 
 from __future__ import annotations
 
-import json
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import IBertTVMError
-from ..support.fs import ArtifactKind, atomic_dir
+from ..support.fs import ArtifactKind
 
 FORMAT = "ibert-tvm-finetuned-ner/1"
 FINETUNE_META = "finetune.json"
@@ -70,6 +68,7 @@ def finetune_ner(cfg: NerFinetuneConfig = NerFinetuneConfig(), *, source: str = 
 
     from ..model.hf_loader import load_checkpoint, load_tokenizer_json
     from ..quantization.calibrate import torch_inputs
+    from ..quantization.finetune import epoch_batches, save_finetuned, train_fp32
     from ..support.tokenize import Tokenizer
     from .data import (
         encode_words,
@@ -96,42 +95,20 @@ def finetune_ner(cfg: NerFinetuneConfig = NerFinetuneConfig(), *, source: str = 
     tok = Tokenizer(tok_json, base.max_positions, "bert", base.pad_token_id)
     encs, word_ids = encode_words(tok_json, train, base.max_positions)
     tok_labels = [word_labels_to_tokens(w, s.tags, label2id) for w, s in zip(word_ids, train)]
-    rng = np.random.default_rng(cfg.seed)
     n = len(train)
-    steps = []
-    for _ in range(cfg.epochs):
-        order = rng.permutation(n)
-        steps += [order[i : i + cfg.batch_size] for i in range(0, n, cfg.batch_size)]
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
-    warm = max(1, int(cfg.warmup * len(steps)))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min((s + 1) / warm, max(0.0, (len(steps) - s) / max(1, len(steps) - warm)))
-    )
-    model.train()
-    t0 = time.time()
-    losses = []
-    it = progress(steps) if progress else steps
-    for idx in it:
+    steps = epoch_batches(n, cfg, np.random.default_rng(cfg.seed))
+
+    def loss(idx):
         enc = tok.pad([encs[i] for i in idx])
         S = enc["input_ids"].shape[1]
         lab = torch.tensor([tok_labels[i] + [-100] * (S - len(tok_labels[i])) for i in idx])
-        res = model(**torch_inputs(enc), labels=lab)
-        opt.zero_grad()
-        res.loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(float(res.loss.detach()))
-        if hasattr(it, "set_postfix"):
-            it.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
-    model.eval()
-    with atomic_dir(out, ARTIFACT) as tmp:
-        model.save_pretrained(str(tmp))
-        (tmp / "tokenizer.json").write_text(tok_json, encoding="utf-8")
-        (tmp / FINETUNE_META).write_text(json.dumps(
-            {"format": FORMAT, "config": asdict(cfg), "source": str(base.path), "source_hash": base.model_hash,
-             "train_examples": n, "steps": len(steps), "loss_first20": float(np.mean(losses[:20])),
-             "final_loss": float(np.mean(losses[-20:])), "seconds": round(time.time() - t0, 1)}, indent=1))
-    log(f"fine-tuned in {time.time() - t0:.0f} s (final loss {np.mean(losses[-20:]):.4f})")
+        return model(**torch_inputs(enc), labels=lab).loss
+
+    losses, seconds = train_fp32(model, steps, loss, cfg, progress)
+    save_finetuned(out, ARTIFACT, model, tok_json, FINETUNE_META,
+                   {"format": FORMAT, "config": asdict(cfg), "source": str(base.path), "source_hash": base.model_hash,
+                    "train_examples": n, "steps": len(steps), "loss_first20": float(np.mean(losses[:20])),
+                    "final_loss": float(np.mean(losses[-20:])), "seconds": seconds}, log)
     return out
 
 

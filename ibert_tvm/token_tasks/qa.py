@@ -15,8 +15,6 @@ against gold.
 
 from __future__ import annotations
 
-import json
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import IBertTVMError
-from ..support.fs import ArtifactKind, atomic_dir
+from ..support.fs import ArtifactKind
 from .data import TaggedSentence, entity_spans
 
 TYPE_WORDS = {"person": "person", "geo-loc": "place", "company": "company", "facility": "facility",
@@ -145,6 +143,7 @@ def finetune_qa(cfg: QAFinetuneConfig = QAFinetuneConfig(), *, source: str = "de
 
     from ..model.hf_loader import load_checkpoint, load_tokenizer_json
     from ..quantization.calibrate import torch_inputs
+    from ..quantization.finetune import epoch_batches, save_finetuned, train_fp32
     from ..support.tokenize import Tokenizer
     from .data import wnut_splits
 
@@ -161,36 +160,18 @@ def finetune_qa(cfg: QAFinetuneConfig = QAFinetuneConfig(), *, source: str = "de
     tok = Tokenizer(tok_json, base.max_positions, "bert", base.pad_token_id)
     encs, ctx = encode_qa(tok_json, train, base.max_positions)
     targets = [token_span(c, ex.answers[0]) for c, ex in zip(ctx, train)]
-    rng = np.random.default_rng(cfg.seed)
-    steps = []
-    for _ in range(cfg.epochs):
-        order = rng.permutation(len(train))
-        steps += [order[i : i + cfg.batch_size] for i in range(0, len(train), cfg.batch_size)]
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
-    warm = max(1, int(cfg.warmup * len(steps)))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min((s + 1) / warm, max(0.0, (len(steps) - s) / max(1, len(steps) - warm))))
-    model.train()
-    t0, losses = time.time(), []
-    it = progress(steps) if progress else steps
-    for idx in it:
-        enc = tok.pad([encs[i] for i in idx])
-        res = model(**torch_inputs(enc), start_positions=torch.tensor([targets[i][0] for i in idx]),
-                    end_positions=torch.tensor([targets[i][1] for i in idx]))
-        opt.zero_grad()
-        res.loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(float(res.loss.detach()))
-    model.eval()
-    with atomic_dir(out, ARTIFACT) as tmp:
-        model.save_pretrained(str(tmp))
-        (tmp / "tokenizer.json").write_text(tok_json, encoding="utf-8")
-        (tmp / META).write_text(json.dumps(
-            {"format": FORMAT, "config": asdict(cfg), "source_hash": base.model_hash, "train_questions": len(train),
-             "steps": len(steps), "loss_first20": float(np.mean(losses[:20])),
-             "final_loss": float(np.mean(losses[-20:])), "seconds": round(time.time() - t0, 1)}, indent=1))
-    log(f"fine-tuned in {time.time() - t0:.0f} s (final loss {np.mean(losses[-20:]):.4f})")
+    steps = epoch_batches(len(train), cfg, np.random.default_rng(cfg.seed))
+
+    def loss(idx):
+        return model(**torch_inputs(tok.pad([encs[i] for i in idx])),
+                     start_positions=torch.tensor([targets[i][0] for i in idx]),
+                     end_positions=torch.tensor([targets[i][1] for i in idx])).loss
+
+    losses, seconds = train_fp32(model, steps, loss, cfg, progress)
+    save_finetuned(out, ARTIFACT, model, tok_json, META,
+                   {"format": FORMAT, "config": asdict(cfg), "source_hash": base.model_hash,
+                    "train_questions": len(train), "steps": len(steps), "loss_first20": float(np.mean(losses[:20])),
+                    "final_loss": float(np.mean(losses[-20:])), "seconds": seconds}, log)
     return out
 
 
