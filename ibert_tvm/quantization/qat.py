@@ -390,28 +390,14 @@ def distill_embeddings(qat: QATModel, sentences: Sequence[str], teacher: np.ndar
 
     if qat.ckpt.head != "embedding":
         raise IBertTVMError("embedding distillation needs an embedding model (a pooling head)")
-    opt = torch.optim.AdamW(qat.parameters(), lr=lr, weight_decay=0.0)
-    rng = np.random.default_rng(seed)
-    stats = QATStats()
-    qat.train()
-    qat.ckpt.model.eval()  # no dropout: the integer model has none
-    steps = [b for _ in range(epochs) for b in _batches(len(sentences), batch_size, rng)]
-    it = progress(steps) if progress else steps
-    for idx in it:
-        enc = qat.encode([sentences[i] for i in idx])
-        emb = qat(enc)
+
+    def loss(idx):
+        emb = qat(qat.encode([sentences[i] for i in idx]))
         t = torch.from_numpy(teacher[idx]).to(emb.dtype)
-        loss = (1.0 - torch.nn.functional.cosine_similarity(emb, t, dim=1)).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        qat.refresh()
-        stats.steps += 1
-        stats.losses.append(float(loss.detach()))
-        if hasattr(it, "set_postfix"):
-            it.set_postfix(loss=f"{np.mean(stats.losses[-20:]):.4f}")
-    qat.eval()
-    return stats
+        return (1.0 - torch.nn.functional.cosine_similarity(emb, t, dim=1)).mean()
+
+    return _train(qat, len(sentences), loss, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                  progress=progress)
 
 
 def train_classifier(qat: QATModel, texts: Sequence[str], labels: Sequence[int], *, epochs: int = 1,
@@ -425,22 +411,36 @@ def train_classifier(qat: QATModel, texts: Sequence[str], labels: Sequence[int],
 
     if qat.ckpt.head != "classifier":
         raise IBertTVMError("classifier QAT needs a classification model")
-    opt = torch.optim.AdamW(qat.parameters(), lr=lr, weight_decay=0.0)
-    rng = np.random.default_rng(seed)
     y_all = torch.tensor(np.asarray(labels, dtype=np.int64))
-    stats = QATStats()
-    qat.train()
-    qat.ckpt.model.eval()
-    steps = [b for _ in range(epochs) for b in _batches(len(texts), batch_size, rng)]
-    it = progress(steps) if progress else steps
-    for idx in it:
-        enc = qat.encode([texts[i] for i in idx])
-        logits = qat(enc)
+
+    def loss(idx):
+        logits = qat(qat.encode([texts[i] for i in idx]))
         loss = F.cross_entropy(logits, y_all[idx])
         if teacher_logits is not None and distill_weight > 0:
             t = torch.from_numpy(teacher_logits[idx]).to(logits.dtype)
             kd = F.kl_div(F.log_softmax(logits / temperature, -1), F.softmax(t / temperature, -1), reduction="batchmean")
             loss = (1 - distill_weight) * loss + distill_weight * kd * temperature**2
+        return loss
+
+    return _train(qat, len(texts), loss, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, progress=progress)
+
+
+def _train(qat: QATModel, n: int, loss_of: Callable, *, epochs: int, batch_size: int, lr: float, seed: int,
+           progress: Callable | None) -> QATStats:
+    """The QAT loop both objectives share: AdamW (no weight decay) over ``epochs`` seeded shuffles
+    of ``n`` examples; after each step the integer parameters are re-derived (``qat.refresh``).
+    The wrapped FP32 model stays in eval mode throughout: the integer model has no dropout."""
+    import torch
+
+    opt = torch.optim.AdamW(qat.parameters(), lr=lr, weight_decay=0.0)
+    rng = np.random.default_rng(seed)
+    stats = QATStats()
+    qat.train()
+    qat.ckpt.model.eval()  # no dropout: the integer model has none
+    steps = [b for _ in range(epochs) for b in _batches(n, batch_size, rng)]
+    it = progress(steps) if progress else steps
+    for idx in it:
+        loss = loss_of(idx)
         opt.zero_grad()
         loss.backward()
         opt.step()
