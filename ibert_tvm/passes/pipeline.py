@@ -4,8 +4,9 @@
     phase 1  lower      LegalizeOps, AnnotateTIROpPattern, FuseOps, FuseTIR; then a MetaSchedule
                         database when one is given, and the target's schedule pass
                         (ibert_tvm.schedules) for the PrimFuncs the database did not schedule;
-                        on CPU targets, serial_when_small (a kernel with parallel loops runs them
-                        serially when its work is small; ibert_tvm.schedules.serial_when_small);
+                        on the CPU targets it is measured for, serial_when_small (a kernel with
+                        parallel loops runs them serially when its work is small;
+                        ibert_tvm.schedules.serial_when_small);
                         then TVM's default Relax pipeline (memory planning, VM lowering)
     phase 2  verify     VerifyIntegerOnly on the lowered Relax + every TIR PrimFunc
     phase 3  build      relax.build with the TIR pipeline (no further Relax passes)
@@ -85,12 +86,13 @@ def fuse(mod):
 
 
 def lower(mod, target, *, target_name: str | None = None, database_dir: str | None = None, dump_dir=None,
-          serial_when_small: bool | int = True):
+          serial_when_small=True):
     """Phase 1 + 2: the lowered, verified Relax IRModule.
 
     ``serial_when_small``: True applies :func:`~ibert_tvm.schedules.serial_when_small.serial_when_small`
-    with its calibrated ``THRESHOLD`` on CPU targets, an int applies it with that threshold
-    (work units: block iterations), False leaves every parallel kernel parallel."""
+    with its calibrated ``THRESHOLDS`` on its ``TARGETS`` (x86); an int (for every op class) or a
+    ``{op class: int}`` applies it with those thresholds (work units: block iterations); False
+    leaves every parallel kernel parallel."""
     from tvm import relax
 
     from ..schedules import schedule_pass
@@ -110,9 +112,8 @@ def lower(mod, target, *, target_name: str | None = None, database_dir: str | No
             mod = relax.transform.MetaScheduleApplyDatabase(str(database_dir))(mod)
         if sched is not None:
             mod = sched(mod)
-        if serial_when_small is not False and "gpu" not in target.keys:
-            threshold = sws.THRESHOLD if serial_when_small is True else int(serial_when_small)
-            mod = sws.serial_when_small(fused, threshold)(mod)
+        if serial_when_small is not False and target_name in sws.TARGETS and "gpu" not in target.keys:
+            mod = sws.serial_when_small(fused, None if serial_when_small is True else serial_when_small)(mod)
         _dump(dump_dir, "1_scheduled", mod)
         mod = relax.get_default_pipeline(target)(mod) if "gpu" in target.keys else relax.get_pipeline("default")(mod)
     _dump(dump_dir, "2_lowered", mod)
@@ -122,7 +123,7 @@ def lower(mod, target, *, target_name: str | None = None, database_dir: str | No
 
 
 def build(mod, target, *, target_name: str | None = None, database_dir: str | None = None, dump_dir=None,
-          serial_when_small: bool | int = True):
+          serial_when_small=True):
     """Phases 1-4. Returns ``(executable, module_report, code_report)``."""
     from tvm import relax
 

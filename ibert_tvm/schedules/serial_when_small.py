@@ -24,8 +24,14 @@ the kernel at call time (a few integer operations). It does not depend on the sc
 same kernel tuned by a database or scheduled by a rule gets the same test.
 
 Where it sits: after the target's schedule (``schedules.schedule_pass``) and any tuning database,
-before TVM's default Relax/TIR pipeline (``passes.pipeline.lower``), for CPU targets only (GPU
-kernels have no parallel loops). The work is computed on the fused module and carried over to
+before TVM's default Relax/TIR pipeline (``passes.pipeline.lower``), for the targets in
+:data:`TARGETS` (x86: where it was measured; the generic ``llvm`` target has no parallel
+kernels). GPU kernels have no parallel loops. aarch64 is left out for now: the transform is
+target-generic and its aarch64 builds run bit-exact, but the changed code layout made GNU ld
+insert a Cortex-A53 erratum-843419 veneer into a tiny BERT's ``model.so`` (a stub of
+``ldr; b`` placed after a function, then zero padding), which the machine-code verifier
+reports as a branch into an fp16 helper and an entry inside padding; and no aarch64 timing
+exists here (qemu) to calibrate a threshold with. The work is computed on the fused module and carried over to
 the scheduled function of the same name by the positions of the shape variables in the
 parameters' buffer shapes (a database's function has its own variable objects).
 
@@ -39,8 +45,13 @@ shape variable (its branch would be decided at compile time), is returned unchan
 a static small kernel is made serial outright. Neither branch adds float: the condition is
 int64 arithmetic on shape variables.
 
-``threshold`` (:data:`THRESHOLD`, in block iterations): THRESHOLD = 1,048,576 (2**20), provisional
-until measured on the x86 target (bench/serial_when_small.py, results in
+The threshold depends on the kernel's class (:func:`op_class`), because a block iteration costs
+very different time in each: ``gemm`` (a block reduces a product of two int8 / uint8 operands:
+the linears, ``Q K^T``, ``P V``; VNNI / sdot do 64 / 16 such multiply-adds per instruction, a
+MiniLM 1 x 32 linear runs ~0.01 ns per block iteration serially, an attention product ~0.05) and
+``other`` (the row softmax: ~0.5 ns per block iteration, its integer exp and divisions). Values,
+in block iterations (:data:`THRESHOLDS`): gemm 1,048,576 (2**20), other 65,536 (2**16),
+provisional until measured on the x86 target (bench/serial_when_small.py, results in
 bench/results/2026-12-03-serial/).
 """
 
@@ -48,8 +59,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-#: the work (block iterations, see :func:`work_estimate`) up to which a kernel runs serially.
-THRESHOLD = 1 << 20
+#: the targets (``ibert_tvm.targets`` names) ``passes.pipeline.lower`` applies it for
+TARGETS = ("x86", "llvm")
+#: per op class (:func:`op_class`), the work (block iterations, :func:`work_estimate`) up to
+#: which a kernel runs serially
+THRESHOLDS = {"gemm": 1 << 20, "other": 1 << 16}
 SERIAL_BLOCK = "serial_when_small"  # the name of the serial branch's block
 WORK_ATTR = "ibert.serial_when_small.work"  # the PrimFunc attr recording the work expression
 
@@ -76,6 +90,24 @@ def work_estimate(func):
     for t in terms:
         total = total + t
     return tvm.sym.Analyzer().simplify(total)
+
+
+def op_class(func) -> str:
+    """``"gemm"`` when a block of the unscheduled ``func`` has a reduction and reads two int8 /
+    uint8 buffers (a product of integer operands: a linear, ``Q K^T``, ``P V``), else ``"other"``."""
+    import tvm_ffi
+    from tvm import s_tir, tirx
+
+    found = []
+
+    def visit(block):
+        reduces = any(iv.iter_type == tirx.IterVar.CommReduce for iv in block.iter_vars)
+        small = {r.source.name for r in block.reads if str(r.source.dtype) in ("int8", "uint8")}
+        if reduces and len(small) >= 2:
+            found.append(block.name_hint)
+
+    tvm_ffi.structural_walk(func.body, (s_tir.SBlock, visit))
+    return "gemm" if found else "other"
 
 
 def has_parallel(func) -> bool:
@@ -202,10 +234,11 @@ def split_on_work(func, work, threshold: int):
     return new.with_attr(WORK_ATTR, work)
 
 
-def serial_when_small(reference, threshold: int = THRESHOLD):
+def serial_when_small(reference, thresholds: int | Mapping[str, int] | None = None):
     """``IRModule -> IRModule`` pass: every PrimFunc with a parallel loop chooses serial or
     parallel at call time by :func:`work_estimate` of the PrimFunc of the same name in
-    ``reference`` (the fused, unscheduled module) against ``threshold``.
+    ``reference`` (the fused, unscheduled module) against the threshold of its
+    :func:`op_class` (``thresholds``: per class, one int for all, or None: :data:`THRESHOLDS`).
 
     ``reference`` may be an IRModule or a ``{name: PrimFunc}`` mapping. A function absent from
     it (or whose work cannot be carried over) is left unchanged."""
@@ -214,6 +247,9 @@ def serial_when_small(reference, threshold: int = THRESHOLD):
 
     refs: Mapping = ({gv.name_hint: f for gv, f in reference.functions.items()}
                      if isinstance(reference, tvm.IRModule) else dict(reference))
+    if thresholds is None:
+        thresholds = THRESHOLDS
+    limit = (lambda cls: int(thresholds)) if isinstance(thresholds, int) else (lambda cls: int(thresholds[cls]))
 
     @tvm.transform.module_pass(opt_level=0, name="SerialWhenSmall")
     def _pass(mod, _ctx):
@@ -227,6 +263,7 @@ def serial_when_small(reference, threshold: int = THRESHOLD):
             work = _rebind(work_estimate(ref), ref, func)
             if work is None:
                 continue
+            threshold = limit(op_class(ref))
             if not _free_vars(work):  # static shapes: decide now
                 if int(work.value) <= threshold:
                     mod[gv] = func.with_body(_serial(func.body))

@@ -11,7 +11,7 @@ is small, with identical results.
 * run: equals the numpy reference bit for bit on both sides of the threshold;
 * a tiny BERT for x86 with a threshold between its small and large shapes: kernels on both sides,
   equal to ``run_golden`` bit for bit, and still ``float ops: 0`` in the module and the code;
-* a kernel without a parallel loop is left alone; a GPU build applies nothing.
+* a kernel without a parallel loop is left alone; a GPU or aarch64 build applies nothing.
 """
 
 from __future__ import annotations
@@ -122,11 +122,31 @@ def test_condition_is_work_at_most_threshold_and_both_branches_exist():
     assert branch.else_case.same_as(sched["main"].body.block.body)  # the parallel body, untouched
 
 
-def test_threshold_in_the_docs_is_the_code():
+def test_thresholds_in_the_docs_are_the_code():
     from ibert_tvm.schedules import serial_when_small as sws
 
     doc = " ".join(sws.__doc__.split())
-    assert f"THRESHOLD = {sws.THRESHOLD:,}" in doc or f"THRESHOLD = {sws.THRESHOLD}" in doc, doc
+    assert set(sws.THRESHOLDS) == {"gemm", "other"}
+    for cls, value in sws.THRESHOLDS.items():
+        assert f"{cls} {value:,}" in doc, (cls, value)
+
+
+def test_op_classes():
+    """GEMMs (a reduction over two int8 operands) and the rest: the softmax reduces int32."""
+    from tvm import te, tirx
+
+    from ibert_tvm.schedules.serial_when_small import op_class
+
+    mod, _ = _softmax(IntSoftmax(7e-5))
+    assert op_class(mod["main"]) == "other"
+    M = tirx.Var("m", "int64")
+    x = te.placeholder((M, 64), "int8", name="x")
+    w = te.placeholder((32, 64), "int8", name="w")
+    k = te.reduce_axis((0, 64), name="k")
+    acc = te.compute((M, 32), lambda i, j: te.sum(x[i, k].astype("int32") * w[j, k].astype("int32"), axis=k))
+    assert op_class(te.create_prim_func([x, w, acc])) == "gemm"
+    s = te.compute((M,), lambda i: te.sum(x[i, k].astype("int32"), axis=k))  # one int8 operand: not a GEMM
+    assert op_class(te.create_prim_func([x, s])) == "other"
 
 
 # -- the generated code and the results ----------------------------------------------------------
@@ -206,7 +226,7 @@ def test_tiny_bert_on_x86_both_sides_bit_exact(quantized_factory, tmp_path, monk
     works = {gv.name_hint: sws.work_estimate(f) for gv, f in fused.functions.items() if isinstance(f, tirx.PrimFunc)}
     qk = next(w for n, w in works.items() if n.startswith("qk_matmul"))
     threshold = _at(qk, 1, 4)
-    monkeypatch.setattr(sws, "THRESHOLD", threshold)
+    monkeypatch.setattr(sws, "THRESHOLDS", {"gemm": threshold, "other": threshold})
     out = tmp_path / "out"
     manifest = compile_quantized(qm, out, target="x86", database_dir=False, log=lambda *a: None)
     assert manifest["verify"]["module"]["float_ops"] == 0 and manifest["verify"]["code"]["float_ops"] == 0
@@ -220,8 +240,8 @@ def test_tiny_bert_on_x86_both_sides_bit_exact(quantized_factory, tmp_path, monk
 
 
 def test_lower_marks_cpu_kernels_and_leaves_gpu_alone(quantized_factory):
-    """The pipeline applies the transform on x86 (every parallel kernel gets its work attr) and
-    not on cuda-t4 (no parallel loops; no attr)."""
+    """The pipeline applies the transform on x86 (every parallel kernel gets its work attr), not
+    on cuda-t4 (no parallel loops) nor on aarch64 (left out: see the module docstring)."""
     from tvm import tirx
 
     from ibert_tvm.frontend.lower import integer_module
@@ -234,8 +254,8 @@ def test_lower_marks_cpu_kernels_and_leaves_gpu_alone(quantized_factory):
     seen = {}
     real = sws.serial_when_small
 
-    def spy(reference, threshold=sws.THRESHOLD):
-        p = real(reference, threshold)
+    def spy(reference, thresholds=None):
+        p = real(reference, thresholds)
 
         def run(mod):
             out = p(mod)
@@ -247,7 +267,7 @@ def test_lower_marks_cpu_kernels_and_leaves_gpu_alone(quantized_factory):
     sws_spy = pytest.MonkeyPatch()
     sws_spy.setattr(sws, "serial_when_small", spy)
     try:
-        for target, expect in (("x86", True), ("cuda-t4", False)):
+        for target, expect in (("x86", True), ("cuda-t4", False), ("aarch64", False)):
             seen.clear()
             mod, _, _ = integer_module(qm, linear_strategy(target))
             pipeline.lower(mod, get_target(target).tvm_target(), target_name=target)
