@@ -23,9 +23,9 @@ import sys
 from pathlib import Path
 
 
-def works(q_dir: str, target: str) -> tuple[dict, dict]:
-    """``({kernel: work PrimExpr}, {kernel: parallel loops})`` of the model's kernels: the work of
-    the fused kernel, the parallel loops of the scheduled one (each is one pool launch per call:
+def works(q_dir: str, target: str) -> tuple[dict, dict, dict]:
+    """``({kernel: work PrimExpr}, {kernel: parallel loops}, {kernel: op class})`` of the model's
+    kernels: the work and class of the fused kernel, the parallel loops of the scheduled one (each is one pool launch per call:
     none of our schedules nests a parallel loop in another loop)."""
     import tvm_ffi
     from tvm import tirx
@@ -34,7 +34,7 @@ def works(q_dir: str, target: str) -> tuple[dict, dict]:
     from ibert_tvm.passes.pipeline import fuse
     from ibert_tvm.quantization.artifact import QuantizedModel
     from ibert_tvm.schedules import linear_strategy, schedule_pass
-    from ibert_tvm.schedules.serial_when_small import work_estimate
+    from ibert_tvm.schedules.serial_when_small import op_class, work_estimate
     from ibert_tvm.targets import get_target
 
     spec = get_target(target)
@@ -49,8 +49,8 @@ def works(q_dir: str, target: str) -> tuple[dict, dict]:
             n = []
             tvm_ffi.structural_walk(f.body, (tirx.For, lambda x, n=n: n.append(1) if x.kind == tirx.ForKind.PARALLEL else None))
             loops[gv.name_hint] = len(n)
-    work = {gv.name_hint: work_estimate(f) for gv, f in fused.functions.items() if isinstance(f, tirx.PrimFunc)}
-    return work, loops
+    funcs = {gv.name_hint: f for gv, f in fused.functions.items() if isinstance(f, tirx.PrimFunc)}
+    return ({n: work_estimate(f) for n, f in funcs.items()}, loops, {n: op_class(f) for n, f in funcs.items()})
 
 
 def evaluate(expr, batch: int, seq: int) -> int:
@@ -73,7 +73,8 @@ def main(argv=None) -> int:
     ap.add_argument("--policy", choices=("spin", "passive"), default="spin")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--thresholds", default="", help="comma list: pool launches per inference at each")
+    ap.add_argument("--thresholds", default="",
+                    help="comma list of GEMM/OTHER threshold pairs: pool launches per inference at each")
     ap.add_argument("-o", "--output")
     a = ap.parse_args(argv)
     os.environ["TVM_NUM_THREADS"] = str(a.threads)
@@ -86,8 +87,8 @@ def main(argv=None) -> int:
     from ibert_tvm.deploy.runtime import CompiledModel
     from ibert_tvm.support.tokenize import position_ids
 
-    work, loops = works(a.q, a.target)
-    thresholds = [int(t) for t in a.thresholds.split(",")] if a.thresholds else []
+    work, loops, classes = works(a.q, a.target)
+    thresholds = [t for t in a.thresholds.split(",") if t]  # "GEMM/OTHER" pairs
     models = [CompiledModel(a.par_out), CompiledModel(a.ser_out)]
     m0 = models[0].manifest
     rng = np.random.default_rng(0)
@@ -105,11 +106,14 @@ def main(argv=None) -> int:
             return 2
         per = [{} for _ in models]  # name -> [ms per call, ...]
         calls = {}
+        cats = [{} for _ in models]  # category -> [ms per run, ...]
         totals = [[] for _ in models]
         for r in range(a.rounds):
             for i in ((0, 1) if r % 2 == 0 else (1, 0)):
                 p = profile_vm(models[i].vm, lambda m=models[i], e=enc: m.run_ids(e), repeat=3)
                 totals[i].append(p["total_ms"])
+                for c, ms in p["categories"].items():
+                    cats[i].setdefault(c, []).append(ms)
                 for k in p["kernels"]:
                     calls[k["name"]] = k["calls"]
                     if k["calls"]:
@@ -117,22 +121,28 @@ def main(argv=None) -> int:
         tot = [float(np.median(t)) for t in totals]
         print(f"\n{shape} ({a.policy}): instrumented total parallel {tot[0]:.3f} ms, serial {tot[1]:.3f} ms "
               f"({tot[1] / tot[0]:.3f}x)")
-        print(f"{'kernel':40s} {'work':>12s} {'par us':>9s} {'ser us':>9s} {'ser/par':>8s}")
+        print(f"{'kernel':40s} {'class':5s} {'work':>12s} {'par us':>9s} {'ser us':>9s} {'ser/par':>8s}")
         for name in sorted(per[0], key=lambda n: evaluate(work[n], b, s) if n in work else -1):
             if name not in work or name not in per[1]:
                 continue
             tp, ts = float(np.median(per[0][name])) * 1e3, float(np.median(per[1][name])) * 1e3
-            if abs(tp - ts) < 1e-9 and name.startswith("int_layernorm"):
-                pass
             w = evaluate(work[name], b, s)
-            rows.append({"shape": shape, "kernel": name, "work": w, "par_us": tp, "ser_us": ts})
-            print(f"{name:40s} {w:12d} {tp:9.1f} {ts:9.1f} {ts / tp:8.3f}")
+            if not loops.get(name):
+                continue  # no parallel loop: the same kernel in both builds
+            rows.append({"shape": shape, "kernel": name, "class": classes[name], "work": w, "par_us": tp, "ser_us": ts})
+            print(f"{name:40s} {classes[name]:5s} {w:12d} {tp:9.1f} {ts:9.1f} {ts / tp:8.3f}")
         rows.append({"shape": shape, "kernel": "(total, instrumented)", "par_ms": tot[0], "ser_ms": tot[1]})
+        cat_ms = [{c: float(np.median(v)) for c, v in cm.items()} for cm in cats]
+        print("where the time goes (ms per inference, instrumented; parallel / serial build): "
+              + ", ".join(f"{c} {cat_ms[0][c]:.3f} / {cat_ms[1].get(c, 0):.3f}"
+                          for c in sorted(cat_ms[0], key=lambda c: -cat_ms[0][c])))
+        rows.append({"shape": shape, "kernel": "(categories, ms)", "parallel": cat_ms[0], "serial": cat_ms[1]})
         n_calls = sum(calls.values())
         launches = {"parallel": sum(c * loops.get(n, 0) for n, c in calls.items())}
         for t in thresholds:
-            launches[str(t)] = sum(c * loops.get(n, 0) for n, c in calls.items()
-                                   if n in work and evaluate(work[n], b, s) > t)
+            lim = dict(zip(("gemm", "other"), (int(v) for v in t.split("/"))))
+            launches[t] = sum(c * loops.get(n, 0) for n, c in calls.items()
+                              if n in work and evaluate(work[n], b, s) > lim[classes[n]])
         rows.append({"shape": shape, "kernel": "(launches per inference)", "vm_calls": n_calls, **launches})
         print(f"VM calls per inference {n_calls}; pool launches per inference: "
               + ", ".join(f"{k if k == 'parallel' else 'threshold ' + k} {v}" for k, v in launches.items()))
