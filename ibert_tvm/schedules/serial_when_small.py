@@ -31,18 +31,21 @@ target-generic and its aarch64 builds run bit-exact, but the changed code layout
 insert a Cortex-A53 erratum-843419 veneer into a tiny BERT's ``model.so`` (a stub of
 ``ldr; b`` placed after a function, then zero padding), which the machine-code verifier
 reports as a branch into an fp16 helper and an entry inside padding; and no aarch64 timing
-exists here (qemu) to calibrate a threshold with. The work is computed on the fused module and carried over to
-the scheduled function of the same name by the positions of the shape variables in the
-parameters' buffer shapes (a database's function has its own variable objects).
+exists here (qemu) to calibrate a threshold with.
+
+The work is computed on the fused module and carried over to the scheduled function of the same
+name by the positions of the shape variables in the parameters' buffer shapes (a database's
+function has its own variable objects).
 
 Invariants: the computation is unchanged in both branches (same statements, same order within
 a thread, only the loop kind differs), so outputs are bit-identical whichever branch runs; the
 serial copy defines everything anew (``s_tir.renew_defs``: loop and block variables, buffers,
 ``match_buffer`` views), so the result passes TIR's well-formedness check (one definition per
 variable). The generated code has no ``TVMBackendParallelLaunch`` call on the serial path: the
-serial loops are plain loops of the kernel itself; the parallel path keeps its launches. A PrimFunc without a parallel loop, or whose work has no free
-shape variable (its branch would be decided at compile time), is returned unchanged except that
-a static small kernel is made serial outright. Neither branch adds float: the condition is
+serial loops are plain loops of the kernel itself; the parallel path keeps its launches. A
+PrimFunc without a parallel loop, or whose work has no free shape variable (its branch would be
+decided at compile time), is returned unchanged except that a static small kernel is made serial
+outright. Neither branch adds float: the condition is
 int64 arithmetic on shape variables.
 
 The threshold depends on the kernel's class (:func:`op_class`), because a block iteration costs
@@ -50,9 +53,16 @@ very different time in each: ``gemm`` (a block reduces a product of two int8 / u
 the linears, ``Q K^T``, ``P V``; VNNI / sdot do 64 / 16 such multiply-adds per instruction, a
 MiniLM 1 x 32 linear runs ~0.01 ns per block iteration serially, an attention product ~0.05) and
 ``other`` (the row softmax: ~0.5 ns per block iteration, its integer exp and divisions). Values,
-in block iterations (:data:`THRESHOLDS`): gemm 1,048,576 (2**20), other 65,536 (2**16),
-provisional until measured on the x86 target (bench/serial_when_small.py, results in
-bench/results/2026-12-03-serial/).
+in block iterations (:data:`THRESHOLDS`): gemm 33,554,432 (2**25), other 65,536 (2**16). For
+MiniLM that makes every kernel serial at 1 x 32 (pool launches per inference 96 -> 0), the
+attention products and the QKV / attention-out linears serial at 1 x 128 (96 -> 30), nothing
+at 8 x 128 (96). Chosen from an interleaved A/B of four builds (bench/ab_outs.py: no transform,
+gemm 2**20, 2**23, 2**25), the one that measured best, on a machine loaded by other jobs (load
+average 9-10 on 2 cores; bench/results/2026-12-03-serial/): passive wait policy 0.31x / 0.70x
+the old time at 1 x 32 / 1 x 128, spin within that run's noise. No quiet-machine calibration
+exists yet; with spinning pool threads on an idle machine the 1 x 32 FFN linears may prefer two
+threads (one loaded run timed them 1.3-1.7x faster in parallel, another 0.93-0.98x), so
+re-measure before trusting the gemm value there.
 """
 
 from __future__ import annotations
@@ -63,7 +73,7 @@ from collections.abc import Mapping
 TARGETS = ("x86", "llvm")
 #: per op class (:func:`op_class`), the work (block iterations, :func:`work_estimate`) up to
 #: which a kernel runs serially
-THRESHOLDS = {"gemm": 1 << 20, "other": 1 << 16}
+THRESHOLDS = {"gemm": 1 << 25, "other": 1 << 16}
 SERIAL_BLOCK = "serial_when_small"  # the name of the serial branch's block
 WORK_ATTR = "ibert.serial_when_small.work"  # the PrimFunc attr recording the work expression
 
