@@ -59,11 +59,11 @@ attention products and the QKV / attention-out linears serial at 1 x 128 (96 -> 
 at 8 x 128 (96). Chosen from an interleaved A/B of four builds (bench/ab_outs.py: no transform,
 gemm 2**20, 2**23, 2**25), the one that measured best, on a machine loaded by other jobs (load
 average 9-10 on 2 cores; bench/results/2026-12-03-serial/): passive wait policy 0.31x / 0.70x
-the old time at 1 x 32 / 1 x 128, spin within that run's noise; at load ~4.5, 0.87x / 0.96x
-passive and 0.89x / 0.97x spin. No quiet-machine calibration
-exists yet; with spinning pool threads on an idle machine the 1 x 32 FFN linears may prefer two
-threads (one loaded run timed them 1.3-1.7x faster in parallel, another 0.93-0.98x), so
-re-measure before trusting the gemm value there.
+the old time at 1 x 32 / 1 x 128, spin within that run's noise; at load ~2.5, 0.79x / 0.96x
+passive and 0.87x / 0.99x spin. No quiet-machine calibration exists yet: at load ~2.5 the whole
+model showed no loss from serial 1 x 32 FFN linears with
+spinning threads, but one loaded per-kernel run timed them 1.3-1.7x faster in parallel (another
+0.93-0.98x), so re-measure the gemm value on a quiet machine.
 """
 
 from __future__ import annotations
