@@ -4,6 +4,9 @@
     phase 1  lower      LegalizeOps, AnnotateTIROpPattern, FuseOps, FuseTIR; then a MetaSchedule
                         database when one is given, and the target's schedule pass
                         (ibert_tvm.schedules) for the PrimFuncs the database did not schedule;
+                        on the CPU targets it is measured for, serial_when_small (a kernel with
+                        parallel loops runs them serially when its work is small;
+                        ibert_tvm.schedules.serial_when_small);
                         then TVM's default Relax pipeline (memory planning, VM lowering)
     phase 2  verify     VerifyIntegerOnly on the lowered Relax + every TIR PrimFunc
     phase 3  build      relax.build with the TIR pipeline (no further Relax passes)
@@ -82,15 +85,23 @@ def fuse(mod):
     )(mod)
 
 
-def lower(mod, target, *, target_name: str | None = None, database_dir: str | None = None, dump_dir=None):
-    """Phase 1 + 2: the lowered, verified Relax IRModule."""
+def lower(mod, target, *, target_name: str | None = None, database_dir: str | None = None, dump_dir=None,
+          serial_when_small=True):
+    """Phase 1 + 2: the lowered, verified Relax IRModule.
+
+    ``serial_when_small``: True applies :func:`~ibert_tvm.schedules.serial_when_small.serial_when_small`
+    with its calibrated ``THRESHOLDS`` on its ``TARGETS`` (x86); an int (for every op class) or a
+    ``{op class: int}`` applies it with those thresholds (work units: block iterations); False
+    leaves every parallel kernel parallel."""
     from tvm import relax
 
     from ..schedules import schedule_pass
+    from ..schedules import serial_when_small as sws
 
     _dump(dump_dir, "0_export", mod)
     with target:
         mod = fuse(mod)
+        fused = mod  # the unscheduled kernels: serial_when_small's work estimates come from them
         sched = schedule_pass(target_name, target) if target_name else None
         if database_dir is not None:
             # the database first: its workloads are the fused, unscheduled PrimFuncs; what it
@@ -101,6 +112,8 @@ def lower(mod, target, *, target_name: str | None = None, database_dir: str | No
             mod = relax.transform.MetaScheduleApplyDatabase(str(database_dir))(mod)
         if sched is not None:
             mod = sched(mod)
+        if serial_when_small is not False and target_name in sws.TARGETS and "gpu" not in target.keys:
+            mod = sws.serial_when_small(fused, None if serial_when_small is True else serial_when_small)(mod)
         _dump(dump_dir, "1_scheduled", mod)
         mod = relax.get_default_pipeline(target)(mod) if "gpu" in target.keys else relax.get_pipeline("default")(mod)
     _dump(dump_dir, "2_lowered", mod)
@@ -109,11 +122,13 @@ def lower(mod, target, *, target_name: str | None = None, database_dir: str | No
     return mod, check.report
 
 
-def build(mod, target, *, target_name: str | None = None, database_dir: str | None = None, dump_dir=None):
+def build(mod, target, *, target_name: str | None = None, database_dir: str | None = None, dump_dir=None,
+          serial_when_small=True):
     """Phases 1-4. Returns ``(executable, module_report, code_report)``."""
     from tvm import relax
 
-    lowered, report = lower(mod, target, target_name=target_name, database_dir=database_dir, dump_dir=dump_dir)
+    lowered, report = lower(mod, target, target_name=target_name, database_dir=database_dir, dump_dir=dump_dir,
+                            serial_when_small=serial_when_small)
     ex = relax.build(lowered, target=target, relax_pipeline=None)
     code_report = verify_integer_only(ex, what="executable")
     return ex, report, code_report

@@ -1,0 +1,285 @@
+"""Run a parallel kernel serially when its work is small: ``serial_when_small``.
+
+Every ``parallel`` loop of a CPU kernel is a thread-pool launch (``TVMBackendParallelLaunch``:
+wake the pool, run the tasks, meet at a barrier). At small shapes (MiniLM at ``1 x 32``) most
+kernels do a few microseconds of work, and the launch costs about as much; when idle pool threads
+sleep (``TVM_THREAD_POOL_SPIN_COUNT=0``) it costs more than the work. Shapes are symbolic
+(``batch``, ``seq``), so no schedule can choose statically: this transform makes each kernel
+choose when it is called.
+
+For every scheduled PrimFunc with a ``parallel`` loop, the body becomes::
+
+    if work <= threshold:
+        body, every parallel loop made serial      # no launch: the calling thread runs it all
+    else:
+        body                                       # unchanged
+
+``work`` (:func:`work_estimate`) is the kernel's scalar work as its computation is written: the
+sum, over the blocks of the *fused, unscheduled* PrimFunc (``passes.pipeline.fuse``: TE /
+legalized ops, one loop nest per block over its iteration domain), of the size of each block's
+iteration domain, spatial x reduction. For a linear that is ``M N K`` multiply-adds plus the
+epilogue's ``M N`` elements; for a row softmax a few passes over its ``B h S S`` elements. It is
+a polynomial in the PrimFunc's shape variables, computed once at compile time and evaluated by
+the kernel at call time (a few integer operations). It does not depend on the schedule, so the
+same kernel tuned by a database or scheduled by a rule gets the same test.
+
+Where it sits: after the target's schedule (``schedules.schedule_pass``) and any tuning database,
+before TVM's default Relax/TIR pipeline (``passes.pipeline.lower``), for the targets in
+:data:`TARGETS` (x86: where it was measured; the generic ``llvm`` target has no parallel
+kernels). GPU kernels have no parallel loops. aarch64 is left out for now: the transform is
+target-generic and its aarch64 builds run bit-exact, but the changed code layout made GNU ld
+insert a Cortex-A53 erratum-843419 veneer into a tiny BERT's ``model.so`` (a stub of
+``ldr; b`` placed after a function, then zero padding), which the machine-code verifier
+reports as a branch into an fp16 helper and an entry inside padding; and no aarch64 timing
+exists here (qemu) to calibrate a threshold with.
+
+The work is computed on the fused module and carried over to the scheduled function of the same
+name by the positions of the shape variables in the parameters' buffer shapes (a database's
+function has its own variable objects).
+
+Invariants: the computation is unchanged in both branches (same statements, same order within
+a thread, only the loop kind differs), so outputs are bit-identical whichever branch runs; the
+serial copy defines everything anew (``s_tir.renew_defs``: loop and block variables, buffers,
+``match_buffer`` views), so the result passes TIR's well-formedness check (one definition per
+variable). The generated code has no ``TVMBackendParallelLaunch`` call on the serial path: the
+serial loops are plain loops of the kernel itself; the parallel path keeps its launches. A
+PrimFunc without a parallel loop, or whose work has no free shape variable (its branch would be
+decided at compile time), is returned unchanged except that a static small kernel is made serial
+outright. Neither branch adds float: the condition is
+int64 arithmetic on shape variables.
+
+The threshold depends on the kernel's class (:func:`op_class`), because a block iteration costs
+very different time in each: ``gemm`` (a block reduces a product of two int8 / uint8 operands:
+the linears, ``Q K^T``, ``P V``; VNNI / sdot do 64 / 16 such multiply-adds per instruction, a
+MiniLM 1 x 32 linear runs ~0.01 ns per block iteration serially, an attention product ~0.05) and
+``other`` (the row softmax: ~0.5 ns per block iteration, its integer exp and divisions). Values,
+in block iterations (:data:`THRESHOLDS`): gemm 33,554,432 (2**25), other 65,536 (2**16). For
+MiniLM that makes every kernel serial at 1 x 32 (pool launches per inference 96 -> 0), the
+attention products and the QKV / attention-out linears serial at 1 x 128 (96 -> 30), nothing
+at 8 x 128 (96). Chosen from an interleaved A/B of four builds (bench/ab_outs.py: no transform,
+gemm 2**20, 2**23, 2**25), the one that measured best, on a machine loaded by other jobs (load
+average 9-10 on 2 cores; bench/results/2026-12-03-serial/): passive wait policy 0.31x / 0.70x
+the old time at 1 x 32 / 1 x 128, spin within that run's noise; at load ~2.5, 0.79x / 0.96x
+passive and 0.87x / 0.99x spin. No quiet-machine calibration exists yet: at load ~2.5 the whole
+model showed no loss from serial 1 x 32 FFN linears with
+spinning threads, but one loaded per-kernel run timed them 1.3-1.7x faster in parallel (another
+0.93-0.98x), so re-measure the gemm value on a quiet machine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+#: the targets (``ibert_tvm.targets`` names) ``passes.pipeline.lower`` applies it for
+TARGETS = ("x86", "llvm")
+#: per op class (:func:`op_class`), the work (block iterations, :func:`work_estimate`) up to
+#: which a kernel runs serially
+THRESHOLDS = {"gemm": 1 << 25, "other": 1 << 16}
+SERIAL_BLOCK = "serial_when_small"  # the name of the serial branch's block
+WORK_ATTR = "ibert.serial_when_small.work"  # the PrimFunc attr recording the work expression
+
+
+def work_estimate(func):
+    """The scalar work of an unscheduled PrimFunc: sum over its blocks (the root excepted) of
+    the product of the block's iteration-variable extents. int64 ``PrimExpr`` in the shape
+    variables of ``func``'s parameters, simplified."""
+    import tvm.sym
+    import tvm_ffi
+    from tvm import s_tir, tirx
+
+    terms = []
+
+    def visit(block):
+        if block.iter_vars:
+            n = tirx.IntImm("int64", 1)
+            for iv in block.iter_vars:
+                n = n * tirx.Cast("int64", iv.dom.extent)  # a no-op cast the simplifier drops
+            terms.append(n)
+
+    tvm_ffi.structural_walk(func.body, (s_tir.SBlock, visit))
+    total = tirx.IntImm("int64", 0)
+    for t in terms:
+        total = total + t
+    return tvm.sym.Analyzer().simplify(total)
+
+
+def op_class(func) -> str:
+    """``"gemm"`` when a block of the unscheduled ``func`` has a reduction and reads two int8 /
+    uint8 buffers (a product of integer operands: a linear, ``Q K^T``, ``P V``), else ``"other"``."""
+    import tvm_ffi
+    from tvm import s_tir, tirx
+
+    found = []
+
+    def visit(block):
+        reduces = any(iv.iter_type == tirx.IterVar.CommReduce for iv in block.iter_vars)
+        small = {r.source.name for r in block.reads if str(r.source.dtype) in ("int8", "uint8")}
+        if reduces and len(small) >= 2:
+            found.append(block.name_hint)
+
+    tvm_ffi.structural_walk(func.body, (s_tir.SBlock, visit))
+    return "gemm" if found else "other"
+
+
+def has_parallel(func) -> bool:
+    import tvm_ffi
+    from tvm import tirx
+
+    found = []
+    tvm_ffi.structural_walk(func.body, (tirx.For, lambda f: found.append(1) if f.kind == tirx.ForKind.PARALLEL else None))
+    return bool(found)
+
+
+def _shape_vars(func) -> list:
+    """``[(param index, dim index, Var)]`` of the shape variables in ``func``'s buffer shapes."""
+    from tvm import tirx
+
+    out = []
+    for i, p in enumerate(func.params):
+        if not isinstance(p, tirx.Buffer):  # a scalar parameter
+            continue
+        for j, d in enumerate(p.shape):
+            if isinstance(d, tirx.Var):
+                out.append((i, j, d))
+    return out
+
+
+def _rebind(expr, src, dst):
+    """``expr`` over ``src``'s shape variables, rewritten over ``dst``'s (same positions), or
+    None when a variable of ``expr`` has no counterpart."""
+    import tvm_ffi
+    from tvm import tirx
+
+    pairs = []
+    for i, j, v in _shape_vars(src):
+        if i < len(dst.params) and isinstance(dst.params[i], tirx.Buffer):
+            shape = dst.params[i].shape
+            if j < len(shape):
+                pairs.append((v, shape[j]))
+    missing = []
+
+    def sub(v):
+        for a, b in pairs:
+            if v.same_as(a):
+                return b
+        missing.append(v)
+        return v
+
+    out = tvm_ffi.structural_map(expr, (tirx.Var, sub))
+    return None if missing else out
+
+
+def _free_vars(expr) -> list:
+    import tvm_ffi
+    from tvm import tirx
+
+    vs = []
+    tvm_ffi.structural_walk(expr, (tirx.Var, vs.append))
+    return vs
+
+
+def _serial(stmt):
+    """``stmt`` with every parallel loop made serial (nothing else changes)."""
+    import tvm_ffi
+    from tvm import tirx
+
+    def one(f):
+        if f.kind != tirx.ForKind.PARALLEL:
+            return f
+        return tirx.For(f.loop_var, f.min, f.extent, tirx.ForKind.SERIAL, f.body, f.thread_binding,
+                        f.annotations, f.step, f.span)
+
+    return tvm_ffi.structural_map(stmt, (tirx.For, one))
+
+
+def _fresh_defs(func):
+    """``func``'s body with everything it defines (loop and block variables, its buffers,
+    match_buffer views) defined anew, and its uses of ``func``'s parameters and their shape
+    variables still ``func``'s own objects: TVM's ``renew_defs`` (which renews the parameters
+    too), then the renewed parameters mapped back to the originals."""
+    import tvm_ffi
+    from tvm import s_tir, tirx
+
+    renewed = s_tir.renew_defs(func)
+    pairs = []
+    for p2, p in zip(renewed.params, func.params):
+        pairs.append((p2, p))
+        for d2, d in zip(getattr(p2, "shape", None) or (), getattr(p, "shape", None) or ()):
+            if isinstance(d2, tirx.Var):
+                pairs.append((d2, d))
+
+    def back(v):
+        for a, b in pairs:
+            if v.same_as(a):
+                return b
+        return v
+
+    return tvm_ffi.structural_map(renewed.body, (tirx.Var, back))
+
+
+def split_on_work(func, work, threshold: int):
+    """``func`` (scheduled, with a parallel loop) as ``if work <= threshold: serial else: body``.
+
+    ``work`` is over ``func``'s own shape variables. The branch goes inside the root block: the
+    parallel branch is the root's body as it was (the root's allocations serve it); the serial
+    branch is a copy of the whole root block with every definition renewed (SSA), nested as an
+    opaque block named ``serial_when_small`` with its own allocations."""
+    from tvm import s_tir, tirx
+
+    realize = func.body
+    if not isinstance(realize, s_tir.SBlockRealize):
+        raise TypeError("expected a PrimFunc whose body is the root block")
+    root = realize.block
+    cond = tirx.LE(work, tirx.IntImm("int64", int(threshold)))
+    serial = _fresh_defs(func.with_body(_serial(realize)))
+    sblock = serial.block
+    serial = s_tir.SBlockRealize(serial.iter_values, serial.predicate,
+                                 s_tir.SBlock(sblock.iter_vars, sblock.reads, sblock.writes, SERIAL_BLOCK,
+                                              sblock.body, sblock.init, sblock.alloc_buffers,
+                                              sblock.match_buffers, sblock.annotations, sblock.span))
+    body = tirx.IfThenElse(cond, serial, root.body)
+    new_root = s_tir.SBlock(root.iter_vars, root.reads, root.writes, root.name_hint, body, root.init,
+                            root.alloc_buffers, root.match_buffers, root.annotations, root.span)
+    new_realize = s_tir.SBlockRealize(realize.iter_values, realize.predicate, new_root, realize.span)
+    new = func.with_body(new_realize)
+    return new.with_attr(WORK_ATTR, work)
+
+
+def serial_when_small(reference, thresholds: int | Mapping[str, int] | None = None):
+    """``IRModule -> IRModule`` pass: every PrimFunc with a parallel loop chooses serial or
+    parallel at call time by :func:`work_estimate` of the PrimFunc of the same name in
+    ``reference`` (the fused, unscheduled module) against the threshold of its
+    :func:`op_class` (``thresholds``: per class, one int for all, or None: :data:`THRESHOLDS`).
+
+    ``reference`` may be an IRModule or a ``{name: PrimFunc}`` mapping. A function absent from
+    it (or whose work cannot be carried over) is left unchanged."""
+    import tvm
+    from tvm import tirx
+
+    refs: Mapping = ({gv.name_hint: f for gv, f in reference.functions.items()}
+                     if isinstance(reference, tvm.IRModule) else dict(reference))
+    if thresholds is None:
+        thresholds = THRESHOLDS
+    limit = (lambda cls: int(thresholds)) if isinstance(thresholds, int) else (lambda cls: int(thresholds[cls]))
+
+    @tvm.transform.module_pass(opt_level=0, name="SerialWhenSmall")
+    def _pass(mod, _ctx):
+        mod = mod.clone()
+        for gv, func in list(mod.functions.items()):
+            if not isinstance(func, tirx.PrimFunc) or not has_parallel(func):
+                continue
+            ref = refs.get(gv.name_hint)
+            if not isinstance(ref, tirx.PrimFunc):
+                continue
+            work = _rebind(work_estimate(ref), ref, func)
+            if work is None:
+                continue
+            threshold = limit(op_class(ref))
+            if not _free_vars(work):  # static shapes: decide now
+                if int(work.value) <= threshold:
+                    mod[gv] = func.with_body(_serial(func.body))
+                continue
+            mod[gv] = split_on_work(func, work, threshold)
+        return mod
+
+    return _pass

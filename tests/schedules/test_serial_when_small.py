@@ -1,0 +1,282 @@
+"""serial_when_small (schedules/serial_when_small.py): a parallel kernel runs serially when its work
+is small, with identical results.
+
+* the work estimate is the sum of the block iteration spaces of the unscheduled kernel (a linear:
+  ``M N K`` + its epilogue's ``M N``), and the condition is ``work <= THRESHOLD`` as the docs say;
+* a scheduled kernel (the x86 row softmax: a real ``parallel`` loop) gets both branches: the
+  serial one has no parallel loop, the other is the body as it was; the result is well formed;
+* the generated code: specialized to a small shape the kernel has no ``TVMBackendParallelLaunch``
+  call left (the serial branch is the one taken, and it launches nothing); to a large shape it
+  keeps the launch; the symbolic kernel keeps exactly the launches of the original;
+* run: equals the numpy reference bit for bit on both sides of the threshold;
+* a tiny BERT for x86 with a threshold between its small and large shapes: kernels on both sides,
+  equal to ``run_golden`` bit for bit, and still ``float ops: 0`` in the module and the code;
+* a kernel without a parallel loop is left alone; a GPU or aarch64 build applies nothing.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import random_batch
+
+from ibert_tvm.op.int_softmax import IntSoftmax
+
+HEADS = 12
+
+
+def _target():
+    import tvm
+
+    return tvm.target.Target({"kind": "llvm", "mcpu": "cascadelake", "num-cores": 2})
+
+
+def _softmax(plan: IntSoftmax):
+    """``(unscheduled, scheduled)`` softmax over ``[batch, 12, seq, seq]``, batch and seq symbolic."""
+    import tvm
+    from tvm import te, tirx
+
+    from ibert_tvm.schedules import schedule_pass
+
+    B, S = tirx.Var("batch", "int64"), tirx.Var("seq", "int64")
+    x = te.placeholder((B, tirx.IntImm("int64", HEADS), S, S), "int32", name="x")
+    mask = te.placeholder((B, S), "int32", name="attention_mask")
+    func = te.create_prim_func([x, mask, plan.te(x, mask)]).with_attr("global_symbol", "main")
+    mod = tvm.IRModule({"main": func})
+    return mod, schedule_pass("x86", _target())(mod)
+
+
+def _at(expr, batch: int, seq: int) -> int:
+    import tvm.sym
+    import tvm_ffi
+    from tvm import tirx
+
+    vals = {"batch": batch, "seq": seq}
+    e = tvm_ffi.structural_map(expr, (tirx.Var, lambda v: tirx.IntImm("int64", vals[v.name]) if v.name in vals else v))
+    return int(tvm.sym.Analyzer().simplify(e).value)
+
+
+def _parallel_loops(stmt) -> int:
+    import tvm_ffi
+    from tvm import tirx
+
+    n = []
+    tvm_ffi.structural_walk(stmt, (tirx.For, lambda f: n.append(1) if f.kind == tirx.ForKind.PARALLEL else None))
+    return len(n)
+
+
+def _launches(func, tgt) -> int:
+    """Calls of ``TVMBackendParallelLaunch`` in the LLVM IR of ``func`` built alone."""
+    import tvm
+
+    lib = tvm.compile(tvm.IRModule({"main": func}), target=tgt)
+    return lib.mod.inspect_source("ll").count("@__TVMBackendParallelLaunch, align")
+
+
+# -- the work and the condition ---------------------------------------------------------------
+def test_work_of_a_linear_is_mnk_plus_its_epilogue():
+    from tvm import te, tirx
+
+    from ibert_tvm.schedules.serial_when_small import work_estimate
+
+    M = tirx.Var("m", "int64")
+    K, N = 48, 20
+    x = te.placeholder((M, K), "int8", name="x")
+    w = te.placeholder((N, K), "int8", name="w")
+    k = te.reduce_axis((0, K), name="k")
+    acc = te.compute((M, N), lambda i, j: te.sum(x[i, k].astype("int32") * w[j, k].astype("int32"), axis=k), name="acc")
+    out = te.compute((M, N), lambda i, j: acc[i, j] >> 3, name="out")
+    work = work_estimate(te.create_prim_func([x, w, out]))
+    for m in (1, 7, 100):
+        assert _at(tirx_sub(work, M, m), 0, 0) == m * N * K + m * N
+
+
+def tirx_sub(expr, var, value):
+    import tvm_ffi
+    from tvm import tirx
+
+    return tvm_ffi.structural_map(expr, (tirx.Var, lambda v: tirx.IntImm("int64", value) if v.same_as(var) else v))
+
+
+def test_condition_is_work_at_most_threshold_and_both_branches_exist():
+    import tvm
+    from tvm import s_tir, tirx
+
+    from ibert_tvm.schedules import serial_when_small as sws
+
+    mod, sched = _softmax(IntSoftmax(7e-5))
+    assert _parallel_loops(sched["main"].body) == 1
+    new = sws.serial_when_small(mod, 5000)(sched)["main"]
+    assert s_tir.analysis.verify_well_formed(new)
+    want = sws.work_estimate(mod["main"])
+    tvm.ir.assert_structural_equal(new.attrs[sws.WORK_ATTR], want, map_free_vars=True)
+    # the docs: softmax over [B, h, S, S] is a few passes over its B h S S elements
+    assert _at(want, 2, 10) == 2 * HEADS * 10 * 10 * 4 + 2 * HEADS * 10
+    branch = new.body.block.body
+    assert isinstance(branch, tirx.IfThenElse)
+    assert isinstance(branch.condition, tirx.LE) and int(branch.condition.b.value) == 5000
+    tvm.ir.assert_structural_equal(branch.condition.a, want, map_free_vars=True)
+    assert branch.then_case.block.name_hint == sws.SERIAL_BLOCK
+    assert _parallel_loops(branch.then_case) == 0
+    assert _parallel_loops(branch.else_case) == 1
+    assert branch.else_case.same_as(sched["main"].body.block.body)  # the parallel body, untouched
+
+
+def test_thresholds_in_the_docs_are_the_code():
+    from ibert_tvm.schedules import serial_when_small as sws
+
+    doc = " ".join(sws.__doc__.split())
+    assert set(sws.THRESHOLDS) == {"gemm", "other"}
+    for cls, value in sws.THRESHOLDS.items():
+        assert f"{cls} {value:,}" in doc, (cls, value)
+
+
+def test_op_classes():
+    """GEMMs (a reduction over two int8 operands) and the rest: the softmax reduces int32."""
+    from tvm import te, tirx
+
+    from ibert_tvm.schedules.serial_when_small import op_class
+
+    mod, _ = _softmax(IntSoftmax(7e-5))
+    assert op_class(mod["main"]) == "other"
+    M = tirx.Var("m", "int64")
+    x = te.placeholder((M, 64), "int8", name="x")
+    w = te.placeholder((32, 64), "int8", name="w")
+    k = te.reduce_axis((0, 64), name="k")
+    acc = te.compute((M, 32), lambda i, j: te.sum(x[i, k].astype("int32") * w[j, k].astype("int32"), axis=k))
+    assert op_class(te.create_prim_func([x, w, acc])) == "gemm"
+    s = te.compute((M,), lambda i: te.sum(x[i, k].astype("int32"), axis=k))  # one int8 operand: not a GEMM
+    assert op_class(te.create_prim_func([x, s])) == "other"
+
+
+# -- the generated code and the results ----------------------------------------------------------
+def test_small_shape_launches_nothing_large_shape_launches():
+    from tvm import tirx
+
+    from ibert_tvm.schedules import serial_when_small as sws
+
+    mod, sched = _softmax(IntSoftmax(7e-5))
+    tgt = _target()
+    threshold = _at(sws.work_estimate(mod["main"]), 1, 16)  # 1 x 16 is serial, 1 x 17 is not
+    new = sws.serial_when_small(mod, threshold)(sched)["main"]
+    base = _launches(sched["main"], tgt)
+    assert base >= 1
+    assert _launches(new, tgt) == base  # the symbolic kernel: the parallel branch's launches only
+    batch, seq = (p.shape[0] for p in new.params[:2])
+    assert isinstance(batch, tirx.Var) and isinstance(seq, tirx.Var)
+
+    def at(b, s):  # the kernel specialized to one shape (x binds batch and seq)
+        shape = [tirx.IntImm("int64", v) for v in (b, HEADS, s, s)]
+        return new.specialize({new.params[0]: tirx.decl_buffer(shape, "int32", "x")})
+
+    assert _launches(at(1, 16), tgt) == 0, "at or below the threshold the kernel must not launch the pool"
+    assert _launches(at(1, 17), tgt) == base
+
+
+def test_both_branches_equal_numpy():
+    import tvm
+
+    from ibert_tvm.schedules import serial_when_small as sws
+
+    plan = IntSoftmax(3e-3)
+    mod, sched = _softmax(plan)
+    threshold = _at(sws.work_estimate(mod["main"]), 1, 16)
+    lib = tvm.compile(sws.serial_when_small(mod, threshold)(sched), target=_target())
+    rng = np.random.default_rng(3)
+    for B, S in [(1, 1), (1, 9), (1, 16), (1, 17), (2, 33), (3, 64)]:
+        x = rng.integers(-40000, 40001, (B, HEADS, S, S)).astype(np.int32)
+        mask = (rng.random((B, S)) < 0.7).astype(np.int32)
+        mask[:, 0] = 1
+        out = tvm.runtime.tensor(np.zeros(x.shape, plan.out_dtype))
+        lib["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(mask), out)
+        np.testing.assert_array_equal(out.numpy(), plan.numpy(x, mask), err_msg=f"B={B} S={S}")
+
+
+def test_kernel_without_parallel_loop_unchanged():
+    import tvm
+
+    from ibert_tvm.schedules import serial_when_small as sws
+
+    mod, _ = _softmax(IntSoftmax(7e-5))  # unscheduled: no parallel loop
+    assert sws.serial_when_small(mod, 1 << 40)(mod)["main"].same_as(mod["main"])
+    assert _parallel_loops(mod["main"].body) == 0
+    assert tvm is not None
+
+
+# -- the whole model ---------------------------------------------------------------------------
+def test_tiny_bert_on_x86_both_sides_bit_exact(quantized_factory, tmp_path, monkeypatch):
+    """A threshold between 1 x 4 and 4 x 64: kernels run serially at the small shapes, in parallel
+    at the large ones, and the outputs equal the golden executor either way; float ops stay 0."""
+    from tvm import tirx
+
+    from ibert_tvm.deploy.export import compile_quantized
+    from ibert_tvm.deploy.runtime import CompiledModel
+    from ibert_tvm.frontend.lower import integer_module
+    from ibert_tvm.model.golden import run_golden
+    from ibert_tvm.model.plan import ModelPlan
+    from ibert_tvm.passes.pipeline import fuse
+    from ibert_tvm.schedules import linear_strategy
+    from ibert_tvm.schedules import serial_when_small as sws
+    from ibert_tvm.targets import get_target
+
+    qm, _ = quantized_factory("BertModel")
+    mod, _, _ = integer_module(qm, linear_strategy("x86"))
+    with get_target("x86").tvm_target():
+        fused = fuse(mod)
+    works = {gv.name_hint: sws.work_estimate(f) for gv, f in fused.functions.items() if isinstance(f, tirx.PrimFunc)}
+    qk = next(w for n, w in works.items() if n.startswith("qk_matmul"))
+    threshold = _at(qk, 1, 4)
+    monkeypatch.setattr(sws, "THRESHOLDS", {"gemm": threshold, "other": threshold})
+    out = tmp_path / "out"
+    manifest = compile_quantized(qm, out, target="x86", database_dir=False, log=lambda *a: None)
+    assert manifest["verify"]["module"]["float_ops"] == 0 and manifest["verify"]["code"]["float_ops"] == 0
+    small, large = (1, 4), (4, 64)
+    assert _at(qk, *small) <= threshold < _at(qk, *large)
+    model, plan, d = CompiledModel(out), ModelPlan(qm), qm.dims
+    rng = np.random.default_rng(11)
+    for batch, seq in [(1, 1), small, (2, 7), (3, 33), large]:
+        inputs = random_batch(rng, batch, seq, family=d["family"], pad_id=d["pad_id"], type_vocab=d["type_vocab"])
+        np.testing.assert_array_equal(model.run_ids(inputs), run_golden(plan, **inputs), err_msg=f"{batch}x{seq}")
+
+
+def test_lower_marks_cpu_kernels_and_leaves_gpu_alone(quantized_factory):
+    """The pipeline applies the transform on x86 (every parallel kernel gets its work attr), not
+    on cuda-t4 (no parallel loops) nor on aarch64 (left out: see the module docstring)."""
+    from tvm import tirx
+
+    from ibert_tvm.frontend.lower import integer_module
+    from ibert_tvm.passes import pipeline
+    from ibert_tvm.schedules import linear_strategy
+    from ibert_tvm.schedules import serial_when_small as sws
+    from ibert_tvm.targets import get_target
+
+    qm, _ = quantized_factory("BertModel")
+    seen = {}
+    real = sws.serial_when_small
+
+    def spy(reference, thresholds=None):
+        p = real(reference, thresholds)
+
+        def run(mod):
+            out = p(mod)
+            seen["funcs"] = [f for f in out.functions.values() if isinstance(f, tirx.PrimFunc)]
+            return out
+
+        return run
+
+    sws_spy = pytest.MonkeyPatch()
+    sws_spy.setattr(sws, "serial_when_small", spy)
+    try:
+        for target, expect in (("x86", True), ("cuda-t4", False), ("aarch64", False)):
+            seen.clear()
+            mod, _, _ = integer_module(qm, linear_strategy(target))
+            pipeline.lower(mod, get_target(target).tvm_target(), target_name=target)
+            if not expect:
+                assert not seen
+                continue
+            par = [f for f in seen["funcs"] if sws.WORK_ATTR in (f.attrs or {})]
+            assert par, "no kernel got the serial branch on x86"
+            for f in seen["funcs"]:
+                assert (sws.WORK_ATTR in (f.attrs or {})) == sws.has_parallel(f)
+    finally:
+        sws_spy.undo()
