@@ -85,5 +85,6 @@ def pick(g, best, spec, tgt, builder, runner, infos):
     checked = {
         "shapes": [list(s) for s in GUARD_SHAPES], "default_us": us(times[0]),
         "candidates_us": [us(t) for t in times[1:]], "kept": "default" if choice is None else "tuned",
+        **({} if choice is None else {"candidate": choice}),
     }
     return (None if choice is None else cands[choice][0]), checked
