@@ -62,9 +62,9 @@ from .workloads import (
 
 __all__ = [
     "BASELINES", "ENV_ROOT", "FORMAT", "GUARD_CANDIDATES", "GUARD_SHAPES", "IN_MODEL", "META", "READ_FORMATS",
-    "RECORDS", "REPO_ROOT", "SEARCH",
-    "SHAPE_VARS", "TUNE_SHAPE", "WORKLOADS", "Group", "allocate_trials", "build_without_intrin_import",
-    "check_database", "check_database_meta_only", "database_origin", "default_root", "design_space",
-    "dynamic_trace", "find_database", "group_key", "guard_choice", "model_groups", "no_vectorized_tensorize",
-    "in_model", "in_model_choice", "read_meta", "resolve_database", "select_records", "tune",
+    "RECORDS", "REPO_ROOT", "SEARCH", "SHAPE_VARS", "TUNE_SHAPE", "WORKLOADS", "Group", "allocate_trials",
+    "build_without_intrin_import", "check_database", "check_database_meta_only", "database_origin",
+    "default_root", "design_space", "dynamic_trace", "find_database", "group_key", "guard_choice", "in_model",
+    "in_model_choice", "model_groups", "no_vectorized_tensorize", "read_meta", "resolve_database",
+    "select_records", "tune",
 ]

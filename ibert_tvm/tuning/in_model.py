@@ -123,21 +123,21 @@ def time_interleaved(models: list, encs: list, rounds: int = ROUNDS, runs: int =
 
 
 def check(qm, spec, tgt, make_db, groups: dict, *, shapes=GUARD_SHAPES, max_drops: int = MAX_DROPS,
-          log=print) -> tuple[dict, set[str]]:
+          lowered=None, log=print) -> tuple[dict, set[str]]:
     """Time the model with and without the records; the verdict and the groups to drop.
 
     ``make_db(keys)``: a MetaSchedule database of the records of the groups ``keys``; ``groups``:
     the metadata's group entries (for :func:`drop_order`). Returns ``(in_model entry, dropped
-    group keys)``: the keys are dropped only when the check passed without them.
+    group keys)``: the keys are dropped only when the check passed without them. ``lowered``:
+    ``workloads.lowered_model``'s result (else computed).
     """
     import numpy as np
 
     from ..errors import IBertTVMError
-    from ..frontend.lower import integer_module
-    from ..schedules import linear_strategy
+    from .workloads import lowered_model
 
     t0 = time.time()
-    mod, names, arrays = integer_module(qm, linear_strategy(spec.name))
+    mod, names, arrays = lowered or lowered_model(qm, spec)
     rng = np.random.default_rng(0)
     encs = [_inputs(qm, s, rng) for s in shapes]
     default = build_model(qm, spec, tgt, mod, names, arrays, None)

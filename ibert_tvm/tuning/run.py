@@ -41,7 +41,7 @@ from .guard import pick as guard_pick
 from .measure import builder_runner
 from .replay import best_records, count_trials, replays
 from .space import design_space, symbolic_reduction, tune_context
-from .workloads import TUNE_SHAPE, allocate_trials, model_groups
+from .workloads import TUNE_SHAPE, allocate_trials, lowered_model, model_groups
 
 
 def previous_entry(groups: dict, g) -> dict:
@@ -98,7 +98,8 @@ def tune(
         check_database_meta_only(out, spec.name, qm.identity)
     workers = max(1, int(tgt.attrs.get("num-cores", 1)))
     builder, runner = builder_runner(spec, rpc_tracker=rpc_tracker, rpc_key=rpc_key, workers=workers)
-    groups, strategy = model_groups(qm, spec, tgt, shape)
+    lowered = lowered_model(qm, spec)  # imported once, for the groups, the guard and the in-model check
+    groups, strategy = model_groups(qm, spec, tgt, shape, lowered)
     selected = groups
     if only:
         selected = [g for g in groups if any(s in n for s in only for n in g.members)]
@@ -118,7 +119,7 @@ def tune(
     meta.setdefault("groups", {})
     meta.setdefault("sha256", {})
     spaces = {v: design_space(spec, vnni=v) for v in (True, False)}
-    infos = arg_infos(qm, spec, tgt, GUARD_SHAPES) if guard else None
+    infos = arg_infos(qm, spec, tgt, GUARD_SHAPES, lowered) if guard else None
     derived: dict = {}
     baselines: dict = {}  # workload key -> fingerprint of its default schedule (what the guard compared)
     by_group: dict = {}  # group key -> names of its members in ``derived``
@@ -189,14 +190,14 @@ def tune(
             t0 = time.time()
             write_meta(out, meta)
     if in_model:
-        _in_model_step(qm, spec, tgt, out, meta, derived, baselines, by_group, previous_check, log)
+        _in_model_step(qm, spec, tgt, out, meta, derived, baselines, by_group, previous_check, lowered, log)
     n_applied = sum(len(v["applied"]) for v in meta["groups"].values())
     log(f"wrote {out}: {n_applied} workloads with a tuned schedule, "
         f"{sum(v['trials'] for v in meta['groups'].values())} trials measured in total")
     return out
 
 
-def _in_model_step(qm, spec, tgt, out, meta, derived, baselines, by_group, previous, log) -> None:
+def _in_model_step(qm, spec, tgt, out, meta, derived, baselines, by_group, previous, lowered, log) -> None:
     """Run the in-model check (:mod:`.in_model`) on the records in ``derived``; record its verdict;
     drop the groups the greedy step dropped (the database is rewritten without them). The verdict
     of an earlier run on the same records and default schedules (``previous``) is reused."""
@@ -227,7 +228,7 @@ def _in_model_step(qm, spec, tgt, out, meta, derived, baselines, by_group, previ
     else:
         log(f"in-model check: the whole model with the {len(derived)} tuned workloads against the default "
             f"schedules, at {', '.join('x'.join(map(str, s)) for s in im.GUARD_SHAPES)}")
-        entry, dropped = im.check(qm, spec, tgt, make_db, meta["groups"], log=log)
+        entry, dropped = im.check(qm, spec, tgt, make_db, meta["groups"], lowered=lowered, log=log)
         entry.update(checked)
     if dropped:
         for k in dropped:
