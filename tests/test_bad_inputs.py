@@ -175,6 +175,12 @@ TUNING_ROWS = {
     "sha256-list": (lambda m: m.__setitem__("sha256", ["deadbeef"]), ["ibert_tvm_tuning.json", "sha256"]),
     "sha256-value-number": (lambda m: m["sha256"].__setitem__("database_workload.json", 5),
                             ["ibert_tvm_tuning.json", "sha256"]),
+    "baselines-list": (lambda m: m.__setitem__("baselines", ["0" * 16]), ["ibert_tvm_tuning.json", "baselines"]),
+    "baselines-value-number": (lambda m: m.__setitem__("baselines", {"ab": 5}), ["ibert_tvm_tuning.json", "baselines"]),
+    "in-model-string": (lambda m: m.__setitem__("in_model", "kept"), ["ibert_tvm_tuning.json", "in_model"]),
+    "in-model-kept-string": (lambda m: m.__setitem__("in_model", {"kept": "yes"}), ["ibert_tvm_tuning.json", "in_model"]),
+    "in-model-speedup-text": (lambda m: m.__setitem__("in_model", {"kept": False, "speedup": ["fast"]}),
+                              ["ibert_tvm_tuning.json", "in_model"]),
 }
 
 

@@ -181,7 +181,16 @@ def int8_database(qm, target: str, cache: Path, trials: int, *, log=print) -> tu
         return None, 0, "untuned (no tuning database for this model and target; --trials N tunes one)"
     meta = json.loads((Path(db) / tune.META).read_text())
     n = sum(int(g.get("trials") or 0) for g in (meta.get("groups") or {}).values())
-    return str(db), n, f"tuned: {n} trials ({Path(db).parent.name}/{Path(db).name})"
+    where = f"{Path(db).parent.name}/{Path(db).name}"
+    if hasattr(tune, "select_records"):  # what compile would apply of it: stale records and in-model rejects are not
+        from ..targets import get_target
+
+        sel = tune.select_records(db, target, get_target(target).tvm_target())
+        if not sel.applied:
+            why = sel.message(where).split(": not applied: ", 1)[-1].split("; building", 1)[0]
+            return None, 0, f"untuned (database {where} not applied: {why})"
+        return str(db), n, f"tuned: {n} trials ({where}; {sel.applied} of {sel.workloads} records applied)"
+    return str(db), n, f"tuned: {n} trials ({where})"
 
 
 class _TvmEngine(Engine):

@@ -28,7 +28,9 @@ def add_parser(sub) -> None:
         "tune", help="MetaSchedule-tune the integer kernels; keep the database for compile",
         description="Search schedules for the model's fused integer workloads with MetaSchedule and save the "
         "database under tuning_logs/<target>/<model identity>/ (or --work-dir), where `ibert-tvm compile` finds "
-        "it. Re-running the same command resumes an interrupted tune.",
+        "it. A tuned schedule is kept only if it beats the default one on its kernel, and the database is applied "
+        "only if the whole model is faster with it (the in-model check at the end; its numbers are printed and "
+        "saved). Re-running the same command resumes an interrupted tune.",
     )
     p.add_argument("quantized", help="quantized artifact directory (from `ibert-tvm calibrate`)")
     p.add_argument("--target", default="x86", choices=list(TARGETS), help="target name (default x86)")

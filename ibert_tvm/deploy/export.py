@@ -7,7 +7,7 @@
                     the manifest: ``params``, ``param_types``)
     manifest.json   format, target, identities (source model sha256, quantized-artifact
                     sha256, executable sha256), inputs, output name/dtype/scale, max sequence
-                    length, family, labels, tuning database used, verifier summary, and
+                    length, family, labels, tuning database used (``tuning``: records applied / stale), verifier summary, and
                     ``files``: the sha256 of every other file of ``out/`` (``lib_sha256``, the
                     model.so entry, is kept for readers of older manifests)
     tokenizer.json  the tokenizer
@@ -112,18 +112,21 @@ def compile_quantized(
         "to the integer op plans")
     mod, names, arrays = integer_module(qm, strategy, model=model, where=where,
                                         dump_dir=None if dump_dir is None else Path(dump_dir) / "frontend")
-    from ..schedules.tuning_db import database_origin, resolve_database
+    from ..schedules.tuning_db import database_origin, resolve_database, select_records
 
     # An explicit database is checked (target + model identity + sha256); otherwise the matching
-    # tuning_logs/<target>/<identity>/ is applied when there is one.
+    # tuning_logs/<target>/<identity>/ is used when there is one. Of its records, only those tuned
+    # against today's default schedule apply, and none if tune's in-model check rejected them.
     db = resolve_database(database_dir, spec.name, qm.identity)
+    selection = None
     if db is None:
         log(f"tuning database: none for {spec.name}/{qm.identity} (default schedules)")
     else:
-        log(f"tuning database: {db} ({database_origin(db)}; it matches model {qm.identity}, target {spec.name} "
-            "and its recorded hashes; --no-tuning builds without it)")
-    database_dir = str(db) if db is not None else None
-    ex, mod_report, code_report = build(mod, tgt, target_name=spec.name, database_dir=database_dir, dump_dir=dump_dir)
+        selection = select_records(db, spec.name, tgt)
+        log(selection.message(database_origin(db)))
+    apply = selection.database if selection is not None else None
+    database_dir = str(db) if apply is not None else None
+    ex, mod_report, code_report = build(mod, tgt, target_name=spec.name, database_dir=apply, dump_dir=dump_dir)
     cuda_section = ptx_report = None
     if "gpu" in tgt.keys:  # CUDA: no GPU here; record the CUDA source hash and nvcc's PTX check
         from .cuda_check import cuda_build_record
@@ -162,7 +165,8 @@ def compile_quantized(
         "pad_id": d["pad_id"],
         "labels": qm.labels,
         "tokenizer": TOKENIZER,
-        "tuning_database": str(database_dir) if database_dir else None,
+        "tuning_database": str(database_dir) if database_dir else None,  # None when no record applied
+        "tuning": selection.summary() if selection is not None else None,
         "verify": {"module": _summary(mod_report), "code": _summary(code_report)},
     }
     if cuda_section is not None:

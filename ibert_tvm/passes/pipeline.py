@@ -85,9 +85,13 @@ def fuse(mod):
     )(mod)
 
 
-def lower(mod, target, *, target_name: str | None = None, database_dir: str | None = None, dump_dir=None,
+def lower(mod, target, *, target_name: str | None = None, database_dir=None, dump_dir=None,
           serial_when_small=True):
     """Phase 1 + 2: the lowered, verified Relax IRModule.
+
+    ``database_dir``: a MetaSchedule database to apply first: a directory (applied whole), or a
+    ``meta_schedule.database.Database`` object (compile passes the records
+    ``schedules.tuning_db.select_records`` kept, in memory).
 
     ``serial_when_small``: True applies :func:`~ibert_tvm.schedules.serial_when_small.serial_when_small`
     with its calibrated ``THRESHOLDS`` on its ``TARGETS`` (x86); an int (for every op class) or a
@@ -107,9 +111,13 @@ def lower(mod, target, *, target_name: str | None = None, database_dir: str | No
             # the database first: its workloads are the fused, unscheduled PrimFuncs; what it
             # schedules is marked "tirx.is_scheduled", which the target's schedule (dlight's
             # ApplyDefaultSchedule over the target's rules) skips on every target
-            from tvm.s_tir import meta_schedule as ms  # noqa: F401  (registers the pass)
+            from tvm.s_tir import meta_schedule as ms  # (also registers the pass)
 
-            mod = relax.transform.MetaScheduleApplyDatabase(str(database_dir))(mod)
+            if isinstance(database_dir, ms.database.Database):
+                with database_dir:  # the pass applies the database in context when given no work_dir
+                    mod = relax.transform.MetaScheduleApplyDatabase()(mod)
+            else:
+                mod = relax.transform.MetaScheduleApplyDatabase(str(database_dir))(mod)
         if sched is not None:
             mod = sched(mod)
         if serial_when_small is not False and target_name in sws.TARGETS and "gpu" not in target.keys:
@@ -122,7 +130,7 @@ def lower(mod, target, *, target_name: str | None = None, database_dir: str | No
     return mod, check.report
 
 
-def build(mod, target, *, target_name: str | None = None, database_dir: str | None = None, dump_dir=None,
+def build(mod, target, *, target_name: str | None = None, database_dir=None, dump_dir=None,
           serial_when_small=True):
     """Phases 1-4. Returns ``(executable, module_report, code_report)``."""
     from tvm import relax

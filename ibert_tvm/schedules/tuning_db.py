@@ -8,7 +8,9 @@ Directory (one per target and model identity)::
 
     tuning_logs/<target>/<identity>/
         ibert_tvm_tuning.json        target, identity, shape, per-group trials / best time,
-                                     sha256 of the two database files below
+                                     sha256 of the two database files below, per workload
+                                     the fingerprint of the default schedule its record was
+                                     chosen against, the in-model check's verdict
         database_workload.json       the dynamic workloads   } what compile applies
         database_tuning_record.json  one record per workload } (MetaScheduleApplyDatabase)
         search/database_*.json       every measured static candidate (append-only: resuming
@@ -17,18 +19,31 @@ Directory (one per target and model identity)::
 
 A directory whose metadata names another target or model, whose files fail their sha256, or
 whose JSON does not parse is refused with :class:`~ibert_tvm.errors.IBertTVMError`.
+
+An intact database is not applied whole: :func:`select_records` keeps the records that are still
+justified. A record was kept by ``tune``'s guard because it beat the target's default schedule
+*of that time*; ``tune`` stores, per workload, the fingerprint (structural hash) of that default
+schedule (``baselines``). When the default schedule rules change, the fingerprint changes and the
+record is *stale*: compile skips it and the workload gets the current default rules. A database
+written before the fingerprints existed (format ``/1``) has only stale records on a target with
+schedule rules. A database whose in-model check (``in_model``: the whole model timed with and
+without the records) found the model slower, or did not finish, is not applied at all.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..support.hashing import sha256_file
 from ..errors import IBertTVMError
 
-FORMAT = "ibert-tvm-tuning/1"
+FORMAT = "ibert-tvm-tuning/2"  # /2: per-workload default-schedule fingerprints, the in-model verdict
+READ_FORMATS = ("ibert-tvm-tuning/1", FORMAT)  # /1 is still read: its records count as stale
+BASELINES = "baselines"  # meta field: workload key -> fingerprint of its default schedule at tune time
+IN_MODEL = "in_model"  # meta field: the whole-model check (kept: true / false / null = did not finish)
 META = "ibert_tvm_tuning.json"
 WORKLOADS = "database_workload.json"
 RECORDS = "database_tuning_record.json"
@@ -99,6 +114,15 @@ def read_meta(d: Path) -> dict:
                             f"sha256 string, got {sha!r}")
     if not isinstance(meta.get("groups", {}), dict):
         raise IBertTVMError(f"tuning database {d}: {META} field 'groups' must be an object")
+    base = meta.get(BASELINES, {})
+    if not isinstance(base, dict) or not all(isinstance(v, str) for v in base.values()):
+        raise IBertTVMError(f"tuning database {d}: {META} field {BASELINES!r} must be an object of workload key -> "
+                            f"fingerprint string, got {base!r}"[:400])
+    im = meta.get(IN_MODEL)
+    if im is not None and (not isinstance(im, dict) or im.get("kept") not in (True, False, None)
+                           or not all(isinstance(r, (int, float)) for r in im.get("speedup", []) or [])):
+        raise IBertTVMError(f"tuning database {d}: {META} field {IN_MODEL!r} must be an object with 'kept' true, "
+                            f"false or null and numeric 'speedup', got {im!r}"[:400])
     return meta
 
 
@@ -115,8 +139,8 @@ def check_database(path, target_name: str, identity: str) -> dict:
         raise IBertTVMError(f"{d} is not an ibert-tvm tuning database (no {META}); make one with `ibert-tvm tune`")
     meta = read_meta(d)
     fmt, tgt, ident = meta["format"], meta["target"], meta["identity"]
-    if fmt != FORMAT:
-        raise IBertTVMError(f"tuning database {d}: format {fmt!r}, expected {FORMAT!r}")
+    if fmt not in READ_FORMATS:
+        raise IBertTVMError(f"tuning database {d}: format {fmt!r}, expected one of {', '.join(READ_FORMATS)}")
     if tgt != target_name:
         raise IBertTVMError(
             f"tuning database {d} was tuned for target {tgt!r}, not {target_name!r}: it cannot be applied"
@@ -176,6 +200,119 @@ def resolve_database(database, target_name: str, identity: str) -> Path | None:
         d = d / target_name / identity
     check_database(d, target_name, identity)
     return d
+
+
+# -- which records still apply --------------------------------------------------------------
+def workload_key(workload_mod) -> str:
+    """A workload's key in ``baselines``: the structural hash of its (normalized) IRModule, as
+    16 hex digits (stable across processes; names do not enter it)."""
+    import tvm_ffi
+
+    return f"{tvm_ffi.structural_hash(workload_mod) & 0xFFFFFFFFFFFFFFFF:016x}"
+
+
+def baseline_fingerprint(workload_mod, target_name: str, tgt) -> str:
+    """The fingerprint of ``workload_mod`` as compile schedules it without a database (the
+    target's schedule pass; the workload itself on a target without rules): what ``tune``'s guard
+    measured a record against. 16 hex digits of its structural hash."""
+    from . import schedule_pass
+
+    return _fingerprint(workload_mod, schedule_pass(target_name, tgt))
+
+
+def _fingerprint(workload_mod, sched) -> str:
+    return workload_key(workload_mod if sched is None else sched(workload_mod))
+
+
+@dataclass
+class Selection:
+    """What compile applies of an intact database (:func:`select_records`)."""
+
+    path: Path
+    workloads: int  # workloads with a record in the database
+    applied: int  # of them, applied
+    stale: int  # of them, skipped: tuned against another default schedule
+    database: object = None  # a MetaSchedule MemoryDatabase of the applied records, or None
+    refused: str | None = None  # why nothing is applied (in-model check), None otherwise
+    old_format: bool = False
+
+    def summary(self) -> dict:
+        return {"database": str(self.path), "workloads": self.workloads, "applied": self.applied,
+                "stale": self.stale, **({"not_applied": self.refused} if self.refused else {})}
+
+    def message(self, origin: str) -> str:
+        """compile's one line about the database."""
+        head = f"tuning database: {self.path} ({origin})"
+        if self.refused:
+            return f"{head}: not applied: {self.refused}; building with the default schedules"
+        if not self.workloads:
+            return f"{head}: it holds no records; building with the default schedules"
+        why = ("written by an older ibert-tvm, without the default-schedule fingerprints"
+               if self.old_format else "tuned against an older default schedule")
+        if not self.applied:
+            return (f"{head}: not applied: all {self.stale} records are stale ({why}); building with the "
+                    "default schedules; re-run `ibert-tvm tune` to refresh it")
+        if self.stale:
+            return (f"{head}: {self.applied} of {self.workloads} records applied; {self.stale} stale ({why}: "
+                    "those workloads get the default schedules); re-run `ibert-tvm tune` to refresh them")
+        return f"{head}: {self.applied} of {self.workloads} records applied (--no-tuning builds without them)"
+
+
+def in_model_refusal(meta: dict) -> str | None:
+    """Why the in-model check in ``meta`` forbids applying the database, or None."""
+    im = meta.get(IN_MODEL)
+    if im is None:
+        return None
+    if im.get("kept") is None:
+        return "its in-model check (tune) did not finish; re-run `ibert-tvm tune` to complete it"
+    if im.get("kept") is False:
+        shapes = ["x".join(str(v) for v in s) for s in im.get("shapes", [])]
+        per = ", ".join(f"{r:.3f}x at {s}" for r, s in zip(im.get("speedup", []), shapes))
+        geo = im.get("geomean")
+        return ("tune's in-model check measured the whole model slower with its records than with the default "
+                f"schedules (speedup {per}" + (f"; geometric mean {geo:.3f}x" if isinstance(geo, (int, float)) else "")
+                + ")")
+    return None
+
+
+def select_records(d, target_name: str, tgt) -> Selection:
+    """The records of the (checked) database ``d`` that compile applies: those whose workload's
+    current default schedule has the fingerprint recorded at tune time (see the module doc).
+    Reads ``d``, never writes it; the applied records are copied into an in-memory database."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from . import schedule_pass
+
+    d = Path(d)
+    meta = read_meta(d)
+    refused = in_model_refusal(meta)
+    sched = schedule_pass(target_name, tgt)  # also registers the target's tensor intrinsics, which
+    has_rules = sched is not None  # loading the records needs (a trace names its intrinsic)
+    db = ms.database.JSONDatabase(str(d / WORKLOADS), str(d / RECORDS), allow_missing=False)
+    by_key: dict = {}
+    for rec in db.get_all_tuning_records():
+        by_key.setdefault(workload_key(rec.workload.mod), []).append(rec)
+    baselines = meta.get(BASELINES)
+    old = baselines is None
+    sel = Selection(d, len(by_key), 0, 0, refused=refused, old_format=old and has_rules)
+    if refused:
+        return sel
+    mem = ms.database.MemoryDatabase()
+    for key, recs in sorted(by_key.items()):
+        wl = recs[0].workload.mod
+        if old:
+            fresh = not has_rules  # TVM's own default lowering is all a rule-less target compares against
+        else:
+            fresh = baselines.get(key) is not None and baselines[key] == _fingerprint(wl, sched)
+        if not fresh:
+            sel.stale += 1
+            continue
+        sel.applied += 1
+        w = mem.commit_workload(wl)
+        for r in recs:
+            mem.commit_tuning_record(ms.database.TuningRecord(r.trace, w, r.run_secs, r.target, r.args_info))
+    sel.database = mem if sel.applied else None
+    return sel
 
 
 # -- writers (tune) -------------------------------------------------------------------------

@@ -12,7 +12,8 @@
 ``space``      MetaSchedule's design space, search strategy and tune context
 ``measure``    the builder and runner (local, or ``deploy.rpc`` on a tracker's devices)
 ``replay``     static records made to replay on the dynamic workloads
-``guard``      a derived schedule is kept only if it beats the default one
+``guard``      a derived schedule is kept only if it beats the default one (kernel alone)
+``in_model``   the kept records are applied only if the whole model is faster with them
 ``run``        :func:`tune`, the driver
 (the ``ibert-tvm tune`` command itself is ``ibert_tvm.cli.tune``)
 =============  ===========================================================================
@@ -24,9 +25,12 @@ them); every submodule imports TVM only inside its functions, so importing the p
 from __future__ import annotations
 
 from ..schedules.tuning_db import (
+    BASELINES,
     ENV_ROOT,
     FORMAT,
+    IN_MODEL,
     META,
+    READ_FORMATS,
     RECORDS,
     REPO_ROOT,
     SEARCH,
@@ -38,8 +42,11 @@ from ..schedules.tuning_db import (
     find_database,
     read_meta,
     resolve_database,
+    select_records,
 )
+from . import in_model
 from .guard import GUARD_CANDIDATES, GUARD_SHAPES, guard_choice
+from .in_model import in_model_choice
 from .measure import build_without_intrin_import
 from .replay import dynamic_trace
 from .run import tune
@@ -54,9 +61,10 @@ from .workloads import (
 )
 
 __all__ = [
-    "ENV_ROOT", "FORMAT", "GUARD_CANDIDATES", "GUARD_SHAPES", "META", "RECORDS", "REPO_ROOT", "SEARCH",
-    "SHAPE_VARS", "TUNE_SHAPE", "WORKLOADS", "Group", "allocate_trials", "build_without_intrin_import",
-    "check_database", "check_database_meta_only", "database_origin", "default_root", "design_space",
-    "dynamic_trace", "find_database", "group_key", "guard_choice", "model_groups", "no_vectorized_tensorize",
-    "read_meta", "resolve_database", "tune",
+    "BASELINES", "ENV_ROOT", "FORMAT", "GUARD_CANDIDATES", "GUARD_SHAPES", "IN_MODEL", "META", "READ_FORMATS",
+    "RECORDS", "REPO_ROOT", "SEARCH", "SHAPE_VARS", "TUNE_SHAPE", "WORKLOADS", "Group", "allocate_trials",
+    "build_without_intrin_import", "check_database", "check_database_meta_only", "database_origin",
+    "default_root", "design_space", "dynamic_trace", "find_database", "group_key", "guard_choice", "in_model",
+    "in_model_choice", "model_groups", "no_vectorized_tensorize", "read_meta", "resolve_database",
+    "select_records", "tune",
 ]

@@ -18,14 +18,14 @@ GUARD_SHAPES = ((1, 32), (8, 128))  # (batch, seq) at which a derived dynamic sc
 GUARD_CANDIDATES = 4  # best static records tried on the dynamic workload
 
 
-def arg_infos(qm, spec, tgt, shapes) -> list[dict]:
+def arg_infos(qm, spec, tgt, shapes, lowered=None) -> list[dict]:
     """Per shape: workload name -> MetaSchedule ``ArgInfo`` list of its static twin at that shape."""
     from tvm import tirx
     from tvm.s_tir.meta_schedule.arg_info import ArgInfo
 
     out = []
     for shape in shapes:
-        _, static, _ = fused_views(qm, spec, tgt, shape)
+        _, static, _ = fused_views(qm, spec, tgt, shape, lowered)
         out.append({gv.name_hint: ArgInfo.from_prim_func(f) for gv, f in static.functions.items()
                     if isinstance(f, tirx.PrimFunc)})
     return out
@@ -85,5 +85,6 @@ def pick(g, best, spec, tgt, builder, runner, infos):
     checked = {
         "shapes": [list(s) for s in GUARD_SHAPES], "default_us": us(times[0]),
         "candidates_us": [us(t) for t in times[1:]], "kept": "default" if choice is None else "tuned",
+        **({} if choice is None else {"candidate": choice}),
     }
     return (None if choice is None else cands[choice][0]), checked

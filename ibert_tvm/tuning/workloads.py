@@ -96,16 +96,25 @@ def call_counts(mod) -> Counter:
     return counts
 
 
-def fused_views(qm, spec, tgt, shape):
-    """(dynamic fused IRModule, static fused IRModule, strategy name) of the model for ``spec``."""
+def lowered_model(qm, spec):
+    """``frontend.lower.integer_module``'s ``(IRModule, param names, arrays)`` for ``spec``: what
+    compile builds (a tune computes it once: the import costs seconds)."""
+    from ..frontend.lower import integer_module
+    from ..schedules import linear_strategy
+
+    return integer_module(qm, linear_strategy(spec.name))
+
+
+def fused_views(qm, spec, tgt, shape, lowered=None):
+    """(dynamic fused IRModule, static fused IRModule, strategy name) of the model for ``spec``
+    (``lowered``: :func:`lowered_model`'s result, else computed)."""
     from tvm import relax
 
-    from ..frontend.lower import integer_module
     from ..passes.pipeline import fuse
     from ..schedules import linear_strategy, schedule_pass
 
     strategy = linear_strategy(spec.name)
-    mod, _, _ = integer_module(qm, strategy)  # what compile builds
+    mod = (lowered or lowered_model(qm, spec))[0]  # what compile builds
     schedule_pass(spec.name, tgt)  # registers the target's tensor intrinsics, if any
     with tgt:
         dyn = fuse(mod)
@@ -114,12 +123,12 @@ def fused_views(qm, spec, tgt, shape):
     return dyn, static, strategy.name
 
 
-def model_groups(qm, spec, tgt, shape=TUNE_SHAPE) -> tuple[list[Group], str]:
+def model_groups(qm, spec, tgt, shape=TUNE_SHAPE, lowered=None) -> tuple[list[Group], str]:
     """The model's distinct fused workloads, grouped (see the module docstring)."""
     import tvm_ffi
     from tvm import tirx
 
-    dyn, static, strategy = fused_views(qm, spec, tgt, shape)
+    dyn, static, strategy = fused_views(qm, spec, tgt, shape, lowered)
     static_funcs = {gv.name_hint: f for gv, f in static.functions.items() if isinstance(f, tirx.PrimFunc)}
     calls = call_counts(dyn)
     groups: dict[str, Group] = {}

@@ -3,8 +3,10 @@ refused when foreign or corrupt.
 
 One small real tune (2 then 4 trials of the tiny model's q/k/v linear for x86) is shared by the
 tests: the second run resumes the first (records accumulate, nothing is lost), compile applies
-the result (that workload comes from the database, the others from the x86 schedule pass) and
-the compiled model stays bit-identical to the golden executor.
+the result (that workload comes from the database, the others from the x86 schedule pass), but
+not once its record is stale (tuned against another default schedule) or the in-model check
+rejected it; the in-model check builds the model with and without the record (same integers)
+and times both.
 """
 
 from __future__ import annotations
@@ -19,6 +21,12 @@ from ibert_tvm.errors import IBertTVMError
 from ibert_tvm import tuning as T
 
 WORKLOAD = "fused_linear_requantize"  # the q/k/v linear (+ requantize) of the tiny model
+
+
+def _x86():
+    from ibert_tvm.targets import get_target
+
+    return get_target("x86").tvm_target()
 
 
 def _lines(p: Path) -> list[str]:
@@ -68,52 +76,177 @@ def test_metadata_names_target_model_and_hashes(tuned):
     meta = second["meta"]
     assert meta["format"] == T.FORMAT and meta["target"] == "x86" and meta["identity"] == qm.identity
     assert meta["tune_shape"] == {"batch": 1, "seq": 32} and meta["linear_strategy"] == "x86-vnni"
+    assert meta[T.IN_MODEL]["kept"] is True  # guard off, so no in-model check: the records apply
     assert T.check_database(d, "x86", qm.identity)["identity"] == qm.identity
 
 
-def test_compile_applies_the_database_and_stays_bit_exact(tuned, tmp_path):
+def test_compile_applies_the_fresh_records(tuned, replay_build, monkeypatch, tmp_path):
+    """A record tuned against today's default schedule is applied: it schedules its workload (the
+    others are left to the x86 rules), and compile says so. (The tuned model is built for real,
+    and compared with the default build's integers, in the in-model check's test.)"""
     import tvm
     from tvm import relax
 
     from ibert_tvm.deploy.export import compile_quantized
     from ibert_tvm.frontend.lower import integer_module
-    from ibert_tvm.passes.pipeline import fuse
-    from ibert_tvm.schedules import linear_strategy, schedule_pass
-    from ibert_tvm.targets import get_target
-    from test_x86_vnni import check_bit_exact, disassemble
+    from ibert_tvm.passes import pipeline
+    from ibert_tvm.schedules import linear_strategy
 
     qm, _, d, _, _ = tuned
-    tgt = get_target("x86").tvm_target()
+    tgt = _x86()
     mod, _, _ = integer_module(qm, linear_strategy("x86"))
-    schedule_pass("x86", tgt)  # registers the VNNI intrinsic the records tensorize with
-    with tgt:
-        applied = relax.transform.MetaScheduleApplyDatabase(str(d))(fuse(mod))
+    sel = T.select_records(d, "x86", tgt)  # registers the VNNI intrinsic the records tensorize with
+    assert (sel.workloads, sel.applied, sel.stale, sel.refused) == (1, 1, 0, None)
+    with tgt, sel.database:
+        applied = relax.transform.MetaScheduleApplyDatabase()(pipeline.fuse(mod))
     scheduled = {gv.name_hint for gv, f in applied.functions.items()
                  if isinstance(f, tvm.tirx.PrimFunc) and f.attrs and f.attrs.get("tirx.is_scheduled", False)}
     assert scheduled == {WORKLOAD}
 
-    out = tmp_path / "out"
-    manifest = compile_quantized(qm, out, target="x86", database_dir=str(d), log=lambda *a: None)
+    replayed, given, said = pipeline.build, [], []
+    monkeypatch.setattr(pipeline, "build", lambda m, t, **kw: given.append(kw["database_dir"]) or replayed(m, t))
+    manifest = compile_quantized(qm, tmp_path / "out", target="x86", database_dir=str(d), log=said.append)
     assert manifest["tuning_database"] == str(d)
-    check_bit_exact(qm, out)
-    assert "vpdpbusd" in disassemble(out / "model.so")
+    assert manifest["tuning"] == {"database": str(d), "workloads": 1, "applied": 1, "stale": 0}
+    assert [ln for ln in said if ln.startswith("tuning database:")] == [
+        f"tuning database: {d} (given by --database): 1 of 1 records applied (--no-tuning builds without them)"]
+    assert len(given) == 1 and len(given[0].get_all_tuning_records()) == 1  # the in-memory selection
 
 
-def test_guard_measures_the_dynamic_workload_and_decides(tuned, tmp_path):
-    """With the guard on, the derived schedule is timed against the default at 1x32 and 8x128
-    and kept only if it wins; either way the decision and the numbers are recorded."""
-    qm, _, d, _, _ = tuned
+def test_guard_and_in_model_check_measure_and_decide(tuned, tmp_path, monkeypatch):
+    """The guard times the dynamic workload against the default at 1x32 and 8x128 (its decision
+    is forced to "tuned" here, so that the rest runs); the in-model check then builds the tiny model
+    with and without the record through compile's pipeline, compares their integers, times them
+    interleaved at the same shapes, and records the verdict, which compile's selection obeys."""
+    from ibert_tvm.tuning import guard as guard_module
+
+    qm, _, d, _, before = tuned
     c = tmp_path / "guarded"
     shutil.copytree(d, c)
-    T.tune(qm, target="x86", trials=4, work_dir=c, only=[WORKLOAD], progress=False, log=lambda *a: None)
+    decided, real = [], guard_module.guard_choice
+
+    def forced(default, candidates):
+        decided.append((default, candidates, real(default, candidates)))
+        return 0
+
+    monkeypatch.setattr(guard_module, "guard_choice", forced)
+    said = []
+    kw = dict(target="x86", trials=4, work_dir=c, only=[WORKLOAD], progress=False)
+    T.tune(qm, log=said.append, **kw)
     after = _state(c)
-    assert len(after["search_records"]) == 4  # nothing new to measure: only the decision is redone
+    assert after["search_records"] == before["search_records"]  # nothing new to measure: only the decisions
     guard = after["tuned_group"]["guard"]
-    assert guard["shapes"] == [[1, 32], [8, 128]]
-    assert all(t is not None and t > 0 for t in guard["default_us"])
-    assert guard["candidates_us"] and guard["kept"] in ("tuned", "default")
-    assert after["tuned_group"]["applied"] == ([WORKLOAD] if guard["kept"] == "tuned" else [])
-    assert len(after["records"]) == (1 if guard["kept"] == "tuned" else 0)
+    assert guard["shapes"] == [[1, 32], [8, 128]] and guard["kept"] == "tuned" and guard["candidate"] == 0
+    assert all(t is not None and t > 0 for t in guard["default_us"]) and guard["candidates_us"]
+    assert len(decided) == 1 and [round(t * 1e6, 1) for t in decided[0][0]] == guard["default_us"]
+    assert after["tuned_group"]["applied"] == [WORKLOAD] and len(after["records"]) == 1
+
+    im = after["meta"][T.IN_MODEL]
+    assert im["shapes"] == [[1, 32], [8, 128]] and len(im["steps"]) == 1  # one group: nothing to drop
+    assert all(t > 0 for t in im["default_ms"] + im["tuned_ms"])
+    assert {k: im[k] for k in ("speedup", "geomean", "kept")} == T.in_model_choice(im["default_ms"], im["tuned_ms"])
+    assert any(ln.startswith("in-model check: 1x32 default ") for ln in said)
+    sel = T.select_records(c, "x86", _x86())
+    assert (sel.applied, sel.refused is None) == ((1, True) if im["kept"] else (0, False))
+    said.clear()
+    T.tune(qm, log=said.append, guard=False, in_model=True, **kw)  # same records: the verdict is reused, no build
+    assert any("reused" in ln for ln in said) and _state(c)["meta"][T.IN_MODEL] == im
+
+
+# -- stale records, the in-model check ----------------------------------------------------------
+def test_a_record_tuned_against_another_default_is_stale(tuned, tmp_path, monkeypatch):
+    """Each record carries the fingerprint of the default schedule the guard compared it with;
+    when the default changes (here: the fingerprint edited, or the x86 rules gone), it is skipped."""
+    qm, _, d, _, second = tuned
+    base = second["meta"][T.BASELINES]
+    assert len(base) == 1 and all(len(v) == 16 for v in base.values())
+    c = _copy(d, tmp_path)
+    _edit_meta(c, **{T.BASELINES: {k: "0" * 16 for k in base}})
+    T.check_database(c, "x86", qm.identity)  # intact: only stale
+    sel = T.select_records(c, "x86", _x86())
+    assert (sel.workloads, sel.applied, sel.stale, sel.database) == (1, 0, 1, None)
+    assert sel.message("given by --database") == (
+        f"tuning database: {c} (given by --database): not applied: all 1 records are stale (tuned against an "
+        "older default schedule); building with the default schedules; re-run `ibert-tvm tune` to refresh it")
+    assert T.select_records(d, "x86", _x86()).applied == 1  # the original still applies
+    from ibert_tvm import schedules
+
+    monkeypatch.setattr(schedules, "schedule_pass", lambda *a: None)  # "the default schedule changed"
+    assert (T.select_records(d, "x86", _x86()).applied, T.select_records(d, "x86", _x86()).stale) == (0, 1)
+
+
+def test_an_old_format_database_is_read_and_stale(tuned, tmp_path):
+    """Format /1 (no fingerprints: the committed databases): read, not refused; on a target with
+    schedule rules every record counts as stale."""
+    qm, _, d, _, _ = tuned
+    c = _copy(d, tmp_path)
+    meta = json.loads((c / T.META).read_text())
+    meta["format"] = "ibert-tvm-tuning/1"
+    for k in (T.BASELINES, T.IN_MODEL):
+        meta.pop(k)
+    (c / T.META).write_text(json.dumps(meta))
+    assert T.resolve_database(str(c), "x86", qm.identity) == c
+    sel = T.select_records(c, "x86", _x86())
+    assert (sel.applied, sel.stale, sel.old_format) == (0, 1, True)
+    assert "all 1 records are stale (written by an older ibert-tvm" in sel.message("x")
+
+
+def test_a_database_the_in_model_check_rejected_is_not_applied(tuned, tmp_path):
+    _, _, d, _, _ = tuned
+    c = _copy(d, tmp_path)
+    _edit_meta(c, **{T.IN_MODEL: {"kept": False, "shapes": [[1, 32], [8, 128]], "speedup": [0.95, 1.01],
+                                  "geomean": 0.98}})
+    sel = T.select_records(c, "x86", _x86())
+    assert sel.database is None and sel.applied == 0
+    assert sel.message("x") == (
+        f"tuning database: {c} (x): not applied: tune's in-model check measured the whole model slower with its "
+        "records than with the default schedules (speedup 0.950x at 1x32, 1.010x at 8x128; geometric mean "
+        "0.980x); building with the default schedules")
+    _edit_meta(c, **{T.IN_MODEL: {"kept": None}})  # interrupted during the check
+    assert "did not finish" in T.select_records(c, "x86", _x86()).message("x")
+
+
+def test_compile_prints_which_records_apply(tuned, replay_build, monkeypatch, tmp_path, capsys):
+    """The CLI's line for a stale database, and the build gets no database at all."""
+    from ibert_tvm.cli import main
+    from ibert_tvm.passes import pipeline
+
+    _, qdir, d, _, _ = tuned
+    c = _copy(d, tmp_path)
+    meta = json.loads((c / T.META).read_text())
+    meta["format"] = "ibert-tvm-tuning/1"
+    del meta[T.BASELINES]
+    (c / T.META).write_text(json.dumps(meta))
+    replayed, given = pipeline.build, []
+    monkeypatch.setattr(pipeline, "build", lambda mod, tgt, **kw: given.append(kw["database_dir"]) or replayed(mod, tgt))
+    out = tmp_path / "out"
+    assert main(["compile", str(qdir), "--target", "x86", "-o", str(out), "--database", str(c)]) == 0
+    said = capsys.readouterr().out
+    assert (f"tuning database: {c} (given by --database): not applied: all 1 records are stale (written by an older "
+            "ibert-tvm, without the default-schedule fingerprints); building with the default schedules") in said
+    assert given == [None]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["tuning_database"] is None and manifest["tuning"]["stale"] == 1
+
+
+def test_in_model_choice():
+    ch = T.in_model_choice
+    assert ch([10.0, 100.0], [9.0, 95.0]) == {"speedup": [1.1111, 1.0526], "geomean": 1.0815, "kept": True}
+    assert ch([10.0, 100.0], [9.0, 104.0])["kept"] is False  # 8x128 4% slower
+    assert ch([10.0, 100.0], [9.0, 102.0])["kept"] is True  # 2% slower at one shape, faster overall
+    assert ch([10.0, 100.0], [10.1, 100.5])["kept"] is False  # slower overall
+    assert ch([10.0, 100.0], [10.0, 100.0])["kept"] is False  # equal: the default wins
+    assert ch([10.0, 100.0], [None, 90.0])["kept"] is False  # not measured everywhere
+    assert ch([10.0, 100.0], [9.0, 104.0], max_slower=0.05)["kept"] is True
+
+
+def test_in_model_drop_order_smallest_margin_first():
+    groups = {"a": {"applied": ["x"], "guard": {"default_us": [10, 100], "candidates_us": [[5, 50], [8, 80]],
+                                                "candidate": 1}},  # margin 1.25
+              "b": {"applied": ["y"], "guard": {"default_us": [10, 100], "candidates_us": [[9, 90]]}},  # 1.11
+              "c": {"applied": ["z"]},  # guard off: no margin known
+              "d": {"applied": [], "guard": {"default_us": [1, 1], "candidates_us": [[2, 2]]}}}  # nothing applied
+    assert T.in_model.drop_order(groups) == ["c", "b", "a"]
 
 
 def test_guard_choice():
