@@ -20,7 +20,7 @@ import numpy as np
 from ._common import INT32_MAX, check_int_array, check_te_dtype
 
 _X_DTYPES = ("int8", "uint8")
-_P_DTYPES = ("int8", "uint8", "uint16")  # batch_matmul's A: uint16 for a wide softmax output
+_P_DTYPES = ("int8", "uint8", "uint16")  # batch_matmul's A given a row_sum: uint16 for a wide softmax output
 _W_DTYPES = ("int8",)
 _MAG = {"int8": 128, "uint8": 255, "uint16": 65535}
 BIAS_BOUND = 1 << 30  # |bias| a linear accepts (quantization clips to it)
@@ -79,9 +79,9 @@ def linear_np(x, w, bias=None) -> np.ndarray:
 
 
 def batch_matmul_np(a, b, *, row_sum: int | None = None) -> np.ndarray:
-    """``a`` [..., M, K] int8/uint8/uint16, ``b`` [..., N, K] int8 -> [..., M, N] int32
-    (``row_sum``: see :func:`check_accumulator`; it is checked against ``a``)."""
-    a = check_int_array("a", a, _P_DTYPES)
+    """``a`` [..., M, K] int8/uint8, ``b`` [..., N, K] int8 -> [..., M, N] int32. ``row_sum`` (see
+    :func:`check_accumulator`; checked against ``a``) also admits a uint16 ``a`` (a wide softmax output)."""
+    a = check_int_array("a", a, _X_DTYPES if row_sum is None else _P_DTYPES)
     b = check_int_array("b", b, _W_DTYPES)
     if a.ndim < 2 or b.ndim < 2 or a.shape[-1] != b.shape[-1]:
         raise ValueError(f"a [..., M, K] and b [..., N, K] must share K, got {a.shape} and {b.shape}")
@@ -120,14 +120,15 @@ def linear_te(x, w, bias=None):
 
 
 def batch_matmul_te(a, b, *, max_k: int | None = None, row_sum: int | None = None):
-    """a: [..., M, K] int8/uint8/uint16, b: [..., N, K] int8 -> [..., M, N] int32.
+    """a: [..., M, K] int8/uint8, b: [..., N, K] int8 -> [..., M, N] int32.
 
     ``K`` may be symbolic (``P V`` sums over the sequence); then ``max_k`` bounds it. ``row_sum``:
-    a proven bound on ``sum_k |a[..., k]|`` (:func:`check_accumulator`; a uint16 softmax output).
+    a proven bound on ``sum_k |a[..., k]|`` (:func:`check_accumulator`), which also admits a uint16
+    ``a`` (a wide softmax output).
     """
     from tvm import te, tirx
 
-    check_te_dtype("a", a, _P_DTYPES)
+    check_te_dtype("a", a, _X_DTYPES if row_sum is None else _P_DTYPES)
     check_te_dtype("b", b, _W_DTYPES)
     if len(a.shape) < 2 or len(a.shape) != len(b.shape):
         raise ValueError(f"a [..., M, K] and b [..., N, K] need the same rank >= 2, got {list(a.shape)}, {list(b.shape)}")

@@ -264,3 +264,20 @@ def test_cuda_t4_compiles_the_uint16_softmax(smq, tmp_path):
     if ptx is not None:  # nvcc present: the 8-bit layer's P V keeps dp4a, the uint16 one is plain int32
         assert ptx["ok"] and ptx["float_ops"] == 0 and not ptx["untensorized_int8_matmuls"], ptx
         assert ptx["int8_matmul_units"].get("dp4a", 0) >= 1, ptx
+
+
+def test_uint16_operand_needs_the_row_sum_proof():
+    """batch_matmul takes a uint16 A only together with a proven row sum bound (numpy and TE)."""
+    from tvm import te
+
+    from ibert_tvm.op.int_matmul import batch_matmul_np, batch_matmul_te
+
+    a, b = np.full((1, 3, 4), 60000, np.uint16), np.full((1, 2, 4), -128, np.int8)
+    with pytest.raises(ValueError, match="a must have dtype"):
+        batch_matmul_np(a, b)
+    got = batch_matmul_np(a, b, row_sum=4 * 60000)
+    assert (got == 4 * 60000 * -128).all() and got.dtype == np.int32
+    pa, vb = te.placeholder((1, 3, 4), "uint16"), te.placeholder((1, 2, 4), "int8")
+    with pytest.raises(ValueError, match="a must have dtype"):
+        batch_matmul_te(pa, vb)
+    batch_matmul_te(pa, vb, row_sum=4 * 60000)
