@@ -39,8 +39,8 @@ import numpy as np
 from ..op.embedding import EmbeddingSum
 from ..op.int_gelu import IntGELU
 from ..op.int_layernorm import IntLayerNorm
-from ..op.int_relu import IntReLU
 from ..op.int_matmul import check_accumulator
+from ..op.int_relu import IntReLU
 from ..op.int_softmax import IntSoftmax
 from ..op.int_tanh import IntTanh
 from ..op.pooling import FRAC_BITS
