@@ -213,6 +213,21 @@ def test_golden_matches_the_fake_quant_reference(smq):
         assert err["layer0.p"] <= 2 and err["layer1.p"] <= 64 and err["layer0.ctx"] <= 1 and err["layer1.ctx"] <= 1, err
 
 
+def test_fast_golden_matmuls_take_the_uint16_softmax(smq):
+    """qat's float64-BLAS matmuls (the fast golden of ``eval --artifact q/``, QAT, stsb slices) give
+    golden's integers with uint16 P too."""
+    from ibert_tvm.model.golden import run_golden
+    from ibert_tvm.model.plan import ModelPlan
+    from ibert_tvm.quantization.qat import _fast_matmuls
+
+    plan = ModelPlan(smq((8, 16)))
+    inputs = random_batch(np.random.default_rng(5), 3, 40)
+    want = run_golden(plan, **inputs)
+    with _fast_matmuls():
+        got = run_golden(plan, **inputs)
+    np.testing.assert_array_equal(got, want)
+
+
 def _compile(qm, target, tmp_path):
     from ibert_tvm.deploy.export import compile_quantized
 
