@@ -31,12 +31,31 @@ def add_parser(sub) -> None:
     p.add_argument("--weight-groups", type=nonneg_int, help="weight scales per encoder matrix: 0 = per output row "
                    "(default), 1 = per tensor (DirectQ), G = G groups of consecutive rows (Q-BERT group-wise)")
     p.add_argument("--bits-plan", help="per-layer weight bits from `ibert-tvm sensitivity -o plan.json`")
+    p.add_argument("--softmax-bits", type=int, choices=range(8, 17), metavar="{8..16}",
+                   help="i-softmax output bits in every encoder layer: 8 (default, uint8) or 9..16 (uint16 "
+                   "attention probabilities, finer on long sequences; P V then runs on the default schedule, "
+                   "not VNNI; docs/fidelity.md)")
+    p.add_argument("--softmax-bits-layers", type=_bits_list, metavar="B0,B1,...",
+                   help="i-softmax output bits per encoder layer, one entry per layer (e.g. 8,8,8,8,8,16: 16-bit "
+                   "softmax in the last of 6 layers only); overrides --softmax-bits")
     p.add_argument("--accept-lossy-embedding", action="store_true",
                    help="build an embedding model with 2/3/4-bit weights anyway (refused by default: post-training "
                    "low-bit weights lose the embedding, docs/fidelity.md)")
     p.add_argument("--calibration", choices=["minmax", "percentile"], help="activation range statistic")
     p.add_argument("--batch-size", type=positive_int, default=16)
     p.set_defaults(func=cmd)
+
+
+def _bits_list(text: str) -> tuple[int, ...]:
+    import argparse
+
+    try:
+        bits = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated bit widths like 8,8,16, got {text!r}") from None
+    if not bits or any(not 8 <= b <= 16 for b in bits):
+        raise argparse.ArgumentTypeError(f"every softmax width must be in 8..16, got {text!r}")
+    return bits
 
 
 def cmd(args) -> int:
@@ -68,6 +87,7 @@ def cmd(args) -> int:
         layer_bits = load_bits_plan(args.bits_plan, ckpt.config.num_hidden_layers)
     try:
         config = config.with_weights(args.weight_bits, args.weight_groups, layer_bits)
+        config = config.with_softmax(args.softmax_bits, args.softmax_bits_layers)
     except ValueError as e:
         raise IBertTVMError(str(e)) from None
     if config.per_channel_acts and any(b < 8 for b in (config.layer_weight_bits or (config.weight_bits,))):

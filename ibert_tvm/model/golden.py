@@ -88,7 +88,7 @@ def encoder_np(plan: ModelPlan, input_ids, attention_mask, token_type_ids, posit
                                       A[L.prefix + "attention.self.position_bias"])
         pr = L.softmax.numpy(scores, attention_mask)
         rec(p + "p", pr)
-        ctx = _merge(L.ctx.numpy(batch_matmul_np(pr, np.swapaxes(v, -1, -2))))
+        ctx = _merge(L.ctx.numpy(batch_matmul_np(pr, np.swapaxes(v, -1, -2), row_sum=L.softmax.row_sum_bound)))
         rec(p + "ctx", ctx)
         r1 = L.attn_out.requant.numpy(lin(L.attn_out, ctx), h)
         rec(p + "res1", r1)

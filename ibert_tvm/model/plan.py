@@ -19,8 +19,8 @@ Dataflow of one layer (``S_*`` are static scales from calibration)::
      -> q/k/v = requant(h W^T + b)                    int8   S_q, S_k, S_v
      -> scores = q k^T                                int32  S_q S_k / sqrt(d)   (folded)
         (+ table[bucket[j - i]]: MPNet's relative position bias in the scores' units, same scale)
-     -> p = i-softmax(scores, mask)                   uint8  2^-8
-     -> ctx = requant(p v)                            int8   S_ctx
+     -> p = i-softmax(scores, mask)                   uint8  2^-8   (uint16 2^-b: softmax_bits b > 8)
+     -> ctx = requant(p v)                            int8   S_ctx  (p v: int32, proven with p's row sum)
      -> r1 = sat24(requant(ctx Wo^T + b) + requant(h)) int32  S_res1
      -> a = i-layernorm(r1)                           int8   S_ln1
      -> g = requant16(a Wi^T + b)                     int16  S_inter
@@ -39,6 +39,7 @@ import numpy as np
 from ..op.embedding import EmbeddingSum
 from ..op.int_gelu import IntGELU
 from ..op.int_layernorm import IntLayerNorm
+from ..op.int_matmul import check_accumulator
 from ..op.int_relu import IntReLU
 from ..op.int_softmax import IntSoftmax
 from ..op.int_tanh import IntTanh
@@ -190,7 +191,11 @@ class ModelPlan:
             q = linear(hp + "attention.self.query", rq(hp + "attention.self.query", s_h, s_q))
             k = linear(hp + "attention.self.key", rq(hp + "attention.self.key", s_h, s_k))
             v = linear(hp + "attention.self.value", rq(hp + "attention.self.value", s_h, s_v))
-            softmax = IntSoftmax(s_q * s_k / math.sqrt(self.head_dim), max_len=self.max_seq)
+            softmax = IntSoftmax(s_q * s_k / math.sqrt(self.head_dim), max_len=self.max_seq,
+                                 out_bits=cfg.softmax_bits_for_layer(i, self.n_layers))
+            # P V's int32 accumulator: |sum_j p[j] v[j]| <= 128 * (p's row sum bound), not max_seq * 255 * 128
+            # (which a uint16 p would exceed)
+            check_accumulator(self.max_seq, softmax.out_dtype, "int8", row_sum=softmax.row_sum_bound)
             rel = None
             if self.rel_buckets:  # |q k^T| <= d * 128 * 128 (int8 operands)
                 rel = RelativePositionBias(rel_w, softmax.exp.scale, rel_bucket, score_bound=self.head_dim << 14)

@@ -20,6 +20,18 @@ pre-shift ``t`` (0 unless the scale is tiny: ``S < ~2e-7`` for 8-bit outputs, ``
 ratio except within 2^-8 LSB of a tie (exact ties, e.g. an all-equal row of 512, round down).
 It also keeps ``max_len * (c >> t) <= 2^62`` so that ``f >= 1``. (Without it, small scales gave
 ``f`` with few significant bits, or ``f = 0`` and an all-zero row once the sum passed 2^62.)
+
+Wider outputs (``out_bits`` 9..16: uint16, scale ``2^-out_bits``; the plan takes them from the
+scheme's ``softmax_bits`` / ``layer_softmax_bits``): everything above holds with 8 replaced by
+``b = out_bits``.
+
+Row sum bound (:attr:`IntSoftmax.row_sum_bound`, what ``P V``'s int32 accumulator is proven
+with): with ``s = K - b``, ``sum_j y[j] <= sum_j (e[j] f + 2^(s-1)) / 2^s
+= f * sum / 2^s + n / 2 <= 2^K / 2^s + n / 2 = 2^b + n / 2`` (``n`` kept entries, ``f * sum <=
+2^K`` because ``f = floor(2^K / sum)``; the clamp only lowers terms). So a row sums to at most
+``2^b + floor(max_len / 2)`` (and to at most ``max_len * (2^b - 1)``), and ``|sum_j y[j] v[j]|
+<= 128 * row_sum_bound`` for int8 ``v``: with ``b = 16`` and ``max_len = 512``, 8,421,376 < 2^31,
+where the per-element bound ``512 * 65535 * 128`` would exceed int32.
 """
 
 from __future__ import annotations
@@ -71,6 +83,8 @@ class IntSoftmax:
         prove_fits("softmax row sum", self.max_len * self.e_max)
         if self.max_len * self.e_max > 1 << K:
             raise ValueError("softmax row sum bound exceeds 2^62")  # unreachable by construction
+        # sum_j y[j] over one row (module doc): the bound P V's accumulator is proven with
+        self.row_sum_bound = min((1 << self.out_bits) + self.max_len // 2, self.max_len * self.qmax)
 
     def numpy(self, x, mask) -> np.ndarray:
         x = check_int_array("x", x, ("int32",)).astype(np.int64)

@@ -366,8 +366,12 @@ class _Lowering:
             lp = self.index[scope][1]
             v = self._int(lb, var, "the value operand of the attention product")
             vt = self.bb.emit(relax.op.permute_dims(v.expr, _swap_last(b)))  # [.., d, S]
-            ctx = self.bb.emit_te(lambda p, t: batch_matmul_te(p, t, max_k=self.plan.max_seq), la.expr, vt,
-                                  primfunc_name_hint="pv_matmul")
+            row_sum = lp.softmax.row_sum_bound  # P's row sum: proves the int32 accumulator (uint16 P too)
+            # a uint16 P (softmax_bits > 8) is no int8 matmul (no byte-dot unit takes it): its own name,
+            # which the PTX check (passes/verify/ptx.INT8_MATMUL_KERNEL) does not count as one
+            name = "pv_matmul" if lp.softmax.out_dtype == "uint8" else "pv16_matmul"
+            ctx = self.bb.emit_te(lambda p, t: batch_matmul_te(p, t, max_k=self.plan.max_seq, row_sum=row_sum),
+                                  la.expr, vt, primfunc_name_hint=name)
             if lp.ctx.channels is not None:
                 raise self._error(var, call, "the context requantization must be per-tensor")
             return _Int(self._te(lp.ctx.te, "requantize", [ctx]), origin=f"{scope}.ctx")

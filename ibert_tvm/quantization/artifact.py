@@ -276,6 +276,13 @@ class QuantizedModel:
         if self.config.layer_weight_bits and len(self.config.layer_weight_bits) != d["layers"]:
             raise IBertTVMError(f"{meta_file}: config.layer_weight_bits has {len(self.config.layer_weight_bits)} "
                                 f"entries for dims.layers {d['layers']}")
+        lsb = self.config.layer_softmax_bits
+        if lsb and len(lsb) != d["layers"]:
+            raise IBertTVMError(f"{meta_file}: config.layer_softmax_bits has {len(lsb)} entries for dims.layers "
+                                f"{d['layers']}")
+        if lsb and d.get("shared_layers") and len(set(lsb)) > 1:
+            raise IBertTVMError(f"{meta_file}: config.layer_softmax_bits {list(lsb)}: one shared layer has one "
+                                "softmax width")
         for name, (value, source) in self._dims_seen_in_tensors().items():
             if value != d[name]:
                 raise IBertTVMError(f"{meta_file}: dims.{name} is {d[name]}, but {tensors_file} holds {value} ({source})")

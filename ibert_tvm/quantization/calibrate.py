@@ -404,6 +404,12 @@ def check_weight_config(ckpt: HFCheckpoint, config: QuantConfig) -> None:
     if ckpt.shared_layers and len(set(config.layer_weight_bits or ())) > 1:
         raise IBertTVMError(f"layer_weight_bits {list(config.layer_weight_bits)}: {ckpt.architecture} applies one "
                             "layer's weights in every layer, so they have one bit width")
+    lsb = config.layer_softmax_bits
+    if lsb and len(lsb) != layers:
+        raise IBertTVMError(f"layer_softmax_bits has {len(lsb)} entries, the model has {layers} encoder layers")
+    if ckpt.shared_layers and len(set(lsb)) > 1:
+        raise IBertTVMError(f"layer_softmax_bits {list(lsb)}: {ckpt.architecture} applies one layer in every "
+                            "layer, so its softmax has one output width")
     g = config.weight_groups
     inter = int(getattr(cfg, "intermediate_size", None) or cfg.hidden_dim)  # DistilBertConfig: hidden_dim
     for rows, what in ((int(cfg.hidden_size), "hidden"), (inter, "intermediate")):

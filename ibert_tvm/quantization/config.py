@@ -8,8 +8,17 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
+import numpy as np
+
 from ..op._common import check_bits
 from ..op.packed_weights import WEIGHT_BITS
+
+SOFTMAX_BITS = tuple(range(8, 17))  # i-softmax output widths: uint8 (8) or uint16 (9..16), scale 2^-bits
+
+
+def _is_width(b, allowed) -> bool:
+    """``b`` is an integer (not a bool, float or string) among ``allowed``."""
+    return isinstance(b, (int, np.integer)) and not isinstance(b, bool) and int(b) in allowed
 
 
 @dataclass(frozen=True)
@@ -43,6 +52,12 @@ class QuantConfig:
     # Per encoder layer weight bits (from `ibert-tvm sensitivity`), overriding weight_bits;
     # empty: every layer has weight_bits. Embeddings, pooler and classifier head stay 8-bit.
     layer_weight_bits: tuple = ()
+    # i-softmax output bits (issue 15: the fidelity tail of long sequences; docs/fidelity.md): 8 =
+    # uint8 P (the VNNI u8 x s8 P V), 9..16 = uint16 P (P V proven with the softmax row sum bound,
+    # op/int_softmax.py; default schedules for P V). layer_softmax_bits: per encoder layer,
+    # overriding softmax_bits; empty: every layer has softmax_bits.
+    softmax_bits: int = 8
+    layer_softmax_bits: tuple = ()
 
     def __post_init__(self):
         if isinstance(self.weight_bits, bool) or self.weight_bits not in WEIGHT_BITS:
@@ -51,6 +66,13 @@ class QuantConfig:
         for i, b in enumerate(self.layer_weight_bits):
             if isinstance(b, bool) or b not in WEIGHT_BITS:
                 raise ValueError(f"layer_weight_bits[{i}] must be one of {WEIGHT_BITS}, got {b!r}")
+        if not _is_width(self.softmax_bits, SOFTMAX_BITS):
+            raise ValueError(f"softmax_bits must be an integer in [8, 16] (8: uint8, 9..16: uint16 softmax "
+                             f"outputs), got {self.softmax_bits!r}")
+        object.__setattr__(self, "layer_softmax_bits", tuple(self.layer_softmax_bits))
+        for i, b in enumerate(self.layer_softmax_bits):
+            if not _is_width(b, SOFTMAX_BITS):
+                raise ValueError(f"layer_softmax_bits[{i}] must be an integer in [8, 16], got {b!r}")
         if isinstance(self.weight_groups, bool) or not isinstance(self.weight_groups, int) or self.weight_groups < 0:
             raise ValueError(f"weight_groups must be an integer >= 0 (0: per output row), got {self.weight_groups!r}")
         if self.act_bits != 8:
@@ -79,6 +101,32 @@ class QuantConfig:
                              f"{num_layers} encoder layers")
         return self.layer_weight_bits[i]
 
+    def softmax_bits_for_layer(self, i: int, num_layers: int | None = None) -> int:
+        """i-softmax output bits of encoder layer ``i``."""
+        if not self.layer_softmax_bits:
+            return self.softmax_bits
+        if num_layers is not None and len(self.layer_softmax_bits) != num_layers:
+            raise ValueError(f"layer_softmax_bits has {len(self.layer_softmax_bits)} entries, the model has "
+                             f"{num_layers} encoder layers")
+        return self.layer_softmax_bits[i]
+
+    def _weights_tag(self) -> str:
+        return (f"w{'mix' + ''.join(map(str, self.layer_weight_bits)) if self.layer_weight_bits else self.weight_bits}"
+                f"{'' if self.weight_groups == 0 else 'pt' if self.weight_groups == 1 else 'g%d' % self.weight_groups}")
+
+    def _softmax_tag(self) -> str:
+        """'' for the default 8-bit softmax, else e.g. ``-sm16`` or ``-sm8_8_8_8_8_16``."""
+        if self.layer_softmax_bits:
+            return "-sm" + "_".join(map(str, self.layer_softmax_bits))
+        return "" if self.softmax_bits == 8 else f"-sm{self.softmax_bits}"
+
+    def _renamed(self, c: "QuantConfig", weights_tag: bool) -> "QuantConfig":
+        if c == self:
+            return self
+        base = self.name.split("+")[0]
+        tag = (c._weights_tag() if weights_tag else "") + c._softmax_tag()
+        return QuantConfig.from_dict({**c.to_dict(), "name": base + ("+" + tag.lstrip("-") if tag else "")})
+
     def with_weights(self, bits: int | None = None, groups: int | None = None, layer_bits=None) -> "QuantConfig":
         """This scheme with other weight bits / groups / per-layer bits, under a name that says so
         (the name is part of the model identity that tuning logs and caches are keyed by)."""
@@ -89,17 +137,29 @@ class QuantConfig:
             d["weight_groups"] = groups
         if layer_bits is not None:
             d["layer_weight_bits"] = tuple(layer_bits)
+        return self._renamed(QuantConfig.from_dict(d), weights_tag=True)
+
+    def with_softmax(self, bits: int | None = None, layer_bits=None) -> "QuantConfig":
+        """This scheme with other i-softmax output bits (all layers, or per layer), under a name that
+        says so (``+sm16``, ``+sm8_8_8_8_8_16``; after the weight tag if the weights are not default)."""
+        d = self.to_dict()
+        if bits is not None:
+            d["softmax_bits"] = bits
+        if layer_bits is not None:
+            d["layer_softmax_bits"] = tuple(layer_bits)
         c = QuantConfig.from_dict(d)
-        if c == self:
-            return self
-        tag = (f"-w{'mix' + ''.join(map(str, c.layer_weight_bits)) if c.layer_weight_bits else c.weight_bits}"
-               f"{'' if c.weight_groups == 0 else 'pt' if c.weight_groups == 1 else 'g%d' % c.weight_groups}")
-        base = self.name.split("+")[0]
-        return QuantConfig.from_dict({**c.to_dict(), "name": base + "+" + tag.lstrip("-")})
+        weights = "+" in self.name and self.name.split("+", 1)[1].startswith("w")
+        return self._renamed(c, weights_tag=weights)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["layer_weight_bits"] = list(self.layer_weight_bits)
+        d["layer_softmax_bits"] = list(self.layer_softmax_bits)
+        # the softmax fields only when they are not the default: an 8-bit scheme's dict (artifact meta,
+        # export's model hash) stays what it was before they existed
+        for k, default in (("softmax_bits", 8), ("layer_softmax_bits", [])):
+            if d[k] == default:
+                del d[k]
         return d
 
     @classmethod

@@ -64,7 +64,8 @@ import numpy as np
 from ..op.pooling import FRAC_BITS, float_pool
 from .artifact import QuantizedModel
 
-SOFTMAX_OUT_BITS = 8  # i-softmax output: unsigned, scale 2^-8 (a convention, not a calibrated scale)
+SOFTMAX_OUT_BITS = 8  # i-softmax output: unsigned, scale 2^-8 (a convention, not a calibrated scale);
+# the scheme's softmax_bits / layer_softmax_bits (QuantConfig.softmax_bits_for_layer) may widen it per layer
 
 _erf = np.vectorize(math.erf, otypes=[np.float64])
 
@@ -150,9 +151,10 @@ def fake_quant(qm: QuantizedModel, input_ids, attention_mask, token_type_ids, po
         scores = np.where(mask[:, None, None, :], scores, -np.inf)
         e = np.exp(scores - scores.max(axis=-1, keepdims=True))
         prob = e / e.sum(axis=-1, keepdims=True)
-        out[p + "p"] = quantize(prob, 2.0**-SOFTMAX_OUT_BITS, SOFTMAX_OUT_BITS, unsigned=True)
+        sb = cfg.softmax_bits_for_layer(i, int(d["layers"]))
+        out[p + "p"] = quantize(prob, 2.0**-sb, sb, unsigned=True)
         v = _heads(dequantize(src(p + "v"), s(p + "v")), n_heads)
-        ctx = dequantize(src(p + "p"), 2.0**-SOFTMAX_OUT_BITS) @ v
+        ctx = dequantize(src(p + "p"), 2.0**-sb) @ v
         B, n, S, dh = ctx.shape
         out[p + "ctx"] = quantize(ctx.transpose(0, 2, 1, 3).reshape(B, S, n * dh), s(p + "ctx"), ab)
         r1 = r.linear(hp + "attention.output.dense", src(p + "ctx"), s(p + "ctx")) + dequantize(h, s_h)

@@ -76,13 +76,17 @@ def linear_exact(x, w, bias=None) -> np.ndarray:
     return y.reshape(*x.shape[:-1], w.shape[0]).astype(np.int32)
 
 
-def batch_matmul_exact(a, b) -> np.ndarray:
-    """``int_matmul.batch_matmul_np`` computed with float64 BLAS (same int32 result)."""
+def batch_matmul_exact(a, b, *, row_sum: int | None = None) -> np.ndarray:
+    """``int_matmul.batch_matmul_np`` computed with float64 BLAS (same int32 result); ``row_sum`` as
+    there (a uint16 softmax output: its sums stay < 2^31, far below 2^53)."""
     from ..op.int_matmul import batch_matmul_np
 
-    if a.dtype.name not in ("int8", "uint8") or b.dtype.name != "int8" or a.ndim < 2 or a.shape[-1] != b.shape[-1]:
-        return batch_matmul_np(a, b)
-    check_accumulator(a.shape[-1], a.dtype.name, "int8")
+    a_dtypes = ("int8", "uint8") if row_sum is None else ("int8", "uint8", "uint16")
+    if a.dtype.name not in a_dtypes or b.dtype.name != "int8" or a.ndim < 2 or a.shape[-1] != b.shape[-1]:
+        return batch_matmul_np(a, b, row_sum=row_sum)  # let the reference raise its error
+    check_accumulator(a.shape[-1], a.dtype.name, "int8", row_sum=row_sum)
+    if row_sum is not None and a.size and np.abs(a.astype(np.int64)).sum(axis=-1).max() > row_sum:
+        return batch_matmul_np(a, b, row_sum=row_sum)
     return _mm_exact(a.astype(np.float64), np.swapaxes(b, -1, -2).astype(np.float64)).astype(np.int32)
 
 
