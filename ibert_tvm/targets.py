@@ -15,6 +15,7 @@ class TargetSpec:
     host: dict | None = None
     cross_compiler: str | None = None  # g++ used to link the .so (None: the host's)
     debian_package: str | None = None  # where the cross compiler comes from
+    link_options: tuple[str, ...] = ()  # passed to the cross compiler when it links the .so
 
     def tvm_target(self):
         import tvm
@@ -37,6 +38,15 @@ TARGETS: dict[str, TargetSpec] = {
         {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon", "+dotprod"], "num-cores": 4},
         cross_compiler="aarch64-linux-gnu-g++",
         debian_package="g++-aarch64-linux-gnu",
+        # Debian's g++ tells ld to patch around Cortex-A53 erratum 843419 (an adrp at page offset
+        # 0xff8/0xffc followed by a load): ld moves the load into a stub and puts a branch over
+        # its stub section. That branch, dead but not provably so, can land on __truncsfhf2, and
+        # the split adrp/load pair leaves a page address that looks like a code pointer: the
+        # machine-code verifier refuses both (a false alarm it cannot rule out). The erratum is
+        # in Cortex-A53 r0p0-r0p4 only, an Armv8.0 core without the dot-product instructions this
+        # target requires (+dotprod, Armv8.2 and later), so no machine that can run these
+        # libraries needs the patch.
+        link_options=("-mno-fix-cortex-a53-843419",),
     ),
     "cuda-t4": TargetSpec(
         "cuda-t4", "NVIDIA T4 (sm_75), CUDA; host code for x86-64", "nvidia/nvidia-t4", host={"kind": "llvm"}

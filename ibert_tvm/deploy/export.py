@@ -75,7 +75,7 @@ def export_library(ex, path: Path, spec: TargetSpec) -> None:
         )
     from tvm.support import cc
 
-    ex.export_library(str(path), fcompile=cc.cross_compiler(spec.cross_compiler))
+    ex.export_library(str(path), fcompile=cc.cross_compiler(spec.cross_compiler, options=list(spec.link_options)))
 
 
 def _summary(report) -> dict:

@@ -378,7 +378,7 @@ def export_cross_aarch64(rt_mod) -> str:
 
     spec = get_target("aarch64")
     path = os.path.join(tempfile.mkdtemp(prefix="ibert-ms-"), "candidate.so")
-    rt_mod.export_library(path, fcompile=cc.cross_compiler(spec.cross_compiler))
+    rt_mod.export_library(path, fcompile=cc.cross_compiler(spec.cross_compiler, options=list(spec.link_options)))
     return path
 
 
