@@ -80,19 +80,27 @@ def train_fp32(model, steps, loss_of, cfg, progress=None) -> tuple[list[float], 
     )
     model.train()
     t0 = time.time()
-    losses = []
+    losses = optimize(steps, loss_of, opt, sched.step, progress)
+    model.eval()
+    return losses, round(time.time() - t0, 1)
+
+
+def optimize(steps, loss_of, opt, after_step, progress=None) -> list[float]:
+    """One optimizer step per batch of ``steps``: ``loss_of(idx)``, backward, ``opt.step()``, then
+    ``after_step()`` (the LR schedule; QAT's re-derivation of its integer parameters). Returns the
+    per-step losses; a tqdm-like ``progress`` shows the mean of the last 20."""
+    losses: list[float] = []
     it = progress(steps) if progress else steps
     for idx in it:
         loss = loss_of(idx)
         opt.zero_grad()
         loss.backward()
         opt.step()
-        sched.step()
+        after_step()
         losses.append(float(loss.detach()))
         if hasattr(it, "set_postfix"):
             it.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
-    model.eval()
-    return losses, round(time.time() - t0, 1)
+    return losses
 
 
 def save_finetuned(out: Path, artifact: ArtifactKind, model, tokenizer_json: str, meta_name: str, meta: dict,

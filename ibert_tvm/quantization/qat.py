@@ -45,6 +45,7 @@ from ..op.int_matmul import check_accumulator
 from ..op.pooling import float_pool
 from .artifact import QuantizedModel
 from .calibrate import RangeObserver, build_quantized, head_modules, quantization_points, torch_inputs
+from .finetune import optimize
 
 MOMENTUM = 0.95  # EMA of activation ranges (I-BERT / transformers QuantAct)
 
@@ -442,17 +443,8 @@ def _train(qat: QATModel, n: int, loss_of: Callable, *, epochs: int, batch_size:
     qat.train()
     qat.ckpt.model.eval()  # no dropout: the integer model has none
     steps = [b for _ in range(epochs) for b in _batches(n, batch_size, rng)]
-    it = progress(steps) if progress else steps
-    for idx in it:
-        loss = loss_of(idx)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        qat.refresh()
-        stats.steps += 1
-        stats.losses.append(float(loss.detach()))
-        if hasattr(it, "set_postfix"):
-            it.set_postfix(loss=f"{np.mean(stats.losses[-20:]):.4f}")
+    stats.losses = optimize(steps, loss_of, opt, qat.refresh, progress)
+    stats.steps = len(stats.losses)
     qat.eval()
     return stats
 
