@@ -74,7 +74,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--thresholds", default="",
-                    help="comma list of GEMM/OTHER threshold pairs: pool launches per inference at each")
+                    help="comma list of LINEAR/ATTENTION/OTHER threshold triples: pool launches per inference at each")
     ap.add_argument("-o", "--output")
     a = ap.parse_args(argv)
     os.environ["TVM_NUM_THREADS"] = str(a.threads)
@@ -88,7 +88,7 @@ def main(argv=None) -> int:
     from ibert_tvm.support.tokenize import position_ids
 
     work, loops, classes = works(a.q, a.target)
-    thresholds = [t for t in a.thresholds.split(",") if t]  # "GEMM/OTHER" pairs
+    thresholds = [t for t in a.thresholds.split(",") if t]  # "LINEAR/ATTENTION/OTHER" triples
     models = [CompiledModel(a.par_out), CompiledModel(a.ser_out)]
     m0 = models[0].manifest
     rng = np.random.default_rng(0)
@@ -140,7 +140,7 @@ def main(argv=None) -> int:
         n_calls = sum(calls.values())
         launches = {"parallel": sum(c * loops.get(n, 0) for n, c in calls.items())}
         for t in thresholds:
-            lim = dict(zip(("gemm", "other"), (int(v) for v in t.split("/"))))
+            lim = dict(zip(("linear", "attention", "other"), (int(v) for v in t.split("/"))))
             launches[t] = sum(c * loops.get(n, 0) for n, c in calls.items()
                               if n in work and evaluate(work[n], b, s) > lim[classes[n]])
         rows.append({"shape": shape, "kernel": "(launches per inference)", "vm_calls": n_calls, **launches})

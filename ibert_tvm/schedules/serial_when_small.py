@@ -48,21 +48,35 @@ outright. Neither branch adds float: the condition is
 int64 arithmetic on shape variables.
 
 The threshold depends on the kernel's class (:func:`op_class`), because a block iteration costs
-very different time in each: ``gemm`` (a block reduces a product of two int8 / uint8 operands:
-the linears, ``Q K^T``, ``P V``; VNNI / sdot do 64 / 16 such multiply-adds per instruction, a
-MiniLM 1 x 32 linear runs ~0.01 ns per block iteration serially, an attention product ~0.05) and
-``other`` (the row softmax: ~0.5 ns per block iteration, its integer exp and divisions). Values,
-in block iterations (:data:`THRESHOLDS`): gemm 33,554,432 (2**25), other 65,536 (2**16). For
-MiniLM that makes every kernel serial at 1 x 32 (pool launches per inference 96 -> 0), the
-attention products and the QKV / attention-out linears serial at 1 x 128 (96 -> 30), nothing
-at 8 x 128 (96). Chosen from an interleaved A/B of four builds (bench/ab_outs.py: no transform,
-gemm 2**20, 2**23, 2**25), the one that measured best, on a machine loaded by other jobs (load
-average 9-10 on 2 cores; bench/results/2026-12-03-serial/): passive wait policy 0.31x / 0.70x
-the old time at 1 x 32 / 1 x 128, spin within that run's noise; at load ~2.5, 0.79x / 0.96x
-passive and 0.87x / 0.99x spin. No quiet-machine calibration exists yet: at load ~2.5 the whole
-model showed no loss from serial 1 x 32 FFN linears with
-spinning threads, but one loaded per-kernel run timed them 1.3-1.7x faster in parallel (another
-0.93-0.98x), so re-measure the gemm value on a quiet machine.
+very different time in each: ``linear`` (a block reduces a product of two int8 / uint8 operands,
+one of them a weight of static shape; VNNI / sdot do 64 / 16 such multiply-adds per instruction,
+a MiniLM 1 x 32 linear runs ~0.01 ns per block iteration serially), ``attention`` (the same with
+both operands shaped by the sequence: ``Q K^T``, ``P V``, ~0.05 ns) and ``other`` (the row
+softmax: ~0.5 ns per block iteration, its integer exp and divisions). Values, in block
+iterations (:data:`THRESHOLDS`): linear 8,388,608 (2**23), attention 2,097,152 (2**21), other
+65,536 (2**16). For MiniLM that leaves 18 pool launches per inference at 1 x 32 (the QKV,
+FFN-in and FFN-out linears: 96 before), and makes the attention-out linear and the attention
+products serial there.
+
+Chosen on a quiet machine (load average 0.8-1.3, 2026-12-03, bench/ab_outs.py, four MiniLM builds
+interleaved, time relative to the build without the transform; bench/results/2026-12-03-serial-guard/):
+
+============================  ======================  ======================
+every GEMM class at            spin 1x32 / 1x128       passive 1x32 / 1x128
+============================  ======================  ======================
+2**21                          1.05x / 1.00x           0.98x / 0.99x
+2**23                          1.08x / 1.05x           0.65x / 0.98x
+2**25                          1.34x / 1.20x           0.59x / 0.92x
+linear 2**23, attention 2**21  1.04x / 0.99x           0.64x / 0.99x
+============================  ======================  ======================
+
+(the last row from a second run, with 2**23 at 1.02x / 1.06x spin and 0.62x / 0.98x passive in it.)
+
+(8 x 128 within +-2% for all.) Serial kernels cost when idle threads spin (their wake-up is
+cheap) and pay when they sleep (the passive policy, or a loaded machine); the 1 x 32
+attention-out linear alone is most of the passive gain between 2**21 and 2**23, and the attention
+products at 1 x 128 (6.3 M block iterations) are the spin loss there, hence the split: linears
+at 2**23, attention products at 2**21.
 """
 
 from __future__ import annotations
@@ -73,7 +87,7 @@ from collections.abc import Mapping
 TARGETS = ("x86", "llvm")
 #: per op class (:func:`op_class`), the work (block iterations, :func:`work_estimate`) up to
 #: which a kernel runs serially
-THRESHOLDS = {"gemm": 1 << 25, "other": 1 << 16}
+THRESHOLDS = {"linear": 1 << 23, "attention": 1 << 21, "other": 1 << 16}
 SERIAL_BLOCK = "serial_when_small"  # the name of the serial branch's block
 WORK_ATTR = "ibert.serial_when_small.work"  # the PrimFunc attr recording the work expression
 
@@ -103,21 +117,25 @@ def work_estimate(func):
 
 
 def op_class(func) -> str:
-    """``"gemm"`` when a block of the unscheduled ``func`` has a reduction and reads two int8 /
-    uint8 buffers (a product of integer operands: a linear, ``Q K^T``, ``P V``), else ``"other"``."""
+    """The kernel's class for :data:`THRESHOLDS`, from the unscheduled ``func``: ``"linear"`` when a
+    block has a reduction over two int8 / uint8 buffers one of which is a parameter of static
+    shape (the weight), ``"attention"`` when both are shaped by the sequence (``Q K^T``, ``P V``),
+    else ``"other"``."""
     import tvm_ffi
     from tvm import s_tir, tirx
 
+    static = {p.name for p in func.params
+              if isinstance(p, tirx.Buffer) and all(isinstance(d, (int, tirx.IntImm)) for d in p.shape)}
     found = []
 
     def visit(block):
         reduces = any(iv.iter_type == tirx.IterVar.CommReduce for iv in block.iter_vars)
-        small = {r.source.name for r in block.reads if str(r.source.dtype) in ("int8", "uint8")}
+        small = {r.source.name for r in block.reads if str(r.source.dtype) in ("int8", "uint8", "uint16")}
         if reduces and len(small) >= 2:
-            found.append(block.name_hint)
+            found.append("linear" if small & static else "attention")
 
     tvm_ffi.structural_walk(func.body, (s_tir.SBlock, visit))
-    return "gemm" if found else "other"
+    return "linear" if "linear" in found else found[0] if found else "other"
 
 
 def has_parallel(func) -> bool:

@@ -126,13 +126,14 @@ def test_thresholds_in_the_docs_are_the_code():
     from ibert_tvm.schedules import serial_when_small as sws
 
     doc = " ".join(sws.__doc__.split())
-    assert set(sws.THRESHOLDS) == {"gemm", "other"}
+    assert set(sws.THRESHOLDS) == {"linear", "attention", "other"}
     for cls, value in sws.THRESHOLDS.items():
         assert f"{cls} {value:,}" in doc, (cls, value)
 
 
 def test_op_classes():
-    """GEMMs (a reduction over two int8 operands) and the rest: the softmax reduces int32."""
+    """Linears (a reduction over two int8 operands, one a static weight), attention products (both
+    shaped by the sequence) and the rest: the softmax reduces int32."""
     from tvm import te, tirx
 
     from ibert_tvm.schedules.serial_when_small import op_class
@@ -144,7 +145,10 @@ def test_op_classes():
     w = te.placeholder((32, 64), "int8", name="w")
     k = te.reduce_axis((0, 64), name="k")
     acc = te.compute((M, 32), lambda i, j: te.sum(x[i, k].astype("int32") * w[j, k].astype("int32"), axis=k))
-    assert op_class(te.create_prim_func([x, w, acc])) == "gemm"
+    assert op_class(te.create_prim_func([x, w, acc])) == "linear"  # w: a weight of static shape
+    kv = te.placeholder((M, 64), "int8", name="kv")
+    qk = te.compute((M, M), lambda i, j: te.sum(x[i, k].astype("int32") * kv[j, k].astype("int32"), axis=k))
+    assert op_class(te.create_prim_func([x, kv, qk])) == "attention"  # both shaped by the sequence
     s = te.compute((M,), lambda i: te.sum(x[i, k].astype("int32"), axis=k))  # one int8 operand: not a GEMM
     assert op_class(te.create_prim_func([x, s])) == "other"
 
@@ -226,7 +230,7 @@ def test_tiny_bert_on_x86_both_sides_bit_exact(quantized_factory, tmp_path, monk
     works = {gv.name_hint: sws.work_estimate(f) for gv, f in fused.functions.items() if isinstance(f, tirx.PrimFunc)}
     qk = next(w for n, w in works.items() if n.startswith("qk_matmul"))
     threshold = _at(qk, 1, 4)
-    monkeypatch.setattr(sws, "THRESHOLDS", {"gemm": threshold, "other": threshold})
+    monkeypatch.setattr(sws, "THRESHOLDS", {"linear": threshold, "attention": threshold, "other": threshold})
     out = tmp_path / "out"
     manifest = compile_quantized(qm, out, target="x86", database_dir=False, log=lambda *a: None)
     assert manifest["verify"]["module"]["float_ops"] == 0 and manifest["verify"]["code"]["float_ops"] == 0
