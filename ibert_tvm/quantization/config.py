@@ -94,21 +94,21 @@ class QuantConfig:
 
     def bits_for_layer(self, i: int, num_layers: int | None = None) -> int:
         """Weight bits of encoder layer ``i``."""
-        if not self.layer_weight_bits:
-            return self.weight_bits
-        if num_layers is not None and len(self.layer_weight_bits) != num_layers:
-            raise ValueError(f"layer_weight_bits has {len(self.layer_weight_bits)} entries, the model has "
-                             f"{num_layers} encoder layers")
-        return self.layer_weight_bits[i]
+        return self._for_layer("layer_weight_bits", self.weight_bits, i, num_layers)
 
     def softmax_bits_for_layer(self, i: int, num_layers: int | None = None) -> int:
         """i-softmax output bits of encoder layer ``i``."""
-        if not self.layer_softmax_bits:
-            return self.softmax_bits
-        if num_layers is not None and len(self.layer_softmax_bits) != num_layers:
-            raise ValueError(f"layer_softmax_bits has {len(self.layer_softmax_bits)} entries, the model has "
-                             f"{num_layers} encoder layers")
-        return self.layer_softmax_bits[i]
+        return self._for_layer("layer_softmax_bits", self.softmax_bits, i, num_layers)
+
+    def _for_layer(self, field: str, default: int, i: int, num_layers: int | None) -> int:
+        """Layer ``i``'s entry of the per-layer override ``field``, or ``default`` when it is empty;
+        an override whose length is not ``num_layers`` (when given) is refused."""
+        per_layer = getattr(self, field)
+        if not per_layer:
+            return default
+        if num_layers is not None and len(per_layer) != num_layers:
+            raise ValueError(f"{field} has {len(per_layer)} entries, the model has {num_layers} encoder layers")
+        return per_layer[i]
 
     def _weights_tag(self) -> str:
         return (f"w{'mix' + ''.join(map(str, self.layer_weight_bits)) if self.layer_weight_bits else self.weight_bits}"
