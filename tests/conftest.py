@@ -109,6 +109,23 @@ def quantized_factory(tiny_factory, calibration_sentences, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def scheme_factory(tiny_factory, calibration_sentences):
+    """(QuantConfig, arch) -> QuantizedModel of the tiny model under that scheme, calibrated once
+    per session (the low-bit and softmax-width tests share it)."""
+    from ibert_tvm.model.hf_loader import load_checkpoint
+    from ibert_tvm.quantization.calibrate import calibrate
+
+    cache: dict = {}
+
+    def get(cfg, arch: str = "BertModel"):
+        if (arch, cfg) not in cache:
+            cache[arch, cfg] = calibrate(load_checkpoint(tiny_factory(arch)), calibration_sentences, cfg)
+        return cache[arch, cfg]
+
+    return get
+
+
+@pytest.fixture(scope="session")
 def compiled_factory(quantized_factory, tmp_path_factory):
     """(arch) -> compiled out/ dir for the host CPU, built once per session."""
     from ibert_tvm.deploy.export import compile_quantized

@@ -41,21 +41,14 @@ def _bits(default, slow):
 
 
 @pytest.fixture(scope="module")
-def lowbit(tiny_factory, calibration_sentences):
-    """(arch, bits or per-layer tuple) -> QuantizedModel, calibrated once per module."""
-    from ibert_tvm.model.hf_loader import load_checkpoint
-    from ibert_tvm.quantization.calibrate import calibrate
+def lowbit(scheme_factory):
+    """(arch, bits or per-layer tuple) -> QuantizedModel, calibrated once per session."""
     from ibert_tvm.quantization.config import QuantConfig
 
-    cache: dict = {}
-
     def get(bits, arch: str = "BertModel"):
-        key = (arch, bits)
-        if key not in cache:
-            per_layer = isinstance(bits, tuple)
-            cfg = QuantConfig().with_weights(layer_bits=bits) if per_layer else QuantConfig().with_weights(bits=bits)
-            cache[key] = calibrate(load_checkpoint(tiny_factory(arch)), calibration_sentences, cfg)
-        return cache[key]
+        per_layer = isinstance(bits, tuple)
+        cfg = QuantConfig().with_weights(layer_bits=bits) if per_layer else QuantConfig().with_weights(bits=bits)
+        return scheme_factory(cfg, arch)
 
     return get
 

@@ -27,21 +27,14 @@ SHAPES = ((1, 1), (2, 7), (3, 33), (8, 64))
 
 
 @pytest.fixture(scope="module")
-def smq(tiny_factory, calibration_sentences):
+def smq(scheme_factory):
     """(softmax bits, or per-layer tuple) -> QuantizedModel of the tiny 2-layer BERT."""
-    from ibert_tvm.model.hf_loader import load_checkpoint
-    from ibert_tvm.quantization.calibrate import calibrate
     from ibert_tvm.quantization.config import QuantConfig
 
-    cache: dict = {}
-
     def get(bits, arch: str = "BertModel"):
-        key = (arch, bits)
-        if key not in cache:
-            cfg = (QuantConfig().with_softmax(layer_bits=bits) if isinstance(bits, tuple)
-                   else QuantConfig().with_softmax(bits=bits))
-            cache[key] = calibrate(load_checkpoint(tiny_factory(arch)), calibration_sentences, cfg)
-        return cache[key]
+        cfg = (QuantConfig().with_softmax(layer_bits=bits) if isinstance(bits, tuple)
+               else QuantConfig().with_softmax(bits=bits))
+        return scheme_factory(cfg, arch)
 
     return get
 
