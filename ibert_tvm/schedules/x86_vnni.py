@@ -360,23 +360,6 @@ class VnniLinear(LinearStrategy):
 # 4 rows x (4 x 16) channels of int32 accumulators per step: 4 x 4 = 16 zmm registers of the 32
 # AVX-512 has, leaving room for the weight tiles and the broadcast activations
 ROW_TILE, CHANNEL_BLOCKS = 4, 4
-# the weight panel of one GEMM tile (cb x 16 channels x a chunk of K) that stays in L1 while the
-# tile's 8 row groups read it: at most this many bytes (half of a 48 KiB L1d, the rest for the
-# tile's activations and accumulators)
-PANEL_BYTES = 16 * 1024
-
-
-def k_chunk(k: int, channels: int) -> int | None:
-    """The reduction chunk of a GEMM tile of ``channels`` channels over ``k`` (padded) bytes: the
-    largest multiple of 4 dividing ``k`` whose weight panel fits ``PANEL_BYTES``; None when the
-    whole panel fits (no chunking) or no such divisor is at least 64."""
-    if channels * k <= PANEL_BYTES:
-        return None
-    best = None
-    for c in range(KGROUP, k, KGROUP):
-        if k % c == 0 and channels * c <= PANEL_BYTES:
-            best = c
-    return best if best is not None and best >= 64 else None
 
 
 def _parallel_rows(sch, block) -> None:
@@ -490,15 +473,9 @@ def _schedule_tile_epilogue(func, names):
         raise ValueError("the GEMM tile under the epilogue is not 32 x cb*16")
     mi0, mi1 = sch.split(t_mi, [None, ROW_TILE])
     n1_, n2_ = sch.split(t_n, [None, LANES])
-    kc = k_chunk(int(sch.get(t_k).extent), cb * LANES)
-    if kc is None:
-        k0, k1 = sch.split(t_k, [None, KGROUP])
-        sch.reorder(mi0, k0, mi1, n1_, n2_, k1)
-        sch.decompose_reduction(block, k0)
-    else:  # L1 blocking: every row group of the tile reuses one chunk of the weight panel
-        kb, k0, k1 = sch.split(t_k, [None, kc // KGROUP, KGROUP])
-        sch.reorder(kb, mi0, k0, mi1, n1_, n2_, k1)
-        sch.decompose_reduction(block, kb)
+    k0, k1 = sch.split(t_k, [None, KGROUP])
+    sch.reorder(mi0, k0, mi1, n1_, n2_, k1)
+    sch.decompose_reduction(block, k0)
     sch.tensorize(n2_, VNNI_INTRIN)
     # 5. the epilogue over the finished tile, vectorized over its channels; the +128 relayout
     #    first, rows in parallel

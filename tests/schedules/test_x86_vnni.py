@@ -190,19 +190,7 @@ def _build_fused(kind, k, n, seed):
     return lib, scheduled, run
 
 
-@pytest.mark.parametrize("k,channels,want", [
-    (768, 64, 256), (3072, 64, 256), (384, 64, 192), (1536, 64, 256),  # BERT-Base / MiniLM panels
-    (256, 64, None), (96, 64, None), (520, 64, 104),  # fits whole; a chunk that is not a power of 2
-    (1028, 64, None), (768, 32, 384), (768, 16, None)])  # 4 x 257: no chunk >= 64; narrower tiles
-def test_k_chunk_keeps_the_weight_panel_within_l1(k, channels, want):
-    c = xv.k_chunk(k, channels)
-    assert c == want
-    if c is not None:
-        assert k % c == 0 and c % 4 == 0 and channels * c <= xv.PANEL_BYTES < channels * k
-
-
-@pytest.mark.parametrize("kind,k,n", [("gelu", 64, 192), ("residual", 96, 64), ("gelu", 40, 48),
-                                      ("residual", 768, 64), ("gelu", 520, 128)])
+@pytest.mark.parametrize("kind,k,n", [("gelu", 64, 192), ("residual", 96, 64), ("gelu", 40, 48)])
 def test_epilogue_fused_kernel_runs_in_the_tile_and_equals_numpy(kind, k, n):
     """FFN-in (i-GELU) and attention-out (residual add) kernels: the epilogue is inlined into one
     block computed per GEMM tile (no [M, N] int32 intermediate left), and the integers equal the
@@ -216,11 +204,6 @@ def test_epilogue_fused_kernel_runs_in_the_tile_and_equals_numpy(kind, k, n):
         sch.get_sblock(xv.OUT_BLOCK)
     assert "linear_bias_intermediate" not in scheduled.script()  # no [M, N] int32 pass left
     assert "vpdpbusd" in lib.mod.inspect_source("asm")
-    chunk = xv.k_chunk(k, 64)  # n // 16 is a multiple of 4 here: 64-channel tiles
-    # the GEMM tile's loops: (chunks of K,) 8 row groups, K / 4 (per chunk), 4 rows, channel blocks
-    tile = f"T.int64({k // chunk}), T.int64(8), T.int64({chunk // 4}), T.int64(4)" if chunk else \
-        f"T.grid(T.int64({-(-k // 4)}), T.int64(4)"
-    assert tile in scheduled.script(), [ln for ln in scheduled.script().splitlines() if "T.grid" in ln]
     for batch, seq in [(1, 1), (1, 31), (1, 32), (2, 7), (3, 33), (4, 64)]:
         got, want = run(batch, seq)
         np.testing.assert_array_equal(got, want, err_msg=f"{kind} {batch}x{seq}")
