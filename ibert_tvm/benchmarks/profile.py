@@ -26,7 +26,7 @@ def category(name: str, shapes=()) -> str:
         return "vm builtins"
     if "linear" in n or "vnni" in n or "dense" in n:
         return "linear"
-    if "qk_matmul" in n or "pv_matmul" in n or "pv16_matmul" in n:
+    if "qk_matmul" in n or "pv_matmul" in n:
         return "attention matmul"
     if "matmul" in n:  # FP32 graph: attention matmuls have 4-D operands, linears 2-D/3-D
         return "attention matmul" if shapes and len(shapes[0][0]) == 4 else "linear"

@@ -89,6 +89,7 @@ from tvm import relax
 from tvm.ir import GenericConst, Op
 
 from ..errors import IBertTVMError
+from ..op import wide_pv
 from ..op.int_matmul import batch_matmul_te
 from ..op.pooling import POOLINGS
 from ..op.residual_add import ResidualAdd
@@ -367,11 +368,11 @@ class _Lowering:
             v = self._int(lb, var, "the value operand of the attention product")
             vt = self.bb.emit(relax.op.permute_dims(v.expr, _swap_last(b)))  # [.., d, S]
             row_sum = lp.softmax.row_sum_bound  # P's row sum: proves the int32 accumulator (uint16 P too)
-            # a uint16 P (softmax_bits > 8) is no int8 matmul (no byte-dot unit takes it): its own name,
-            # which the PTX check (passes/verify/ptx.INT8_MATMUL_KERNEL) does not count as one
-            name = "pv_matmul" if lp.softmax.out_dtype == "uint8" else "pv16_matmul"
-            ctx = self.bb.emit_te(lambda p, t: batch_matmul_te(p, t, max_k=self.plan.max_seq, row_sum=row_sum),
-                                  la.expr, vt, primfunc_name_hint=name)
+            if lp.softmax.out_dtype == "uint8":
+                ctx = self.bb.emit_te(lambda p, t: batch_matmul_te(p, t, max_k=self.plan.max_seq, row_sum=row_sum),
+                                      la.expr, vt, primfunc_name_hint="pv_matmul")
+            else:  # a uint16 P (softmax_bits > 8): two uint8 byte products on the same units (op.wide_pv)
+                ctx = self._wide_pv(la.expr, vt, row_sum)
             if lp.ctx.channels is not None:
                 raise self._error(var, call, "the context requantization must be per-tensor")
             return _Int(self._te(lp.ctx.te, "requantize", [ctx]), origin=f"{scope}.ctx")
@@ -381,6 +382,19 @@ class _Lowering:
         head_dim = int(a.ty.shape[-1])
         scores = self.bb.emit_te(batch_matmul_te, q.expr, kt, primfunc_name_hint="qk_matmul")
         return _Scores(scores, scope, head_dim)
+
+    def _wide_pv(self, p, vt, row_sum: int):
+        """``P V`` for a uint16 ``P`` as ``256 (hi V) + lo V`` (:mod:`~ibert_tvm.op.wide_pv`): both
+        byte products are uint8 ``pv_matmul`` PrimFuncs, scheduled (and PTX-checked) as the 8-bit ones."""
+        max_k = self.plan.max_seq
+        wide_pv.check_bounds(max_k, row_sum)
+        accs = []
+        for high in (True, False):
+            byte = self.bb.emit_te(lambda a, h=high: wide_pv.byte_te(a, h), p,
+                                   primfunc_name_hint=wide_pv.HIGH_BLOCK if high else wide_pv.LOW_BLOCK)
+            accs.append(self.bb.emit_te(lambda a, t: batch_matmul_te(a, t, max_k=max_k), byte, vt,
+                                        primfunc_name_hint="pv_matmul"))
+        return self.bb.emit_te(wide_pv.combine_te, *accs, primfunc_name_hint=wide_pv.COMBINE_BLOCK)
 
     def _scope(self, q: _Int, k: _Int, var, call) -> str:
         """The attention scope (``encoder.layer.<i>.attention.self``) of the q and k linears."""

@@ -21,10 +21,9 @@ runs after ``FuseTIR`` and any tuning database on every PrimFunc not already sch
     when asked, ``prefer="dp4a"``, or when the WMMA schedule does not apply);
 
   the epilogue (bias, requantization, GELU, residual add) is inlined into the write-back of the
-  same kernel. A uint16 ``P`` (the scheme's ``softmax_bits`` > 8; PrimFunc ``pv16_matmul``) is
-  not matched (no byte-dot unit takes 16-bit operands) and gets dlight's fallback below; any
-  partial sum of its products is bounded by ``128 *`` the softmax row sum bound (P >= 0), which
-  ``check_accumulator(..., row_sum=...)`` proves < 2^31.
+  same kernel. A uint16 ``P`` (the scheme's ``softmax_bits`` > 8) reaches this rule as two
+  uint8 ``pv_matmul`` byte products (``op.wide_pv``, split by the lowering), so it runs on dp4a
+  like the 8-bit ``P V``.
 * every other PrimFunc (embeddings, LayerNorm, softmax, pooling, transposes) gets dlight's GPU
   rules (Reduction, GeneralReduction, Fallback). dlight's Matmul rule is not used for int8
   matmuls: its tensor-core path crashes TVM 0.27's software pipelining on sm_75.

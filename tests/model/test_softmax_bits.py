@@ -8,9 +8,10 @@
   and adversarial rows); ``P V`` with a uint16 ``P`` is proven with it (the per-element bound
   would refuse ``max_seq = 512``), and refused where even the row sum bound exceeds int32.
 * compiled (tiny BERT, 2 layers): 16-bit softmax in every layer and a per-layer mix (8, 16),
-  built for ``llvm`` and ``x86`` (where the VNNI ``P V`` rule matches only uint8 ``P``: the
-  uint16 layer falls back to the default schedule), equal the golden executor bit for bit on
-  padded random batches, with zero float ops; ``aarch64`` and ``cuda-t4`` compile it.
+  built for ``llvm`` and ``x86`` (a uint16 ``P`` runs as two uint8 byte products,
+  ``op.wide_pv``: on x86 every ``P V`` is on ``vpdpbusd``), equal the golden executor bit for bit
+  on padded random batches, with zero float ops; ``aarch64`` and ``cuda-t4`` compile it (cuda:
+  both layers' ``P V`` on dp4a).
 """
 
 from __future__ import annotations
@@ -240,11 +241,14 @@ def test_compiled_equals_golden(bits, target, smq, tmp_path):
     qm = smq(bits)
     out, script = _compile(qm, target, tmp_path)
     assert "uint16" in script
-    if target == "x86":  # the VNNI P V rule takes the uint8 P only; uint16 P keeps the default schedule
-        pv = {m.group(1): p for p in re.split(r"\n(?=    @T\.prim_func)", script)
-              if (m := re.search(r"def (\w*pv(?:16)?_matmul\w*)\(", p))}
-        assert pv and all(("vpdpbusd" in p) == ("uint16" not in p) for p in pv.values()), sorted(pv)
-        assert any("vpdpbusd" in p for p in pv.values()) == (bits != 16)
+    funcs = re.split(r"\n(?=    @T\.prim_func)", script)
+    pv = {m.group(1): p for p in funcs if (m := re.search(r"def (\w*pv_matmul\w*)\(", p))}
+    # a uint16 P runs as two uint8 byte products (op.wide_pv), combined as 256 hi + lo: every P V
+    # product takes a uint8 P, on x86 on vpdpbusd (the 8-bit layers' schedule)
+    assert pv and not any("pv16" in p for p in funcs)
+    assert any(re.search(r"def \w*p_high_byte\w*\(", p) for p in funcs) and "pv_combine" in script
+    if target == "x86":
+        assert all("vpdpbusd" in p for p in pv.values()), sorted(pv)
     model, plan = CompiledModel(out), ModelPlan(qm)
     rng = np.random.default_rng(7)
     for batch, seq in SHAPES:
@@ -269,7 +273,7 @@ def test_cuda_t4_compiles_the_uint16_softmax(smq, tmp_path):
     assert m["verify"]["module"]["float_ops"] == 0 and m["verify"]["code"]["float_ops"] == 0
     assert "uint16" in (dump / "1_scheduled.py").read_text()
     ptx = m["cuda"]["ptx"]
-    if ptx is not None:  # nvcc present: the 8-bit layer's P V keeps dp4a, the uint16 one is plain int32
+    if ptx is not None:  # nvcc present: every P V on dp4a, the uint16 layer's two byte products too
         assert ptx["ok"] and ptx["float_ops"] == 0 and not ptx["untensorized_int8_matmuls"], ptx
         assert ptx["int8_matmul_units"].get("dp4a", 0) >= 1, ptx
 

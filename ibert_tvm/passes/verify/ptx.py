@@ -13,9 +13,8 @@ these machines) and every PTX function (``.entry`` kernels and ``.func`` helpers
 :func:`cuda_ptx_report` returns a :class:`PtxReport` (which also carries the CUDA-source
 findings); :data:`INT8_MATMUL_KERNEL` names the kernels that hold the model's int8 matmuls
 (``linear``, ``qk_matmul``, ``pv_matmul``), each of which must contain dp4a or int8 mma/wmma
-(:meth:`PtxReport.untensorized`). A ``pv16_matmul`` (``P V`` with a uint16 ``P``: the scheme's
-``softmax_bits`` > 8) is not one of them: neither dp4a nor the int8 tensor-core shapes take a
-16-bit operand, so it runs as plain int32 multiply-adds (dlight's fallback schedule).
+(:meth:`PtxReport.untensorized`). ``P V`` with a uint16 ``P`` (the scheme's ``softmax_bits`` > 8)
+is lowered to two uint8 ``pv_matmul`` byte products (``op.wide_pv``), so it is checked as one.
 """
 
 from __future__ import annotations
