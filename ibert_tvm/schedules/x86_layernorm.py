@@ -12,13 +12,20 @@ TE says int64), so the result is bit-identical to the unscheduled PrimFunc and t
 * Under the row loop (``compute_at``), per row: ``ln_sum``, ``ln_mean``, ``ln_var``,
   ``ln_factor`` (scalars) and ``int_layernorm``. The row (``H`` int32, 3 KiB at ``H = 768``) is
   read three times from L1 instead of three times from memory.
-* The two reductions are split by :data:`LANES` and ``rfactor``-ed: :data:`LANES` partial sums
-  per row (a vector loop), then one sum of :data:`LANES` terms. Integer addition is associative
-  (int64 two's-complement addition is, even where it would wrap; the plan proves it does not), so
-  the sums are the same integers in any order.
-* The output loop (element-wise over the channels, ``H`` static) is split by :data:`LANES` and
+* The two reductions are split by the vector width ``w`` (:data:`LANES` = 16, else 8 or 4: the
+  widest that divides ``H``, so no tail) and ``rfactor``-ed: ``w`` partial sums per row (a vector
+  loop, kept in zmm registers by LLVM), then one sum of ``w`` terms. Integer addition is
+  associative (int64 two's-complement addition is, even where it would wrap; the plan proves it
+  does not), so the sums are the same integers in any order.
+* The output loop (element-wise over the channels, ``H`` static) is split by ``w`` and
   vectorized: int64 lanes (``vpmullq``, ``vpsraq``, ``vpminsq``/``vpmaxsq`` on AVX-512), then
-  the narrowing to int8.
+  the narrowing to int8. An ``H`` that 4 does not divide keeps scalar loops (still per row, in
+  parallel).
+
+Measured (kernel alone, ``H = 768``, 1 thread, CPU time, load ~7): 1.37x faster than the
+unscheduled PrimFunc at 8 x 128 and 1 x 128; the rows in parallel come on top. What is left is
+the int64 arithmetic itself (3 passes over the row, ~5 int64 multiplies per element) and the
+Newton square root's 7 divisions per row.
 
 Matching is structural: a PrimFunc with the blocks :data:`BLOCKS` (the TE's stage names) whose
 output block is spatial over ``[..., H]`` with a static ``H``, the reductions over the last axis.
