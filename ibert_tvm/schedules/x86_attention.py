@@ -331,7 +331,11 @@ def _schedule_qk_biased(sch, block) -> None:
         sch.vectorize(sch.get_loops(queries)[-1])
         _vector_copy(sch, keys, KGROUP)
     sch.parallel(bh)
-    sch.decompose_reduction(block, ko)
+    init = sch.decompose_reduction(block, ko)
+    # the accumulators' init (-128 * rowsum(K), per key) as whole int32x16 stores: LLVM's own
+    # 256-bit stores, reloaded as 512-bit accumulators, defeated store-to-load forwarding (a
+    # stall per accumulator per tile, the kernel's hottest instruction at BERT-Base 8 x 128)
+    sch.vectorize(sch.get_loops(init)[-1])
     # the update reads no row sums (only the init does): the region left over from the
     # un-decomposed block would keep the update from matching the intrinsic
     reads = [r.source.name for r in sch.get(block).reads]

@@ -510,9 +510,10 @@ class VnniLinearRule(ScheduleRule):
 def x86_rules(_target) -> list:
     """Target ``x86``'s rule set, tried in this order on every unscheduled PrimFunc."""
     from .x86_attention import VnniAttentionRule
+    from .x86_layernorm import RowLayerNormRule
     from .x86_softmax import RowSoftmaxRule
 
-    return [VnniLinearRule(), VnniAttentionRule(), RowSoftmaxRule()]
+    return [VnniLinearRule(), VnniAttentionRule(), RowSoftmaxRule(), RowLayerNormRule()]
 
 
 register_linear("x86", VnniLinear())
