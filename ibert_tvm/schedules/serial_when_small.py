@@ -51,12 +51,17 @@ The threshold depends on the kernel's class (:func:`op_class`), because a block 
 very different time in each: ``linear`` (a block reduces a product of two int8 / uint8 operands,
 one of them a weight of static shape; VNNI / sdot do 64 / 16 such multiply-adds per instruction,
 a MiniLM 1 x 32 linear runs ~0.01 ns per block iteration serially), ``attention`` (the same with
-both operands shaped by the sequence: ``Q K^T``, ``P V``, ~0.05 ns) and ``other`` (the row
+both operands shaped by the sequence: ``Q K^T``, ``P V``, ~0.05 ns), ``layernorm`` (the
+i-LayerNorm row kernel of ``schedules/x86_layernorm.py``: ~0.23 ns) and ``other`` (the row
 softmax: ~0.5 ns per block iteration, its integer exp and divisions). Values, in block
-iterations (:data:`THRESHOLDS`): linear 8,388,608 (2**23), attention 2,097,152 (2**21), other
-65,536 (2**16). For MiniLM that leaves 18 pool launches per inference at 1 x 32 (the QKV,
-FFN-in and FFN-out linears: 96 before), and makes the attention-out linear and the attention
-products serial there.
+iterations (:data:`THRESHOLDS`): linear 8,388,608 (2**23), attention 2,097,152 (2**21),
+layernorm 262,144 (2**18), other 65,536 (2**16). For MiniLM that leaves 18 pool launches per
+inference at 1 x 32 (the QKV, FFN-in and FFN-out linears: 96 before), and makes the
+attention-out linear and the attention products serial there. The layernorm class came with the
+parallel LayerNorm rule: under "other" its 13 (MiniLM) to 25 (BERT-Base) kernels would each have
+become a pool launch at 1 x 32 (~74 k block iterations for MiniLM, ~17 us serially); 2**18 keeps
+them serial at 1 x 32 for both models (~60 us at most, the linears' threshold is ~84 us) and
+parallel from MiniLM 1 x 128 up. Not A/B-measured on a quiet machine, unlike the three others.
 
 Chosen on a quiet machine (load average 0.8-1.3, 2026-12-03, bench/ab_outs.py, four MiniLM builds
 interleaved, time relative to the build without the transform; bench/results/2026-12-03-serial-guard/):
@@ -87,7 +92,8 @@ from collections.abc import Mapping
 TARGETS = ("x86", "llvm")
 #: per op class (:func:`op_class`), the work (block iterations, :func:`work_estimate`) up to
 #: which a kernel runs serially
-THRESHOLDS = {"linear": 1 << 23, "attention": 1 << 21, "other": 1 << 16}
+THRESHOLDS = {"linear": 1 << 23, "attention": 1 << 21, "layernorm": 1 << 18, "other": 1 << 16}
+LAYERNORM_BLOCK = "ln_var"  # a stage of op.int_layernorm's te(): the kernel is an i-LayerNorm
 SERIAL_BLOCK = "serial_when_small"  # the name of the serial branch's block
 WORK_ATTR = "ibert.serial_when_small.work"  # the PrimFunc attr recording the work expression
 
@@ -120,7 +126,7 @@ def op_class(func) -> str:
     """The kernel's class for :data:`THRESHOLDS`, from the unscheduled ``func``: ``"linear"`` when a
     block has a reduction over two int8 / uint8 buffers one of which is a parameter of static
     shape (the weight), ``"attention"`` when both are shaped by the sequence (``Q K^T``, ``P V``),
-    else ``"other"``."""
+    ``"layernorm"`` for an i-LayerNorm (a block named :data:`LAYERNORM_BLOCK`), else ``"other"``."""
     import tvm_ffi
     from tvm import s_tir, tirx
 
@@ -134,7 +140,12 @@ def op_class(func) -> str:
         if reduces and len(small) >= 2:
             found.append("linear" if small & static else "attention")
 
+    def visit_name(block):
+        if block.name_hint == LAYERNORM_BLOCK:
+            found.append("layernorm")
+
     tvm_ffi.structural_walk(func.body, (s_tir.SBlock, visit))
+    tvm_ffi.structural_walk(func.body, (s_tir.SBlock, visit_name))
     return "linear" if "linear" in found else found[0] if found else "other"
 
 
@@ -277,7 +288,8 @@ def serial_when_small(reference, thresholds: int | Mapping[str, int] | None = No
                      if isinstance(reference, tvm.IRModule) else dict(reference))
     if thresholds is None:
         thresholds = THRESHOLDS
-    limit = (lambda cls: int(thresholds)) if isinstance(thresholds, int) else (lambda cls: int(thresholds[cls]))
+    limit = ((lambda cls: int(thresholds)) if isinstance(thresholds, int)  # a class a mapping omits: "other"'s
+             else (lambda cls: int(thresholds[cls] if cls in thresholds else thresholds["other"])))
 
     @tvm.transform.module_pass(opt_level=0, name="SerialWhenSmall")
     def _pass(mod, _ctx):

@@ -50,7 +50,7 @@ integers are the same (the same expressions, only the loops move). A PrimFunc th
 (packed low-bit weights, ``N % 16 != 0``, an epilogue that is not element-wise) keeps the
 separate epilogue (:func:`_schedule_separate_epilogue`). x86's rule set
 (:func:`x86_rules`) tries it first, then the attention products (:mod:`.x86_attention`), then the
-row softmax (:mod:`.x86_softmax`).
+row softmax (:mod:`.x86_softmax`), then the i-LayerNorm rows (:mod:`.x86_layernorm`).
 
 Packed 2/3/4-bit weights (Q-BERT; ``VnniLinear.packed_*``): the run-time weight is a uint8
 ``[Np/16, Kp/4, 64 * bits / 8]`` array of *VNNI bit tiles* (:func:`pack_weight_bits`: each

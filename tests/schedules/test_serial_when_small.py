@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from conftest import random_batch
 
+from ibert_tvm.op.int_layernorm import IntLayerNorm
 from ibert_tvm.op.int_softmax import IntSoftmax
 
 HEADS = 12
@@ -126,7 +127,7 @@ def test_thresholds_in_the_docs_are_the_code():
     from ibert_tvm.schedules import serial_when_small as sws
 
     doc = " ".join(sws.__doc__.split())
-    assert set(sws.THRESHOLDS) == {"linear", "attention", "other"}
+    assert set(sws.THRESHOLDS) == {"linear", "attention", "layernorm", "other"}
     for cls, value in sws.THRESHOLDS.items():
         assert f"{cls} {value:,}" in doc, (cls, value)
 
@@ -151,6 +152,10 @@ def test_op_classes():
     assert op_class(te.create_prim_func([x, kv, qk])) == "attention"  # both shaped by the sequence
     s = te.compute((M,), lambda i: te.sum(x[i, k].astype("int32"), axis=k))  # one int8 operand: not a GEMM
     assert op_class(te.create_prim_func([x, s])) == "other"
+    ln = IntLayerNorm(np.linspace(0.5, 1.5, 64), np.zeros(64), out_scale=0.02)
+    xi = te.placeholder((M, 64), "int32", name="xi")
+    g, b = te.placeholder((64,), "int32", name="g"), te.placeholder((64,), "int64", name="b")
+    assert op_class(te.create_prim_func([xi, g, b, ln.te(xi, g, b)])) == "layernorm"
 
 
 # -- the generated code and the results ----------------------------------------------------------
@@ -230,7 +235,8 @@ def test_tiny_bert_on_x86_both_sides_bit_exact(quantized_factory, tmp_path, monk
     works = {gv.name_hint: sws.work_estimate(f) for gv, f in fused.functions.items() if isinstance(f, tirx.PrimFunc)}
     qk = next(w for n, w in works.items() if n.startswith("qk_matmul"))
     threshold = _at(qk, 1, 4)
-    monkeypatch.setattr(sws, "THRESHOLDS", {"linear": threshold, "attention": threshold, "other": threshold})
+    monkeypatch.setattr(sws, "THRESHOLDS", {"linear": threshold, "attention": threshold, "layernorm": threshold,
+                                            "other": threshold})
     out = tmp_path / "out"
     manifest = compile_quantized(qm, out, target="x86", database_dir=False, log=lambda *a: None)
     assert manifest["verify"]["module"]["float_ops"] == 0 and manifest["verify"]["code"]["float_ops"] == 0
