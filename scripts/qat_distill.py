@@ -49,6 +49,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=positive_int, default=16, help="sentences per step (default 16)")
     p.add_argument("--lr", type=float, default=1e-5, help="AdamW learning rate (default 1e-5)")
     p.add_argument("--seed", type=int, default=0, help="shuffle seed (default 0)")
+    p.add_argument("--freeze-ranges", action="store_true",
+                   help="keep the start's activation ranges (train weights only); by default QAT updates them as an "
+                   "EMA of per-batch maxima (momentum 0.95), which shrank MiniLM's LayerNorm ranges by ~15%% and lost "
+                   "fidelity (docs/fidelity.md)")
     p.add_argument("--no-probe-check", action="store_true",
                    help="skip the exact-match check of the training text against the fidelity probe set")
     return p
@@ -138,12 +142,15 @@ def run(a) -> int:
             config = config.with_softmax(a.softmax_bits, None)
         qm = calibrate(ckpt, default_calibration_sentences(300), config, progress=_Log("calibrate", 5))
     qat = QATModel(copy_checkpoint(ckpt), qm)  # trains a copy: ckpt stays the frozen FP32 teacher
+    if a.freeze_ranges:
+        qat.freeze()
     teacher = fp32_embeddings(ckpt, qat.tokenizer, sentences, progress=_Log("teacher", 10))
     stats = distill_embeddings(qat, sentences, teacher, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
                                seed=a.seed, max_steps=a.steps, progress=_Log("qat"))
     info = {"objective": "1 - cos(integer pooled, FP32 pooled)", "sentences": len(sentences),
             "text": [str(f) for f in a.text], "steps": stats.steps, "batch_size": a.batch_size, "lr": a.lr,
-            "seed": a.seed, "init": a.init or f"calibrate default 300 STS-B train, {qm.config.name}",
+            "seed": a.seed, "ranges": "frozen (the start's)" if a.freeze_ranges else "EMA of per-batch max (0.95)",
+            "init": a.init or f"calibrate default 300 STS-B train, {qm.config.name}",
             "probe_overlap": probe_note,
             "loss_first10": round(float(np.mean(stats.losses[:10])), 6) if stats.losses else None,
             "loss_last10": round(float(np.mean(stats.losses[-10:])), 6) if stats.losses else None,

@@ -2,7 +2,11 @@
 distillation"): on a tiny model calibrated on English STS-B text, a few distillation steps on
 broad (multilingual) text lower the integer-vs-FP32 embedding error on *held-out* non-English
 sentences, and the exported artifact is the integer model that was trained (golden == QAT forward;
-test_qat.py compiles a QAT export and checks compiled == golden)."""
+test_qat.py compiles a QAT export and checks compiled == golden).
+
+On this tiny model the gain comes from QAT's EMA activation ranges, which widen on the multilingual
+batches: 6 steps at lr 1e-12 gave the same held-out error as at lr 1e-4 (6.6e-5 against 1.15e-4
+before). On MiniLM the same EMA shrank the ranges and lost fidelity (docs/fidelity.md)."""
 
 from __future__ import annotations
 
