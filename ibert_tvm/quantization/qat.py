@@ -388,9 +388,13 @@ def fp32_embeddings(ckpt, tokenizer: Tokenizer, texts: Sequence[str], *, batch_s
 
 
 def distill_embeddings(qat: QATModel, sentences: Sequence[str], teacher: np.ndarray, *, epochs: int = 1,
-                       batch_size: int = 16, lr: float = 1e-5, seed: int = 0,
+                       batch_size: int = 16, lr: float = 1e-5, seed: int = 0, max_steps: int | None = None,
                        progress: Callable | None = None) -> QATStats:
-    """Train toward FP32 embeddings: loss = 1 - cos(integer-forward embedding, teacher)."""
+    """Train toward FP32 embeddings: loss = 1 - cos(integer-forward embedding, teacher).
+
+    ``teacher[i]`` is the frozen FP32 model's pooled embedding of ``sentences[i]``
+    (:func:`fp32_embeddings` on the original checkpoint); ``max_steps`` stops early
+    (``scripts/qat_distill.py``; docs/fidelity.md, "QAT as embedding distillation")."""
     import torch
 
     if qat.ckpt.head != "embedding":
@@ -402,7 +406,7 @@ def distill_embeddings(qat: QATModel, sentences: Sequence[str], teacher: np.ndar
         return (1.0 - torch.nn.functional.cosine_similarity(emb, t, dim=1)).mean()
 
     return _train(qat, len(sentences), loss, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                  progress=progress)
+                  progress=progress, max_steps=max_steps)
 
 
 def train_classifier(qat: QATModel, texts: Sequence[str], labels: Sequence[int], *, epochs: int = 1,
@@ -431,7 +435,7 @@ def train_classifier(qat: QATModel, texts: Sequence[str], labels: Sequence[int],
 
 
 def _train(qat: QATModel, n: int, loss_of: Callable, *, epochs: int, batch_size: int, lr: float, seed: int,
-           progress: Callable | None) -> QATStats:
+           progress: Callable | None, max_steps: int | None = None) -> QATStats:
     """The QAT loop both objectives share: AdamW (no weight decay) over ``epochs`` seeded shuffles
     of ``n`` examples; after each step the integer parameters are re-derived (``qat.refresh``).
     The wrapped FP32 model stays in eval mode throughout: the integer model has no dropout."""
@@ -443,6 +447,8 @@ def _train(qat: QATModel, n: int, loss_of: Callable, *, epochs: int, batch_size:
     qat.train()
     qat.ckpt.model.eval()  # no dropout: the integer model has none
     steps = [b for _ in range(epochs) for b in _batches(n, batch_size, rng)]
+    if max_steps is not None:
+        steps = steps[:max_steps]
     stats.losses = optimize(steps, loss_of, opt, qat.refresh, progress)
     stats.steps = len(stats.losses)
     qat.eval()
