@@ -243,15 +243,48 @@ class _ReplayedExecutable:
         shutil.copyfile(self.lib, path)
 
 
+_IMPORTED: dict = {}
+
+
+def _memoized_integer_module(real):
+    """``frontend.lower.integer_module`` computed once per worker for the same inputs: the same
+    quantized tensors and scales (``export.quantized_hash``), linear strategy and source model dir
+    (every file's size and mtime, so a test that edits or removes the source model gets a real
+    import and its real error). Errors are never cached; a dump dir or an in-memory model always
+    imports for real."""
+    from ibert_tvm.deploy.export import quantized_hash
+    from ibert_tvm.frontend.lower import source_model
+    from ibert_tvm.schedules import GENERIC
+
+    def integer_module(qm, strategy=GENERIC, *, model=None, where="q/", dump_dir=None):
+        if dump_dir is not None or not (model is None or isinstance(model, (str, os.PathLike))):
+            return real(qm, strategy, model=model, where=where, dump_dir=dump_dir)
+        src = Path(source_model(qm, model, where=where))  # a missing source: the real error
+        stamp = tuple(sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in src.iterdir() if f.is_file()))
+        key = (quantized_hash(qm), type(strategy).__qualname__, repr(sorted(getattr(strategy, "__dict__", {}).items())),
+               str(src.resolve()), stamp)
+        if key not in _IMPORTED:
+            _IMPORTED[key] = real(qm, strategy, model=model, where=where, dump_dir=dump_dir)
+        return _IMPORTED[key]
+
+    return integer_module
+
+
 @pytest.fixture
 def replay_build(compiled_factory, monkeypatch):
     """Skip the ~30 s pipeline build: replay the one ``compiled_factory("BertModel")`` already did.
 
     ``compile`` still loads q/, plans and exports the integer model and writes out/ for real; only
     ``passes.pipeline.build`` returns the fixture's library and its recorded verifier reports.
-    Only valid for compiling ``quantized_factory("BertModel")``.
+    Only valid for compiling ``quantized_factory("BertModel")``. The import of the float model
+    (``integer_module``, torch.export + TVM's frontend: 31-43 s a test at load ~9, 2026-12-03) is
+    memoized per worker on its exact inputs (:func:`_memoized_integer_module`), so the ~16 tests
+    using this fixture import once per worker, not once each.
     """
+    import ibert_tvm.frontend.lower as lower
     from ibert_tvm.passes.verify import Report
+
+    monkeypatch.setattr(lower, "integer_module", _memoized_integer_module(lower.integer_module))
 
     done = compiled_factory("BertModel")
     rec = json.loads((done / "manifest.json").read_text())["verify"]
