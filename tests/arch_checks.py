@@ -16,7 +16,8 @@ import numpy as np
 from conftest import random_batch
 
 
-def build(cases, tiny_factory, calibration_sentences, tmp_path_factory, *, prepare: Callable | None = None) -> dict:
+def build(cases, tiny_factory, calibration_sentences, tmp_path_factory, *, prepare: Callable | None = None,
+          into=None) -> dict:
     """``{arch: config overrides}`` (or a list of archs) -> ``{arch: (ckpt, qm, dir, manifest)}``.
 
     ``dir`` holds the saved ``q/`` and the compiled ``out/``. ``prepare(arch, model_dir)`` may
@@ -33,7 +34,7 @@ def build(cases, tiny_factory, calibration_sentences, tmp_path_factory, *, prepa
             model_dir = prepare(arch, model_dir)
         ckpt = load_checkpoint(model_dir)
         qm = calibrate(ckpt, calibration_sentences)
-        d = tmp_path_factory.mktemp(arch)
+        d = into if into is not None else tmp_path_factory.mktemp(arch)
         qm.save(d / "q")
         manifest = compile_quantized(qm, d / "out", target="llvm", log=lambda *a: None)
         out[arch] = (ckpt, qm, d, manifest)
@@ -44,11 +45,31 @@ _CELLS: dict = {}
 
 
 def build_once(arch: str, overrides: dict, tiny_factory, calibration_sentences, tmp_path_factory) -> tuple:
-    """:func:`build` of one case, cached for the pytest session: test modules that need the same
-    tiny model (the head matrix and the aarch64 board test) share one calibration and x86 build."""
+    """:func:`build` of one case, once per test run (``conftest.shared_build``: across the xdist
+    workers too): test modules that need the same tiny model (the head matrix and the aarch64 board
+    test) share one calibration and x86 build; a worker that did not build it loads its ``q/``."""
+    import json
+
+    from conftest import shared_build
+
+    from ibert_tvm.model.hf_loader import load_checkpoint
+    from ibert_tvm.quantization.artifact import QuantizedModel
+
     key = (arch, tuple(sorted(overrides.items())))
     if key not in _CELLS:
-        _CELLS[key] = build({arch: overrides}, tiny_factory, calibration_sentences, tmp_path_factory)[arch]
+        made = {}
+
+        def make(d):
+            ckpt, qm, _, manifest = build({arch: overrides}, tiny_factory, calibration_sentences, tmp_path_factory,
+                                          into=d)[arch]
+            made.update(ckpt=ckpt, qm=qm, manifest=manifest)
+
+        d, _ = shared_build(tmp_path_factory, f"cell-{arch}-{key[1]!r}", make)
+        if made:
+            _CELLS[key] = (made["ckpt"], made["qm"], d, made["manifest"])
+        else:
+            _CELLS[key] = (load_checkpoint(tiny_factory(arch, **overrides)), QuantizedModel.load(d / "q"), d,
+                           json.loads((d / "out" / "manifest.json").read_text()))
     return _CELLS[key]
 
 

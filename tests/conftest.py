@@ -69,6 +69,44 @@ def make_tiny_model(path: Path, arch: str = "BertModel", *, seed: int = 0, num_l
     return path
 
 
+def _shared_root(tmp_path_factory) -> Path:
+    """One directory for the whole run: under pytest-xdist the parent of the workers' base temp
+    dirs (``pytest-N/``, new for every run), serially the base temp dir itself."""
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "shared-builds"
+    root.mkdir(exist_ok=True)
+    return root
+
+
+def shared_build(tmp_path_factory, name: str, build) -> tuple[Path, bool]:
+    """``build(dir)`` once per test run, shared by the xdist workers -> ``(dir, built_here)``.
+
+    The workers each have their own session, so a session fixture alone calibrates and compiles
+    the same tiny model once per worker. Here the first worker to ask builds under an exclusive
+    lock; the other waits for it and reuses the directory. A build that raised is redone by the
+    next caller (no ``.done`` marker). Locks nest only downwards (out/ -> q/ -> model dir)."""
+    import fcntl
+    import hashlib
+
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:80]
+    safe += "-" + hashlib.sha256(name.encode()).hexdigest()[:10]
+    root = _shared_root(tmp_path_factory)
+    d, done = root / safe, root / f".{safe}.done"
+    with open(root / f".{safe}.lock", "a") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        try:
+            if done.exists():
+                return d, False
+            if d.exists():
+                shutil.rmtree(d)
+            d.mkdir()
+            build(d)
+            done.touch()
+            return d, True
+        finally:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+
 @pytest.fixture(scope="session")
 def tiny_factory(tmp_path_factory):
     cache: dict = {}
@@ -76,7 +114,8 @@ def tiny_factory(tmp_path_factory):
     def get(arch: str = "BertModel", **kw) -> Path:
         key = (arch, tuple(sorted(kw.items())))
         if key not in cache:
-            cache[key] = make_tiny_model(tmp_path_factory.mktemp(arch), arch, **kw)
+            cache[key], _ = shared_build(tmp_path_factory, f"tiny-{arch}-{key[1]!r}",
+                                         lambda d: make_tiny_model(d, arch, **kw))
         return cache[key]
 
     return get
@@ -91,18 +130,24 @@ def calibration_sentences():
 
 @pytest.fixture(scope="session")
 def quantized_factory(tiny_factory, calibration_sentences, tmp_path_factory):
-    """(arch) -> (QuantizedModel, saved dir), calibrated once per session."""
+    """(arch) -> (QuantizedModel, saved dir), calibrated once per test run (:func:`shared_build`)."""
     from ibert_tvm.model.hf_loader import load_checkpoint
     from ibert_tvm.quantization.calibrate import calibrate
+
+    from ibert_tvm.quantization.artifact import QuantizedModel
 
     cache: dict = {}
 
     def get(arch: str = "BertModel"):
         if arch not in cache:
-            qm = calibrate(load_checkpoint(tiny_factory(arch)), calibration_sentences)
-            d = tmp_path_factory.mktemp(f"q-{arch}")
-            qm.save(d / "q")
-            cache[arch] = (qm, d / "q")
+            made = []
+
+            def build(d):
+                made.append(calibrate(load_checkpoint(tiny_factory(arch)), calibration_sentences))
+                made[0].save(d / "q")
+
+            d, _ = shared_build(tmp_path_factory, f"q-{arch}", build)  # another worker's: load its q/
+            cache[arch] = (made[0] if made else QuantizedModel.load(d / "q"), d / "q")
         return cache[arch]
 
     return get
@@ -127,17 +172,17 @@ def scheme_factory(tiny_factory, calibration_sentences):
 
 @pytest.fixture(scope="session")
 def compiled_factory(quantized_factory, tmp_path_factory):
-    """(arch) -> compiled out/ dir for the host CPU, built once per session."""
+    """(arch) -> compiled out/ dir for the host CPU, built once per test run (:func:`shared_build`)."""
     from ibert_tvm.deploy.export import compile_quantized
 
     cache: dict = {}
 
     def get(arch: str = "BertModel"):
         if arch not in cache:
-            qm, _ = quantized_factory(arch)
-            out = tmp_path_factory.mktemp(f"out-{arch}") / "out"
-            compile_quantized(qm, out, target="llvm", log=lambda *a: None)
-            cache[arch] = out
+            d, _ = shared_build(tmp_path_factory, f"out-{arch}",
+                                lambda d: compile_quantized(quantized_factory(arch)[0], d / "out", target="llvm",
+                                                            log=lambda *a: None))
+            cache[arch] = d / "out"
         return cache[arch]
 
     return get
@@ -198,15 +243,48 @@ class _ReplayedExecutable:
         shutil.copyfile(self.lib, path)
 
 
+_IMPORTED: dict = {}
+
+
+def _memoized_integer_module(real):
+    """``frontend.lower.integer_module`` computed once per worker for the same inputs: the same
+    quantized tensors and scales (``export.quantized_hash``), linear strategy and source model dir
+    (every file's size and mtime, so a test that edits or removes the source model gets a real
+    import and its real error). Errors are never cached; a dump dir or an in-memory model always
+    imports for real."""
+    from ibert_tvm.deploy.export import quantized_hash
+    from ibert_tvm.frontend.lower import source_model
+    from ibert_tvm.schedules import GENERIC
+
+    def integer_module(qm, strategy=GENERIC, *, model=None, where="q/", dump_dir=None):
+        if dump_dir is not None or not (model is None or isinstance(model, (str, os.PathLike))):
+            return real(qm, strategy, model=model, where=where, dump_dir=dump_dir)
+        src = Path(source_model(qm, model, where=where))  # a missing source: the real error
+        stamp = tuple(sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in src.iterdir() if f.is_file()))
+        key = (quantized_hash(qm), type(strategy).__qualname__, repr(sorted(getattr(strategy, "__dict__", {}).items())),
+               str(src.resolve()), stamp)
+        if key not in _IMPORTED:
+            _IMPORTED[key] = real(qm, strategy, model=model, where=where, dump_dir=dump_dir)
+        return _IMPORTED[key]
+
+    return integer_module
+
+
 @pytest.fixture
 def replay_build(compiled_factory, monkeypatch):
     """Skip the ~30 s pipeline build: replay the one ``compiled_factory("BertModel")`` already did.
 
     ``compile`` still loads q/, plans and exports the integer model and writes out/ for real; only
     ``passes.pipeline.build`` returns the fixture's library and its recorded verifier reports.
-    Only valid for compiling ``quantized_factory("BertModel")``.
+    Only valid for compiling ``quantized_factory("BertModel")``. The import of the float model
+    (``integer_module``, torch.export + TVM's frontend: 31-43 s a test at load ~9, 2026-12-03) is
+    memoized per worker on its exact inputs (:func:`_memoized_integer_module`), so the ~16 tests
+    using this fixture import once per worker, not once each.
     """
+    import ibert_tvm.frontend.lower as lower
     from ibert_tvm.passes.verify import Report
+
+    monkeypatch.setattr(lower, "integer_module", _memoized_integer_module(lower.integer_module))
 
     done = compiled_factory("BertModel")
     rec = json.loads((done / "manifest.json").read_text())["verify"]
@@ -217,3 +295,43 @@ def replay_build(compiled_factory, monkeypatch):
         return _ReplayedExecutable(done / "model.so"), *reports
 
     monkeypatch.setattr("ibert_tvm.passes.pipeline.build", build)
+
+
+# -- xdist scheduling (pyproject addopts: -n 2 --dist loadfile) ---------------------------------
+# Each file runs on one worker (its module fixtures build once), except the README table's head
+# matrix: its ~20 `test_cell` cases each build their own tiny model (build_once, shared by the
+# workers), so each is its own unit and the cells fill both workers at the end of the run instead
+# of serialising ~20 compiles on one worker (in the 2026-12-03 baseline that file alone kept one
+# worker busy for over 15 of the suite's ~40 loaded minutes).
+SPLIT_BY_TEST = ("tests/model/test_head_matrix.py::test_cell[",)
+# Whole files known to be long (measured): handed out first so they do not end the run alone.
+FIRST = ("tests/schedules/test_tune.py", "tests/deploy/test_aarch64.py")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    if config.getoption("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class FileOrCellScheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            if nodeid.startswith(SPLIT_BY_TEST):
+                return nodeid
+            return super()._split_scope(nodeid)
+
+        def _assign_work_unit(self, node) -> None:
+            if not getattr(self, "_ranked", False):  # the queue is complete at the first call
+                # the FIRST files, then the other files by number of tests (xdist's own order),
+                # then the split cells, which balance the two workers at the end
+                def rank(item):
+                    scope, tests = item
+                    return scope.split("::")[0] not in FIRST, "::" in scope, -len(tests)
+
+                ranked = sorted(self.workqueue.items(), key=rank)
+                self.workqueue.clear()
+                self.workqueue.update(ranked)
+                self._ranked = True
+            super()._assign_work_unit(node)
+
+    return FileOrCellScheduling(config, log)
