@@ -24,6 +24,7 @@ module assembles x86's rule set from the two other x86 rule modules)::
     x86_attention   x86: VnniAttentionRule (Q K^T, P V)
     x86_softmax     x86: RowSoftmaxRule
     x86_layernorm   x86: RowLayerNormRule (i-LayerNorm rows in parallel, 16-lane partial sums)
+    row_rule        MatchScheduleRule: a block match + a schedule (the x86 row rules)
     arm_sdot        aarch64: sdot linear layout + TE, SdotLinearRule
     cuda_t4         cuda-t4: T4Int8MatmulRule (+ dlight's GPU rules for the rest)
     tuning_db       the tuning databases: format, lookup, checks (what compile applies; the

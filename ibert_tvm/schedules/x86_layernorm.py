@@ -39,8 +39,7 @@ makes it a ``serial_when_small`` kernel of class ``other``.
 
 from __future__ import annotations
 
-from tvm import tirx
-from tvm.s_tir.dlight import ScheduleRule
+from .row_rule import MatchScheduleRule
 
 # the stage (block) names of ``IntLayerNorm.te``, in order
 BLOCKS = ("ln_sum", "ln_mean", "ln_var", "ln_factor", "int_layernorm")
@@ -122,21 +121,9 @@ def _schedule(sch, blocks) -> None:
         sch.vectorize(inner)
 
 
-class RowLayerNormRule(ScheduleRule):
+class RowLayerNormRule(MatchScheduleRule):
     """Target ``x86``: an ``IntLayerNorm`` PrimFunc row by row (see the module doc). None when the
     PrimFunc is not one (:func:`_match`) or a step fails on its shapes."""
 
-    def apply(self, func, target, tunable):
-        from tvm import s_tir
-
-        if not isinstance(func, tirx.PrimFunc):
-            return None
-        sch = s_tir.Schedule(func)
-        blocks = _match(sch)
-        if blocks is None:
-            return None
-        try:
-            _schedule(sch, blocks)
-        except Exception:  # noqa: BLE001 - a shape this schedule cannot handle: keep the generic one
-            return None
-        return sch
+    match = staticmethod(_match)
+    schedule = staticmethod(_schedule)

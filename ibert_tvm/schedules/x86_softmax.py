@@ -37,9 +37,9 @@ names are ``op.int_softmax.SOFTMAX_BLOCKS``.
 from __future__ import annotations
 
 from tvm import tirx
-from tvm.s_tir.dlight import ScheduleRule
 
 from ..op.int_softmax import SOFTMAX_BLOCKS as BLOCKS
+from .row_rule import MatchScheduleRule
 
 MAX, EXP, SUM, FACTOR, OUT = BLOCKS
 LANES = 8  # int64 lanes of one AVX-512 register (512 / 64): the explicit vector width of exp and out
@@ -89,21 +89,9 @@ def _schedule(sch, blocks) -> None:
             _vectorize_row(sch, blocks[name])
 
 
-class RowSoftmaxRule(ScheduleRule):
+class RowSoftmaxRule(MatchScheduleRule):
     """Target ``x86``: an ``IntSoftmax`` PrimFunc row by row (see the module doc). None when the
     PrimFunc is not one (:func:`_match`) or a step fails on its shapes."""
 
-    def apply(self, func, target, tunable):
-        from tvm import s_tir
-
-        if not isinstance(func, tirx.PrimFunc):
-            return None
-        sch = s_tir.Schedule(func)
-        blocks = _match(sch)
-        if blocks is None:
-            return None
-        try:
-            _schedule(sch, blocks)
-        except Exception:  # noqa: BLE001 - a shape this schedule cannot handle: keep the generic one
-            return None
-        return sch
+    match = staticmethod(_match)
+    schedule = staticmethod(_schedule)
