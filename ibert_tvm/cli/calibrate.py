@@ -7,6 +7,7 @@ import time
 from ..errors import IBertTVMError
 from .argtypes import nonneg_int, positive_int
 from .common import check_output_of, progress
+from ..quantization.config import GELU_FORMS
 
 LOW_BIT_SCHEME = "ibert-w8a8-pertensor"
 # README "Q-BERT": folding per-channel LayerNorm/GELU scales into 4-bit weights (128 groups) gave
@@ -38,6 +39,11 @@ def add_parser(sub) -> None:
     p.add_argument("--softmax-bits-layers", type=_bits_list, metavar="B0,B1,...",
                    help="i-softmax output bits per encoder layer, one entry per layer (e.g. 8,8,8,8,8,16: 16-bit "
                    "softmax in the last of 6 layers only); overrides --softmax-bits")
+    p.add_argument("--gelu", choices=GELU_FORMS, metavar="{ibert,poly4..poly8}",
+                   help="integer GELU: ibert (default: I-BERT's i-GELU, erf as a clipped quadratic, L-inf error "
+                   "0.018) or polyN (relu minus a fitted degree-N polynomial bump, N = 4..8; poly4: L-inf 2.1e-3, no "
+                   "measurable speed cost; poly7: 1.3e-4, ~1.11x CPU time on x86); the choice is in the scheme name "
+                   "(+gelu4); docs/fidelity.md, 'A closer i-GELU'")
     p.add_argument("--accept-lossy-embedding", action="store_true",
                    help="build an embedding model with 2/3/4-bit weights anyway (refused by default: post-training "
                    "low-bit weights lose the embedding, docs/fidelity.md)")
@@ -88,6 +94,7 @@ def cmd(args) -> int:
     try:
         config = config.with_weights(args.weight_bits, args.weight_groups, layer_bits)
         config = config.with_softmax(args.softmax_bits, args.softmax_bits_layers)
+        config = config.with_gelu(args.gelu)
     except ValueError as e:
         raise IBertTVMError(str(e)) from None
     if config.per_channel_acts and any(b < 8 for b in (config.layer_weight_bits or (config.weight_bits,))):

@@ -24,7 +24,7 @@ Dataflow of one layer (``S_*`` are static scales from calibration)::
      -> r1 = sat24(requant(ctx Wo^T + b) + requant(h)) int32  S_res1
      -> a = i-layernorm(r1)                           int8   S_ln1
      -> g = requant16(a Wi^T + b)                     int16  S_inter
-     -> f = requant(i-gelu(g))                        int8   S_gelu
+     -> f = requant(i-gelu(g))                        int8   S_gelu  (scheme gelu polyN: relu - p_N)
      -> r2 = sat24(requant(f Wo2^T + b) + requant(a)) int32  S_res2
      -> h' = i-layernorm(r2)                          int8   S_ln2
 """
@@ -38,6 +38,7 @@ import numpy as np
 
 from ..op.embedding import EmbeddingSum
 from ..op.int_gelu import IntGELU
+from ..op.int_gelu_poly import IntGELUPoly
 from ..op.int_layernorm import IntLayerNorm
 from ..op.int_matmul import check_accumulator
 from ..op.int_relu import IntReLU
@@ -51,6 +52,13 @@ from ..op.packed_weights import check_weight_bits, row_bytes
 from ..op.requantize import Requantize
 from ..op.residual_add import ResidualAdd
 from ..errors import IBertTVMError
+
+
+def gelu_plan(cfg, s_in, s_out):
+    """The scheme's integer GELU (``cfg.gelu``): I-BERT's i-GELU, or relu minus a degree-N polynomial."""
+    if cfg.gelu_degree():
+        return IntGELUPoly(s_in, in_bits=cfg.gelu_in_bits, out_scale_q=s_out, degree=cfg.gelu_degree())
+    return IntGELU(s_in, in_bits=cfg.gelu_in_bits, out_scale_q=s_out)
 
 
 POOL_BITS = 22  # fractional bits of the pooled embedding below the largest channel scale
@@ -102,7 +110,7 @@ class LayerPlan:
     attn_out: LinearPlan  # requant = ResidualAdd
     ln1: IntLayerNorm
     inter: LinearPlan  # requant to int16
-    gelu: IntGELU
+    gelu: IntGELU | IntGELUPoly
     out: LinearPlan  # requant = ResidualAdd
     ln2: IntLayerNorm
     rel_bias: RelativePositionBias | None = None  # MPNet: added to the scores before i-softmax
@@ -209,7 +217,7 @@ class ModelPlan:
             s_i = sc(p + "inter")
             inter = linear(hp + "intermediate.dense", rq(hp + "intermediate.dense", s_a, s_i, cfg.gelu_in_bits))
             s_g = sc(p + "gelu")
-            gelu = IntGELU(s_i, in_bits=cfg.gelu_in_bits, out_scale_q=s_g)
+            gelu = gelu_plan(cfg, s_i, s_g)
             arrays.update({f"{hp}intermediate.act.{k}": v for k, v in gelu.params().items()})
             s_r2 = sc(p + "res2")
             n = hp + "output.dense"
@@ -263,7 +271,7 @@ class ModelPlan:
                 Requantize(lin_in("head.dense", s_h) * sc("head.dense.weight") / s_pre, in_bits=32, out_bits=cfg.gelu_in_bits),
             )
             s_g = sc("head.gelu")
-            self.head_gelu = IntGELU(s_pre, in_bits=cfg.gelu_in_bits, out_scale_q=s_g)
+            self.head_gelu = gelu_plan(cfg, s_pre, s_g)
             arrays.update({f"head.act.{k}": v for k, v in self.head_gelu.params().items()})
             self.head_out = linear(
                 "head.out",

@@ -14,6 +14,9 @@ from ..op._common import check_bits
 from ..op.packed_weights import WEIGHT_BITS
 
 SOFTMAX_BITS = tuple(range(8, 17))  # i-softmax output widths: uint8 (8) or uint16 (9..16), scale 2^-bits
+# integer GELU forms: I-BERT's i-GELU (op/int_gelu.py) or relu minus a fitted polynomial of degree N
+# (op/int_gelu_poly.py, "polyN"; issue 15, docs/fidelity.md "A closer i-GELU")
+GELU_FORMS = ("ibert", "poly4", "poly5", "poly6", "poly7", "poly8")
 
 
 def _is_width(b, allowed) -> bool:
@@ -58,6 +61,9 @@ class QuantConfig:
     # overriding softmax_bits; empty: every layer has softmax_bits.
     softmax_bits: int = 8
     layer_softmax_bits: tuple = ()
+    # integer GELU (GELU_FORMS): "ibert" = I-BERT's erf quadratic (L-inf 0.018), "polyN" = relu - a
+    # degree-N polynomial bump (L-inf 1.3e-4 at N = 7); only a non-default value enters to_dict/the name
+    gelu: str = "ibert"
 
     def __post_init__(self):
         if isinstance(self.weight_bits, bool) or self.weight_bits not in WEIGHT_BITS:
@@ -73,6 +79,9 @@ class QuantConfig:
         for i, b in enumerate(self.layer_softmax_bits):
             if not _is_width(b, SOFTMAX_BITS):
                 raise ValueError(f"layer_softmax_bits[{i}] must be an integer in [8, 16], got {b!r}")
+        if not isinstance(self.gelu, str) or self.gelu not in GELU_FORMS:
+            raise ValueError(f"gelu must be one of {', '.join(GELU_FORMS)} (ibert: I-BERT's i-GELU; polyN: relu minus "
+                             f"a degree-N polynomial), got {self.gelu!r}")
         if isinstance(self.weight_groups, bool) or not isinstance(self.weight_groups, int) or self.weight_groups < 0:
             raise ValueError(f"weight_groups must be an integer >= 0 (0: per output row), got {self.weight_groups!r}")
         if self.act_bits != 8:
@@ -120,11 +129,19 @@ class QuantConfig:
             return "-sm" + "_".join(map(str, self.layer_softmax_bits))
         return "" if self.softmax_bits == 8 else f"-sm{self.softmax_bits}"
 
+    def gelu_degree(self) -> int:
+        """0 for I-BERT's i-GELU, else the degree N of ``polyN``."""
+        return 0 if self.gelu == "ibert" else int(self.gelu[4:])
+
+    def _gelu_tag(self) -> str:
+        """'' for I-BERT's i-GELU, else e.g. ``-gelu7``."""
+        return "" if self.gelu == "ibert" else f"-gelu{self.gelu_degree()}"
+
     def _renamed(self, c: "QuantConfig", weights_tag: bool) -> "QuantConfig":
         if c == self:
             return self
         base = self.name.split("+")[0]
-        tag = (c._weights_tag() if weights_tag else "") + c._softmax_tag()
+        tag = (c._weights_tag() if weights_tag else "") + c._softmax_tag() + c._gelu_tag()
         return QuantConfig.from_dict({**c.to_dict(), "name": base + ("+" + tag.lstrip("-") if tag else "")})
 
     def with_weights(self, bits: int | None = None, groups: int | None = None, layer_bits=None) -> "QuantConfig":
@@ -148,16 +165,26 @@ class QuantConfig:
         if layer_bits is not None:
             d["layer_softmax_bits"] = tuple(layer_bits)
         c = QuantConfig.from_dict(d)
-        weights = "+" in self.name and self.name.split("+", 1)[1].startswith("w")
-        return self._renamed(c, weights_tag=weights)
+        return self._renamed(c, weights_tag=self._has_weights_tag())
+
+    def _has_weights_tag(self) -> bool:
+        return "+" in self.name and self.name.split("+", 1)[1].startswith("w")
+
+    def with_gelu(self, gelu: str | None = None) -> "QuantConfig":
+        """This scheme with another integer GELU (``GELU_FORMS``), under a name that says so
+        (``+gelu7``, ``+sm16-gelu7``, ``+w4g128-gelu7``)."""
+        if gelu is None:
+            return self
+        c = QuantConfig.from_dict({**self.to_dict(), "gelu": gelu})
+        return self._renamed(c, weights_tag=self._has_weights_tag())
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["layer_weight_bits"] = list(self.layer_weight_bits)
         d["layer_softmax_bits"] = list(self.layer_softmax_bits)
-        # the softmax fields only when they are not the default: an 8-bit scheme's dict (artifact meta,
-        # export's model hash) stays what it was before they existed
-        for k, default in (("softmax_bits", 8), ("layer_softmax_bits", [])):
+        # the softmax and gelu fields only when they are not the default: a default scheme's dict
+        # (artifact meta, export's model hash) stays what it was before they existed
+        for k, default in (("softmax_bits", 8), ("layer_softmax_bits", []), ("gelu", "ibert")):
             if d[k] == default:
                 del d[k]
         return d
