@@ -7,7 +7,9 @@ a calibration rule): every out/ runs the same random ids, in rounds that alterna
 B C A, ...), on the TVM runtime only. Prints the median latency per dir and shape, its ratio to
 the first dir, and checks that the outputs are identical where they should be (``--same``) or
 reports how many differ. Timings are for reading, never asserted; run it on a quiet machine
-(``uptime``) and compare ratios from the same run only.
+(``uptime``) and compare ratios from the same run only. On a shared machine, ``--threads 1
+--clock cpu`` times the process's CPU time instead of the wall clock: it does not count the time
+the process waited for a core (it still counts what other processes cost it through shared caches).
 """
 
 from __future__ import annotations
@@ -27,10 +29,14 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=15, help="interleaved rounds (default 15)")
     ap.add_argument("--runs", type=int, default=4, help="timed runs per dir, shape and round (default 4)")
     ap.add_argument("--threads", type=int, default=2, help="TVM_NUM_THREADS (default 2)")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="wall: perf_counter (default); cpu: process CPU time (use with --threads 1: "
+                         "with more threads it adds up every thread's time, spinning included)")
     ap.add_argument("--same", action="store_true", help="fail unless every dir gives identical integers")
     ap.add_argument("-o", "--output", help="write the figures as JSON here")
     a = ap.parse_args(argv)
     os.environ["TVM_NUM_THREADS"] = str(a.threads)
+    clock = time.perf_counter if a.clock == "wall" else time.process_time
 
     import numpy as np
 
@@ -42,6 +48,7 @@ def main(argv=None) -> int:
     shapes = [tuple(int(x) for x in s.split("x")) for s in a.shapes.split(",")]
     rng = np.random.default_rng(0)
     results: dict = {"outs": a.outs, "shapes": a.shapes, "rounds": a.rounds, "runs": a.runs,
+                     "threads": a.threads, "clock": a.clock,
                      "load_average_start": os.getloadavg(), "latency_ms": {}, "identical": {}}
     for b, s in shapes:
         ids = rng.integers(1000, int(m0["vocab"]), (b, s)).astype(np.int64)
@@ -61,9 +68,9 @@ def main(argv=None) -> int:
             order = [(r + i) % len(models) for i in range(len(models))]
             for i in order:
                 for _ in range(a.runs):
-                    t = time.perf_counter()
+                    t = clock()
                     models[i].run_ids(enc)
-                    times[i].append((time.perf_counter() - t) * 1e3)
+                    times[i].append((clock() - t) * 1e3)
         med = [float(np.median(t)) for t in times]
         q = [(float(np.percentile(t, 25)), float(np.percentile(t, 75))) for t in times]
         results["latency_ms"][f"{b}x{s}"] = [{"median": m, "q1": lo, "q3": hi} for m, (lo, hi) in zip(med, q)]
