@@ -415,7 +415,7 @@ def _schedule_separate_epilogue(sch, block, epilogue) -> None:
             _parallel_rows(sch, sch.get_sblock(name))
 
 
-def _schedule_tile_epilogue(func, names):
+def _schedule_tile_epilogue(func, names, tile_gemm=None):
     """The epilogue inside the GEMM tile (the module docstring); a new schedule of ``func``.
 
     Raises (any ``Exception``) when the PrimFunc does not have the expected shape; the caller
@@ -477,6 +477,11 @@ def _schedule_tile_epilogue(func, names):
     t_mi, t_n, t_k = sch.get_loops(block)[1:]
     if int(sch.get(t_mi).extent) != TILE_M or int(sch.get(t_n).extent) != cb * LANES:
         raise ValueError("the GEMM tile under the epilogue is not 32 x cb*16")
+    if tile_gemm is not None:
+        tile_gemm(sch, block)
+        sch.vectorize(n1)
+        _parallel_rows(sch, sch.get_sblock(A_BLOCK))
+        return sch
     mi0, mi1 = sch.split(t_mi, [None, ROW_TILE])
     n1_, n2_ = sch.split(t_n, [None, LANES])
     k0, k1 = sch.split(t_k, [None, KGROUP])
