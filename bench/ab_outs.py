@@ -7,7 +7,9 @@ a calibration rule): every out/ runs the same random ids, in rounds that alterna
 B C A, ...), on the TVM runtime only. Prints the median latency per dir and shape, its ratio to
 the first dir, and checks that the outputs are identical where they should be (``--same``) or
 reports how many differ. Timings are for reading, never asserted; run it on a quiet machine
-(``uptime``) and compare ratios from the same run only.
+(``uptime``) and compare ratios from the same run only. On a shared machine, ``--threads 1
+--clock cpu`` times the process's CPU time instead of the wall clock: it does not count the time
+the process waited for a core (it still counts what other processes cost it through shared caches).
 """
 
 from __future__ import annotations
@@ -28,12 +30,13 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", type=int, default=4, help="timed runs per dir, shape and round (default 4)")
     ap.add_argument("--threads", type=int, default=2, help="TVM_NUM_THREADS (default 2)")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
-                    help="wall: perf_counter (default); cpu: this process's CPU time (process_time), more robust "
-                    "on a shared machine, meaningful with --threads 1 (TVM's pool threads count too)")
+                    help="wall: perf_counter (default); cpu: process CPU time (use with --threads 1: "
+                         "with more threads it adds up every thread's time, spinning included)")
     ap.add_argument("--same", action="store_true", help="fail unless every dir gives identical integers")
     ap.add_argument("-o", "--output", help="write the figures as JSON here")
     a = ap.parse_args(argv)
     os.environ["TVM_NUM_THREADS"] = str(a.threads)
+    clock = time.perf_counter if a.clock == "wall" else time.process_time
 
     import numpy as np
 
@@ -41,11 +44,11 @@ def main(argv=None) -> int:
     from ibert_tvm.support.tokenize import position_ids
 
     models = [CompiledModel(o) for o in a.outs]
-    clock = time.process_time if a.clock == "cpu" else time.perf_counter
     m0 = models[0].manifest
     shapes = [tuple(int(x) for x in s.split("x")) for s in a.shapes.split(",")]
     rng = np.random.default_rng(0)
-    results: dict = {"outs": a.outs, "shapes": a.shapes, "rounds": a.rounds, "runs": a.runs, "clock": a.clock,
+    results: dict = {"outs": a.outs, "shapes": a.shapes, "rounds": a.rounds, "runs": a.runs,
+                     "threads": a.threads, "clock": a.clock,
                      "load_average_start": os.getloadavg(), "latency_ms": {}, "identical": {}}
     for b, s in shapes:
         ids = rng.integers(1000, int(m0["vocab"]), (b, s)).astype(np.int64)

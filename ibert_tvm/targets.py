@@ -32,6 +32,11 @@ TARGETS: dict[str, TargetSpec] = {
         "x86-64 with AVX-512 VNNI (Cascade Lake / Zen 4 and newer)",
         {"kind": "llvm", "mcpu": "cascadelake", "num-cores": 2},
     ),
+    "x86-amx": TargetSpec(
+        "x86-amx",
+        "x86-64 with AMX-INT8 (Sapphire Rapids and newer): the linears on AMX tiles, the rest as x86",
+        {"kind": "llvm", "mcpu": "sapphirerapids", "num-cores": 2},
+    ),
     "aarch64": TargetSpec(
         "aarch64",
         "64-bit ARM with NEON dot-product (Cortex-A76/Neoverse-N1 class)",

@@ -122,13 +122,22 @@ _INPUTS = INPUTS
 
 # -- ours -------------------------------------------------------------------------------------------
 def default_int8_target() -> str:
-    """``x86`` when this CPU has AVX-512 VNNI and the project registers an x86 strategy, else ``llvm``."""
+    """``x86-amx`` when this CPU has AMX-INT8, ``x86`` when it has AVX-512 VNNI (and the project
+    registers the strategy), else ``llvm``."""
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
         flags = ""
     if "avx512_vnni" not in flags:
         return "llvm"
+    from ..support.amx import cpu_has_amx_int8
+
+    if cpu_has_amx_int8(flags):
+        from ..schedules import _LINEAR, _load_target_modules
+
+        _load_target_modules()
+        if "x86-amx" in _LINEAR:
+            return "x86-amx"
     from ..schedules import _LINEAR, _load_target_modules
 
     try:

@@ -232,8 +232,9 @@ def add_parser(sub) -> None:
                    "TVM FP32 is tuned per shape with the integer database's trial count, else with this (default 0)")
     p.add_argument("--fp32-trials", type=nonneg_int, default=None,
                    help="TVM FP32's MetaSchedule budget per shape, overriding the rule above (0: untuned)")
-    p.add_argument("--target", choices=["llvm", "x86"],
-                   help="target of the integer model (default: x86 when this CPU has VNNI and the project has it, else llvm)")
+    p.add_argument("--target", choices=["llvm", "x86", "x86-amx"],
+                   help="target of the integer model (default: x86-amx when this CPU has AMX-INT8, x86 when it has "
+                   "AVX-512 VNNI, else llvm)")
     p.add_argument("--profile", action="store_true",
                    help="add per-kernel tables (top kernels of TVM int8, and a TVM FP32 profile) to the report")
     p.add_argument("--max-run-seconds", type=positive_float,

@@ -177,6 +177,10 @@ class CompiledModel:
         self.dir, self.manifest, _, self.tokenizer = read_compiled(out_dir, alloc=None)  # params: below
         m = self.manifest
         lib_path = self.dir / LIB
+        if m["target"] == "x86-amx":  # tile instructions fault until the process holds the permission
+            from ..support.amx import require_amx
+
+            require_amx(str(lib_path))
         if device is None:  # CUDA builds run on the first GPU (untested here: no GPU was available)
             device = "cuda" if str(m.get("target", "")).startswith("cuda") else "cpu"
         # the light path (tvm_ffi + libtvm_runtime.so, no `import tvm`) on the CPU; else `import tvm`.

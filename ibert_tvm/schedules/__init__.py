@@ -23,6 +23,7 @@ module assembles x86's rule set from the two other x86 rule modules)::
     x86_vnni        x86: VNNI linear layout + TE, VnniLinearRule, x86's rule set
     x86_attention   x86: VnniAttentionRule (Q K^T, P V)
     x86_softmax     x86: RowSoftmaxRule
+    x86_amx         x86-amx: the VNNI linear's GEMM tile on AMX tdpbusd, AmxLinearRule, the rule set
     x86_layernorm   x86: RowLayerNormRule (i-LayerNorm rows in parallel, 16-lane partial sums)
     row_rule        MatchScheduleRule: a block match + a schedule (the x86 row rules)
     arm_sdot        aarch64: sdot linear layout + TE, SdotLinearRule
@@ -82,7 +83,7 @@ class LinearStrategy:
 GENERIC = LinearStrategy()
 _LINEAR: dict[str, LinearStrategy] = {}
 _RULES: dict[str, Callable] = {}
-_TARGET_MODULES = ("x86_vnni", "arm_sdot", "cuda_t4")  # each registers its target on import
+_TARGET_MODULES = ("x86_vnni", "x86_amx", "arm_sdot", "cuda_t4")  # each registers its target on import
 SCHEDULED = "tirx.is_scheduled"  # the PrimFunc attr dlight and MetaSchedule set (and skip on)
 
 

@@ -89,7 +89,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 #: the targets (``ibert_tvm.targets`` names) ``passes.pipeline.lower`` applies it for
-TARGETS = ("x86", "llvm")
+TARGETS = ("x86", "x86-amx", "llvm")
 #: per op class (:func:`op_class`), the work (block iterations, :func:`work_estimate`) up to
 #: which a kernel runs serially
 THRESHOLDS = {"linear": 1 << 23, "attention": 1 << 21, "layernorm": 1 << 18, "other": 1 << 16}

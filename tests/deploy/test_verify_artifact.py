@@ -151,6 +151,25 @@ def test_float_code_named_like_an_fp16_helper_is_caught(caller, compiled_factory
     assert_caught(rc, stdout, "binary:__extendhfsf2: mulss")
 
 
+# -- bypass 2b: float on the AMX tile unit (Sapphire Rapids) -------------------------------------
+AMX_FLOAT = {
+    "tdpbf16ps": "tdpbf16ps %%tmm2, %%tmm1, %%tmm0",  # bf16 dot products into fp32 tiles
+    "tdpfp16ps": "tdpfp16ps %%tmm2, %%tmm1, %%tmm0",  # fp16 ditto (AMX-FP16)
+}
+
+
+@pytest.mark.parametrize("mnemonic", list(AMX_FLOAT))
+def test_amx_float_tile_op_is_caught(mnemonic, compiled_factory, tmp_path, capsys):
+    """The AMX float tile dot products are float ops (an x86 SSE/AVX-only list missed them); the
+    integer tile ops beside them (``tdpbusd``, the tile loads) are not findings."""
+    src = (f'void __tvm_ffi_kernel(void) {{ __asm__ volatile("{AMX_FLOAT[mnemonic]}" ::: "memory"); }}\n'
+           'void int_tiles(void) { __asm__ volatile("tdpbusd %%tmm2, %%tmm1, %%tmm0" ::: "memory"); }\n')
+    out = planted(compiled_factory, tmp_path, src)
+    rc, stdout, _ = verify(capsys, out)
+    assert_caught(rc, stdout, f"binary:__tvm_ffi_kernel: {mnemonic}")
+    assert "tdpbusd" not in stdout, stdout
+
+
 # -- bypass 3: an indirect call -----------------------------------------------------------------
 @pytest.mark.parametrize("signature", ["int (*fn)(int), int x", "double (*fn)(double), double x"])
 def test_call_through_a_function_pointer_is_caught(signature, compiled_factory, tmp_path, capsys):

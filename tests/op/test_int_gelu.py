@@ -169,6 +169,49 @@ def test_extreme_magnitudes_match_bigint(scale, in_bits):
     np.testing.assert_array_equal(run_te(plan.te_q, q), plan.numpy_q(q))
 
 
+def _finest_int32_scale(in_bits: int) -> float:
+    """The finest scale (bisection) whose plan still computes the erf term in int32."""
+    lo, hi = 1e-7, 1.0  # int64 at lo, int32 at hi
+    assert IntGELU(lo, in_bits=in_bits).erf_dtype == "int64" and IntGELU(hi, in_bits=in_bits).erf_dtype == "int32"
+    for _ in range(60):
+        mid = math.sqrt(lo * hi)
+        lo, hi = (lo, mid) if IntGELU(mid, in_bits=in_bits).erf_dtype == "int32" else (mid, hi)
+    return hi
+
+
+@pytest.mark.parametrize("in_bits", [16, 31])
+def test_int32_erf_term_at_its_edge_matches_bigint(in_bits):
+    """The erf term runs in int32 (twice the vector lanes) only where every intermediate is
+    proven to fit. At the finest such scale, extreme inputs still equal the big-int spec (a
+    wrong bound would wrap there first), and the next finer scale falls back to int64."""
+    scale = _finest_int32_scale(in_bits)
+    assert IntGELU(scale * (1 - 1e-9), in_bits=in_bits).erf_dtype == "int64"
+    plan = IntGELU(scale, in_bits=in_bits, out_scale_q=(1 << (in_bits - 1)) * scale / 127)
+    assert plan.erf_dtype == "int32"
+    lo, hi = -(1 << (in_bits - 1)), (1 << (in_bits - 1)) - 1
+    c = min(-plan.b_q, hi)
+    q = np.array([lo, lo + 1, hi, hi - 1, c, -c, c - 1, 1 - c, c + 1, -c - 1, hi // 3, lo // 7, 0, 1, -1],
+                 dtype=np.int32)
+    q = np.clip(q, lo, hi).astype(np.int32)
+    wide = plan.numpy(q)
+    check_against_bigint(plan, q, wide)
+    np.testing.assert_array_equal(run_te(plan.te, q), wide)
+    np.testing.assert_array_equal(run_te(plan.te_q, q), plan.numpy_q(q))
+
+
+def test_int32_erf_term_at_model_scales():
+    """BERT-sized GELU inputs (int16, b_q around -2e4) take the int32 path, and the TIR says so;
+    32-bit inputs never do (-q could wrap)."""
+    from tvm import te
+
+    plan = IntGELU(1.1e-4, in_bits=16, out_scale_q=0.05)
+    assert plan.erf_dtype == "int32" and -25000 < plan.b_q < -20000
+    q = te.placeholder((4, 8), "int16", name="q")
+    text = str(te.create_prim_func([q, plan.te(q)]))
+    assert 'T.Cast("int32", q[' in text and 'T.Cast("int64", q[' in text
+    assert IntGELU(1.1e-4, in_bits=32).erf_dtype == "int64"
+
+
 def test_scale_range_edges():
     """The finest accepted scale is where |c_q| reaches int64 (it used to be accepted and then
     crash in numpy with OverflowError / in TVM with 'Literal value exceeds range of int64')."""

@@ -133,7 +133,7 @@ def test_tensorized_kernel_equals_linear_np(k, n, lead_rank):
 
 
 # -- epilogue-fused kernels: the epilogue runs inside the GEMM tile ---------------------------
-def _build_fused(kind, k, n, seed):
+def _build_fused(kind, k, n, seed, rule=None, target=None):
     """The model's FFN-in (linear -> 16-bit requantization -> i-GELU + int8 requantization) or
     attention-out / FFN-out (linear -> residual add) as one PrimFunc with symbolic batch x seq,
     scheduled by the x86 rule; returns ``(lib, scheduled func, run(batch, seq) -> (got, want))``."""
@@ -172,9 +172,10 @@ def _build_fused(kind, k, n, seed):
         consts = [p["m"], p["s"], p["mb"], p["sb"]]
         ref = lambda xs, r: ra.numpy(linear_np(xs, w_np, b_np), r)  # noqa: E731
     func = te.create_prim_func([x, w, b, *ts, out])
-    tgt = tvm.target.Target({"kind": "llvm", "mcpu": "cascadelake", "num-cores": 2})
+    tgt = target or tvm.target.Target({"kind": "llvm", "mcpu": "cascadelake", "num-cores": 2})
     with tgt:
-        sch = xv.VnniLinearRule().apply(func, tgt, False)
+        sch = (rule or xv.VnniLinearRule()).apply(func, tgt, False)
+    assert sch is not None, "the rule did not apply"
     scheduled = sch.mod["main"]
     lib = tvm.compile(tvm.IRModule({"main": scheduled.with_attr("global_symbol", "main")}), target=tgt)
 

@@ -17,7 +17,8 @@ binary on its own, in this order. Step 1 reads the manifest of ``out/``, so it i
    or be defined in the file and not preemptible (hidden/protected/local); the TVM runtime's
    function-pointer slots (:data:`RUNTIME_SLOTS`) are the one preemptible exception.
 3. **Every instruction** of every executable section (``objdump -d``) is scanned, no function
-   exempt by name: x86 SSE/AVX scalar/packed float arithmetic, conversions, FMA, x87; AArch64
+   exempt by name: x86 SSE/AVX scalar/packed float arithmetic, conversions, FMA, x87, the AMX
+   float tile ops (``tdpbf16ps``, ``tdpfp16ps``, ...; the integer ``tdpbusd`` family is not float); AArch64
    ``f*`` (except ``fmov``), ``scvtf``/``ucvtf``, bf16. Register moves and bitwise ops on
    vector registers are integer-neutral and not counted. System calls and undecodable bytes
    are findings (they leave the scan).
@@ -115,6 +116,10 @@ _X86_FLOAT = re.compile(
     r"|cvt\w*"
     r")$"
 )
+# AMX (Sapphire Rapids and later): the tile loads/stores/config and the integer tile dot products
+# (tdpbusd, tdpbssd, ...) are integer; the float tile ops end in ps/ph (tdpbf16ps, tdpfp16ps,
+# tcmmimfp16ps, tmmultf32ps, tdpbf8ps, ...) or convert rows (tcvtrow*), whatever their prefix (tt*).
+_AMX_FLOAT = re.compile(r"^t\w*(?:ps|ph)$|^tcvt\w*$")
 _X87 = re.compile(r"^f(?:ld|st|add|sub|mul|div|sqrt|ild|ist|comi|ucomi|xch|chs|abs|prem|scale|rndint|sin|cos|yl2x|2xm1)\w*$")
 _A64_FLOAT = re.compile(r"^(?:f(?!mov)\w+|scvtf|ucvtf|bfcvt\w*|bfmla\w*|bfdot)$")
 _ESCAPES = {"x86_64": {"syscall", "sysenter", "int", "(bad)"}, "aarch64": {"svc", "hvc", "smc", ".inst"}}
@@ -144,7 +149,7 @@ def _x86_canon() -> dict[str, str]:
 _X86_REG = _x86_canon()
 _A64_REG = {f"{p}{i}": f"x{i}" for i in range(31) for p in "xw"}
 _ARCH = {
-    "x86_64": _Arch("objdump", "binutils", lambda m: bool(_X86_FLOAT.match(m) or _X87.match(m)),
+    "x86_64": _Arch("objdump", "binutils", lambda m: bool(_X86_FLOAT.match(m) or _X87.match(m) or _AMX_FLOAT.match(m)),
                     frozenset({"rax", "rcx", "rdx", "rsi", "rdi", "r8", "r9", "r10", "r11"}),  # SysV caller-saved
                     frozenset({"call"}), frozenset({"jmp", "ret", "ud2", "hlt"})),
     "aarch64": _Arch("aarch64-linux-gnu-objdump", "binutils-aarch64-linux-gnu", lambda m: bool(_A64_FLOAT.match(m)),
