@@ -188,6 +188,69 @@ def compiled_factory(quantized_factory, tmp_path_factory):
     return get
 
 
+@pytest.fixture(scope="session")
+def regression_compiled(tiny_factory, calibration_sentences, tmp_path_factory):
+    """-> (QuantizedModel, out/): the tiny one-label ``BertForSequenceClassification`` (a regression
+    head, a cross-encoder) calibrated and compiled for llvm once per test run (:func:`shared_build`);
+    test_token_heads' regression test and test_server's /rerank both use it."""
+    from ibert_tvm.deploy.export import compile_quantized
+    from ibert_tvm.model.hf_loader import load_checkpoint
+    from ibert_tvm.quantization.artifact import QuantizedModel
+    from ibert_tvm.quantization.calibrate import calibrate
+
+    made = []
+
+    def build(d):
+        made.append(calibrate(load_checkpoint(tiny_factory("BertForSequenceClassification", num_labels=1)),
+                              calibration_sentences))
+        made[0].save(d / "q")
+        compile_quantized(made[0], d / "out", target="llvm", log=lambda *a: None)
+
+    d, _ = shared_build(tmp_path_factory, "out-BertForSequenceClassification-1-label", build)
+    return (made[0] if made else QuantizedModel.load(d / "q")), d / "out"
+
+
+@pytest.fixture(scope="session")
+def x86_compiled(quantized_factory, tmp_path_factory):
+    """-> out/ of ``quantized_factory("BertModel")`` compiled by ``compile_quantized(target="x86")``
+    with its defaults, built once per test run (:func:`shared_build`): the one x86 build of the tiny
+    BERT that the x86 schedule tests (softmax, LayerNorm, VNNI) check bit for bit."""
+    from ibert_tvm.deploy.export import compile_quantized
+
+    d, _ = shared_build(tmp_path_factory, "out-x86-BertModel",
+                        lambda d: compile_quantized(quantized_factory("BertModel")[0], d / "out", target="x86",
+                                                    log=lambda *a: None))
+    return d / "out"
+
+
+@pytest.fixture(scope="session")
+def x86_fused(tiny_factory, quantized_factory):
+    """``pipeline.fuse(integer_module(qm, linear_strategy("x86")))`` of the tiny BERT under the x86
+    target (what x86 tuning and the schedule pass see), once per worker; the float import is
+    ``frontend_support.imported``'s (shared with tests/frontend and tests/passes)."""
+    from frontend_support import imported
+    from ibert_tvm.frontend.lower import integer_module
+    from ibert_tvm.passes.pipeline import fuse
+    from ibert_tvm.schedules import linear_strategy
+    from ibert_tvm.targets import get_target
+
+    qm, _ = quantized_factory("BertModel")
+    mod, _, _ = integer_module(qm, linear_strategy("x86"), model=imported(str(tiny_factory("BertModel")))[0])
+    with get_target("x86").tvm_target():
+        return fuse(mod)
+
+
+@pytest.fixture(scope="session")
+def x86_scheduled(x86_fused):
+    """:func:`x86_fused` through the x86 schedule pass (``schedules.schedule_pass``), once per worker."""
+    from ibert_tvm.schedules import schedule_pass
+    from ibert_tvm.targets import get_target
+
+    tgt = get_target("x86").tvm_target()
+    with tgt:
+        return schedule_pass("x86", tgt)(x86_fused)
+
+
 def random_batch(rng: np.random.Generator, batch: int, seq: int, *, vocab: int = 30522, family: str = "bert",
                  pad_id: int = 0, type_vocab: int = 2) -> dict[str, np.ndarray]:
     """Random token ids with random right-padding (every row keeps >= 1 token)."""

@@ -70,16 +70,19 @@ def staged_package(tmp_path_factory) -> Path:
 
 
 def arm_out(quantized_factory, tmp_path_factory, arch: str = "BertModel") -> Path:
-    """The tiny model compiled for ``--target aarch64`` (cross-linked), once per session."""
+    """The tiny model compiled for ``--target aarch64`` (cross-linked), once per test run: shared
+    by the xdist workers (conftest ``shared_build``; test_aarch64, test_bundle, test_rpc and
+    test_verify_artifact each ask for it and may run on different workers)."""
     need_tools("aarch64-linux-gnu-g++")
     key = ("arm", arch)
     if key not in _cache:
+        from conftest import shared_build
         from ibert_tvm.deploy.export import compile_quantized
 
-        qm, _ = quantized_factory(arch)
-        out = tmp_path_factory.mktemp(f"out-arm-{arch}") / "out"
-        compile_quantized(qm, out, target="aarch64", log=lambda *a: None)
-        _cache[key] = out
+        d, _ = shared_build(tmp_path_factory, f"out-arm-{arch}",
+                            lambda d: compile_quantized(quantized_factory(arch)[0], d / "out", target="aarch64",
+                                                        log=lambda *a: None))
+        _cache[key] = d / "out"
     return _cache[key]
 
 

@@ -458,17 +458,12 @@ def test_predict_on_an_embedding_model_is_refused(client):
 
 # -- a one-label classifier (a cross-encoder): TEI's /rerank ---------------------------------------
 @pytest.fixture(scope="module")
-def reranker(tiny_factory, calibration_sentences, tmp_path_factory):
-    from ibert_tvm.deploy.export import compile_quantized
-    from ibert_tvm.model.hf_loader import load_checkpoint
-    from ibert_tvm.quantization.calibrate import calibrate
-
-    d = tmp_path_factory.mktemp("reranker")
-    qm = calibrate(load_checkpoint(tiny_factory("BertForSequenceClassification", num_labels=1)),
-                   calibration_sentences)
-    compile_quantized(qm, d / "out", target="llvm", log=lambda *a: None)
-    s = Server(d / "out", d / "server.log")
-    yield s, CompiledModel(d / "out")
+def reranker(regression_compiled, tmp_path_factory):
+    """The tiny one-label classifier's llvm build (conftest ``regression_compiled``, shared with
+    test_token_heads), served."""
+    _, out = regression_compiled
+    s = Server(out, tmp_path_factory.mktemp("reranker") / "server.log")
+    yield s, CompiledModel(out)
     s.stop()
 
 

@@ -108,23 +108,20 @@ def test_run_prints_a_label_per_token(built, capsys):
     assert len(line.split(": ", 1)[1].split()) == 8  # [CLS] a plane is taking off . [SEP] (the MiniLM tokenizer of the tiny models)
 
 
-def test_regression_head_one_label(tiny_factory, calibration_sentences, tmp_path):
+def test_regression_head_one_label(regression_compiled, calibration_sentences):
     """A sequence-classification head with one label is a regression: compiled == golden, and
-    ``predict`` gives the dequantized score."""
+    ``predict`` gives the dequantized score (conftest ``regression_compiled``: the tiny one-label
+    model's llvm build, shared with test_server's /rerank)."""
     import ibert_tvm
-    from ibert_tvm.deploy.export import compile_quantized
     from ibert_tvm.deploy.runtime import CompiledModel
     from ibert_tvm.model.golden import run_golden
-    from ibert_tvm.model.hf_loader import load_checkpoint
     from ibert_tvm.model.plan import ModelPlan
-    from ibert_tvm.quantization.calibrate import calibrate
 
-    qm = calibrate(load_checkpoint(tiny_factory("BertForSequenceClassification", num_labels=1)), calibration_sentences)
-    compile_quantized(qm, tmp_path / "out", target="llvm", log=lambda *a: None)
-    model = CompiledModel(tmp_path / "out")
+    qm, out = regression_compiled
+    model = CompiledModel(out)
     enc = model.tokenizer(calibration_sentences[:8])
     q = model.run_ids(enc)
     assert q.shape == (8, 1)
     np.testing.assert_array_equal(q, run_golden(ModelPlan(qm), **enc))
-    scores = ibert_tvm.load(tmp_path / "out").predict(calibration_sentences[:8])
+    scores = ibert_tvm.load(out).predict(calibration_sentences[:8])
     np.testing.assert_allclose(scores, q[:, 0] * model.output_scale, rtol=1e-12)

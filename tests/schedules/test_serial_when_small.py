@@ -213,26 +213,19 @@ def test_kernel_without_parallel_loop_unchanged():
 
 
 # -- the whole model ---------------------------------------------------------------------------
-def test_tiny_bert_on_x86_both_sides_bit_exact(quantized_factory, tmp_path, monkeypatch):
+def test_tiny_bert_on_x86_both_sides_bit_exact(quantized_factory, x86_fused, tmp_path, monkeypatch):
     """A threshold between 1 x 4 and 4 x 64: kernels run serially at the small shapes, in parallel
     at the large ones, and the outputs equal the golden executor either way; float ops stay 0."""
     from tvm import tirx
 
     from ibert_tvm.deploy.export import compile_quantized
     from ibert_tvm.deploy.runtime import CompiledModel
-    from ibert_tvm.frontend.lower import integer_module
     from ibert_tvm.model.golden import run_golden
     from ibert_tvm.model.plan import ModelPlan
-    from ibert_tvm.passes.pipeline import fuse
-    from ibert_tvm.schedules import linear_strategy
     from ibert_tvm.schedules import serial_when_small as sws
-    from ibert_tvm.targets import get_target
 
     qm, _ = quantized_factory("BertModel")
-    mod, _, _ = integer_module(qm, linear_strategy("x86"))
-    with get_target("x86").tvm_target():
-        fused = fuse(mod)
-    works = {gv.name_hint: sws.work_estimate(f) for gv, f in fused.functions.items() if isinstance(f, tirx.PrimFunc)}
+    works = {gv.name_hint: sws.work_estimate(f) for gv, f in x86_fused.functions.items() if isinstance(f, tirx.PrimFunc)}
     qk = next(w for n, w in works.items() if n.startswith("qk_matmul"))
     threshold = _at(qk, 1, 4)
     monkeypatch.setattr(sws, "THRESHOLDS", {"linear": threshold, "attention": threshold, "layernorm": threshold,
@@ -249,7 +242,7 @@ def test_tiny_bert_on_x86_both_sides_bit_exact(quantized_factory, tmp_path, monk
         np.testing.assert_array_equal(model.run_ids(inputs), run_golden(plan, **inputs), err_msg=f"{batch}x{seq}")
 
 
-def test_lower_marks_cpu_kernels_and_leaves_gpu_alone(quantized_factory):
+def test_lower_marks_cpu_kernels_and_leaves_gpu_alone(tiny_factory, quantized_factory):
     """The pipeline applies the transform on x86 (every parallel kernel gets its work attr), not
     on cuda-t4 (no parallel loops) nor on aarch64 (left out: see the module docstring)."""
     from tvm import tirx
@@ -260,7 +253,10 @@ def test_lower_marks_cpu_kernels_and_leaves_gpu_alone(quantized_factory):
     from ibert_tvm.schedules import serial_when_small as sws
     from ibert_tvm.targets import get_target
 
+    from frontend_support import imported
+
     qm, _ = quantized_factory("BertModel")
+    im = imported(str(tiny_factory("BertModel")))[0]  # one float import for the three targets
     seen = {}
     real = sws.serial_when_small
 
@@ -279,7 +275,7 @@ def test_lower_marks_cpu_kernels_and_leaves_gpu_alone(quantized_factory):
     try:
         for target, expect in (("x86", True), ("cuda-t4", False), ("aarch64", False)):
             seen.clear()
-            mod, _, _ = integer_module(qm, linear_strategy(target))
+            mod, _, _ = integer_module(qm, linear_strategy(target), model=im)
             pipeline.lower(mod, get_target(target).tvm_target(), target_name=target)
             if not expect:
                 assert not seen

@@ -141,32 +141,24 @@ def test_other_funcs_are_left_alone():
 
 
 # -- the whole model ------------------------------------------------------------------------
-def test_tiny_model_layernorm_scheduled_and_bit_exact(quantized_factory, tmp_path):
+def test_tiny_model_layernorm_scheduled_and_bit_exact(quantized_factory, x86_scheduled, x86_compiled):
+    """The tiny BERT lowered for x86 (conftest ``x86_scheduled``) and its x86 build (conftest
+    ``x86_compiled``, shared with the softmax and VNNI tests)."""
     import tvm
 
-    from ibert_tvm.deploy.export import compile_quantized
     from ibert_tvm.deploy.runtime import CompiledModel
-    from ibert_tvm.frontend.lower import integer_module
     from ibert_tvm.model.golden import run_golden
     from ibert_tvm.model.plan import ModelPlan
-    from ibert_tvm.passes.pipeline import fuse
-    from ibert_tvm.schedules import is_scheduled, linear_strategy, schedule_pass
-    from ibert_tvm.targets import get_target
+    from ibert_tvm.schedules import is_scheduled
 
     qm, _ = quantized_factory("BertModel")
-    mod, _, _ = integer_module(qm, linear_strategy("x86"))
-    tgt = get_target("x86").tvm_target()
-    with tgt:
-        mod = schedule_pass("x86", tgt)(fuse(mod))
-    norms = [(gv.name_hint, f) for gv, f in mod.functions.items()
+    norms = [(gv.name_hint, f) for gv, f in x86_scheduled.functions.items()
              if isinstance(f, tvm.tirx.PrimFunc) and 'T.sblock("ln_var' in f.script()]
     assert norms, "no LayerNorm PrimFunc in the model"
     bad = [n for n, f in norms if not (is_scheduled(f) and "T.parallel" in f.script() and "T.vectorized" in f.script())]
     assert not bad, bad
 
-    out = tmp_path / "out"
-    compile_quantized(qm, out, target="x86", log=lambda *a: None)
-    model, plan, d = CompiledModel(out), ModelPlan(qm), qm.dims
+    model, plan, d = CompiledModel(x86_compiled), ModelPlan(qm), qm.dims
     rng = np.random.default_rng(12)
     for batch, seq in ((1, 1), (2, 7), (3, 33), (2, 77)):
         inputs = random_batch(rng, batch, seq, family=d["family"], pad_id=d["pad_id"], type_vocab=d["type_vocab"])

@@ -211,20 +211,12 @@ def test_epilogue_fused_kernel_runs_in_the_tile_and_equals_numpy(kind, k, n):
 
 
 # -- the whole model ------------------------------------------------------------------------
-def test_x86_linears_fuse_with_their_epilogues(quantized_factory):
-    """The row regrouping would make the linear 'opaque'; its declared pattern keeps fusion."""
+def test_x86_linears_fuse_with_their_epilogues(x86_fused):
+    """The row regrouping would make the linear 'opaque'; its declared pattern keeps fusion
+    (conftest ``x86_fused``: the tiny BERT's x86 integer module through ``pipeline.fuse``)."""
     import tvm
 
-    from ibert_tvm.frontend.lower import integer_module
-    from ibert_tvm.passes.pipeline import fuse
-    from ibert_tvm.schedules import linear_strategy
-    from ibert_tvm.targets import get_target
-
-    qm, _ = quantized_factory("BertModel")
-    mod, _, _ = integer_module(qm, linear_strategy("x86"))
-    with get_target("x86").tvm_target():
-        fused = fuse(mod)
-    names = [gv.name_hint for gv, f in fused.functions.items() if isinstance(f, tvm.tirx.PrimFunc)]
+    names = [gv.name_hint for gv, f in x86_fused.functions.items() if isinstance(f, tvm.tirx.PrimFunc)]
     assert not [n for n in names if n.startswith("linear")], names
     assert any(n.startswith("fused_linear") and "requantize" in n for n in names)
 
@@ -247,12 +239,13 @@ def check_bit_exact(qm, out, shapes=((1, 1), (2, 7), (3, 33), (8, 64))):
         np.testing.assert_array_equal(model.run_ids(inputs), run_golden(plan, **inputs), err_msg=f"{batch}x{seq}")
 
 
-def test_tiny_model_on_x86_is_bit_exact_and_uses_vpdpbusd(quantized_factory, tmp_path):
-    from ibert_tvm.deploy.export import compile_quantized
+def test_tiny_model_on_x86_is_bit_exact_and_uses_vpdpbusd(quantized_factory, x86_compiled):
+    """The x86 build of the tiny BERT (conftest ``x86_compiled``, shared with the softmax and
+    LayerNorm tests)."""
+    import json
 
     qm, _ = quantized_factory("BertModel")
-    out = tmp_path / "out"
-    manifest = compile_quantized(qm, out, target="x86", log=lambda *a: None)
-    assert manifest["linear_strategy"] == "x86-vnni"
-    check_bit_exact(qm, out)
-    assert "vpdpbusd" in disassemble(out / "model.so")
+    manifest = json.loads((x86_compiled / "manifest.json").read_text())
+    assert manifest["target"] == "x86" and manifest["linear_strategy"] == "x86-vnni"
+    check_bit_exact(qm, x86_compiled)
+    assert "vpdpbusd" in disassemble(x86_compiled / "model.so")
