@@ -3,7 +3,7 @@ epilogue-fused ones (FFN-in + i-GELU, attention-out / FFN-out + residual add), s
 schedule rules (a git revision's ``VnniLinearRule`` and this tree's), interleaved in one process.
 
     python bench/kernel_epilogue.py [--shapes bert-ffn-in,bert-attn-out,...] [--rows 1024,32]
-                                    [--base main] [--threads 1] [--rounds 5] [-o out.json]
+                                    [--base main] [--threads 1] [--rounds 5] [--amx] [--clock cpu] [-o out.json]
 
 Each kernel is the TE the model lowers to (``VnniLinear.te``, then ``Requantize.te`` /
 ``IntGELU.te_q`` / ``ResidualAdd.te`` on its int32 output, one PrimFunc with symbolic
@@ -131,12 +131,12 @@ def load_rule(rev: str):
     return mod.VnniLinearRule()
 
 
-def build(func, rule):
+def build(func, rule, target: str = "x86"):
     import tvm
 
     from ibert_tvm.targets import get_target
 
-    tgt = get_target("x86").tvm_target()
+    tgt = get_target(target).tvm_target()
     with tgt:
         sch = rule.apply(func, tgt, False)
     if sch is None:
@@ -163,12 +163,15 @@ def peak(threads: int) -> float | None:
         return None
 
 
+_clock = time.perf_counter  # --clock cpu: time.process_time
+
+
 def _time(fn, args, out, number: int) -> float:
     """Mean seconds per call over ``number`` back-to-back calls."""
-    t0 = time.perf_counter()
+    t0 = _clock()
     for _ in range(number):
         fn(*args, out)
-    return (time.perf_counter() - t0) / number
+    return (_clock() - t0) / number
 
 
 def main(argv=None) -> int:
@@ -181,6 +184,10 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="TVM_NUM_THREADS (default 1)")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--target-ms", type=float, default=150.0, help="time per measurement (default 150 ms)")
+    ap.add_argument("--amx", action="store_true",
+                    help="also the x86-amx rule (the GEMM tile on AMX tdpbusd; needs an AMX-INT8 CPU)")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="wall (default) or this process's CPU time (with --threads 1, on a shared machine)")
     ap.add_argument("-o", "--output")
     a = ap.parse_args(argv)
     os.environ["TVM_NUM_THREADS"] = str(a.threads)
@@ -189,9 +196,17 @@ def main(argv=None) -> int:
 
     from ibert_tvm.schedules.x86_vnni import VnniLinearRule
 
+    global _clock
+    _clock = time.process_time if a.clock == "cpu" else time.perf_counter
     rules = {"new": VnniLinearRule()}
     if a.base:
         rules = {"base": load_rule(a.base), **rules}
+    if a.amx:
+        from ibert_tvm.schedules.x86_amx import AmxLinearRule
+        from ibert_tvm.support.amx import require_amx
+
+        require_amx("this benchmark")
+        rules["amx"] = AmxLinearRule()
     load0 = os.getloadavg()
     peak0 = peak(a.threads)
     cells = []  # (shape, M, kind, rule, timer, gops)
@@ -204,7 +219,7 @@ def main(argv=None) -> int:
             for rows in (int(r) for r in a.rows.split(",")):
                 args_np, want = make_args(*LEAD[rows])
                 for rname, rule in rules.items():
-                    lib = build(func, rule)
+                    lib = build(func, rule, "x86-amx" if rname == "amx" else "x86")
                     args = [tvm.runtime.tensor(v) for v in args_np]
                     out = tvm.runtime.tensor(np.zeros(want.shape, want.dtype))
                     lib["main"](*args, out)
