@@ -146,7 +146,9 @@ def _compile(qm, target, tmp_path):
     return out, (dump / "1_scheduled.py").read_text(), manifest
 
 
-@pytest.mark.parametrize("softmax", [8, 16], ids=["gelu7", "sm16-gelu7"])
+# the 16-bit-softmax combination is slow (a second x86 compile): poly7 alone covers the polynomial
+# on x86, test_softmax_bits' default (8, 16) mix the uint16 P V; aarch64 and cuda-t4 compile it below
+@pytest.mark.parametrize("softmax", [8, pytest.param(16, marks=pytest.mark.slow)], ids=["gelu7", "sm16-gelu7"])
 def test_compiled_equals_golden_x86(softmax, gq, tmp_path):
     from ibert_tvm.deploy.runtime import CompiledModel
     from ibert_tvm.model.golden import run_golden
