@@ -41,7 +41,7 @@ reduction split by 4, tensorized; the ``+128`` relayout runs first, parallel ove
 The epilogue (``+ bias`` and whatever FuseOps fused behind it: the requantization, i-GELU, the
 residual add) runs *inside the GEMM tile* (:func:`_schedule_tile_epilogue`): the element-wise
 blocks are inlined into the last one, whose rows are regrouped like the GEMM's (``m = b*S + s``,
-then 32-row tiles); each parallel task (channel tiles outermost) computes one 32-row x 64-channel tile into its own small
+then 32-row tiles); each parallel task (channel tiles outermost for weights over 1 MiB) computes one 32-row x 64-channel tile into its own small
 int32 buffer (the same 4 x 64 register tiles on ``vpdpbusd``) and applies the whole epilogue to
 it, vectorized over channels, while it is in L1. Before, the int32 result of every linear went
 to an ``[M, N]`` buffer and each epilogue block made its own pass over ``[M, N]`` intermediates:
@@ -360,6 +360,9 @@ class VnniLinear(LinearStrategy):
 # 4 rows x (4 x 16) channels of int32 accumulators per step: 4 x 4 = 16 zmm registers of the 32
 # AVX-512 has, leaving room for the weight tiles and the broadcast activations
 ROW_TILE, CHANNEL_BLOCKS = 4, 4
+# int8 weights larger than this (bytes, N x K) put the tile epilogue's channel tiles outermost:
+# about half of these CPUs' 2 MiB L2 (see _schedule_tile_epilogue, step 3)
+CHANNELS_FIRST_BYTES = 1 << 20
 
 
 def _parallel_rows(sch, block) -> None:
@@ -456,22 +459,30 @@ def _schedule_tile_epilogue(func, names, tile_gemm=None):
         sch.transform_block_layout(sch.get_sblock(last), IndexMap.from_func(rows, ndim=len(shape)))
         sch = s_tir.Schedule(StmtSimplify()(sch.mod)["main"])
     # 3. the epilogue's loops drive: 32-row x (cb x 16)-channel tiles, in parallel; the GEMM is
-    #    computed per tile, right before the epilogue reads it. Channel tiles outermost: the
-    #    row tiles of one channel tile follow each other, so its weight panel (cb x 16 x K
-    #    bytes) is fetched into L2 once per call and read from there by every row tile, while
-    #    the activations (M x K bytes, the smaller operand at these shapes) stay in L2 across
-    #    panels. Row tiles outermost fetched the whole weight matrix once per row tile: at
-    #    BERT-Base 8 x 128, 32 times 2.4 MB per FFN linear, more than L2 holds (7-10% slower
-    #    FFN kernels at 1 thread; the same elsewhere).
+    #    computed per tile, right before the epilogue reads it. Which tiles are outermost
+    #    depends on the weight's size (CHANNELS_FIRST_BYTES): a weight larger than about half
+    #    of L2 gets its channel tiles outermost, so that the row tiles of one channel tile
+    #    follow each other and its weight panel (cb x 16 x K bytes) is fetched once per call
+    #    (row tiles outermost fetch the whole weight once per row tile: at BERT-Base 8 x 128,
+    #    32 times 2.4 MB per FFN linear; channel tiles first made those kernels 7-10% cheaper).
+    #    A smaller weight stays in L2 anyway, and row tiles outermost keep each row tile's
+    #    activations in L1 across the channel tiles (channel tiles first cost MiniLM 8 x 128,
+    #    whose FFN-out activations are 1.5 MB, 3% at 2 threads).
     e_block, block = sch.get_sblock(last), sch.get_sblock(MM_BLOCK)
     m, n = sch.get_loops(e_block)
     n_blocks = int(n_dim) // LANES
     cb = max(c for c in (CHANNEL_BLOCKS, 2, 1) if n_blocks % c == 0)
     mo, mi = sch.split(m, [None, TILE_M])
     n0, n1 = sch.split(n, [None, cb * LANES])
-    sch.reorder(n0, mo, mi, n1)
-    sch.compute_at(block, mo)
-    sch.parallel(sch.fuse(n0, mo))
+    k_dim = int(sch.get(block).iter_vars[-1].dom.extent)
+    if int(n_dim) * k_dim > CHANNELS_FIRST_BYTES:
+        sch.reorder(n0, mo, mi, n1)
+        sch.compute_at(block, mo)
+        sch.parallel(sch.fuse(n0, mo))
+    else:
+        sch.reorder(mo, n0, mi, n1)
+        sch.compute_at(block, n0)
+        sch.parallel(sch.fuse(mo, n0))
     # 4. the GEMM tile: as the separate schedule's inner loops (4 rows x cb x 16 channels of
     #    accumulators over the whole reduction, on vpdpbusd)
     t_mi, t_n, t_k = sch.get_loops(block)[1:]

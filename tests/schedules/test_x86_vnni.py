@@ -13,6 +13,7 @@ whole model stays bit-identical to the golden executor.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 
@@ -191,7 +192,8 @@ def _build_fused(kind, k, n, seed, rule=None, target=None):
     return lib, scheduled, run
 
 
-@pytest.mark.parametrize("kind,k,n", [("gelu", 64, 192), ("residual", 96, 64), ("gelu", 40, 48)])
+# the last case's weight (768 x 1408 bytes) is over CHANNELS_FIRST_BYTES: channel tiles outermost
+@pytest.mark.parametrize("kind,k,n", [("gelu", 64, 192), ("residual", 96, 64), ("gelu", 40, 48), ("residual", 768, 1408)])
 def test_epilogue_fused_kernel_runs_in_the_tile_and_equals_numpy(kind, k, n):
     """FFN-in (i-GELU) and attention-out (residual add) kernels: the epilogue is inlined into one
     block computed per GEMM tile (no [M, N] int32 intermediate left), and the integers equal the
@@ -205,6 +207,10 @@ def test_epilogue_fused_kernel_runs_in_the_tile_and_equals_numpy(kind, k, n):
         sch.get_sblock(xv.OUT_BLOCK)
     assert "linear_bias_intermediate" not in scheduled.script()  # no [M, N] int32 pass left
     assert "vpdpbusd" in lib.mod.inspect_source("asm")
+    # the parallel loop fuses (row tiles, channel tiles), or (channel tiles, row tiles) for a
+    # weight over CHANNELS_FIRST_BYTES (the epilogue's loops: ax0 rows, ax1 channels)
+    order = re.findall(r"for (\w+) in T\.parallel", scheduled.script())[-1]
+    assert order == ("ax1_0_ax0_0_fused" if n * k > xv.CHANNELS_FIRST_BYTES else "ax0_0_ax1_0_fused"), order
     for batch, seq in [(1, 1), (1, 31), (1, 32), (2, 7), (3, 33), (4, 64)]:
         got, want = run(batch, seq)
         np.testing.assert_array_equal(got, want, err_msg=f"{kind} {batch}x{seq}")
