@@ -85,8 +85,6 @@ def tune(
     (:mod:`.in_model`); if it is slower with them, the database is marked not to be applied.
     """
     if target == "x86-amx":  # before anything is written: nothing is half-done
-        from ..errors import IBertTVMError
-
         raise IBertTVMError("tuning --target x86-amx is not supported: its linears are fixed AMX tile kernels, "
                             "and MetaSchedule's measuring processes do not hold the AMX permission; tune "
                             "--target x86 for the VNNI schedules")
