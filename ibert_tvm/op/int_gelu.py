@@ -45,7 +45,75 @@ KEEP_BITS = 24  # bits of the erf term kept after the shift t
 REQUANT_IN_BITS = 40  # the fused requantization sees at most this many bits of ``out``
 
 
-class IntGELU:
+class FusedRequantGELU:
+    """What every integer GELU plan shares (this i-GELU, ``int_gelu_poly.IntGELUPoly``): the
+    numpy input check, the fused requantization to the int8 activation planned from the proven
+    ``out_bound`` / ``out_scale``, and the TE bodies around the plan's one-element ``expr``."""
+
+    def _plan_requant(self, out_scale_q, out_bits: int) -> None:
+        self.requant = None
+        self.pre_shift = 0
+        if out_scale_q is not None:
+            # Requantize forms ``x * m`` in int64, so the wider its input, the fewer mantissa bits
+            # ``m`` gets (a 57-bit ``out`` from 32-bit ``q`` would leave ~6 bits, ~1% ratio error).
+            # Drop the excess low bits first: ``out >> pre_shift`` keeps <= REQUANT_IN_BITS bits,
+            # and the floor costs < 2^pre_shift * out_scale / out_scale_q output LSBs (~2^-40 of
+            # the largest output), far below the rounding of the int8 result.
+            self.pre_shift = max(0, self.out_bound.bit_length() - REQUANT_IN_BITS)
+            if np.ndim(out_scale_q) > 0:  # per-channel activation scales (last axis)
+                ratio = self.out_scale * (1 << self.pre_shift) / check_scales("out_scale_q", out_scale_q)
+            else:
+                ratio = self.out_scale * (1 << self.pre_shift) / check_scale("out_scale_q", out_scale_q)
+            self.requant = Requantize(
+                ratio,
+                in_bits=(self.out_bound >> self.pre_shift).bit_length() + 1,
+                out_bits=out_bits,
+            )
+
+    def _q_np(self, q) -> np.ndarray:
+        """``q`` as int64, checked against the declared ``in_bits`` input domain."""
+        q = check_int_array("q", q, ("int8", "int16", "int32")).astype(np.int64)
+        lo = -(1 << (self.in_bits - 1))
+        if q.size and (int(q.min()) < lo or int(q.max()) > -lo - 1):
+            raise ValueError(f"q exceeds the declared {self.in_bits}-bit input domain")
+        return q
+
+    def _need_requant(self):
+        if self.requant is None:
+            raise ValueError("out_scale_q was not given: this plan has no fused requantization")
+        return self.requant
+
+    def numpy_q(self, q) -> np.ndarray:
+        return self._need_requant().numpy(self.numpy(q) >> self.pre_shift)
+
+    def te(self, q):
+        from tvm import te
+
+        check_te_dtype("q", q, ("int8", "int16", "int32"))
+        return te.compute(q.shape, lambda *i: self.expr(q(*i)), name="int_gelu")
+
+    def params(self) -> dict[str, np.ndarray]:
+        """Run-time tensors of a per-channel fused requantization (``m``, ``s`` [C] int32)."""
+        return self.requant.params() if self.requant is not None else {}
+
+    def te_q(self, q, m=None, s=None):
+        """Fused GELU + requantization to the int8 activation (one kernel).
+
+        With per-channel output scales, ``m``/``s`` are the int32 [C] tensors of ``params()``.
+        """
+        from tvm import te
+
+        check_te_dtype("q", q, ("int8", "int16", "int32"))
+        r = self._need_requant()
+
+        def body(*i):
+            wide = self.expr(q(*i)) >> i64(self.pre_shift)
+            return r.expr(wide, i[-1], m, s).astype(r.out_dtype)
+
+        return te.compute(q.shape, body, name="int_gelu_q")
+
+
+class IntGELU(FusedRequantGELU):
     """Plan for i-GELU of a signed ``in_bits`` integer with scale ``scale``.
 
     ``numpy``/``te`` give the wide result (int64, scale ``out_scale``). With ``out_scale_q`` set,
@@ -80,43 +148,15 @@ class IntGELU:
             and max(self.b_q**2, -self.c_q, self.b_q**2 + self.c_q) <= INT32_MAX
             and (max(-self.c_q, self.b_q**2 + self.c_q) >> self.t) + 1 + abs(self.one) <= INT32_MAX
         ) else "int64"
-        self.requant = None
-        self.pre_shift = 0
-        if out_scale_q is not None:
-            # Requantize forms ``x * m`` in int64, so the wider its input, the fewer mantissa bits
-            # ``m`` gets (a 57-bit ``out`` from 32-bit ``q`` would leave ~6 bits, ~1% ratio error).
-            # Drop the excess low bits first: ``out >> pre_shift`` keeps <= REQUANT_IN_BITS bits,
-            # and the floor costs < 2^pre_shift * out_scale / out_scale_q output LSBs (~2^-40 of
-            # the largest output), far below the rounding of the int8 result.
-            self.pre_shift = max(0, self.out_bound.bit_length() - REQUANT_IN_BITS)
-            if np.ndim(out_scale_q) > 0:  # per-channel activation scales (last axis)
-                ratio = self.out_scale * (1 << self.pre_shift) / check_scales("out_scale_q", out_scale_q)
-            else:
-                ratio = self.out_scale * (1 << self.pre_shift) / check_scale("out_scale_q", out_scale_q)
-            self.requant = Requantize(
-                ratio,
-                in_bits=(self.out_bound >> self.pre_shift).bit_length() + 1,
-                out_bits=out_bits,
-            )
+        self._plan_requant(out_scale_q, out_bits)
 
     # -- numpy reference ------------------------------------------------------------------
     def numpy(self, q) -> np.ndarray:
-        q = check_int_array("q", q, ("int8", "int16", "int32")).astype(np.int64)
-        lo = -(1 << (self.in_bits - 1))
-        if q.size and (int(q.min()) < lo or int(q.max()) > -lo - 1):
-            raise ValueError(f"q exceeds the declared {self.in_bits}-bit input domain")
+        q = self._q_np(q)
         a = np.minimum(np.abs(q), -self.b_q)
         y = np.sign(q) * ((a + self.b_q) ** 2 + self.c_q)
         y = y >> self.t
         return -(q * (y + self.one))
-
-    def _need_requant(self):
-        if self.requant is None:
-            raise ValueError("out_scale_q was not given: this plan has no fused requantization")
-        return self.requant
-
-    def numpy_q(self, q) -> np.ndarray:
-        return self._need_requant().numpy(self.numpy(q) >> self.pre_shift)
 
     # -- TVM tensor expression ------------------------------------------------------------
     def expr(self, q):
@@ -131,29 +171,3 @@ class IntGELU:
         sq = (a + c(self.b_q)) * (a + c(self.b_q)) + c(self.c_q)
         y = tirx.Select(qn > c(0), sq, tirx.Select(qn < c(0), -sq, c(0))) >> c(self.t)  # sign(q) * sq
         return -(q.astype("int64") * (y + c(self.one)).astype("int64"))
-
-    def te(self, q):
-        from tvm import te
-
-        check_te_dtype("q", q, ("int8", "int16", "int32"))
-        return te.compute(q.shape, lambda *i: self.expr(q(*i)), name="int_gelu")
-
-    def params(self) -> dict[str, np.ndarray]:
-        """Run-time tensors of a per-channel fused requantization (``m``, ``s`` [C] int32)."""
-        return self.requant.params() if self.requant is not None else {}
-
-    def te_q(self, q, m=None, s=None):
-        """Fused i-GELU + requantization to the int8 activation (one kernel).
-
-        With per-channel output scales, ``m``/``s`` are the int32 [C] tensors of ``params()``.
-        """
-        from tvm import te
-
-        check_te_dtype("q", q, ("int8", "int16", "int32"))
-        r = self._need_requant()
-
-        def body(*i):
-            wide = self.expr(q(*i)) >> i64(self.pre_shift)
-            return r.expr(wide, i[-1], m, s).astype(r.out_dtype)
-
-        return te.compute(q.shape, body, name="int_gelu_q")

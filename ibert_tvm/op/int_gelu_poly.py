@@ -33,7 +33,7 @@ with ``B_n = |D_n|``, ``P_k = B_{k+1} * z_max``, ``B_k = |D_k| + ceil(P_k / 2^sh
 against int64; scales whose best ``F`` is below F_MIN are refused as too fine. Horner's floors
 cost < (n + 1) 2^-F T^n / ... in GELU units: ~1e-7 at ``F = 34`` (measured in the tests).
 The fused form requantizes ``out`` to the int8 activation exactly as ``IntGELU`` does: a static
-pre-shift to at most REQUANT_IN_BITS bits, then the dyadic ``Requantize`` (per-channel or not).
+pre-shift to at most ``int_gelu.REQUANT_IN_BITS`` bits, then the dyadic ``Requantize`` (per-channel or not).
 """
 
 from __future__ import annotations
@@ -42,9 +42,8 @@ import math
 
 import numpy as np
 
-from ._common import (INT64_MAX, check_bits, check_int_array, check_scale, check_scales, check_te_dtype, i64,
-                      prove_fits)
-from .requantize import Requantize
+from ._common import INT64_MAX, check_bits, check_scale, i64, prove_fits
+from .int_gelu import FusedRequantGELU
 
 # degree -> (T, (c_1, ..., c_n)): p(t) = sum_k c_k t^k ~ t/2 erfc(t/sqrt 2) on [0, T] (minimax, see above)
 POLYS = {
@@ -62,7 +61,6 @@ LINF = {4: 2.07e-3, 5: 1.65e-3, 6: 6.90e-4, 7: 1.29e-4, 8: 1.11e-4}  # float fit
 Z_BITS = 20  # the clipped |q| is cut to < 2^Z_BITS bits (resolution T / 2^20 ~ 4e-6 at worst)
 F_MAX, F_MIN = 36, 16  # fraction bits of the Horner accumulator (relative to 1.0 in GELU units)
 E_MAX = 48  # at most this many output fraction bits below S
-REQUANT_IN_BITS = 40  # as IntGELU: the fused requantization sees at most this many bits
 
 
 def _shift(v: int, s: int) -> int:
@@ -74,7 +72,7 @@ def _shift_bound(p: int, s: int) -> int:
     return -((-p) >> s) if s >= 0 else p << -s
 
 
-class IntGELUPoly:
+class IntGELUPoly(FusedRequantGELU):
     """Plan for GELU = relu - p(|x|) of a signed ``in_bits`` integer with scale ``scale``.
 
     Same interface as :class:`~ibert_tvm.op.int_gelu.IntGELU`: ``numpy``/``te`` give the wide
@@ -113,16 +111,7 @@ class IntGELUPoly:
         self.out_bound = out_bound
         prove_fits("GELU polynomial output (relu << E_0) - acc", self.out_bound)
         self.out_scale = self.scale / (1 << e0)
-        self.requant = None
-        self.pre_shift = 0
-        if out_scale_q is not None:
-            self.pre_shift = max(0, self.out_bound.bit_length() - REQUANT_IN_BITS)
-            if np.ndim(out_scale_q) > 0:  # per-channel activation scales (last axis)
-                ratio = self.out_scale * (1 << self.pre_shift) / check_scales("out_scale_q", out_scale_q)
-            else:
-                ratio = self.out_scale * (1 << self.pre_shift) / check_scale("out_scale_q", out_scale_q)
-            self.requant = Requantize(ratio, in_bits=(self.out_bound >> self.pre_shift).bit_length() + 1,
-                                      out_bits=out_bits)
+        self._plan_requant(out_scale_q, out_bits)
 
     def _bounds(self, d, shifts):
         """Proven |acc_k| bounds (index k) and |acc_{k+1} * z| product bounds (index k)."""
@@ -137,10 +126,7 @@ class IntGELUPoly:
 
     # -- numpy reference ------------------------------------------------------------------
     def numpy(self, q) -> np.ndarray:
-        q = check_int_array("q", q, ("int8", "int16", "int32")).astype(np.int64)
-        lo = -(1 << (self.in_bits - 1))
-        if q.size and (int(q.min()) < lo or int(q.max()) > -lo - 1):
-            raise ValueError(f"q exceeds the declared {self.in_bits}-bit input domain")
+        q = self._q_np(q)
         z = np.minimum(np.abs(q), self.t_q) >> self.r
         acc = np.full(q.shape, self.d[-1], dtype=np.int64)
         for k in range(self.degree - 1, -1, -1):
@@ -149,19 +135,12 @@ class IntGELUPoly:
             acc = (v >> s if s >= 0 else v << -s) + self.d[k]
         return (np.maximum(q, 0) << self.e0) - acc
 
-    def _need_requant(self):
-        if self.requant is None:
-            raise ValueError("out_scale_q was not given: this plan has no fused requantization")
-        return self.requant
-
-    def numpy_q(self, q) -> np.ndarray:
-        return self._need_requant().numpy(self.numpy(q) >> self.pre_shift)
-
     # -- TVM tensor expression ------------------------------------------------------------
     def expr(self, q):
-        """TIR expression for one element (``q`` int64)."""
+        """TIR expression for one element (``q`` an integer of at most ``in_bits`` bits; int64 result)."""
         from tvm import tirx
 
+        q = q.astype("int64")
         z = tirx.min(tirx.max(q, -q), i64(self.t_q))
         if self.r:
             z = z >> i64(self.r)
@@ -172,26 +151,3 @@ class IntGELUPoly:
             v = v >> i64(s) if s > 0 else (v << i64(-s) if s < 0 else v)
             acc = v + i64(self.d[k]) if self.d[k] else v
         return (tirx.max(q, i64(0)) << i64(self.e0)) - acc
-
-    def te(self, q):
-        from tvm import te
-
-        check_te_dtype("q", q, ("int8", "int16", "int32"))
-        return te.compute(q.shape, lambda *i: self.expr(q(*i).astype("int64")), name="int_gelu")
-
-    def params(self) -> dict[str, np.ndarray]:
-        """Run-time tensors of a per-channel fused requantization (``m``, ``s`` [C] int32)."""
-        return self.requant.params() if self.requant is not None else {}
-
-    def te_q(self, q, m=None, s=None):
-        """Fused GELU + requantization to the int8 activation (one kernel)."""
-        from tvm import te
-
-        check_te_dtype("q", q, ("int8", "int16", "int32"))
-        r = self._need_requant()
-
-        def body(*i):
-            wide = self.expr(q(*i).astype("int64")) >> i64(self.pre_shift)
-            return r.expr(wide, i[-1], m, s).astype(r.out_dtype)
-
-        return te.compute(q.shape, body, name="int_gelu_q")
