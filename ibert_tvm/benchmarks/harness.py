@@ -315,6 +315,13 @@ def bench_model(model, cfg: BenchConfig, log_dir: Path, *, log=print, progress=N
         except WorkerError as err:
             log(f"[{model.name}] {name}: no output: {err}")
     res["output_shape"] = list(out_shape)
+    # the deployment's peak RSS: loading, the timed runs and the output, before any profile (a
+    # profile loads a second, instrumented copy of the model in the same worker)
+    for name in list(active):
+        try:
+            res["engines"][name]["peak_rss_mb"] = _r1(workers[name].request({"cmd": "memory"}, timeout=60)["peak_rss_mb"])
+        except WorkerError as err:
+            log(f"[{model.name}] {name}: no memory figure: {err}")
     for name in ("tvm-int8", "tvm-int8-untuned", "tvm-fp32"):
         if name not in active or (name == "tvm-fp32" and not cfg.profile):
             continue
@@ -331,7 +338,10 @@ def bench_model(model, cfg: BenchConfig, log_dir: Path, *, log=print, progress=N
     for name, w in list(workers.items()):
         ans = w.close()
         if ans.get("peak_rss_mb") is not None:
-            res["engines"][name]["peak_rss_mb"] = _r1(ans["peak_rss_mb"])
+            e = res["engines"][name]
+            if e.get("profiles"):
+                e["peak_rss_mb_with_profiles"] = _r1(ans["peak_rss_mb"])
+            e.setdefault("peak_rss_mb", _r1(ans["peak_rss_mb"]))
     return res
 
 

@@ -267,7 +267,9 @@ def model_markdown(name: str, mres: dict, report: dict) -> list[str]:
                  + (f"{cos['mean']:.4f} / {cos['min']:.4f} vs {cos['reference']}" if cos else "-") + " |")
     L += ["", "Size on disk: what a deployment ships (TVM: model.so + params; PyTorch FP32: safetensors; PyTorch "
               "int8: the quantized state dict; ONNX Runtime: the .onnx file). Peak RSS: the worker process's high-water "
-              "mark over the whole run (interpreter, engine libraries, model, activations of the largest shape); of "
+              "mark over loading, the timed runs and the output (interpreter, engine libraries, model, activations of "
+              "the largest shape), taken before the per-kernel profile, which loads a second, instrumented copy of "
+              "the model in the same worker (bench.json keeps that figure as peak_rss_mb_with_profiles); of "
               "which libraries: what importing the engine added before the model was loaded. The TVM workers do not "
               "import PyTorch, as on a deployment. Cosine: pooled outputs on the same random input, batch "
               f"{(mres.get('output_shape') or ['?'])[0]}, sequence {(mres.get('output_shape') or ['?', '?'])[1]}."]

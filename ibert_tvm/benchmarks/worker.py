@@ -11,6 +11,7 @@
           {"cmd": "peak", "threads"}                             -> int8/fp32 GEMM peak (torch)
           {"cmd": "corpus", "path", "batch_size"}                -> its token counts (throughput.BulkJob)
           {"cmd": "bulk", "save": path | null}                   -> seconds, checksum of one whole pass
+          {"cmd": "memory"}                                      -> peak_rss_mb, rss_mb (so far)
           {"cmd": "quit"}                                        -> peak_rss_mb
         Every answer has "ok"; a failure answers {"ok": false, "error": one line, "trace"}.
 
@@ -147,6 +148,9 @@ class Server:
         if req.get("save"):
             np.save(req["save"], emb)
         return {"seconds": secs, "checksum": checksum(emb)}
+
+    def memory(self, req):
+        return {"peak_rss_mb": peak_rss_mb(), "rss_mb": rss_mb()}
 
     def quit(self, req):
         return {"peak_rss_mb": peak_rss_mb(), "rss_mb": rss_mb()}
