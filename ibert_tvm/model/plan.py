@@ -114,6 +114,36 @@ class LayerPlan:
     out: LinearPlan  # requant = ResidualAdd
     ln2: IntLayerNorm
     rel_bias: RelativePositionBias | None = None  # MPNet: added to the scores before i-softmax
+    qkv: LinearPlan | None = None  # q, k and v as one [3H, H] linear (fused_qkv); None: not fusable
+
+
+def fused_qkv(prefix: str, q: LinearPlan, k: LinearPlan, v: LinearPlan, qm) -> tuple[LinearPlan | None, dict]:
+    """``(plan, arrays)`` of the query, key and value linears as one linear ``<prefix>attention.self.qkv``:
+    the three int8 weights stacked along the output channels ``[q; k; v]`` (``[3H, K]``), their int32
+    biases and per-channel requantizations (:meth:`Requantize.concat`) concatenated the same way.
+    Output channel ``c`` of the fused linear is channel ``c`` of ``q`` (``c < H``), ``c - H`` of ``k``,
+    ``c - 2H`` of ``v``, with that linear's weight row, bias and ``(m, s)``: every output integer is the
+    same as the separate linear's (a dot product over the same ``K`` inputs and weights, the same
+    requantization), so the lowering slices ``q``, ``k`` and ``v`` out of one GEMM (one kernel launch
+    instead of three, one pass over the input). ``(None, {})`` when the three do not fit one kernel:
+    a packed low-bit weight, different input widths, or a residual requantization."""
+    parts = (q, k, v)
+    if any(p.packed for p in parts) or len({p.in_features for p in parts}) != 1 \
+            or not all(isinstance(p.requant, Requantize) for p in parts):
+        return None, {}
+    ws = [np.asarray(qm.tensor(f"{p.name}.weight")) for p in parts]
+    bs = [np.asarray(qm.tensor(f"{p.name}.bias")) for p in parts]
+    if len({w.dtype for w in ws}) != 1 or len({b.dtype for b in bs}) != 1:
+        return None, {}
+    channels = [w.shape[0] for w in ws]
+    try:
+        rq = Requantize.concat([p.requant for p in parts], channels)
+    except ValueError:
+        return None, {}
+    lp = LinearPlan(prefix + "attention.self.qkv", rq, bits=8, in_features=q.in_features)
+    arrays = {lp.weight_name: np.concatenate(ws), f"{lp.name}.bias": np.concatenate(bs)}
+    arrays.update({f"{lp.name}.{key}": val for key, val in rq.params().items()})
+    return lp, arrays
 
 
 class ModelPlan:
@@ -143,6 +173,7 @@ class ModelPlan:
             return plan
 
         linears: dict[str, LinearPlan] = {}
+        self.fused: dict[str, LinearPlan] = {}  # linears made of others (fused_qkv): packed by arrays_for too
 
         def linear(name, requant):
             k = int(qm.tensor(name + ".weight").shape[1])
@@ -224,7 +255,11 @@ class ModelPlan:
             out = linear(n, ResidualAdd(lin_in(n, s_g) * sc(n + ".weight") / s_r2, s_a / s_r2, out_bits=rb))
             s_h = sc(p + "ln2")
             ln2 = ln(hp + "output.LayerNorm", s_h)
-            self.layers.append(LayerPlan(hp, q, k, v, softmax, ctx, attn_out, ln1, inter, gelu, out, ln2, rel))
+            qkv, qkv_arrays = fused_qkv(hp, q, k, v, qm)
+            arrays.update(qkv_arrays)
+            if qkv is not None:
+                self.fused[qkv.name] = qkv
+            self.layers.append(LayerPlan(hp, q, k, v, softmax, ctx, attn_out, ln1, inter, gelu, out, ln2, rel, qkv))
         if self.shared_layers:  # the same plan (and tensors) at every application
             self.layers = self.layers * self.n_layers
 
@@ -300,7 +335,7 @@ class ModelPlan:
         if strategy.name == "generic":
             return self.arrays
         out = dict(self.arrays)
-        for name, lp in sorted(self.linears.items()):
+        for name, lp in sorted({**self.linears, **self.fused}.items()):
             w, b = out.pop(lp.weight_name), out.pop(name + ".bias")
             packed = strategy.pack_packed(w, b, lp.bits, lp.in_features) if lp.packed else strategy.pack(w, b)
             out.update({f"{name}.{k}": v for k, v in packed.items()})

@@ -144,6 +144,35 @@ class Requantize:
     def channels(self) -> int | None:
         return len(self.m) if self.per_channel else None
 
+    @classmethod
+    def concat(cls, parts, channels) -> "Requantize":
+        """One per-channel plan for the channel-wise concatenation of ``parts`` (``channels[i]``
+        channels each): channel ``c`` of part ``i`` keeps that part's ``m`` and ``s``, so the
+        integers are each part's (a per-tensor part's ``(m, s)`` repeated over its channels: the
+        same rounding expression). The parts must agree on ``in_bits``, ``out_bits`` and
+        ``out_dtype``; each ``m`` was proven against that ``in_bits`` when its part was made, and
+        the concatenation does not change any channel's ``x * m``."""
+        parts, channels = list(parts), [int(c) for c in channels]
+        if not parts or len(parts) != len(channels):
+            raise ValueError("concat needs one channel count per part")
+        first = parts[0]
+        for p in parts[1:]:
+            if (p.in_bits, p.out_bits, p.out_dtype) != (first.in_bits, first.out_bits, first.out_dtype):
+                raise ValueError("concat: the parts differ in in_bits, out_bits or out_dtype: "
+                                 f"{(p.in_bits, p.out_bits, p.out_dtype)} vs {(first.in_bits, first.out_bits, first.out_dtype)}")
+        ms, ss = [], []
+        for p, c in zip(parts, channels):
+            if p.per_channel and len(p.m) != c:
+                raise ValueError(f"concat: a part has {len(p.m)} channels, expected {c}")
+            ms.append(np.asarray(p.m, dtype=np.int32) if p.per_channel else np.full(c, p.m, dtype=np.int32))
+            ss.append(np.asarray(p.s, dtype=np.int32) if p.per_channel else np.full(c, p.s, dtype=np.int32))
+        out = cls.__new__(cls)
+        out.in_bits, out.out_bits, out.out_dtype = first.in_bits, first.out_bits, first.out_dtype
+        out.qmin, out.qmax = first.qmin, first.qmax
+        out.per_channel = True
+        out.m, out.s = np.concatenate(ms), np.concatenate(ss)
+        return out
+
     # -- numpy reference ------------------------------------------------------------------
     def numpy(self, x) -> np.ndarray:
         x = check_int_array("x", x, _IN_DTYPES)

@@ -32,6 +32,10 @@ float op on activations                          integer lowering (``te()`` of t
 ``matmul(x, permute_dims(L.weight))`` + bias     ``strategy.te`` (int8 x int8 -> int32, bias in);
                                                  the accumulator stays int32 until a consumer
                                                  needs it: then ``LinearPlan.requant`` (dyadic)
+the query, key and value linears of a layer      one linear over the layer's stacked ``qkv`` tensors
+(``LayerPlan.qkv``, ``ModelPlan.fused_qkv``)     (``[3H, K]``) and its requantization, emitted once
+                                                 per input; each part's heads are sliced out of a
+                                                 ``[.., 3 heads, d]`` view in its head transpose
 ``add(linear acc, skip)``                        the linear's ``ResidualAdd`` (int32, 24-bit)
 ``nn.layer_norm``                                ``IntLayerNorm`` (per-channel output scales
                                                  already folded into the next weight by the plan)
@@ -135,6 +139,21 @@ class _Acc:
 
 
 @dataclass
+class _Sliced:
+    """Channels ``[begin, begin + n)`` of ``fused``, the int8 output of a fused linear
+    (``ModelPlan``'s ``qkv``): linear ``origin``'s requantized output, not yet sliced out.
+    ``hf``: set until the graph's bias add of that linear (in the fused kernel already) is seen.
+    The slice is made where it is read (:meth:`_Lowering._slice`): after the head split's
+    reshape when that comes first, so that it fuses with the head transpose; else on the last axis."""
+
+    fused: relax.Expr
+    begin: int
+    n: int
+    origin: str
+    hf: str | None = None
+
+
+@dataclass
 class _Scores:
     """int32 ``q k^T`` of attention scope ``scope``; ``scaled`` once the 1/sqrt(d) factor was seen."""
 
@@ -199,6 +218,16 @@ class _Lowering:
         self.value: dict = {}  # float var -> bound value
         self.low: dict = {}  # float activation var -> _Int | _Acc | _Scores | _Masked | _Gathers
         self.bb = relax.BlockBuilder()
+        # q / k / v linear name -> (the fused linear, its channel offset) for layers with a fused qkv
+        self.fused_of = {}
+        for L in plan.layers:
+            if getattr(L, "qkv", None) is not None:
+                h = 0
+                for part in (L.q, L.k, L.v):
+                    self.fused_of[part.name] = (L.qkv, h)
+                    h += int(plan.qm.tensor(part.name + ".weight").shape[0])
+        self.fused_out: dict = {}  # (fused linear name, its input expr) -> its requantized output
+        self.fused_views: dict = {}  # (fused output, head dim) -> its [..., 3H / d, d] view
 
     # -- driver ---------------------------------------------------------------------------------
     def run(self) -> tvm.IRModule:
@@ -227,7 +256,10 @@ class _Lowering:
         """Plan tensors no graph reads: ``ModelPlan`` makes the mean-pool requantization
         (``pooler.*``) for every model, a classifier never pools (today's module declares them as
         unused parameters)."""
-        return {n for n in self.arrays if n.startswith("pooler.")} if self.plan.head != "embedding" else set()
+        out = {n for n in self.arrays if n.startswith("pooler.")} if self.plan.head != "embedding" else set()
+        # the separate q, k, v tensors of a fused layer (the golden executor's; the graph reads the qkv ones)
+        parts = tuple(f"{name}." for name in self.fused_of)
+        return out | {n for n in self.arrays if n.startswith(parts)} if parts else out
 
     def _binding(self, binding: relax.VarBinding) -> None:
         var, value = binding.var, binding.value
@@ -321,6 +353,8 @@ class _Lowering:
         """``low`` as a materialised integer tensor (requantizing a pending accumulator)."""
         if isinstance(low, _Int):
             return low
+        if isinstance(low, _Sliced):
+            return self._slice(low)
         if isinstance(low, _Acc):
             rq = low.lp.requant
             if isinstance(rq, ResidualAdd):
@@ -409,6 +443,8 @@ class _Lowering:
         x = self._arg(call, 0, var, f"the input of linear {hf}")
         n, k = (int(d) for d in self.value[call.args[1]].args[0].ty.shape)  # the float W [N, K]
         self._same_shape(var, call, f"linear {hf}", (n, k), self.plan.qm.tensor(lp.name + ".weight").shape)
+        if lp.name in self.fused_of:
+            return self._fused_part(x, lp, hf, n)
         names = self.st.packed_param_shapes(n, k, lp.bits) if lp.packed else self.st.param_shapes(n, k)
         kw = {k: f"{lp.name}.{k}" for k in sorted(names)}
         if lp.packed:
@@ -418,9 +454,68 @@ class _Lowering:
             body = self.st.te
         return _Acc(self._te(body, "linear", [x.expr], kw), lp, hf)
 
+    def _fused_part(self, x: _Int, lp, hf: str, n: int) -> _Sliced:
+        """Linear ``lp``'s int8 output as channels ``[h, h + n)`` of its fused linear's (``fused_qkv``),
+        which is emitted once per input: the first of q, k, v to be lowered emits the GEMM and its
+        requantization for all three, each then slices its own channels (the slice, a view, fuses
+        into its reader: the head split)."""
+        fused, h = self.fused_of[lp.name]
+        key = (fused.name, x.expr)
+        if key not in self.fused_out:
+            n3 = int(np.asarray(fused.requant.m).size)
+            names = self.st.param_shapes(n3, fused.in_features)
+            acc = self._te(self.st.te, "linear", [x.expr], {k: f"{fused.name}.{k}" for k in sorted(names)})
+            rq = fused.requant
+            self.fused_out[key] = self._te(rq.te, "requantize", [acc],
+                                           {k: f"{fused.name}.{k}" for k in sorted(rq.params())})
+        return _Sliced(self.fused_out[key], h, n, lp.name, hf)
+
+    def _slice(self, sl: _Sliced, shape=None) -> _Int:
+        """``sl`` materialised: its channels sliced from the fused output; with ``shape`` (a
+        reshape of the part to ``[..., a, b]``, ``a b = n``, its leading dims the part's), the fused
+        output is reshaped to ``[..., 3H / b, b]`` (a view) and sliced on axis -2 instead, which is
+        the same tensor (channel ``c`` of the part is element ``(c // b, c % b)`` either way)."""
+        f = sl.fused
+        rank = len(f.ty.shape)
+        if shape is None:
+            part = relax.op.strided_slice(f, axes=[rank - 1], begin=[sl.begin], end=[sl.begin + sl.n])
+        else:
+            b = int(shape[-1])
+            total = int(f.ty.shape[-1])
+            key = (f, b)
+            if key not in self.fused_views:
+                self.fused_views[key] = self.bb.emit(relax.op.reshape(f, [*list(f.ty.shape)[:-1], total // b, b]))
+            view = self.fused_views[key]
+            part = relax.op.strided_slice(view, axes=[rank - 1], begin=[sl.begin // b], end=[(sl.begin + sl.n) // b])
+        return _Int(self.bb.emit(part), origin=sl.origin)
+
+    def _split_heads(self, sl: _Sliced, call, var):
+        """The target shape when view ``call`` of part ``sl`` splits its channels as ``[..., a, b]``
+        (``a b = n``, ``b`` dividing the part's offset, the leading dims unchanged); else None."""
+        if call.op.name != "relax.reshape":
+            return None
+        src, dst = list(sl.fused.ty.shape), list(var.ty.shape)
+        if len(dst) != len(src) + 1 or not all(isinstance(d, tvm.tirx.IntImm) for d in dst[-2:]):
+            return None
+        a, b = int(dst[-2]), int(dst[-1])
+        if a * b != sl.n or sl.begin % b:
+            return None
+        from tvm.sym import Analyzer
+
+        analyzer = Analyzer()
+        if not all(analyzer.can_prove_equal(x, y) for x, y in zip(src[:-1], dst[:-2])):
+            return None
+        return dst
+
     def _add(self, var, call):
         a, b = call.args
         la, lb = self.low.get(a), self.low.get(b)
+        for sl, other in ((la, b), (lb, a)):  # the bias of a fused linear's part (in its kernel already)
+            if isinstance(sl, _Sliced) and sl.hf is not None and other in self.weights \
+                    and self._weight(other, ".bias") is not None:
+                if self._weight(other, ".bias") != sl.hf:
+                    raise self._error(var, call, f"bias {self.weights[other]} is not linear {sl.hf}'s")
+                return _Sliced(sl.fused, sl.begin, sl.n, sl.origin)
         for acc, other in ((la, b), (lb, a)):  # the bias of a linear (te() added it already)
             if isinstance(acc, _Acc) and other in self.weights and self._weight(other, ".bias") is not None:
                 if self._weight(other, ".bias") != acc.hf:
@@ -610,6 +705,10 @@ class _Lowering:
         if isinstance(low, _Scores):  # per-tensor scale: any view
             expr = self.bb.emit(relax.Call(call.op, [low.expr, *rest], call.attrs, call.ty_args))
             return _Scores(expr, low.scope, low.head_dim, low.scaled, low.biased)
+        if isinstance(low, _Sliced):
+            shape = self._split_heads(low, call, var)
+            if shape is not None:  # the head split: reshape the fused output, slice the heads
+                return self._slice(low, shape)
         if isinstance(low, _Acc) and _keeps_channels(call, var):  # per-channel requantization still applies
             expr = self.bb.emit(relax.Call(call.op, [low.expr, *rest], call.attrs, call.ty_args))
             return _Acc(expr, low.lp, low.hf)

@@ -95,6 +95,9 @@ def test_classifier_head_and_embeddings_stay_8_bit(lowbit):
     assert plan.arrays["head.dense.weight"].dtype == np.int8
     assert plan.arrays["embeddings.word_embeddings.weight"].dtype == np.int8
     assert set(plan.weight_bits().values()) == {3} and len(plan.weight_bits()) == 6 * plan.n_layers
+    # packed q / k / v stay three linears (ModelPlan.fused_qkv stacks int8 weights only)
+    assert all(L.qkv is None for L in plan.layers) and not plan.fused
+    assert all(L.qkv is not None for L in ModelPlan(_as_int8(lowbit(3, "RobertaForSequenceClassification"))).layers)
 
 
 # -- compiled == golden ---------------------------------------------------------------------

@@ -420,3 +420,30 @@ def test_per_channel_te_params_checked():
     with pytest.raises(ValueError, match="channels"):
         plan.numpy(np.zeros((2, 2), dtype=np.int32))
     assert set(plan.params()) == {"m", "s"} and plan.channels == 3
+
+
+def test_concat_is_each_part_on_its_channels():
+    """``Requantize.concat`` (the fused q/k/v linear): every channel of the concatenation gives the
+    integers of its own part, per-channel and per-tensor parts alike, in numpy and in the compiled
+    kernel; each part computed on its own slice is the reference."""
+    rng = np.random.default_rng(3)
+    parts = [Requantize(rng.uniform(1e-4, 2e-2, 5), in_bits=32, out_bits=8),
+             Requantize(3.7e-3, in_bits=32, out_bits=8),  # per-tensor: (m, s) repeated on its 4 channels
+             Requantize(rng.uniform(1e-5, 1e-3, 3), in_bits=32, out_bits=8)]
+    channels = [5, 4, 3]
+    cat = Requantize.concat(parts, channels)
+    assert cat.per_channel and cat.channels == 12 and cat.m.dtype == cat.s.dtype == np.int32
+    x = rng.integers(-(2**31), 2**31, (7, 12), dtype=np.int64).astype(np.int32)
+    edges = np.cumsum([0, *channels])
+    want = np.concatenate([p.numpy(x[:, a:b]) for p, a, b in zip(parts, edges[:-1], edges[1:])], axis=1)
+    np.testing.assert_array_equal(cat.numpy(x), want)
+    np.testing.assert_array_equal(run_te(lambda a, m, s: cat.te(a, m, s), x, cat.m, cat.s), want)
+
+
+def test_concat_refuses_parts_that_differ():
+    with pytest.raises(ValueError, match="differ"):
+        Requantize.concat([Requantize([0.5, 0.25]), Requantize([0.5, 0.25], out_bits=16)], [2, 2])
+    with pytest.raises(ValueError, match="3 channels, expected 2"):
+        Requantize.concat([Requantize([0.5, 0.25, 0.1]), Requantize(0.5)], [2, 2])
+    with pytest.raises(ValueError, match="one channel count per part"):
+        Requantize.concat([Requantize(0.5)], [2, 2])

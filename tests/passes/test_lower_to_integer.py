@@ -130,10 +130,19 @@ def test_compile_equals_the_hand_built_model(arch, tiny_factory, quantized_facto
         compiled_arrays = {n: npz[f"p{i:04d}"] for i, n in enumerate(compiled)}
     # a classifier never reads the mean-pool requantization ModelPlan makes (hand-built: unused params)
     unread = {n for n in names if n.startswith("pooler.")} if qm.dims["head"] == "classifier" else set()
-    assert sorted(compiled) == sorted(set(names) - unread)
+    # compile runs each layer's query, key and value as one linear (ModelPlan.fused_qkv): its tensors
+    # are the hand-built model's three stacked along the output channels, in that order
+    parts = ("query", "key", "value")
+    separate = {n for n in names if any(f".attention.self.{p}." in n for p in parts)}
+    fused = {n.replace(".attention.self.query.", ".attention.self.qkv.") for n in separate if ".query." in n}
+    assert fused and sorted(compiled) == sorted((set(names) - unread - separate) | fused)
     for n in compiled:
-        assert compiled_arrays[n].dtype == arrays[n].dtype, n
-        np.testing.assert_array_equal(compiled_arrays[n], arrays[n], err_msg=n)
+        if n in fused:
+            want = np.concatenate([arrays[n.replace(".qkv.", f".{p}.")] for p in parts])
+        else:
+            want = arrays[n]
+        assert compiled_arrays[n].dtype == want.dtype, n
+        np.testing.assert_array_equal(compiled_arrays[n], want, err_msg=n)
     model = CompiledModel(out)
     rng = np.random.default_rng(5)
     for batch, seq in [(1, 1), (3, 33), (8, 128)]:
@@ -175,7 +184,10 @@ def test_x86_vnni_strategy_lowers_bit_identically(tiny_factory, quantized_factor
     plan, st = ModelPlan(qm), linear_strategy("x86")
     mod, names, arrays = lower_to_integer(im, qm, strategy=st)
     want_arrays = plan.arrays_for(st)
-    assert st.name == "x86-vnni" and set(names) == set(want_arrays) - {n for n in want_arrays if n.startswith("pooler.")}
+    # the separate q, k, v tensors of a layer with a fused qkv linear are the golden executor's only
+    separate = tuple(f"{p.name}." for L in plan.layers if L.qkv is not None for p in (L.q, L.k, L.v))
+    assert separate and st.name == "x86-vnni"
+    assert set(names) == set(want_arrays) - {n for n in want_arrays if n.startswith(("pooler.", *separate))}
     ex, mod_report, code_report = build(mod, get_target("x86").tvm_target(), target_name="x86")
     assert mod_report.float_ops == 0 and code_report.float_ops == 0
     built = (mod, names, arrays, relax.VirtualMachine(ex, tvm.cpu()), mod_report, code_report)
@@ -335,8 +347,9 @@ def test_compile_fuses_into_the_hand_built_kernels(tiny_factory, quantized_facto
     """With CanonicalizeViews, compile's fused PrimFuncs (what the schedules and the tuning
     database see) are the hand-built model's, structure for structure: the linears fuse with their
     requantization, GELU and residual add as before, and the attention products keep their 4-D
-    ``[batch, heads, seq, d]`` shape. The one difference is V's transpose, composed into a single
-    ``permute_dims`` where the hand-built model fused two."""
+    ``[batch, heads, seq, d]`` shape. The differences: q, k and v run as one linear
+    (``ModelPlan.fused_qkv``), and V's transpose is composed into a single ``permute_dims`` where
+    the hand-built model fused two."""
     import tvm
     import tvm_ffi
 
@@ -361,5 +374,11 @@ def test_compile_fuses_into_the_hand_built_kernels(tiny_factory, quantized_facto
     pn, po = prims(new), prims(old)
     only_new = sorted(pn[h] for h in set(pn) - set(po))
     only_old = sorted(po[h] for h in set(po) - set(pn))
-    assert only_new == ["transpose1"] and only_old == ["fused_transpose_transpose1"], (only_new, only_old)
+    # q, k and v: one [3H, H] linear (its kernel: fused_linear_requantize of other shapes), whose
+    # output is viewed as [batch, seq, 3 heads, d] (reshape) and each part's heads sliced out in
+    # its head transpose (fused_strided_slice*_transpose*), where the hand-built model had three
+    # [H, H] linears, [batch, seq, heads, d] views and plain transposes
+    assert only_new == ["fused_linear_requantize", "fused_strided_slice1_transpose",
+                        "fused_strided_slice2_transpose1", "fused_strided_slice_transpose", "reshape"], only_new
+    assert only_old == ["fused_linear_requantize", "fused_transpose_transpose1", "reshape", "transpose"], only_old
     assert any(n.startswith("fused_linear") and "int_gelu" in n for n in pn.values())
