@@ -247,6 +247,6 @@ def test_outline_shared_layer_refuses_what_it_cannot_cut(built):
                                             r"application \(4\)"):
         OutlineSharedLayer(end, 4)(mod)
     with pytest.raises(IBertTVMError, match="not consecutive runs of one length"):
-        OutlineSharedLayer("encoder.layer.0.attention.self.query.weight", 3)(mod)  # not the last binding of each
+        OutlineSharedLayer("encoder.layer.0.attention.self.qkv.weight", 3)(mod)  # not the last binding of each
     out = OutlineSharedLayer(end, 3)(mod)
     assert "shared_layer" in [gv.name_hint for gv, _ in out.functions_items()]

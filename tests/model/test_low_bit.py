@@ -106,7 +106,17 @@ def _npz_bytes_8bit(qm, target, tmp_path) -> int:
     from ibert_tvm.frontend.lower import integer_module
     from ibert_tvm.schedules import linear_strategy
 
-    _, names, arrays = integer_module(_as_int8(qm), linear_strategy(target))
+    from ibert_tvm.model.plan import ModelPlan
+
+    st = linear_strategy(target)
+    _, names, _ = integer_module(_as_int8(qm), st)
+    # the 8-bit build stacks q, k, v into one linear (ModelPlan.fused_qkv), a packed one keeps the three:
+    # compare with the 8-bit tensors of the three, so that only the weight formats differ
+    arrays = ModelPlan(_as_int8(qm)).arrays_for(st)
+    packed = {n.rsplit(".attention.self.", 1)[0] for n in qm.weight_bits_map if ".attention.self." in n}
+    names = [p for n in names for p in ([n.replace(".qkv.", f".{part}.") for part in ("query", "key", "value")]
+                                         if ".attention.self.qkv." in n and n.split(".attention.")[0] in packed
+                                         else [n])]
     path = tmp_path / "params8.npz"
     np.savez(path, **{f"p{i:04d}": arrays[n] for i, n in enumerate(names)})
     return path.stat().st_size
