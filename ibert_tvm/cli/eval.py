@@ -14,10 +14,8 @@ from .common import report_path
 # -- the command ------------------------------------------------------------------------------------------
 def cmd(args) -> int:
     from ..evaluate import (
-        calibration_sentences,
         check_pair,
         check_task_model,
-        compile_cached,
         evaluate,
         markdown_table,
         parse_peers,
@@ -31,35 +29,23 @@ def cmd(args) -> int:
     peers = parse_peers(args.peers)
     from ..quantization.config import QUANTIZATION
 
+    if args.scheme not in QUANTIZATION:
+        raise IBertTVMError(f"unknown quantization scheme {args.scheme!r}; known: {', '.join(QUANTIZATION)}")
+    if args.gelu and args.artifact:
+        raise IBertTVMError(f"--gelu {args.gelu} applies when compiling without --artifact; the GELU of "
+                            f"{args.artifact} is the one it was calibrated with")
     if args.task == "fidelity":
         return cmd_fidelity(args, peers)
     if args.text or args.per_slice:
         raise IBertTVMError("--text and --per-slice belong to --task fidelity")
 
-    if args.scheme not in QUANTIZATION:
-        raise IBertTVMError(f"unknown quantization scheme {args.scheme!r}; known: {', '.join(QUANTIZATION)}")
     task = load_task(args.task).head(args.limit)
     out_json = report_path(args.output, "the markdown table goes")
-    compiled = None
     ckpt = resolve_model(args.task, args.model)
     check_task_model(task, ckpt)
     from ..deploy.runtime import CompiledModel
 
-    if args.artifact:
-        compiled = CompiledModel(args.artifact)
-    else:
-        from ..quantization.calibrate import calibrate
-        from ..quantization.config import QUANTIZATION, QuantConfig
-
-        sentences = calibration_sentences(args.task)
-        print(f"calibrating {ckpt.path} on {len(sentences)} training sentences ({args.scheme}, "
-              f"{args.calibration or QUANTIZATION[args.scheme].calibration})")
-        config = QUANTIZATION[args.scheme]
-        if args.calibration:
-            config = QuantConfig.from_dict({**config.to_dict(), "calibration": args.calibration})
-        qm = calibrate(ckpt, sentences, config,
-                       progress=lambda it: progress_fn()(it, "calibrate"))
-        compiled = CompiledModel(compile_cached(qm))
+    compiled = CompiledModel(_integer_artifact(args, ckpt, args.task))
     from ..model.hf_loader import load_tokenizer_json
 
     check_pair(ckpt, compiled, load_tokenizer_json(ckpt.path))  # before any scoring
@@ -80,19 +66,19 @@ def cmd(args) -> int:
 
 
 def _integer_artifact(args, ckpt, task_name: str):
-    """--artifact, or the model calibrated (scheme, calibration) and compiled for this CPU now (cached)."""
+    """--artifact, or the model calibrated (scheme, calibration, GELU) and compiled for this CPU now (cached)."""
     from ..evaluate import calibration_sentences, compile_cached, progress_fn
     from ..quantization.calibrate import calibrate
     from ..quantization.config import QUANTIZATION, QuantConfig
 
     if args.artifact:
         return args.artifact
-    sentences = calibration_sentences(task_name)
-    print(f"calibrating {ckpt.path} on {len(sentences)} training sentences ({args.scheme}, "
-          f"{args.calibration or QUANTIZATION[args.scheme].calibration})")
     config = QUANTIZATION[args.scheme]
     if args.calibration:
         config = QuantConfig.from_dict({**config.to_dict(), "calibration": args.calibration})
+    config = config.with_gelu(args.gelu)
+    sentences = calibration_sentences(task_name)
+    print(f"calibrating {ckpt.path} on {len(sentences)} training sentences ({config.name}, {config.calibration})")
     qm = calibrate(ckpt, sentences, config, progress=lambda it: progress_fn()(it, "calibrate"))
     return compile_cached(qm)
 
@@ -172,6 +158,7 @@ def _peer_embedder(name, ckpt, batch_size, workdir):
 
 def add_parser(sub) -> None:
     from ..evaluate import PEERS
+    from ..quantization.config import GELU_FORMS
 
     p = sub.add_parser(
         "eval", help="accuracy: FP32 vs integer-only vs int8 peers on a task",
@@ -199,6 +186,8 @@ def add_parser(sub) -> None:
                    help="activation range statistic when compiling without --artifact (default: the scheme's)")
     p.add_argument("--scheme", default="ibert-w8a8",
                    help="quantization scheme when compiling without --artifact (default ibert-w8a8)")
+    p.add_argument("--gelu", choices=GELU_FORMS, metavar="{ibert,poly4..poly8}",
+                   help="integer GELU when compiling without --artifact, as in calibrate --gelu (default: the scheme's)")
     p.add_argument("--limit", type=positive_int, help="score only the first N examples (fidelity: per slice)")
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("-o", "--output", default="eval.json", help="JSON report path; the table goes to the same "

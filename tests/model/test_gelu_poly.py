@@ -3,7 +3,8 @@
 * scheme: the default stays ``ibert`` and its dict (artifact meta, model hash) is what it was
   before the field existed; bad values are refused naming the field; the choice is part of the
   scheme name (= the artifact identity), composes with the softmax and weight tags, survives
-  save/load; ``calibrate --gelu`` sets it, a bad value is one ``error:`` line, exit 2.
+  save/load; ``calibrate --gelu`` and ``eval --gelu`` set it (eval: a real compile of that form; refused with
+  ``--artifact``), a bad value is one ``error:`` line, exit 2.
 * plan and golden: every layer's GELU is an ``IntGELUPoly``; against the float64 fake-quant
   reference (exact GELU, fed golden's own inputs) the int8 GELU outputs are within 1 LSB, while
   i-GELU's are not (so the reference does tell the two apart).
@@ -94,6 +95,48 @@ def test_calibrate_flag_and_bad_value(capsys, tiny_factory, tmp_path):
     with pytest.raises(SystemExit):
         cli(capsys, "calibrate", "--help")
     assert "polyN" in capsys.readouterr().out
+
+
+def test_eval_flag_compiles_that_form(capsys, tiny_factory, tmp_path, monkeypatch):
+    """``eval --gelu`` calibrates and compiles the chosen form (here into a fresh cache), as ``calibrate
+    --gelu`` does: the compiled artifact it scores says so in its identity and its quantized config."""
+    from ibert_tvm.datasets import stsb
+    from ibert_tvm.deploy.runtime import CompiledModel
+
+    monkeypatch.setenv("IBERT_TVM_CACHE", str(tmp_path / "cache"))
+    tsv = tmp_path / "pairs.tsv"
+    tsv.write_text("sentence1\tsentence2\tscore\n" + "".join(f"{p.sentence1}\t{p.sentence2}\t{p.score}\n"
+                                                           for p in stsb("dev")[:8]), encoding="utf-8")
+    rc, out, err = cli(capsys, "eval", "--task", f"tsv:{tsv}", "--model", tiny_factory(), "--gelu", "poly5",
+                       "-o", tmp_path / "r.json")
+    assert rc == 0, err
+    rep = json.loads((tmp_path / "r.json").read_text())
+    art = rep["artifact"]
+    assert art["identity"].endswith("-ibert-w8a8+gelu5"), art
+    assert art["path"].startswith(str(tmp_path / "cache")) and "+gelu5, minmax)" in out
+    assert CompiledModel(art["path"]).manifest["model"]["quantization"] == "ibert-w8a8+gelu5"
+    assert -1.0 <= rep["results"]["integer"]["value"] <= 1.0
+
+
+@pytest.mark.parametrize("argv, needles", [
+    (["--gelu", "poly3"], ["--gelu", "poly3", "invalid choice"]),  # argparse's choices, as calibrate's
+    (["--gelu", "poly4", "--artifact", "{tmp}/out"], ["--gelu poly4", "--artifact", "calibrated with"]),
+    (["--task", "fidelity", "--gelu", "poly4", "--artifact", "{tmp}/out"], ["--gelu poly4", "--artifact"]),
+], ids=["bad-form", "with-artifact", "fidelity-with-artifact"])
+def test_eval_flag_bad_input_is_one_error_line(argv, needles, capsys, tiny_factory, tmp_path):
+    argv = [a.format(tmp=tmp_path) for a in argv]
+    if "--task" not in argv:
+        argv = ["--task", "stsb", *argv]
+    argv += ["--model", str(tiny_factory()), "-o", str(tmp_path / "r.json")]
+    try:
+        rc, _, err = cli(capsys, "eval", *argv)
+    except SystemExit as e:  # argparse
+        rc, err = e.code, capsys.readouterr().err
+    assert_user_error(rc, err, "eval", *needles)
+    assert err.count("error:") == 1 and not (tmp_path / "r.json").exists()
+    with pytest.raises(SystemExit):
+        cli(capsys, "eval", "--help")
+    assert "--gelu {ibert,poly4..poly8}" in capsys.readouterr().out
 
 
 def test_a_damaged_form_in_q_is_one_error_line(capsys, gq, tmp_path):
