@@ -40,10 +40,10 @@ def add_parser(sub) -> None:
                    help="i-softmax output bits per encoder layer, one entry per layer (e.g. 8,8,8,8,8,16: 16-bit "
                    "softmax in the last of 6 layers only); overrides --softmax-bits")
     p.add_argument("--gelu", choices=GELU_FORMS, metavar="{ibert,poly4..poly8}",
-                   help="integer GELU: ibert (default: I-BERT's i-GELU, erf as a clipped quadratic, L-inf error "
-                   "0.018) or polyN (relu minus a fitted degree-N polynomial bump, N = 4..8; poly4: L-inf 2.1e-3, no "
-                   "measurable speed cost; poly7: 1.3e-4, ~1.11x CPU time on x86); the choice is in the scheme name "
-                   "(+gelu4); docs/fidelity.md, 'A closer i-GELU'")
+                   help="integer GELU: polyN (relu minus a fitted degree-N polynomial bump, N = 4..8; poly4, the "
+                   "default: L-inf error 2.1e-3, no measurable speed cost; poly7: 1.3e-4, ~1.11x CPU time on x86) or "
+                   "ibert (I-BERT's i-GELU, erf as a clipped quadratic, L-inf 0.018; the default before issue 15); the "
+                   "choice is in the scheme name (+gelu4; i-GELU: none); docs/fidelity.md, 'A closer i-GELU'")
     p.add_argument("--accept-lossy-embedding", action="store_true",
                    help="build an embedding model with 2/3/4-bit weights anyway (refused by default: post-training "
                    "low-bit weights lose the embedding, docs/fidelity.md)")

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
@@ -17,6 +18,17 @@ SOFTMAX_BITS = tuple(range(8, 17))  # i-softmax output widths: uint8 (8) or uint
 # integer GELU forms: I-BERT's i-GELU (op/int_gelu.py) or relu minus a fitted polynomial of degree N
 # (op/int_gelu_poly.py, "polyN"; issue 15, docs/fidelity.md "A closer i-GELU")
 GELU_FORMS = ("ibert", "poly4", "poly5", "poly6", "poly7", "poly8")
+# What a scheme dict without a "gelu" key means: I-BERT's i-GELU. Every dict written before the field
+# existed (old q/ artifacts) has none, and to_dict leaves "ibert" out, so an i-GELU scheme's dict and
+# model hash stay what they always were. This is not the default form (poly4 since issue 15's sixth
+# pass): a default scheme's dict says "gelu": "poly4", so an old artifact never reads as poly4.
+GELU_WHEN_ABSENT = "ibert"
+
+
+def _name_gelu_degree(name: str) -> int:
+    """N of the ``gelu<N>`` tag after the ``+`` of a scheme name (``ibert-w8a8+sm16-gelu7-qat``: 7), 0 without one."""
+    tags = name.split("+", 1)[1].split("-") if "+" in name else []
+    return next((int(t[4:]) for t in tags if re.fullmatch(r"gelu[0-9]+", t)), 0)
 
 
 def _is_width(b, allowed) -> bool:
@@ -26,7 +38,9 @@ def _is_width(b, allowed) -> bool:
 
 @dataclass(frozen=True)
 class QuantConfig:
-    name: str = "ibert-w8a8"
+    # the scheme's name, part of the artifact identity: "+gelu4" says the GELU (a name without a gelu
+    # tag is i-GELU's, as every name before poly4 became the default); with_* keep it in step
+    name: str = "ibert-w8a8+gelu4"
     weight_bits: int = 8  # symmetric weights of the encoder linears: 8, or 4/3/2 (packed, Q-BERT)
     act_bits: int = 8  # activations between layers (inputs of every matmul)
     residual_bits: int = 24  # residual sums feeding LayerNorm (I-BERT uses 22)
@@ -61,9 +75,10 @@ class QuantConfig:
     # overriding softmax_bits; empty: every layer has softmax_bits.
     softmax_bits: int = 8
     layer_softmax_bits: tuple = ()
-    # integer GELU (GELU_FORMS): "ibert" = I-BERT's erf quadratic (L-inf 0.018), "polyN" = relu - a
-    # degree-N polynomial bump (L-inf 1.3e-4 at N = 7); only a non-default value enters to_dict/the name
-    gelu: str = "ibert"
+    # integer GELU (GELU_FORMS): "polyN" = relu - a degree-N polynomial bump (L-inf 2.1e-3 at N = 4,
+    # 1.3e-4 at N = 7), "ibert" = I-BERT's erf quadratic (L-inf 0.018, the default before issue 15's
+    # sixth pass, docs/fidelity.md). Every form but "ibert" is in to_dict and in the name (GELU_WHEN_ABSENT)
+    gelu: str = "poly4"
 
     def __post_init__(self):
         if isinstance(self.weight_bits, bool) or self.weight_bits not in WEIGHT_BITS:
@@ -82,6 +97,13 @@ class QuantConfig:
         if not isinstance(self.gelu, str) or self.gelu not in GELU_FORMS:
             raise ValueError(f"gelu must be one of {', '.join(GELU_FORMS)} (ibert: I-BERT's i-GELU; polyN: relu minus "
                              f"a degree-N polynomial), got {self.gelu!r}")
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"name must be a non-empty string, got {self.name!r}")
+        if _name_gelu_degree(self.name) != self.gelu_degree():
+            # the name is the artifact identity (tuning logs, caches): it may not claim another GELU
+            want = "no gelu tag" if self.gelu == "ibert" else f"the tag +gelu{self.gelu_degree()}"
+            raise ValueError(f"name {self.name!r} does not match gelu {self.gelu!r}: a scheme with {self.gelu} has "
+                             f"{want} in its name (with_gelu() renames)")
         if isinstance(self.weight_groups, bool) or not isinstance(self.weight_groups, int) or self.weight_groups < 0:
             raise ValueError(f"weight_groups must be an integer >= 0 (0: per output row), got {self.weight_groups!r}")
         if self.act_bits != 8:
@@ -134,7 +156,7 @@ class QuantConfig:
         return 0 if self.gelu == "ibert" else int(self.gelu[4:])
 
     def _gelu_tag(self) -> str:
-        """'' for I-BERT's i-GELU, else e.g. ``-gelu7``."""
+        """'' for I-BERT's i-GELU, else e.g. ``-gelu7`` (``-gelu4`` for the default)."""
         return "" if self.gelu == "ibert" else f"-gelu{self.gelu_degree()}"
 
     def _renamed(self, c: "QuantConfig", weights_tag: bool) -> "QuantConfig":
@@ -172,20 +194,23 @@ class QuantConfig:
 
     def with_gelu(self, gelu: str | None = None) -> "QuantConfig":
         """This scheme with another integer GELU (``GELU_FORMS``), under a name that says so
-        (``+gelu7``, ``+sm16-gelu7``, ``+w4g128-gelu7``)."""
-        if gelu is None:
+        (``+gelu7``, ``+sm16-gelu7``, ``+w4g128-gelu7``; i-GELU: no gelu tag, ``ibert-w8a8``)."""
+        if gelu is None or gelu == self.gelu:
             return self
-        c = QuantConfig.from_dict({**self.to_dict(), "gelu": gelu})
+        # under a provisional name that already says the new GELU (the name check), then renamed
+        tag = f"+gelu{gelu[4:]}" if isinstance(gelu, str) and gelu.startswith("poly") else ""
+        c = QuantConfig.from_dict({**self.to_dict(), "gelu": gelu, "name": self.name.split("+")[0] + tag})
         return self._renamed(c, weights_tag=self._has_weights_tag())
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["layer_weight_bits"] = list(self.layer_weight_bits)
         d["layer_softmax_bits"] = list(self.layer_softmax_bits)
-        # the softmax and gelu fields only when they are not the default: a default scheme's dict
-        # (artifact meta, export's model hash) stays what it was before they existed
-        for k, default in (("softmax_bits", 8), ("layer_softmax_bits", []), ("gelu", "ibert")):
-            if d[k] == default:
+        # the softmax fields only when they are not the default, gelu only when it is not i-GELU: the
+        # dict of a scheme these fields do not change (artifact meta, export's model hash) stays what it
+        # was before they existed; from_dict reads a missing key back as these values
+        for k, absent in (("softmax_bits", 8), ("layer_softmax_bits", []), ("gelu", GELU_WHEN_ABSENT)):
+            if d[k] == absent:
                 del d[k]
         return d
 
@@ -195,11 +220,14 @@ class QuantConfig:
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown quantization config keys: {sorted(unknown)}")
-        return cls(**d)
+        # no "gelu" key: i-GELU (an artifact written before the field, or an i-GELU scheme), never the
+        # dataclass default; the softmax fields' defaults are what their missing keys always meant
+        return cls(**{"gelu": GELU_WHEN_ABSENT, **d})
 
 
+# every registered scheme has the default GELU (poly4, "+gelu4" in its name); --gelu ibert gives i-GELU
 QUANTIZATION: dict[str, QuantConfig] = {
     "ibert-w8a8": QuantConfig(),
-    "ibert-w8a8-pct": QuantConfig(name="ibert-w8a8-pct", calibration="percentile"),
-    "ibert-w8a8-pertensor": QuantConfig(name="ibert-w8a8-pertensor", per_channel_acts=False),
+    "ibert-w8a8-pct": QuantConfig(name="ibert-w8a8-pct+gelu4", calibration="percentile"),
+    "ibert-w8a8-pertensor": QuantConfig(name="ibert-w8a8-pertensor+gelu4", per_channel_acts=False),
 }

@@ -80,16 +80,17 @@ def test_planted_float_is_refused(quantized_factory, tmp_path, monkeypatch):
 
     from ibert_tvm.deploy.export import compile_quantized
     from ibert_tvm.errors import FloatFoundError
-    from ibert_tvm.op.int_gelu import IntGELU
+    from ibert_tvm.model.plan import ModelPlan
 
-    original = IntGELU.te_q
+    qm, _ = quantized_factory("BertModel")
+    gelu_op = type(ModelPlan(qm).layers[0].gelu)  # the default scheme's integer GELU (IntGELUPoly: poly4)
+    original = gelu_op.te_q
 
     def te_q_with_float(self, q, **kw):
         y = original(self, q, **kw)  # same integers, but routed through a float32 round trip
         return te.compute(y.shape, lambda *i: y(*i).astype("float32").astype("int8"), name="planted")
 
-    monkeypatch.setattr(IntGELU, "te_q", te_q_with_float)
-    qm, _ = quantized_factory("BertModel")
+    monkeypatch.setattr(gelu_op, "te_q", te_q_with_float)
     out = tmp_path / "out"
     with pytest.raises(FloatFoundError, match="float"):
         compile_quantized(qm, out, target="llvm", log=lambda *a: None)

@@ -1,9 +1,11 @@
 """The closer integer GELU (scheme ``gelu = "polyN"``, ``op.int_gelu_poly``; issue 15's fidelity tail).
 
-* scheme: the default stays ``ibert`` and its dict (artifact meta, model hash) is what it was
-  before the field existed; bad values are refused naming the field; the choice is part of the
-  scheme name (= the artifact identity), composes with the softmax and weight tags, survives
-  save/load; ``calibrate --gelu`` and ``eval --gelu`` set it (eval: a real compile of that form; refused with
+* scheme: the default is ``poly4`` (issue 15's sixth pass: docs/fidelity.md), named ``+gelu4``
+  and written into the dict; ``ibert`` keeps no tag and a dict without ``gelu``, exactly the dict
+  (artifact meta, model hash) of the default scheme before the field existed, and such a dict (an
+  old q/) still loads as i-GELU; a name that claims another GELU is refused; bad values are refused
+  naming the field; the choice is part of the scheme name (= the artifact identity), composes with
+  the softmax and weight tags, survives save/load; ``calibrate --gelu`` and ``eval --gelu`` set it (eval: a real compile of that form; refused with
   ``--artifact``), a bad value is one ``error:`` line, exit 2.
 * plan and golden: every layer's GELU is an ``IntGELUPoly``; against the float64 fake-quant
   reference (exact GELU, fed golden's own inputs) the int8 GELU outputs are within 1 LSB, while
@@ -40,16 +42,62 @@ def gq(scheme_factory):
 
 
 # -- scheme ---------------------------------------------------------------------------------
-def test_default_is_ibert_and_its_dict_is_unchanged():
+# the default scheme's dict as every version before the gelu field wrote it (and as 9f162aa, the last
+# one with i-GELU as the default, still did): an old q/'s quantization.json "config"
+OLD_DEFAULT_DICT = {
+    "name": "ibert-w8a8", "weight_bits": 8, "act_bits": 8, "residual_bits": 24, "gelu_in_bits": 16,
+    "tanh_in_bits": 16, "logits_bits": 32, "calibration": "minmax", "percentile": 99.99, "residual_headroom": 2.0,
+    "gelu_headroom": 1.25, "per_channel_acts": True, "ln_channel_headroom": 1.0, "gelu_channel_headroom": 1.0,
+    "ln_channel_floor": 0.0001, "gelu_channel_floor": 0.25, "weight_groups": 0, "layer_weight_bits": [],
+}
+
+
+def test_default_is_poly4_and_says_so():
     from ibert_tvm.quantization.config import QUANTIZATION, QuantConfig
 
     c = QuantConfig()
-    assert c.gelu == "ibert" and c.gelu_degree() == 0
-    for cfg in QUANTIZATION.values():
+    assert c.gelu == "poly4" and c.gelu_degree() == 4 and c.name == "ibert-w8a8+gelu4"
+    assert QUANTIZATION["ibert-w8a8"] == c
+    assert c.to_dict() == {**OLD_DEFAULT_DICT, "name": "ibert-w8a8+gelu4", "gelu": "poly4"}
+    for key, cfg in QUANTIZATION.items():
         d = cfg.to_dict()
-        assert "gelu" not in d
+        assert d["gelu"] == "poly4" and cfg.name == key + "+gelu4", key
         assert QuantConfig.from_dict(d) == cfg
-    assert c.with_gelu(None) is c and c.with_gelu("ibert") is c and c.with_gelu("ibert").name == "ibert-w8a8"
+        assert cfg.with_gelu("ibert").with_gelu("poly4") == cfg  # the registered name is what with_gelu gives
+    assert c.with_gelu(None) is c and c.with_gelu("poly4") is c
+
+
+def test_ibert_keeps_the_old_dict_and_an_old_dict_loads_as_ibert():
+    """i-GELU's dict is the pre-field dict (same model hash for the same tensors); a dict without "gelu"
+    means i-GELU, not the default; an in-memory round trip of either form keeps it."""
+    from ibert_tvm.quantization.config import QUANTIZATION, QuantConfig
+
+    i = QuantConfig().with_gelu("ibert")
+    assert i.gelu == "ibert" and i.name == "ibert-w8a8" and i.to_dict() == OLD_DEFAULT_DICT
+    old = QuantConfig.from_dict(dict(OLD_DEFAULT_DICT))
+    assert old == i and old.gelu == "ibert" and old.gelu_degree() == 0
+    for key, cfg in QUANTIZATION.items():  # every registered scheme's pre-field dict
+        d = {k: v for k, v in cfg.to_dict().items() if k != "gelu"}
+        d["name"] = key
+        assert QuantConfig.from_dict(d).gelu == "ibert", key
+    assert QuantConfig.from_dict({**QuantConfig().to_dict(), "calibration": "percentile"}).gelu == "poly4"
+    assert QuantConfig.from_dict({**i.to_dict(), "calibration": "percentile"}).gelu == "ibert"
+
+
+@pytest.mark.parametrize("kw, says", [
+    ({"gelu": "ibert"}, "has no gelu tag"),  # the default name says +gelu4
+    ({"name": "ibert-w8a8"}, "has the tag +gelu4"),  # poly4 under i-GELU's name
+    ({"name": "ibert-w8a8+sm16-gelu7", "gelu": "poly4", "softmax_bits": 16}, "has the tag +gelu4"),
+    ({"name": "ibert-w8a8+gelu4", "gelu": "ibert"}, "has no gelu tag"),
+])
+def test_a_name_that_claims_another_gelu_is_refused(kw, says):
+    from ibert_tvm.quantization.config import QuantConfig
+
+    with pytest.raises(ValueError, match=re.escape(says)):
+        QuantConfig(**kw)
+    # a default dict whose gelu key was dropped (hand-edited): i-GELU under a +gelu4 name
+    with pytest.raises(ValueError, match="does not match gelu 'ibert'"):
+        QuantConfig.from_dict({k: v for k, v in QuantConfig().to_dict().items() if k != "gelu"})
 
 
 @pytest.mark.parametrize("bad", ["poly3", "poly9", "POLY7", "", 7, None, "erf"])
@@ -69,7 +117,11 @@ def test_names_compose():
     assert c.with_softmax(16).with_gelu("poly7").name == "ibert-w8a8+sm16-gelu7" == g.with_softmax(16).name
     w = c.with_weights(bits=4, groups=128).with_gelu("poly5")
     assert w.name == "ibert-w8a8+w4g128-gelu5" == c.with_gelu("poly5").with_weights(bits=4, groups=128).name
-    assert g.with_gelu("ibert").name == "ibert-w8a8" and g.with_gelu("ibert") == c
+    assert g.with_gelu("ibert").name == "ibert-w8a8" and g.with_gelu("poly4") == c
+    assert c.with_softmax(16).name == "ibert-w8a8+sm16-gelu4" and c.with_weights(bits=4, groups=128).name == \
+        "ibert-w8a8+w4g128-gelu4"
+    assert c.with_softmax(16).with_gelu("ibert").name == "ibert-w8a8+sm16"
+    assert c.with_weights(bits=4, groups=128).with_gelu("ibert").name == "ibert-w8a8+w4g128"
     assert QuantConfig.from_dict(w.with_softmax(16).to_dict()) == w.with_softmax(16)
 
 
@@ -83,10 +135,44 @@ def test_artifact_round_trip_keeps_the_form(gq, tmp_path):
     assert json.loads((tmp_path / "q" / "quantization.json").read_text())["config"]["gelu"] == "poly7"
 
 
+def test_an_old_q_without_gelu_still_loads_as_igelu(gq, tmp_path):
+    """A q/ whose config is the pre-field default dict (no "gelu" key) is i-GELU through the real loader:
+    the identity, the plan's op and the golden executor's integers are i-GELU's, not the new default's."""
+    from ibert_tvm.deploy.export import quantized_hash
+    from ibert_tvm.model.golden import run_golden
+    from ibert_tvm.model.plan import ModelPlan
+    from ibert_tvm.op.int_gelu import IntGELU
+    from ibert_tvm.op.int_gelu_poly import IntGELUPoly
+    from ibert_tvm.quantization.artifact import QuantizedModel
+
+    igelu, poly4 = gq("ibert"), gq("poly4")
+    igelu.save(tmp_path / "q")
+    meta_file = tmp_path / "q" / "quantization.json"
+    meta = json.loads(meta_file.read_text())
+    assert meta["config"] == OLD_DEFAULT_DICT  # what an i-GELU q/ writes is what every old q/ holds
+    meta["config"] = dict(OLD_DEFAULT_DICT)
+    meta_file.write_text(json.dumps(meta))
+    old = QuantizedModel.load(tmp_path / "q")
+    assert old.config.gelu == "ibert" and old.identity.endswith("-ibert-w8a8") and old.config == igelu.config
+    assert quantized_hash(old) == quantized_hash(igelu)
+    plan = ModelPlan(old)
+    assert all(type(L.gelu) is IntGELU for L in plan.layers)
+    assert all(isinstance(L.gelu, IntGELUPoly) for L in ModelPlan(poly4).layers)
+    inputs = random_batch(np.random.default_rng(5), 2, 16)
+    out = run_golden(plan, **inputs)
+    np.testing.assert_array_equal(out, run_golden(ModelPlan(igelu), **inputs))
+    assert not np.array_equal(out, run_golden(ModelPlan(poly4), **inputs))  # so the check tells them apart
+
+
 def test_calibrate_flag_and_bad_value(capsys, tiny_factory, tmp_path):
     rc, out, err = cli(capsys, "calibrate", tiny_factory(), "-o", tmp_path / "q", "-n", "8", "--gelu", "poly6")
     assert rc == 0, err
     assert "-ibert-w8a8+gelu6" in out
+    for flag, ident in (([], "-ibert-w8a8+gelu4 "), (["--gelu", "ibert"], "-ibert-w8a8 ")):  # default, and i-GELU
+        rc, out, err = cli(capsys, "calibrate", tiny_factory(), "-o", tmp_path / "qd", "-n", "8", *flag)
+        assert rc == 0 and ident in out, out + err
+        gelu = json.loads((tmp_path / "qd" / "quantization.json").read_text())["config"].get("gelu")
+        assert gelu == ("poly4" if not flag else None)
     with pytest.raises(SystemExit) as e:  # argparse's choices, as --softmax-bits
         cli(capsys, "calibrate", tiny_factory(), "-o", tmp_path / "q2", "--gelu", "poly3")
     err = capsys.readouterr().err

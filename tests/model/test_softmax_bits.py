@@ -51,7 +51,7 @@ def test_default_is_8_bit_and_its_dict_is_unchanged():
         d = cfg.to_dict()
         assert "softmax_bits" not in d and "layer_softmax_bits" not in d
         assert QuantConfig.from_dict(d) == cfg
-    assert c.with_softmax(8) is c and c.with_softmax().name == "ibert-w8a8"
+    assert c.with_softmax(8) is c and c.with_softmax().name == "ibert-w8a8+gelu4"
 
 
 @pytest.mark.parametrize("kw, msg", [
@@ -73,15 +73,16 @@ def test_names_and_per_layer_lookup():
     from ibert_tvm.quantization.config import QuantConfig
 
     c = QuantConfig()
-    assert c.with_softmax(16).name == "ibert-w8a8+sm16"
+    assert c.with_softmax(16).name == "ibert-w8a8+sm16-gelu4"  # the default GELU's tag after the softmax's
+    assert c.with_gelu("ibert").with_softmax(16).name == "ibert-w8a8+sm16"
     mix = c.with_softmax(layer_bits=(8, 8, 8, 8, 8, 16))
-    assert mix.name == "ibert-w8a8+sm8_8_8_8_8_16"
+    assert mix.name == "ibert-w8a8+sm8_8_8_8_8_16-gelu4"
     assert [mix.softmax_bits_for_layer(i, 6) for i in range(6)] == [8] * 5 + [16]
     with pytest.raises(ValueError, match="layer_softmax_bits has 6 entries, the model has 2"):
         mix.softmax_bits_for_layer(0, 2)
     # weights and softmax tags compose, in either order
     both = c.with_weights(bits=4, groups=128).with_softmax(16)
-    assert both.name == "ibert-w8a8+w4g128-sm16" == c.with_softmax(16).with_weights(bits=4, groups=128).name
+    assert both.name == "ibert-w8a8+w4g128-sm16-gelu4" == c.with_softmax(16).with_weights(bits=4, groups=128).name
     assert QuantConfig.from_dict(both.to_dict()) == both
 
 

@@ -37,9 +37,10 @@ def test_config_rejects(bad):
 
 def test_config_names_and_roundtrip():
     c = QuantConfig()
-    assert c.with_weights(4, 128).name == "ibert-w8a8+w4g128"
-    assert c.with_weights(3, 1).name == "ibert-w8a8+w3pt"
-    assert c.with_weights(layer_bits=(4, 2)).name == "ibert-w8a8+wmix42"
+    assert c.with_weights(4, 128).name == "ibert-w8a8+w4g128-gelu4"  # the default GELU's tag after the weights'
+    assert c.with_weights(3, 1).name == "ibert-w8a8+w3pt-gelu4"
+    assert c.with_weights(layer_bits=(4, 2)).name == "ibert-w8a8+wmix42-gelu4"
+    assert c.with_gelu("ibert").with_weights(4, 128).name == "ibert-w8a8+w4g128"
     assert c.with_weights(8, 0) is c
     m = c.with_weights(layer_bits=(4, 2))
     assert QuantConfig.from_dict(json.loads(json.dumps(m.to_dict()))) == m
@@ -121,7 +122,7 @@ def test_cli_weight_flags(tiny_factory, tmp_path, capsys):
     assert "at 4 bits" in stdout and "low-bit weights: scheme ibert-w8a8-pertensor" in stdout
     qm = QuantizedModel.load(out)
     # low-bit weights default to per-tensor activation scales (nothing folded into the 4-bit columns)
-    assert qm.config.name == "ibert-w8a8-pertensor+w4g8" and set(qm.weight_bits_map.values()) == {4}
+    assert qm.config.name == "ibert-w8a8-pertensor+w4g8-gelu4" and set(qm.weight_bits_map.values()) == {4}
     assert not qm.config.per_channel_acts and np.ndim(qm.scale("layer0.gelu")) == 0
     for argv, needle in (
         (["--weight-groups", "5"], "weight_groups=5 does not divide"),
