@@ -533,9 +533,10 @@ def x86_rules(_target) -> list:
     """Target ``x86``'s rule set, tried in this order on every unscheduled PrimFunc."""
     from .x86_attention import VnniAttentionRule
     from .x86_layernorm import RowLayerNormRule
+    from .x86_layout import InjectiveRule
     from .x86_softmax import RowSoftmaxRule
 
-    return [VnniLinearRule(), VnniAttentionRule(), RowSoftmaxRule(), RowLayerNormRule()]
+    return [VnniLinearRule(), VnniAttentionRule(), RowSoftmaxRule(), RowLayerNormRule(), InjectiveRule()]
 
 
 register_linear("x86", VnniLinear())
