@@ -234,14 +234,20 @@ def calibration_sentences(task_name: str, n: int = 300) -> list[str]:
     return default_calibration_sentences(n)
 
 
-def compile_cached(qm, *, target: str = "llvm", log=print) -> Path:
-    """Compile ``qm`` for ``target`` (default: this CPU, generic) into
-    ``<cache>/compiled/<model hash>-<target>-<compiler hash>`` (reused when present: same model,
-    target and compiler sources)."""
-    from .deploy.export import compile_quantized, compiler_hash, quantized_hash
+def compiled_cache_dir(qm, target: str = "llvm") -> Path:
+    """``<cache>/compiled/<model hash>-<target>-<compiler hash>``: where :func:`compile_cached` puts ``qm``."""
+    from .deploy.export import compiler_hash, quantized_hash
     from .tasks import cache_dir
 
-    out = cache_dir() / "compiled" / f"{quantized_hash(qm)[:16]}-{target}-{compiler_hash()}"
+    return cache_dir() / "compiled" / f"{quantized_hash(qm)[:16]}-{target}-{compiler_hash()}"
+
+
+def compile_cached(qm, *, target: str = "llvm", log=print) -> Path:
+    """Compile ``qm`` for ``target`` (default: this CPU, generic) into :func:`compiled_cache_dir`
+    (reused when present: same model, target and compiler sources)."""
+    from .deploy.export import compile_quantized
+
+    out = compiled_cache_dir(qm, target)
     if (out / "manifest.json").is_file():
         log(f"using the cached compiled model {out}")
         return out

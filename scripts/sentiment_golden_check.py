@@ -19,7 +19,7 @@ import sys
 
 
 def main(argv=None) -> int:
-    from ibert_tvm.quantization.config import GELU_FORMS, QUANTIZATION, QuantConfig
+    from ibert_tvm.quantization.config import GELU_FORMS, QUANTIZATION
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--scheme", default="ibert-w8a8", choices=list(QUANTIZATION))
@@ -31,22 +31,18 @@ def main(argv=None) -> int:
 
     import numpy as np
 
-    from ibert_tvm.deploy.export import compiler_hash, quantized_hash
     from ibert_tvm.deploy.runtime import CompiledModel
-    from ibert_tvm.evaluate import calibration_sentences, check_pair, resolve_model
+    from ibert_tvm.evaluate import calibration_sentences, check_pair, compiled_cache_dir, resolve_model
     from ibert_tvm.model.hf_loader import load_tokenizer_json
     from ibert_tvm.model.plan import ModelPlan
     from ibert_tvm.quantization.calibrate import calibrate
     from ibert_tvm.quantization.qat import integer_forward
-    from ibert_tvm.tasks import cache_dir, sentiment_task
+    from ibert_tvm.tasks import sentiment_task
 
-    config = QUANTIZATION[args.scheme]
-    if args.calibration:
-        config = QuantConfig.from_dict({**config.to_dict(), "calibration": args.calibration})
-    config = config.with_gelu(args.gelu)
+    config = QUANTIZATION[args.scheme].with_calibration(args.calibration).with_gelu(args.gelu)
     ckpt = resolve_model("sentiment", "default")
     qm = calibrate(ckpt, calibration_sentences("sentiment"), config)
-    out = cache_dir() / "compiled" / f"{quantized_hash(qm)[:16]}-llvm-{compiler_hash()}"
+    out = compiled_cache_dir(qm)
     if not (out / "manifest.json").is_file():
         print(f"{out} is not in the cache: run `ibert-tvm eval --task sentiment --model default` with the same "
               "options first", file=sys.stderr)

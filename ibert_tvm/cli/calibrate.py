@@ -69,16 +69,14 @@ def cmd(args) -> int:
     from ..model.hf_loader import load_checkpoint
     from ..quantization.artifact import ARTIFACT
     from ..quantization.calibrate import calibrate
-    from ..quantization.config import QUANTIZATION, QuantConfig
+    from ..quantization.config import QUANTIZATION
 
     low_bit = (args.weight_bits is not None and args.weight_bits < 8) or bool(args.bits_plan)
     scheme = args.scheme or (LOW_BIT_SCHEME if low_bit else "ibert-w8a8")
     if scheme not in QUANTIZATION:
         raise IBertTVMError(f"unknown quantization scheme {scheme!r}; known: {', '.join(QUANTIZATION)}")
     check_output_of(args.output, args.model, ARTIFACT)
-    config = QUANTIZATION[scheme]
-    if args.calibration:
-        config = QuantConfig.from_dict({**config.to_dict(), "calibration": args.calibration})
+    config = QUANTIZATION[scheme].with_calibration(args.calibration)
     if args.bits_plan and args.weight_bits is not None:
         raise IBertTVMError("--bits-plan and --weight-bits contradict each other: the plan sets every layer's bits")
     sentences = read_sentences(args.text) if args.text else default_calibration_sentences(args.num_sentences)

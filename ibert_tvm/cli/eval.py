@@ -69,14 +69,11 @@ def _integer_artifact(args, ckpt, task_name: str):
     """--artifact, or the model calibrated (scheme, calibration, GELU) and compiled for this CPU now (cached)."""
     from ..evaluate import calibration_sentences, compile_cached, progress_fn
     from ..quantization.calibrate import calibrate
-    from ..quantization.config import QUANTIZATION, QuantConfig
+    from ..quantization.config import QUANTIZATION
 
     if args.artifact:
         return args.artifact
-    config = QUANTIZATION[args.scheme]
-    if args.calibration:
-        config = QuantConfig.from_dict({**config.to_dict(), "calibration": args.calibration})
-    config = config.with_gelu(args.gelu)
+    config = QUANTIZATION[args.scheme].with_calibration(args.calibration).with_gelu(args.gelu)
     sentences = calibration_sentences(task_name)
     print(f"calibrating {ckpt.path} on {len(sentences)} training sentences ({config.name}, {config.calibration})")
     qm = calibrate(ckpt, sentences, config, progress=lambda it: progress_fn()(it, "calibrate"))

@@ -221,7 +221,7 @@ class _Lowering:
         # q / k / v linear name -> (the fused linear, its channel offset) for layers with a fused qkv
         self.fused_of = {}
         for L in plan.layers:
-            if getattr(L, "qkv", None) is not None:
+            if L.qkv is not None:
                 h = 0
                 for part in (L.q, L.k, L.v):
                     self.fused_of[part.name] = (L.qkv, h)
@@ -360,10 +360,14 @@ class _Lowering:
             if isinstance(rq, ResidualAdd):
                 raise self._error(var, self.value[var], f"linear {low.lp.name} adds a residual in the plan, "
                                   f"but its output is {why}")
-            kw = {k: f"{low.lp.name}.{k}" for k in sorted(rq.params())}
-            return _Int(self._te(rq.te, "requantize", [low.expr], kw), origin=low.lp.name)
+            return _Int(self._requantize(low.expr, low.lp), origin=low.lp.name)
         raise self._error(var, self.value[var], f"its input is {type(low).__name__.strip('_').lower()}, not an "
                           f"integer activation ({why})")
+
+    def _requantize(self, acc: relax.Expr, lp) -> relax.Expr:
+        """Linear ``lp``'s int32 accumulator ``acc`` requantized by its plan (``LinearPlan.requant``)."""
+        rq = lp.requant
+        return self._te(rq.te, "requantize", [acc], {k: f"{lp.name}.{k}" for k in sorted(rq.params())})
 
     def _arg(self, value, i: int, var, why: str) -> _Int:
         x = value.args[i]
@@ -445,14 +449,18 @@ class _Lowering:
         self._same_shape(var, call, f"linear {hf}", (n, k), self.plan.qm.tensor(lp.name + ".weight").shape)
         if lp.name in self.fused_of:
             return self._fused_part(x, lp, hf, n)
+        return _Acc(self._gemm(x, lp, n, k), lp, hf)
+
+    def _gemm(self, x: _Int, lp, n: int, k: int) -> relax.Expr:
+        """The int32 accumulator ``x W^T + b`` of linear ``lp`` (``[N, K]`` = ``n, k``): the strategy's TE."""
         names = self.st.packed_param_shapes(n, k, lp.bits) if lp.packed else self.st.param_shapes(n, k)
-        kw = {k: f"{lp.name}.{k}" for k in sorted(names)}
+        kw = {key: f"{lp.name}.{key}" for key in sorted(names)}
         if lp.packed:
             def body(a, **ps):
                 return self.st.packed_te(a, **ps, bits=lp.bits, k=lp.in_features)
         else:
             body = self.st.te
-        return _Acc(self._te(body, "linear", [x.expr], kw), lp, hf)
+        return self._te(body, "linear", [x.expr], kw)
 
     def _fused_part(self, x: _Int, lp, hf: str, n: int) -> _Sliced:
         """Linear ``lp``'s int8 output as channels ``[h, h + n)`` of its fused linear's (``fused_qkv``),
@@ -462,12 +470,8 @@ class _Lowering:
         fused, h = self.fused_of[lp.name]
         key = (fused.name, x.expr)
         if key not in self.fused_out:
-            n3 = int(np.asarray(fused.requant.m).size)
-            names = self.st.param_shapes(n3, fused.in_features)
-            acc = self._te(self.st.te, "linear", [x.expr], {k: f"{fused.name}.{k}" for k in sorted(names)})
-            rq = fused.requant
-            self.fused_out[key] = self._te(rq.te, "requantize", [acc],
-                                           {k: f"{fused.name}.{k}" for k in sorted(rq.params())})
+            acc = self._gemm(x, fused, fused.requant.channels, fused.in_features)
+            self.fused_out[key] = self._requantize(acc, fused)
         return _Sliced(self.fused_out[key], h, n, lp.name, hf)
 
     def _slice(self, sl: _Sliced, shape=None) -> _Int:

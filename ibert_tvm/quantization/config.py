@@ -192,6 +192,12 @@ class QuantConfig:
     def _has_weights_tag(self) -> bool:
         return "+" in self.name and self.name.split("+", 1)[1].startswith("w")
 
+    def with_calibration(self, calibration: str | None = None) -> "QuantConfig":
+        """This scheme with another activation range statistic (``minmax``, ``percentile``; None: unchanged)."""
+        if calibration is None:
+            return self
+        return QuantConfig.from_dict({**self.to_dict(), "calibration": calibration})
+
     def with_gelu(self, gelu: str | None = None) -> "QuantConfig":
         """This scheme with another integer GELU (``GELU_FORMS``), under a name that says so
         (``+gelu7``, ``+sm16-gelu7``, ``+w4g128-gelu7``; i-GELU: no gelu tag, ``ibert-w8a8``)."""
