@@ -488,22 +488,24 @@ def _schedule_tile_epilogue(func, names, tile_gemm=None):
     t_mi, t_n, t_k = sch.get_loops(block)[1:]
     if int(sch.get(t_mi).extent) != TILE_M or int(sch.get(t_n).extent) != cb * LANES:
         raise ValueError("the GEMM tile under the epilogue is not 32 x cb*16")
-    if tile_gemm is not None:
-        tile_gemm(sch, block)
-        sch.vectorize(n1)
-        _parallel_rows(sch, sch.get_sblock(A_BLOCK))
-        return sch
+    (tile_gemm or _vnni_tile)(sch, block)
+    # 5. the epilogue over the finished tile, vectorized over its channels; the +128 relayout
+    #    first, rows in parallel
+    sch.vectorize(n1)
+    _parallel_rows(sch, sch.get_sblock(A_BLOCK))
+    return sch
+
+
+def _vnni_tile(sch, block) -> None:
+    """Step 4 of :func:`_schedule_tile_epilogue` on ``vpdpbusd``: 4-row x 16-channel register
+    tiles over the whole reduction (``x86_amx.schedule_amx_tile`` is the AMX one)."""
+    t_mi, t_n, t_k = sch.get_loops(block)[1:]
     mi0, mi1 = sch.split(t_mi, [None, ROW_TILE])
     n1_, n2_ = sch.split(t_n, [None, LANES])
     k0, k1 = sch.split(t_k, [None, KGROUP])
     sch.reorder(mi0, k0, mi1, n1_, n2_, k1)
     sch.decompose_reduction(block, k0)
     sch.tensorize(n2_, VNNI_INTRIN)
-    # 5. the epilogue over the finished tile, vectorized over its channels; the +128 relayout
-    #    first, rows in parallel
-    sch.vectorize(n1)
-    _parallel_rows(sch, sch.get_sblock(A_BLOCK))
-    return sch
 
 
 class VnniLinearRule(ScheduleRule):
