@@ -41,7 +41,7 @@ def add_parser(sub) -> None:
                    "softmax in the last of 6 layers only); overrides --softmax-bits")
     p.add_argument("--gelu", choices=GELU_FORMS, metavar="{ibert,poly4..poly8}",
                    help="integer GELU: polyN (relu minus a fitted degree-N polynomial bump, N = 4..8; poly4, the "
-                   "default: L-inf error 2.1e-3, no measurable speed cost; poly7: 1.3e-4, ~1.11x CPU time on x86) or "
+                   "default: L-inf error 2.1e-3, ~1.05x model time at 1x128 and 8x128 on x86; poly7: 1.3e-4, ~1.11x CPU time) or "
                    "ibert (I-BERT's i-GELU, erf as a clipped quadratic, L-inf 0.018; the default before issue 15); the "
                    "choice is in the scheme name (+gelu4; i-GELU: none); docs/fidelity.md, 'A closer i-GELU'")
     p.add_argument("--accept-lossy-embedding", action="store_true",
