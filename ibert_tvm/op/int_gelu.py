@@ -36,7 +36,8 @@ import math
 
 import numpy as np
 
-from ._common import INT32_MAX, check_scales, check_bits, check_int_array, check_scale, check_te_dtype, i64, prove_fits
+from ._common import (INT32_MAX, check_bits, check_int_array, check_scale, check_scales, check_te_dtype, i64, prove_fits,
+                      sign_extend_32)
 from .requantize import Requantize
 
 COEF_A = -0.2888  # paper eq. (8)
@@ -50,25 +51,34 @@ class FusedRequantGELU:
     numpy input check, the fused requantization to the int8 activation planned from the proven
     ``out_bound`` / ``out_scale``, and the TE bodies around the plan's one-element ``expr``."""
 
+    #: a plan may clip ``q`` from above before its fused requantization (an input at which every
+    #: channel saturates anyway) and so bound ``out`` more tightly: ``int_gelu_poly`` does
+    clip_q = None
+    requant_bound = None  # the proven |out| the requantization sees before its pre-shift
+    requant_narrow = False  # pre-shift it to 31 bits: the requantization multiply is 32 x 32 -> 64
+
     def _plan_requant(self, out_scale_q, out_bits: int) -> None:
         self.requant = None
         self.pre_shift = 0
         if out_scale_q is not None:
+            bound = self.out_bound if self.requant_bound is None else self.requant_bound
             # Requantize forms ``x * m`` in int64, so the wider its input, the fewer mantissa bits
             # ``m`` gets (a 57-bit ``out`` from 32-bit ``q`` would leave ~6 bits, ~1% ratio error).
             # Drop the excess low bits first: ``out >> pre_shift`` keeps <= REQUANT_IN_BITS bits,
             # and the floor costs < 2^pre_shift * out_scale / out_scale_q output LSBs (~2^-40 of
-            # the largest output), far below the rounding of the int8 result.
-            self.pre_shift = max(0, self.out_bound.bit_length() - REQUANT_IN_BITS)
+            # the largest output), far below the rounding of the int8 result. A narrow plan keeps
+            # 31 bits (|out >> pre_shift| <= bound >> pre_shift + 1, the floor of a negative value).
+            keep = 30 if self.requant_narrow else REQUANT_IN_BITS
+            self.pre_shift = max(0, bound.bit_length() - keep)
             if np.ndim(out_scale_q) > 0:  # per-channel activation scales (last axis)
                 ratio = self.out_scale * (1 << self.pre_shift) / check_scales("out_scale_q", out_scale_q)
             else:
                 ratio = self.out_scale * (1 << self.pre_shift) / check_scale("out_scale_q", out_scale_q)
-            self.requant = Requantize(
-                ratio,
-                in_bits=(self.out_bound >> self.pre_shift).bit_length() + 1,
-                out_bits=out_bits,
-            )
+            in_bound = bound >> self.pre_shift
+            if self.requant_narrow:
+                in_bound = -((-bound) >> self.pre_shift)
+                prove_fits("GELU output before its requantization", in_bound, "int32")
+            self.requant = Requantize(ratio, in_bits=in_bound.bit_length() + 1, out_bits=out_bits)
 
     def _q_np(self, q) -> np.ndarray:
         """``q`` as int64, checked against the declared ``in_bits`` input domain."""
@@ -84,7 +94,10 @@ class FusedRequantGELU:
         return self.requant
 
     def numpy_q(self, q) -> np.ndarray:
-        return self._need_requant().numpy(self.numpy(q) >> self.pre_shift)
+        r = self._need_requant()
+        if self.clip_q is not None:
+            q = np.minimum(self._q_np(q), self.clip_q).astype(np.int32)  # in_bits <= 32
+        return r.numpy(self.numpy(q) >> self.pre_shift)
 
     def te(self, q):
         from tvm import te
@@ -101,13 +114,16 @@ class FusedRequantGELU:
 
         With per-channel output scales, ``m``/``s`` are the int32 [C] tensors of ``params()``.
         """
-        from tvm import te
+        from tvm import te, tirx
 
         check_te_dtype("q", q, ("int8", "int16", "int32"))
         r = self._need_requant()
 
         def body(*i):
-            wide = self.expr(q(*i)) >> i64(self.pre_shift)
+            x = q(*i) if self.clip_q is None else tirx.min(q(*i).astype("int64"), i64(self.clip_q))
+            wide = self.expr(x) >> i64(self.pre_shift)
+            if self.requant_narrow:  # proven to fit int32: the multiply by m is 32 x 32 -> 64
+                wide = sign_extend_32(wide)
             return r.expr(wide, i[-1], m, s).astype(r.out_dtype)
 
         return te.compute(q.shape, body, name="int_gelu_q")

@@ -21,6 +21,7 @@ from ibert_tvm.op.int_gelu_poly import POLYS, IntGELUPoly
 from ibert_tvm.op.testing import run_te
 
 INT64_LIMIT = 1 << 63
+INT32_MAX = (1 << 31) - 1
 DEGREES = sorted(POLYS)
 
 
@@ -38,12 +39,15 @@ def spec_constants(scale: float, degree: int, in_bits: int, f: int):
     return t_q, r, e0, [e[k + 1] - e[k] for k in range(degree)], d
 
 
-def bigint_gelu(q: int, consts) -> tuple[int, int]:
-    """One element in Python ints. Returns (out, largest |intermediate|)."""
+def bigint_gelu(q: int, consts, multiplicands: list | None = None) -> tuple[int, int]:
+    """One element in Python ints. Returns (out, largest |intermediate|); appends each Horner
+    multiplicand |acc| to ``multiplicands`` if given."""
     t_q, r, e0, shifts, d = consts
     z = min(abs(q), t_q) >> r
     acc, worst = d[-1], abs(d[-1])
     for k in range(len(d) - 2, -1, -1):
+        if multiplicands is not None:
+            multiplicands.append(abs(acc))
         v = acc * z
         worst = max(worst, abs(v))
         acc = (v >> shifts[k] if shifts[k] >= 0 else v << -shifts[k]) + d[k]  # Python >> floors
@@ -56,9 +60,12 @@ def check_against_bigint(plan: IntGELUPoly, q: np.ndarray, wide: np.ndarray) -> 
     consts = spec_constants(plan.scale, plan.degree, plan.in_bits, plan.frac_bits)
     assert (plan.t_q, plan.r, plan.e0, plan.shifts, plan.d) == consts
     assert plan.out_scale == plan.scale / 2**plan.e0
-    res = [bigint_gelu(int(v), consts) for v in q.ravel()]
+    mults: list[int] = []
+    res = [bigint_gelu(int(v), consts, mults) for v in q.ravel()]
     worst = max((w for _, w in res), default=0)
     assert worst < INT64_LIMIT, "an intermediate exceeds int64: the plan should have refused this"
+    if plan.narrow:  # the kernel truncates every multiplicand to int32: it must never need more
+        assert max(mults, default=0) <= INT32_MAX and (plan.t_q >> plan.r) <= INT32_MAX
     assert worst <= max(plan.out_bound, max(plan.prod_bounds), max(plan.acc_bounds))
     assert wide.dtype == np.int64
     np.testing.assert_array_equal(wide.astype(object), np.array([o for o, _ in res], dtype=object).reshape(q.shape))
@@ -122,13 +129,57 @@ def test_te_q_matches_numpy_q(case):
         np.testing.assert_array_equal(run_te(plan.te_q, q, p["m"], p["s"]), got)
     else:
         np.testing.assert_array_equal(run_te(plan.te_q, q), got)
-    # the requantization of the pre-shifted wide value, in Python ints (round half up, saturate)
-    r, wide = plan.requant, plan.numpy(q)
+    # the requantization of the clipped, pre-shifted wide value, in Python ints (round half up,
+    # saturate); and the clip changes no output: the same requantization of the unclipped value
+    r = plan.requant
+    clipped = q if plan.clip_q is None else np.minimum(q.astype(np.int64), plan.clip_q).astype(np.int32)
+    consts = spec_constants(plan.scale, plan.degree, plan.in_bits, plan.frac_bits)
     m = np.broadcast_to(np.atleast_1d(r.m), q.shape) if r.per_channel else np.full(q.shape, int(r.m))
     s = np.broadcast_to(np.atleast_1d(r.s), q.shape) if r.per_channel else np.full(q.shape, int(r.s))
-    ref = [min(max(((int(w) >> plan.pre_shift) * int(mm) + (1 << (int(ss) - 1))) >> int(ss), r.qmin), r.qmax)
-           for w, mm, ss in zip(wide.ravel(), m.ravel(), s.ravel())]
+
+    def requant(w, mm, ss):
+        return min(max(((w >> plan.pre_shift) * int(mm) + (1 << (int(ss) - 1))) >> int(ss), r.qmin), r.qmax)
+
+    ref, unclipped = [], []
+    for v, c, mm, ss in zip(q.ravel(), clipped.ravel(), m.ravel(), s.ravel()):
+        w = bigint_gelu(int(c), consts)[0]
+        if plan.requant_narrow:  # the kernel truncates the pre-shifted value to int32
+            assert abs(w >> plan.pre_shift) <= INT32_MAX
+        ref.append(requant(w, mm, ss))
+        unclipped.append(requant(bigint_gelu(int(v), consts)[0], mm, ss))
     np.testing.assert_array_equal(got.astype(np.int64).ravel(), ref)
+    assert ref == unclipped
+
+
+def test_clip_binds_only_where_every_channel_saturates():
+    """Per-channel scales 100x apart: inputs at and beyond the clip saturate on every channel;
+    the narrow plan's int8 outputs over a 20-bit domain equal a requantization of the exact
+    (unclipped, unshifted) value computed in Python fractions, except within 2^-20 LSB of a
+    rounding tie."""
+    from fractions import Fraction
+
+    scale, s_q = 3.1e-4, np.array([8.0 / 127, 0.8 / 127, 2.0 / 127])
+    plan = IntGELUPoly(scale, in_bits=20, out_scale_q=s_q, degree=4)
+    assert plan.narrow and plan.requant_narrow and plan.clip_q is not None
+    assert plan.clip_q * scale > 2 * 128 * s_q.max()
+    # narrow where the pre-shift to 30 bits floors <= 2^-12 of the finest channel's LSB
+    for bits, sq, narrow in ((20, s_q, True), (20, [8.0 / 127, 0.001 / 127], False), (16, 0.06 / 127, True),
+                             (16, 1e-6, False), (32, 0.06, True)):
+        p = IntGELUPoly(scale, in_bits=bits, out_scale_q=sq, degree=4)
+        loss = 2 ** max(0, p.requant_bound.bit_length() - 30) * p.out_scale / np.min(sq)
+        assert p.requant_narrow == narrow == (loss <= 2**-12), (bits, sq, loss)
+    q = np.repeat(np.arange(-(1 << 19), 1 << 19, 7, dtype=np.int32)[:, None], 3, axis=1)
+    got = plan.numpy_q(q)
+    assert (got[q[:, 0] >= plan.clip_q] == 127).all()
+    wide = plan.numpy(q)  # unclipped, F and E_0 of the plan; exact value in S_out units
+    ratio = [Fraction(plan.out_scale) / Fraction(float(v)) for v in s_q]
+    step = 11  # a sample of the domain keeps the Fraction arithmetic quick
+    for c in range(3):
+        for w, g in zip(wide[::step, c], got[::step, c]):
+            x = Fraction(int(w)) * ratio[c]
+            ideal = min(max(math.floor(x + Fraction(1, 2)), -128), 127)
+            if ideal != g:
+                assert abs(x - math.floor(x) - Fraction(1, 2)) < Fraction(1, 1 << 20), (w, g, float(x))
 
 
 @pytest.mark.parametrize("degree", DEGREES)
@@ -143,19 +194,94 @@ def test_every_16_bit_input_matches_bigint_and_te(degree):
 
 
 # -- 2. width proofs --------------------------------------------------------------------------
-def test_precision_is_the_largest_the_proof_allows():
-    """F is F_MAX where it fits; where it does not, F + 1 would overflow a proven bound."""
+def _proof(plan, f):
+    """(multiplicand bounds B_n..B_1, product bounds, out bound) at precision f, from the spec."""
+    t_q, r, e0, shifts, d = spec_constants(plan.scale, plan.degree, plan.in_bits, f)
+    z_max, acc, mults, prods = t_q >> r, abs(d[-1]), [], []
+    for k in range(plan.degree - 1, -1, -1):
+        mults.append(acc)
+        prods.append(acc * z_max)
+        acc = abs(d[k]) + (-((-prods[-1]) >> shifts[k]) if shifts[k] >= 0 else prods[-1] << -shifts[k])
+    return mults, prods, ((1 << (plan.in_bits - 1)) << e0) + acc
+
+
+@pytest.mark.parametrize("degree", [4, 5, 6])
+@pytest.mark.parametrize("scale, in_bits", [(3.1e-4, 16), (1e-6, 32), (1.0, 32), (3.0, 8)])
+def test_precision_is_the_largest_with_int32_multiplicands(degree, scale, in_bits):
+    """Narrow plans (degrees 4-6): every multiplicand fits int32 at F, F + 1 would break that (or
+    int64), and the proven rounding error stays within 1/32 of the fit's."""
     from ibert_tvm.op import int_gelu_poly as m
 
-    assert IntGELUPoly(3.1e-4, in_bits=16, degree=7).frac_bits == m.F_MAX
-    plan = IntGELUPoly(1.0, in_bits=32, degree=8)  # (2^31 << E_0) limits E_0 = F + log2 S to 31
-    assert m.F_MIN <= plan.frac_bits < m.F_MAX
-    t_q, r, e0, shifts, d = spec_constants(plan.scale, 8, 32, plan.frac_bits + 1)
-    z_max, acc, prods = t_q >> r, abs(d[-1]), []
-    for k in range(7, -1, -1):
-        prods.append(acc * z_max)
-        acc = abs(d[k]) + (-((-prods[-1]) >> shifts[k]))
-    assert max(max(prods), (1 << 31 << e0) + acc) >= INT64_LIMIT
+    plan = IntGELUPoly(scale, in_bits=in_bits, degree=degree)
+    assert plan.narrow and m.F_NARROW_MIN <= plan.frac_bits < m.F_MAX
+    assert plan.horner_error <= m.LINF[degree] / 32
+    mults, prods, out = _proof(plan, plan.frac_bits)
+    assert max(mults) <= INT32_MAX and max(max(prods), out) < INT64_LIMIT
+    mults, prods, out = _proof(plan, plan.frac_bits + 1)
+    assert max(mults) > INT32_MAX or max(max(prods), out) >= INT64_LIMIT
+
+
+@pytest.mark.parametrize("degree", [7, 8])
+def test_high_degrees_stay_wide(degree):
+    """Degrees 7-8 reach int32 multiplicands only at F ~26, where their rounding bound would exceed
+    1/32 of the fit's error: the wide plan, F = F_MAX."""
+    from ibert_tvm.op import int_gelu_poly as m
+
+    plan = IntGELUPoly(3.1e-4, in_bits=16, degree=degree)
+    assert not plan.narrow and plan.frac_bits == m.F_MAX
+    assert plan.horner_error < m.LINF[degree] / 32
+
+
+def test_wide_plans_take_the_largest_precision_int64_allows():
+    """Where no F >= F_NARROW_MIN has int32 multiplicands (E_0 capped at very fine scales), F is
+    the largest the int64 proofs allow, and the products are 64 x 64-bit."""
+    from ibert_tvm.op import int_gelu_poly as m
+
+    plan = IntGELUPoly(1e-9, in_bits=32, degree=8)
+    assert not plan.narrow and m.F_MIN <= plan.frac_bits <= m.F_MAX
+    for f in range(m.F_NARROW_MIN, m.F_MAX + 1):
+        mults, prods, out = _proof(plan, f)
+        assert max(mults) > INT32_MAX or max(max(prods), out) >= INT64_LIMIT
+    if plan.frac_bits < m.F_MAX:
+        _, prods, out = _proof(plan, plan.frac_bits + 1)
+        assert max(max(prods), out) >= INT64_LIMIT
+
+
+def _multiplies(plan):
+    """(vpmullq, vpmuldq) in the AVX-512 code of ``plan.te_q`` on int16 [4, 64], 16 lanes a vector."""
+    import tvm
+    from tvm import s_tir, te
+
+    x = te.placeholder((4, 64), "int16", name="x")
+    func = te.create_prim_func([x, plan.te_q(x)]).with_attr("global_symbol", "main")
+    sch = s_tir.Schedule(func)
+    _, j = sch.get_loops(sch.get_sblock("int_gelu_q"))
+    _, ji = sch.split(j, [None, 16])
+    sch.vectorize(ji)
+    lib = tvm.compile(sch.mod, target=tvm.target.Target({"kind": "llvm", "mcpu": "sapphirerapids"}))
+    q = np.random.default_rng(0).integers(-32768, 32768, (4, 64)).astype(np.int16)
+    out = tvm.runtime.empty((4, 64), "int8")
+    lib(tvm.runtime.tensor(q), out)
+    np.testing.assert_array_equal(out.numpy(), plan.numpy_q(q))
+    asm = lib.mod.inspect_source("asm")
+    return asm.count("vpmullq"), asm.count("vpmuldq")
+
+
+def test_machine_code_multiplies(monkeypatch):
+    """The point of the narrow plan: on AVX-512 the default GELU (degree 4, BERT's int16 input)
+    multiplies 32 x 32 -> 64 (``vpmuldq``, one uop) where the wide plan multiplies 64 x 64
+    (``vpmullq``, three): at most a quarter of its ``vpmullq`` are left."""
+    from ibert_tvm.op import int_gelu_poly as m
+
+    plan = IntGELUPoly(3.1e-4, in_bits=16, out_scale_q=0.06 / 127, degree=4)
+    assert plan.narrow and plan.requant_narrow
+    narrow_mullq, narrow_muldq = _multiplies(plan)
+    monkeypatch.setattr(m, "F_NARROW_MIN", m.F_MAX + 1)  # no F is narrow: the wide plan
+    monkeypatch.setattr(m, "NARROW_REQUANT_LOSS", 1000)
+    wide = IntGELUPoly(3.1e-4, in_bits=16, out_scale_q=0.06 / 127, degree=4)
+    assert not wide.narrow and not wide.requant_narrow and wide.frac_bits == m.F_MAX
+    wide_mullq, _ = _multiplies(wide)
+    assert wide_mullq >= 4 * narrow_mullq and narrow_muldq >= 3 * narrow_mullq, (wide_mullq, narrow_mullq, narrow_muldq)
 
 
 @pytest.mark.parametrize("scale, in_bits", [(1e-14, 32), (1e-13, 16)])
@@ -177,8 +303,8 @@ def test_coarse_scales_need_no_polynomial():
 @pytest.mark.parametrize("degree", DEGREES)
 @pytest.mark.parametrize("scale", [1e-5, 1e-4, 3.1e-4, 1e-3, 3e-3])
 def test_linf_vs_float_gelu(degree, scale, record_property):
-    """Over x in [-8, 8] (the 16-bit domain where it is narrower): the fit's float error plus
-    < 1e-6 from Horner's floors. i-GELU on the same grid: ~0.018."""
+    """Over x in [-8, 8] (the 16-bit domain where it is narrower): the fit's float error plus at
+    most the plan's proven rounding bound (<= 1/32 of it). i-GELU on the same grid: ~0.018."""
     from ibert_tvm.op.int_gelu_poly import LINF
 
     plan = IntGELUPoly(scale, in_bits=16, degree=degree)
@@ -188,7 +314,8 @@ def test_linf_vs_float_gelu(degree, scale, record_property):
     exact = gelu_float(x)
     linf = float(np.abs(plan.numpy(q) * plan.out_scale - exact).max())
     record_property("gelu_poly_linf", linf)
-    assert linf <= LINF[degree] * 1.005 + 1e-6, linf
+    assert plan.horner_error <= LINF[degree] / 32
+    assert linf <= LINF[degree] * 1.005 + plan.horner_error, linf
     assert plan.numpy(np.array([0], np.int16))[0] == 0
     if degree == 7 and scale >= 1e-4:  # x spans at least +-3.3: i-GELU's worst point is inside
         old = IntGELU(scale, in_bits=16)
