@@ -31,7 +31,8 @@ def add_parser(sub) -> None:
                    "(default: the scheme's, 8); 2/3/4-bit weights are stored packed and unpacked in the kernels")
     p.add_argument("--weight-groups", type=nonneg_int, help="weight scales per encoder matrix: 0 = per output row "
                    "(default), 1 = per tensor (DirectQ), G = G groups of consecutive rows (Q-BERT group-wise)")
-    p.add_argument("--bits-plan", help="per-layer weight bits from `ibert-tvm sensitivity -o plan.json`")
+    p.add_argument("--bits-plan", help="per-layer weight bits from `ibert-tvm sensitivity -o plan.json` "
+                   "(and its weight groups, unless --weight-groups is given: it must then agree)")
     p.add_argument("--softmax-bits", type=int, choices=range(8, 17), metavar="{8..16}",
                    help="i-softmax output bits in every encoder layer: 8 (default, uint8) or 9..16 (uint16 "
                    "attention probabilities, finer on long sequences; P V then runs on the default schedule, "
@@ -86,9 +87,18 @@ def cmd(args) -> int:
     ckpt = load_checkpoint(args.model)
     layer_bits = None
     if args.bits_plan:
-        from ..quantization.sensitivity import load_bits_plan
+        from ..quantization.sensitivity import bits_plan_groups, load_bits_plan
 
         layer_bits = load_bits_plan(args.bits_plan, ckpt.config.num_hidden_layers)
+        plan_groups = bits_plan_groups(args.bits_plan)
+        if args.weight_groups is None and plan_groups is not None:
+            # the plan's bits were chosen from quantization errors at its weight groups: use them
+            args.weight_groups = plan_groups
+            print(f"weight groups from the bits plan: {plan_groups}")
+        elif plan_groups is not None and args.weight_groups != plan_groups:
+            raise IBertTVMError(f"--weight-groups {args.weight_groups} contradicts the bits plan {args.bits_plan}: "
+                                f"its weight_groups is {plan_groups} (the bits were chosen for those groups); "
+                                "omit --weight-groups or re-plan with `ibert-tvm sensitivity --groups`")
     try:
         config = config.with_weights(args.weight_bits, args.weight_groups, layer_bits)
         config = config.with_softmax(args.softmax_bits, args.softmax_bits_layers)

@@ -450,6 +450,18 @@ def load_bits_plan(path: str | os.PathLike, num_layers: int) -> tuple[int, ...]:
     return tuple(bits)
 
 
+def bits_plan_groups(path: str | os.PathLike) -> int | None:
+    """The ``weight_groups`` a bits plan's errors were computed for (``sensitivity --groups``), or
+    None if the plan does not say. Call after :func:`load_bits_plan` (which checks the file)."""
+    p = Path(path)
+    g = json.loads(p.read_text(encoding="utf-8")).get("weight_groups")
+    if g is None:
+        return None
+    if isinstance(g, bool) or not isinstance(g, int) or g < 0:
+        raise IBertTVMError(f"bits plan {p}: weight_groups must be an integer >= 0, got {g!r}")
+    return g
+
+
 # -- the task: data sample and loss ---------------------------------------------------------------------
 def task_batches(task, ckpt, samples: int, batch_size: int, *, skip: int = 0) -> tuple[list[dict], list[int]]:
     """Examples ``skip .. skip + samples`` of ``task`` in batches (grouped by length), and the batch sizes."""

@@ -133,6 +133,22 @@ def test_cli_weight_flags(tiny_factory, tmp_path, capsys):
         err = capsys.readouterr().err
         assert rc == 2 and needle in err and "Traceback" not in err
         assert not (tmp_path / "bad").exists()
+    # a bits plan brings the weight groups its bits were chosen for; a contradicting flag is refused
+    from ibert_tvm.quantization import sensitivity as S
+
+    plan = S.BitPlan((4, 8), 10, 12, 1.0, (1.0, 2.0), ({4: 1.0, 8: 0.0},) * 2, ({4: 4, 8: 8},) * 2, (4, 8), 8)
+    plan_path = S.write_plan(tmp_path / "plan.json", S.plan_dict(plan, model="m", model_hash=None, task="sentiment"))
+    assert json.loads(plan_path.read_text())["weight_groups"] == 8
+    assert main(["calibrate", str(model), "-o", str(tmp_path / "qp"), "--text", str(text),
+                 "--bits-plan", str(plan_path)]) == 0
+    assert "weight groups from the bits plan: 8" in capsys.readouterr().out
+    qp = QuantizedModel.load(tmp_path / "qp")
+    assert qp.config.weight_groups == 8 and qp.config.layer_weight_bits == (4, 8)
+    rc = main(["calibrate", str(model), "-o", str(tmp_path / "bad"), "--text", str(text),
+               "--bits-plan", str(plan_path), "--weight-groups", "0"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "contradicts the bits plan" in err and "weight_groups is 8" in err and "Traceback" not in err
+    assert not (tmp_path / "bad").exists()
     # an embedding model: low-bit PTQ weights are refused with the reason, unless asked for
     emb = tiny_factory("BertModel")
     rc = main(["calibrate", str(emb), "-o", str(tmp_path / "bad"), "--text", str(text), "--weight-bits", "4"])
