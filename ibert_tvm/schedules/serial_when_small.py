@@ -9,10 +9,14 @@ choose when it is called.
 
 For every scheduled PrimFunc with a ``parallel`` loop, the body becomes::
 
-    if work <= threshold:
+    if work <= thresholds[class]:
         body, every parallel loop made serial      # no launch: the calling thread runs it all
     else:
         body                                       # unchanged
+
+where ``thresholds`` is a run-time table, one int64 per op class (see "The thresholds are
+run-time data" below): the best threshold depends on TVM's wait policy, which is known only when
+the model is loaded.
 
 ``work`` (:func:`work_estimate`) is the kernel's scalar work as its computation is written: the
 sum, over the blocks of the *fused, unscheduled* PrimFunc (``passes.pipeline.fuse``: TE /
@@ -45,7 +49,7 @@ serial loops are plain loops of the kernel itself; the parallel path keeps its l
 PrimFunc without a parallel loop, or whose work has no free shape variable (its branch would be
 decided at compile time), is returned unchanged except that a static small kernel is made serial
 outright. Neither branch adds float: the condition is
-int64 arithmetic on shape variables.
+int64 arithmetic on shape variables and one int64 load from the table.
 
 The threshold depends on the kernel's class (:func:`op_class`), because a block iteration costs
 very different time in each: ``linear`` (a block reduces a product of two int8 / uint8 operands,
@@ -82,6 +86,65 @@ cheap) and pay when they sleep (the passive policy, or a loaded machine); the 1 
 attention-out linear alone is most of the passive gain between 2**21 and 2**23, and the attention
 products at 1 x 128 (6.3 M block iterations) are the spin loss there, hence the split: linears
 at 2**23, attention products at 2**21.
+
+The thresholds are run-time data
+--------------------------------
+Those values (:data:`THRESHOLDS`, the "spin" table) suit TVM's default wait policy, where idle
+pool threads spin and a launch is cheap. When they sleep (``TVM_THREAD_POOL_SPIN_COUNT=0``, what a
+loaded server sees) each launch costs ~55 us more on the 2-vCPU AMX machine measured, and serial
+wins far higher: no one constant serves both. So the kernels read their threshold when called,
+from a table chosen when the model is loaded, with no recompilation:
+
+* a split kernel (:func:`split_on_table`) takes a new *first* parameter, an int64
+  ``[len(CLASSES)]`` buffer, and compares its work with entry ``CLASSES.index(class)``
+  (attr :data:`TABLE_ATTR`); TVM's argument check refuses a table of another dtype or shape;
+* :func:`pass_table`, at the Relax level right after the split (in the same pass), gives every
+  Relax function reaching such a kernel (``forward``, and ALBERT's outlined ``shared_layer``) a
+  new *last* parameter :data:`TABLE_PARAM` and passes it first in each ``call_tir`` of a split
+  kernel (the kernels and those functions get new GlobalVars: a GlobalVar carries its function's
+  type). ``forward`` thus takes one more tensor after the weights, and ``deploy.export`` records it
+  like them: last in params.npz (the spin table: plain TVM running the .so gets today's
+  behaviour) and in the manifest's ``params`` / ``param_types``, plus ``serial_thresholds``:
+  ``{"param", "classes", "spin", "passive"}``;
+* the loader (``deploy.runtime.serial_table``, used by ``CompiledModel``: ``ibert_tvm.load``,
+  ``ibert-tvm run`` / ``serve`` / ``eval``, the bench's tvm-int8 worker; and by the RPC board
+  runner ``RemoteModel``) feeds the "passive" table when ``TVM_THREAD_POOL_SPIN_COUNT=0``, else the
+  "spin" one; ``IBERT_TVM_SERIAL_THRESHOLDS=spin|passive`` or ``load(..., serial_thresholds=)``
+  override that (anything else is an error naming the variable). An artifact without the
+  parameter (compiled before, or for a target without parallel kernels) loads as before.
+
+Why a tensor parameter: it is the path the weights already take (params.npz, the manifest, the
+VM call), it adds no symbol to model.so (a global the loader would poke, or ``getenv`` in a
+kernel, would be a new import or export for the .so verifier), and it stays integer-only. GPU
+and aarch64 builds do not run the transform, so they have no such parameter; a kernel of static
+shape is still decided at compile time, unless the two tables disagree on it (then it reads the
+table too). The compile-time form remains (``thresholds=`` an int or a mapping: constants, no
+parameter) for ``bench/serial_when_small.py`` and tests.
+
+The "passive" table (:data:`PASSIVE_THRESHOLDS`), in block iterations: linear 33,554,432 (2**25),
+attention 16,777,216 (2**24), layernorm 524,288 (2**19), other 262,144 (2**18). Chosen from the
+per-kernel calibration (``bench/serial_when_small.py --policy passive --target x86-amx``, MiniLM
+and BERT-Base, two threads, load average 0.7-1.7; bench/results/2026-12-03-late/serial-calibration/),
+each between the largest work where serial won and the smallest where it lost (median serial /
+parallel time per call):
+
+=========  ===============================================  ==============================================
+class      serial wins (work, ser/par)                       serial loses (work, ser/par)
+=========  ===============================================  ==============================================
+linear     <= 19.0 M: every MiniLM 1x32 linear 0.46-0.88,   56.8 M: BERT 1x32 QKV 1.12; 75.6-76.1 M: 1.14-1.42
+           BERT 1x32 and MiniLM 1x128 attention-out 0.74,    (MiniLM 1x128 QKV 57.0 M 0.96 and FFN-out
+           0.63                                              75.8 M 0.92: near even, left parallel)
+attention  <= 12.7 M (1x32, 1x128): 0.18-0.79               >= 50.3 M (8x128): 1.06-1.45
+layernorm  <= 295 k (1x32, 1x128): 0.32-0.73                 >= 1.18 M (8x128): 1.21-1.63
+other      49.5 k (1x32): 0.38-0.78                          >= 788 k (1x128): 1.29-1.46
+=========  ===============================================  ==============================================
+
+From those rows the parallel launch's extra cost under the passive policy is ~50-75 us a kernel
+(more for the attention products at 8 x 128),
+so serial wins up to about twice that in serial time: ~44 M linear, ~25 M attention, ~560 k
+layernorm, ~415 k softmax block iterations; each threshold is below its estimate. Against the
+spin table this makes serial, for MiniLM: at 1 x 32 the QKV and FFN linears (all of its linears),
+at 1 x 128 the attention-out linear and the attention products; 8 x 128 is unchanged.
 """
 
 from __future__ import annotations
@@ -361,7 +424,6 @@ def pass_table(mod):
     # function gets a new GlobalVar (typed by a scratch BlockBuilder), and the references follow.
     scratch = relax.BlockBuilder()
     renamed = {gv: scratch.add_func(mod[gv], gv.name_hint) for gv in marked}
-    new_marked = list(renamed.values())
     funcs = {gv: f for gv, f in mod.functions_items() if gv not in marked and gv not in need}
     funcs.update({renamed[gv]: mod[gv] for gv in marked})
     todo = [gv for gv in relax_funcs if gv in need]
@@ -380,16 +442,19 @@ def pass_table(mod):
                     return next((new for old, new in renamed.items() if old.same_as(var)), var)
 
                 def visit_call_(self, call):  # noqa: N802
-                    call = self.visit_expr_post_order(call)
-                    if call.op.same_as(call_tir) and any(call.args[0].same_as(m) for m in new_marked):
+                    # a call of a changed function: rebuilt with the new GlobalVar and the table at
+                    # once (visiting it first would type-check the old arguments against the new type)
+                    if call.op.same_as(call_tir) and any(call.args[0].same_as(m) for m in marked):
                         if not isinstance(call.args[1], relax.Tuple):
                             raise ValueError(f"call_tir of {call.args[0].name_hint}: arguments not a tuple")
-                        args = [call.args[0], relax.Tuple([thr, *call.args[1].fields]), *call.args[2:]]
+                        fields = [self.visit_expr(a) for a in call.args[1].fields]
+                        args = [self.visit_expr(call.args[0]), relax.Tuple([thr, *fields]),
+                                *(self.visit_expr(a) for a in call.args[2:])]
                         return relax.Call(call.op, args, call.attrs, call.ty_args)
-                    if isinstance(call.op, tvm.ir.GlobalVar) and any(call.op.same_as(renamed[n])
-                                                                     for n in need if n in renamed):
-                        return relax.Call(call.op, [*call.args, thr], call.attrs, call.ty_args)
-                    return call
+                    if isinstance(call.op, tvm.ir.GlobalVar) and any(call.op.same_as(n) for n in need):
+                        args = [self.visit_expr(a) for a in call.args]
+                        return relax.Call(self.visit_expr(call.op), [*args, thr], call.attrs, call.ty_args)
+                    return self.visit_expr_post_order(call)
 
             body = _Thread(mod).visit_expr(func.body)
             new = relax.Function([*func.params, thr], body, func.ret_ty, func.is_pure, func.attrs, func.span)
@@ -407,8 +472,9 @@ def serial_when_small(reference, thresholds: int | Mapping[str, int] | None = No
     (:func:`split_on_table`, then :func:`pass_table` threads the parameter through the Relax
     functions); per class, or one int for all: compile-time constants (:func:`split_on_work`, no
     new parameter; the calibration tool and tests). A kernel whose work has no free shape
-    variable is decided now: made serial when its work is at most the threshold (with the table:
-    at most every table's; at least one table's but not every one's: it reads the table too).
+    variable is decided now: made serial when its work is at most the threshold, left parallel
+    when above it (with the table: at most / above every table's; when the tables disagree, it
+    reads the table too).
 
     ``reference`` may be an IRModule or a ``{name: PrimFunc}`` mapping. A function absent from
     it (or whose work cannot be carried over) is left unchanged."""

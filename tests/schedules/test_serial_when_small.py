@@ -138,9 +138,12 @@ def test_thresholds_in_the_docs_are_the_code():
     from ibert_tvm.schedules import serial_when_small as sws
 
     doc = " ".join(sws.__doc__.split())
-    assert set(sws.THRESHOLDS) == {"linear", "attention", "layernorm", "other"}
-    for cls, value in sws.THRESHOLDS.items():
-        assert f"{cls} {value:,}" in doc, (cls, value)
+    assert set(sws.THRESHOLDS) == set(sws.PASSIVE_THRESHOLDS) == set(sws.CLASSES) == {"linear", "attention",
+                                                                                      "layernorm", "other"}
+    assert sws.TABLES == {"spin": sws.THRESHOLDS, "passive": sws.PASSIVE_THRESHOLDS}
+    for table in sws.TABLES.values():
+        for cls, value in table.items():
+            assert f"{cls} {value:,} (2**{value.bit_length() - 1})" in doc, (cls, value)
 
 
 def test_op_classes():
@@ -384,8 +387,9 @@ def test_tiny_bert_on_x86_follows_the_table_bit_exact(quantized_factory, x86_fus
 
 
 def test_lower_marks_cpu_kernels_and_leaves_gpu_alone(tiny_factory, quantized_factory):
-    """The pipeline applies the transform on x86 (every parallel kernel gets its work attr), not
-    on cuda-t4 (no parallel loops) nor on aarch64 (left out: see the module docstring)."""
+    """The pipeline applies the transform on x86 (every parallel kernel gets its work attr, and
+    ``forward`` the table parameter), not on cuda-t4 (no parallel loops) nor on aarch64 (left out:
+    see the module docstring): their ``forward`` takes no table."""
     from tvm import tirx
 
     from ibert_tvm.frontend.lower import integer_module
@@ -417,7 +421,10 @@ def test_lower_marks_cpu_kernels_and_leaves_gpu_alone(tiny_factory, quantized_fa
         for target, expect in (("x86", True), ("cuda-t4", False), ("aarch64", False)):
             seen.clear()
             mod, _, _ = integer_module(qm, linear_strategy(target), model=im)
-            pipeline.lower(mod, get_target(target).tvm_target(), target_name=target)
+            lowered, _ = pipeline.lower(mod, get_target(target).tvm_target(), target_name=target)
+            params = [p.name for p in lowered["forward"].params]
+            assert (sws.TABLE_PARAM in params) == expect, target  # GPU and aarch64: no table parameter
+            assert list(pipeline.table_params(lowered)) == ([sws.TABLE_PARAM] if expect else [])
             if not expect:
                 assert not seen
                 continue
@@ -427,3 +434,41 @@ def test_lower_marks_cpu_kernels_and_leaves_gpu_alone(tiny_factory, quantized_fa
                 assert (sws.WORK_ATTR in (f.attrs or {})) == sws.has_parallel(f)
     finally:
         sws_spy.undo()
+
+
+def test_albert_shared_layer_passes_the_table_on(quantized_factory, tiny_factory):
+    """ALBERT's outlined ``shared_layer`` (a Relax function called once per application) calls
+    split kernels: it takes the table as its last parameter, ``forward`` passes it on, and the
+    x86 build run with each table equals the golden executor."""
+    import tvm
+    from tvm import relax
+
+    from ibert_tvm.frontend.lower import integer_module
+    from ibert_tvm.model.golden import run_golden
+    from ibert_tvm.model.plan import ModelPlan
+    from ibert_tvm.passes import pipeline
+    from ibert_tvm.passes.outline_shared_layer import FUNC_NAME
+    from ibert_tvm.schedules import linear_strategy
+    from ibert_tvm.schedules import serial_when_small as sws
+    from ibert_tvm.targets import get_target
+
+    from frontend_support import imported
+
+    qm, _ = quantized_factory("AlbertModel")
+    mod, names, arrays = integer_module(qm, linear_strategy("x86"), model=imported(str(tiny_factory("AlbertModel")))[0])
+    tgt = get_target("x86").tvm_target()
+    lowered, _ = pipeline.lower(mod, tgt, target_name="x86")
+    for name in ("forward", FUNC_NAME):
+        assert lowered[name].params[-1].name == sws.TABLE_PARAM, name
+    ex = relax.build(lowered, target=tgt, relax_pipeline=None)
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    weights = [tvm.runtime.tensor(np.asarray(arrays[n])) for n in names]
+    plan, d = ModelPlan(qm), qm.dims
+    rng = np.random.default_rng(4)
+    for b, s in [(1, 3), (2, 40)]:
+        x = random_batch(rng, b, s, family=d["family"], pad_id=d["pad_id"], type_vocab=d["type_vocab"])
+        want = run_golden(plan, **x)
+        inputs = [tvm.runtime.tensor(x[n].astype(np.int32)) for n in [p.name for p in mod["forward"].params[:int(mod["forward"].attrs["num_input"])]]]
+        for values in (sws.table("spin"), sws.table("passive"), [-1] * len(sws.CLASSES)):
+            table = tvm.runtime.tensor(np.asarray(values, np.int64))
+            np.testing.assert_array_equal(vm["forward"](*inputs, *weights, table).numpy(), want, err_msg=f"{b}x{s}")
