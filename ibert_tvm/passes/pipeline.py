@@ -133,18 +133,21 @@ def lower(mod, target, *, target_name: str | None = None, database_dir=None, dum
 
 
 def table_params(lowered) -> dict:
-    """``{name: numpy array}`` of the parameters the pipeline appended to ``lowered["forward"]``
-    after the weights: ``serial_when_small.TABLE_PARAM`` (its "spin" table, TVM's default wait
-    policy: what params.npz holds) when a kernel reads the serial/parallel thresholds at call
-    time, else nothing."""
+    """``{name: numpy array}`` of the parameters the pipeline appended to the entry function
+    (``forward``; ``main`` before ``integer_module`` renames it: any public Relax function) after
+    the weights: ``serial_when_small.TABLE_PARAM`` (its "spin" table, TVM's default wait policy:
+    what params.npz holds) when a kernel reads the serial/parallel thresholds at call time, else
+    nothing."""
     import numpy as np
+    from tvm import relax
 
     from ..schedules import serial_when_small as sws
 
-    if "forward" not in [gv.name_hint for gv in lowered.functions]:
-        return {}
-    names = [p.name for p in lowered["forward"].params]
-    return {sws.TABLE_PARAM: np.asarray(sws.table("spin"), np.int64)} if sws.TABLE_PARAM in names else {}
+    for _, f in lowered.functions_items():
+        if isinstance(f, relax.Function) and f.attrs is not None and "global_symbol" in f.attrs \
+                and f.params and f.params[-1].name == sws.TABLE_PARAM:
+            return {sws.TABLE_PARAM: np.asarray(sws.table("spin"), np.int64)}
+    return {}
 
 
 def build(mod, target, *, target_name: str | None = None, database_dir=None, dump_dir=None,
