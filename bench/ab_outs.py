@@ -1,6 +1,7 @@
 """A/B latency of several compiled ``out/`` dirs of the same model, interleaved in one process.
 
     python bench/ab_outs.py OLD_OUT NEW_OUT [MORE_OUT ...] [--shapes 1x32,1x128,8x128] [--rounds 15]
+                            [--policy spin|passive]
 
 What a code change costs when the compiled model changes but the model does not (a compile path,
 a calibration rule): every out/ runs the same random ids, in rounds that alternate the dirs (A B C,
@@ -10,6 +11,13 @@ reports how many differ. Timings are for reading, never asserted; run it on a qu
 (``uptime``) and compare ratios from the same run only. On a shared machine, ``--threads 1
 --clock cpu`` times the process's CPU time instead of the wall clock: it does not count the time
 the process waited for a core (it still counts what other processes cost it through shared caches).
+
+``OUT@spin`` / ``OUT@passive`` loads OUT fed that table of serial/parallel thresholds (an x86 build
+since they are run-time data, ``schedules/serial_when_small.py``; the same dir may appear with
+both); a plain OUT gets the loader's choice (``deploy.runtime.serial_table``: passive under
+``--policy passive`` unless ``$IBERT_TVM_SERIAL_THRESHOLDS`` says otherwise). ``--policy passive``
+sets ``TVM_THREAD_POOL_SPIN_COUNT=0`` before TVM starts (idle pool threads sleep), as the bench's
+passive wait policy does; ``spin`` (the default) unsets it.
 """
 
 from __future__ import annotations
@@ -32,10 +40,15 @@ def main(argv=None) -> int:
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                     help="wall: perf_counter (default); cpu: process CPU time (use with --threads 1: "
                          "with more threads it adds up every thread's time, spinning included)")
+    ap.add_argument("--policy", choices=("spin", "passive"), default="spin",
+                    help="TVM's wait policy: passive sets TVM_THREAD_POOL_SPIN_COUNT=0 (default spin: unset)")
     ap.add_argument("--same", action="store_true", help="fail unless every dir gives identical integers")
     ap.add_argument("-o", "--output", help="write the figures as JSON here")
     a = ap.parse_args(argv)
     os.environ["TVM_NUM_THREADS"] = str(a.threads)
+    os.environ.pop("TVM_THREAD_POOL_SPIN_COUNT", None)
+    if a.policy == "passive":
+        os.environ["TVM_THREAD_POOL_SPIN_COUNT"] = "0"
     clock = time.perf_counter if a.clock == "wall" else time.process_time
 
     import numpy as np
@@ -43,12 +56,17 @@ def main(argv=None) -> int:
     from ibert_tvm.deploy.runtime import CompiledModel
     from ibert_tvm.support.tokenize import position_ids
 
-    models = [CompiledModel(o) for o in a.outs]
+    def load(arg):  # OUT, OUT@spin or OUT@passive
+        path, _, table = arg.rpartition("@") if arg.rsplit("@", 1)[-1] in ("spin", "passive") else (arg, "", None)
+        return CompiledModel(path, serial_thresholds=table)
+
+    models = [load(o) for o in a.outs]
     m0 = models[0].manifest
     shapes = [tuple(int(x) for x in s.split("x")) for s in a.shapes.split(",")]
     rng = np.random.default_rng(0)
     results: dict = {"outs": a.outs, "shapes": a.shapes, "rounds": a.rounds, "runs": a.runs,
-                     "threads": a.threads, "clock": a.clock,
+                     "threads": a.threads, "clock": a.clock, "policy": a.policy,
+                     "serial_thresholds": [m.serial_thresholds for m in models],
                      "load_average_start": os.getloadavg(), "latency_ms": {}, "identical": {}}
     for b, s in shapes:
         ids = rng.integers(1000, int(m0["vocab"]), (b, s)).astype(np.int64)

@@ -47,15 +47,20 @@ _USE_INSTEAD = {"embedding": "encode()", "classifier": "predict()", "token_class
 MAX_ANSWER_TOKENS = 30  # QA spans: as transformers' question-answering pipeline's max_answer_len
 
 
-def load(path, device: str | None = None) -> Model:
+def load(path, device: str | None = None, *, serial_thresholds: str | None = None) -> Model:
     """Load a compiled ``out/`` (manifest, every file's sha256, then model.so) for running here.
 
     ``device``: ``"cpu"``, or a TVM device name; the default is the target's (CPU, or the first
-    GPU for a CUDA build). Errors are :class:`~ibert_tvm.errors.IBertTVMError` naming the file.
+    GPU for a CUDA build). ``serial_thresholds``: ``"spin"`` or ``"passive"``, the table of
+    serial/parallel thresholds an x86 model is fed; default ``$IBERT_TVM_SERIAL_THRESHOLDS``, else
+    "passive" when ``TVM_THREAD_POOL_SPIN_COUNT=0`` (idle pool threads sleep), else "spin"
+    (:func:`~ibert_tvm.deploy.runtime.serial_table`). Errors are
+    :class:`~ibert_tvm.errors.IBertTVMError` naming the file (or the bad choice).
     """
     from .runtime import CompiledModel
 
-    return Model(CompiledModel(path, device=device))  # every check of out/ before TVM is even loaded
+    # every check of out/ before TVM is even loaded
+    return Model(CompiledModel(path, device=device, serial_thresholds=serial_thresholds))
 
 
 def _progress(show: bool, total: int):

@@ -4,7 +4,9 @@
 
     model.so        the Relax VM executable + kernels for the target
     params.npz      every run-time integer tensor, in call order (names, dtypes and shapes in
-                    the manifest: ``params``, ``param_types``)
+                    the manifest: ``params``, ``param_types``); on x86, last, the serial/parallel
+                    thresholds of ``schedules.serial_when_small`` (its "spin" table; the manifest's
+                    ``serial_thresholds`` records both tables, the loader picks one)
     manifest.json   format, target, identities (source model sha256, quantized-artifact
                     sha256, executable sha256), inputs, output name/dtype/scale, max sequence
                     length, family, labels, tuning database used (``tuning``: records applied / stale), verifier summary, and
@@ -102,6 +104,7 @@ def compile_quantized(
     from ..model.plan import ModelPlan
     from ..passes.pipeline import build
     from ..schedules import linear_strategy
+    from ..schedules import serial_when_small as sws
     from ..frontend.lower import model_inputs
 
     spec = get_target(target)
@@ -126,7 +129,10 @@ def compile_quantized(
         log(selection.message(database_origin(db)))
     apply = selection.database if selection is not None else None
     database_dir = str(db) if apply is not None else None
-    ex, mod_report, code_report = build(mod, tgt, target_name=spec.name, database_dir=apply, dump_dir=dump_dir)
+    extra: dict = {}  # run-time parameters the pipeline appended to forward (the serial/parallel thresholds)
+    ex, mod_report, code_report = build(mod, tgt, target_name=spec.name, database_dir=apply, dump_dir=dump_dir,
+                                        extra_params=extra)
+    names, arrays = [*names, *extra], {**arrays, **extra}
     cuda_section = ptx_report = None
     if "gpu" in tgt.keys:  # CUDA: no GPU here; record the CUDA source hash and nvcc's PTX check
         from .cuda_check import cuda_build_record
@@ -169,6 +175,9 @@ def compile_quantized(
         "tuning": selection.summary() if selection is not None else None,
         "verify": {"module": _summary(mod_report), "code": _summary(code_report)},
     }
+    if sws.TABLE_PARAM in extra:  # the kernels read their serial/parallel thresholds from this parameter
+        manifest["serial_thresholds"] = {"param": sws.TABLE_PARAM, "classes": list(sws.CLASSES),
+                                         **{name: sws.table(name) for name in sws.TABLES}}
     if cuda_section is not None:
         manifest["cuda"] = cuda_section
     with atomic_dir(out_dir, ARTIFACT) as tmp:

@@ -209,10 +209,12 @@ class RemoteModel:
     def __init__(self, out_dir, session, *, timeout: float = DEFAULT_TIMEOUT):
         """``session``: an ``RPCSession``, or a function returning one (called once the artifact
         has been read and checked, so a broken ``out/`` never occupies a board)."""
-        from .runtime import LIB, read_compiled
+        from .runtime import LIB, apply_serial_table, read_compiled
 
         self.timeout = timeout
         self.dir, self.manifest, self.params, self.tokenizer = read_compiled(out_dir)
+        # the host's choice (its environment): set IBERT_TVM_SERIAL_THRESHOLDS for a board whose pool sleeps
+        self.serial_thresholds = apply_serial_table(self.manifest, self.params)
         lib = self.dir / LIB
         self.session = session() if callable(session) and not hasattr(session, "upload") else session
         del session  # only self holds it: close() (or an error here) really ends the session

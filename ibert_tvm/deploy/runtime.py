@@ -32,6 +32,45 @@ HEADS = ("embedding", "classifier", "token_classifier", "qa")
 KNOWN_INPUTS = INPUTS
 # parameter name -> manifest field giving its number of rows (the ranges ``check_inputs`` enforces)
 TABLE_ROWS = {"embeddings.word_embeddings.weight": "vocab", "embeddings.token_type_embeddings.weight": "type_vocab"}
+# the serial/parallel thresholds (schedules/serial_when_small.py): which table a load feeds
+SERIAL_ENV = "IBERT_TVM_SERIAL_THRESHOLDS"  # "spin" or "passive": overrides the wait-policy guess
+SPIN_ENV = "TVM_THREAD_POOL_SPIN_COUNT"  # TVM's: "0" makes idle pool threads sleep (the passive policy)
+SERIAL_TABLES = ("spin", "passive")
+
+
+def serial_table(choice: str | None = None, environ=None) -> tuple[str, str]:
+    """``(table, why)``: which serial/parallel threshold table a compiled x86 model is fed.
+
+    ``choice`` (``load(..., serial_thresholds=)``), else ``$IBERT_TVM_SERIAL_THRESHOLDS``: "spin"
+    or "passive", anything else an ``IBertTVMError`` naming it. Without either: "passive" when
+    ``$TVM_THREAD_POOL_SPIN_COUNT`` is ``0`` (TVM's pool threads then sleep when idle, and each
+    parallel launch has to wake them: ~55 us more on the 2-vCPU machine it was measured on),
+    else "spin" (TVM's default: idle pool threads spin, a launch is cheap)."""
+    import os
+
+    env = os.environ if environ is None else environ
+    for value, name in ((choice, "serial_thresholds"), (env.get(SERIAL_ENV), SERIAL_ENV)):
+        if value is None or (name == SERIAL_ENV and value == ""):
+            continue
+        if value not in SERIAL_TABLES:
+            raise IBertTVMError(f"{name} must be one of {', '.join(SERIAL_TABLES)}, got {value!r}")
+        return value, f"{name}={value}"
+    spin = env.get(SPIN_ENV)
+    if spin is not None and spin.strip() == "0":
+        return "passive", f"{SPIN_ENV}=0"
+    return "spin", f"{SPIN_ENV} {'unset' if spin is None else '=' + spin}"
+
+
+def apply_serial_table(m: dict, params: list[np.ndarray], choice: str | None = None) -> str | None:
+    """Write the chosen table (:func:`serial_table`) into the table parameter of ``params`` (in
+    place; ``params`` in the manifest's order) and return its name; None for a model without one
+    (not x86, or compiled before the tables were run-time data)."""
+    table, _ = serial_table(choice)  # a bad choice is refused for every model, with a table or not
+    st = m.get("serial_thresholds")
+    if st is None:
+        return None
+    params[m["params"].index(st["param"])][...] = np.asarray(st[table], np.int64)
+    return table
 
 
 def _is_int(v, lo: int) -> bool:
@@ -92,6 +131,16 @@ def check_manifest(m: dict, mpath: Path) -> None:
         if name in params and types[params.index(name)][1][:1] != [m[field]]:
             raise IBertTVMError(f"{mpath}: {field} is {m[field]}, but parameter {name} has "
                                 f"{types[params.index(name)][1][0]} rows")
+    st = m.get("serial_thresholds")
+    if st is not None:  # the thresholds table: a parameter int64 [len(classes)], each table one int per class
+        if not isinstance(st, dict) or st.get("param") not in params or not isinstance(st.get("classes"), list):
+            bad("serial_thresholds", "an object naming a parameter ('param') and the op classes ('classes')")
+        n = len(st["classes"])
+        if types[params.index(st["param"])] != ["int64", [n]]:
+            bad("serial_thresholds", f"a table parameter of dtype int64 and shape [{n}]")
+        for t in SERIAL_TABLES:
+            if not isinstance(st.get(t), list) or len(st[t]) != n or not all(_is_int(x, 0) for x in st[t]):
+                bad(f"serial_thresholds.{t}", f"a list of {n} integers >= 0")
     if "lib_sha256" in m and m["lib_sha256"] != m["files"].get(LIB):
         bad("lib_sha256", f"the sha256 of {LIB} recorded in files.{LIB}")
 
@@ -173,7 +222,10 @@ class CompiledModel:
     be a Relax VM executable with a ``forward`` function.
     """
 
-    def __init__(self, out_dir, device: str | None = None):
+    def __init__(self, out_dir, device: str | None = None, *, serial_thresholds: str | None = None):
+        """``serial_thresholds``: "spin" or "passive", the table of serial/parallel thresholds an x86
+        model is fed (:func:`serial_table`; default: from the environment)."""
+        serial_table(serial_thresholds)  # a bad choice is refused before anything is read
         self.dir, self.manifest, _, self.tokenizer = read_compiled(out_dir, alloc=None)  # params: below
         m = self.manifest
         lib_path = self.dir / LIB
@@ -225,10 +277,13 @@ class CompiledModel:
 
             #: the parameters as numpy arrays (on the CPU: read-only views of the runtime's tensors)
             self.params = read_params(self.dir, m, alloc)
+            #: the serial/parallel threshold table fed ("spin", "passive"; None: the model reads none)
+            self.serial_thresholds = apply_serial_table(m, self.params, serial_thresholds)
             for p in self.params:
                 p.flags.writeable = False
         else:
             self.params = read_params(self.dir, m)
+            self.serial_thresholds = apply_serial_table(m, self.params, serial_thresholds)
             self._tvm_params = [self._tensor(p, dev) for p in self.params]
 
     @property

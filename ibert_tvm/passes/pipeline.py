@@ -94,9 +94,11 @@ def lower(mod, target, *, target_name: str | None = None, database_dir=None, dum
     ``schedules.tuning_db.select_records`` kept, in memory).
 
     ``serial_when_small``: True applies :func:`~ibert_tvm.schedules.serial_when_small.serial_when_small`
-    with its calibrated ``THRESHOLDS`` on its ``TARGETS`` (x86); an int (for every op class) or a
-    ``{op class: int}`` applies it with those thresholds (work units: block iterations); False
-    leaves every parallel kernel parallel."""
+    on its ``TARGETS`` (x86) with the thresholds read at call time from a table (``forward``
+    takes it as one more parameter after the weights, named ``serial_when_small.TABLE_PARAM``,
+    when any kernel was split; :func:`table_params`); an int (for every op class) or a
+    ``{op class: int}`` applies it with those thresholds as compile-time constants (work units:
+    block iterations; no table parameter); False leaves every parallel kernel parallel."""
     from tvm import relax
 
     from ..schedules import schedule_pass
@@ -130,13 +132,35 @@ def lower(mod, target, *, target_name: str | None = None, database_dir=None, dum
     return mod, check.report
 
 
+def table_params(lowered) -> dict:
+    """``{name: numpy array}`` of the parameters the pipeline appended to the entry function
+    (``forward``; ``main`` before ``integer_module`` renames it: any public Relax function) after
+    the weights: ``serial_when_small.TABLE_PARAM`` (its "spin" table, TVM's default wait policy:
+    what params.npz holds) when a kernel reads the serial/parallel thresholds at call time, else
+    nothing."""
+    import numpy as np
+    from tvm import relax
+
+    from ..schedules import serial_when_small as sws
+
+    for _, f in lowered.functions_items():
+        if isinstance(f, relax.Function) and f.attrs is not None and "global_symbol" in f.attrs \
+                and f.params and f.params[-1].name == sws.TABLE_PARAM:
+            return {sws.TABLE_PARAM: np.asarray(sws.table("spin"), np.int64)}
+    return {}
+
+
 def build(mod, target, *, target_name: str | None = None, database_dir=None, dump_dir=None,
-          serial_when_small=True):
-    """Phases 1-4. Returns ``(executable, module_report, code_report)``."""
+          serial_when_small=True, extra_params: dict | None = None):
+    """Phases 1-4. Returns ``(executable, module_report, code_report)``. ``extra_params``: a dict
+    to fill with :func:`table_params` (the run-time parameters ``forward`` takes after the
+    weights that the caller did not give the pipeline)."""
     from tvm import relax
 
     lowered, report = lower(mod, target, target_name=target_name, database_dir=database_dir, dump_dir=dump_dir,
                             serial_when_small=serial_when_small)
+    if extra_params is not None:
+        extra_params.update(table_params(lowered))
     ex = relax.build(lowered, target=target, relax_pipeline=None)
     code_report = verify_integer_only(ex, what="executable")
     return ex, report, code_report

@@ -9,10 +9,14 @@ choose when it is called.
 
 For every scheduled PrimFunc with a ``parallel`` loop, the body becomes::
 
-    if work <= threshold:
+    if work <= thresholds[class]:
         body, every parallel loop made serial      # no launch: the calling thread runs it all
     else:
         body                                       # unchanged
+
+where ``thresholds`` is a run-time table, one int64 per op class (see "The thresholds are
+run-time data" below): the best threshold depends on TVM's wait policy, which is known only when
+the model is loaded.
 
 ``work`` (:func:`work_estimate`) is the kernel's scalar work as its computation is written: the
 sum, over the blocks of the *fused, unscheduled* PrimFunc (``passes.pipeline.fuse``: TE /
@@ -45,7 +49,7 @@ serial loops are plain loops of the kernel itself; the parallel path keeps its l
 PrimFunc without a parallel loop, or whose work has no free shape variable (its branch would be
 decided at compile time), is returned unchanged except that a static small kernel is made serial
 outright. Neither branch adds float: the condition is
-int64 arithmetic on shape variables.
+int64 arithmetic on shape variables and one int64 load from the table.
 
 The threshold depends on the kernel's class (:func:`op_class`), because a block iteration costs
 very different time in each: ``linear`` (a block reduces a product of two int8 / uint8 operands,
@@ -82,6 +86,65 @@ cheap) and pay when they sleep (the passive policy, or a loaded machine); the 1 
 attention-out linear alone is most of the passive gain between 2**21 and 2**23, and the attention
 products at 1 x 128 (6.3 M block iterations) are the spin loss there, hence the split: linears
 at 2**23, attention products at 2**21.
+
+The thresholds are run-time data
+--------------------------------
+Those values (:data:`THRESHOLDS`, the "spin" table) suit TVM's default wait policy, where idle
+pool threads spin and a launch is cheap. When they sleep (``TVM_THREAD_POOL_SPIN_COUNT=0``, what a
+loaded server sees) each launch costs ~55 us more on the 2-vCPU AMX machine measured, and serial
+wins far higher: no one constant serves both. So the kernels read their threshold when called,
+from a table chosen when the model is loaded, with no recompilation:
+
+* a split kernel (:func:`split_on_table`) takes a new *first* parameter, an int64
+  ``[len(CLASSES)]`` buffer, and compares its work with entry ``CLASSES.index(class)``
+  (attr :data:`TABLE_ATTR`); TVM's argument check refuses a table of another dtype or shape;
+* :func:`pass_table`, at the Relax level right after the split (in the same pass), gives every
+  Relax function reaching such a kernel (``forward``, and ALBERT's outlined ``shared_layer``) a
+  new *last* parameter :data:`TABLE_PARAM` and passes it first in each ``call_tir`` of a split
+  kernel (the kernels and those functions get new GlobalVars: a GlobalVar carries its function's
+  type). ``forward`` thus takes one more tensor after the weights, and ``deploy.export`` records it
+  like them: last in params.npz (the spin table: plain TVM running the .so gets today's
+  behaviour) and in the manifest's ``params`` / ``param_types``, plus ``serial_thresholds``:
+  ``{"param", "classes", "spin", "passive"}``;
+* the loader (``deploy.runtime.serial_table``, used by ``CompiledModel``: ``ibert_tvm.load``,
+  ``ibert-tvm run`` / ``serve`` / ``eval``, the bench's tvm-int8 worker; and by the RPC board
+  runner ``RemoteModel``) feeds the "passive" table when ``TVM_THREAD_POOL_SPIN_COUNT=0``, else the
+  "spin" one; ``IBERT_TVM_SERIAL_THRESHOLDS=spin|passive`` or ``load(..., serial_thresholds=)``
+  override that (anything else is an error naming the variable). An artifact without the
+  parameter (compiled before, or for a target without parallel kernels) loads as before.
+
+Why a tensor parameter: it is the path the weights already take (params.npz, the manifest, the
+VM call), it adds no symbol to model.so (a global the loader would poke, or ``getenv`` in a
+kernel, would be a new import or export for the .so verifier), and it stays integer-only. GPU
+and aarch64 builds do not run the transform, so they have no such parameter; a kernel of static
+shape is still decided at compile time, unless the two tables disagree on it (then it reads the
+table too). The compile-time form remains (``thresholds=`` an int or a mapping: constants, no
+parameter) for ``bench/serial_when_small.py`` and tests.
+
+The "passive" table (:data:`PASSIVE_THRESHOLDS`), in block iterations: linear 33,554,432 (2**25),
+attention 16,777,216 (2**24), layernorm 524,288 (2**19), other 262,144 (2**18). Chosen from the
+per-kernel calibration (``bench/serial_when_small.py --policy passive --target x86-amx``, MiniLM
+and BERT-Base, two threads, load average 0.7-1.7; bench/results/2026-12-03-late/serial-calibration/),
+each between the largest work where serial won and the smallest where it lost (median serial /
+parallel time per call):
+
+=========  ===============================================  ==============================================
+class      serial wins (work, ser/par)                       serial loses (work, ser/par)
+=========  ===============================================  ==============================================
+linear     <= 19.0 M: every MiniLM 1x32 linear 0.46-0.88,   56.8 M: BERT 1x32 QKV 1.12; 75.6-76.1 M: 1.14-1.42
+           BERT 1x32 and MiniLM 1x128 attention-out 0.74,    (MiniLM 1x128 QKV 57.0 M 0.96 and FFN-out
+           0.63                                              75.8 M 0.92: near even, left parallel)
+attention  <= 12.7 M (1x32, 1x128): 0.18-0.79               >= 50.3 M (8x128): 1.06-1.45
+layernorm  <= 295 k (1x32, 1x128): 0.32-0.73                 >= 1.18 M (8x128): 1.21-1.63
+other      49.5 k (1x32): 0.38-0.78                          >= 788 k (1x128): 1.29-1.46
+=========  ===============================================  ==============================================
+
+From those rows the parallel launch's extra cost under the passive policy is ~50-75 us a kernel
+(more for the attention products at 8 x 128),
+so serial wins up to about twice that in serial time: ~44 M linear, ~25 M attention, ~560 k
+layernorm, ~415 k softmax block iterations; each threshold is below its estimate. Against the
+spin table this makes serial, for MiniLM: at 1 x 32 the QKV and FFN linears (all of its linears),
+at 1 x 128 the attention-out linear and the attention products; 8 x 128 is unchanged.
 """
 
 from __future__ import annotations
@@ -90,9 +153,19 @@ from collections.abc import Mapping
 
 #: the targets (``ibert_tvm.targets`` names) ``passes.pipeline.lower`` applies it for
 TARGETS = ("x86", "x86-amx", "llvm")
-#: per op class (:func:`op_class`), the work (block iterations, :func:`work_estimate`) up to
-#: which a kernel runs serially
+#: the op classes (:func:`op_class`), in the order of the run-time table's entries
+CLASSES = ("linear", "attention", "layernorm", "other")
+#: per op class, the work (block iterations, :func:`work_estimate`) up to which a kernel runs
+#: serially when idle pool threads spin (TVM's default wait policy): the "spin" table
 THRESHOLDS = {"linear": 1 << 23, "attention": 1 << 21, "layernorm": 1 << 18, "other": 1 << 16}
+#: the same when idle pool threads sleep (``TVM_THREAD_POOL_SPIN_COUNT=0``): the "passive" table
+PASSIVE_THRESHOLDS = {"linear": 1 << 25, "attention": 1 << 24, "layernorm": 1 << 19, "other": 1 << 18}
+#: the tables a compiled model records (manifest ``serial_thresholds``), by wait policy
+TABLES = {"spin": THRESHOLDS, "passive": PASSIVE_THRESHOLDS}
+#: the Relax parameter (of ``forward`` and of any Relax function calling a split kernel) and the
+#: kernels' first buffer parameter: int64 ``[len(CLASSES)]``, the thresholds of :data:`CLASSES`
+TABLE_PARAM = "serial_when_small.thresholds"
+TABLE_ATTR = "ibert.serial_when_small.table_index"  # PrimFunc attr: the entry of the table it reads
 LAYERNORM_BLOCK = "ln_var"  # a stage of op.int_layernorm's te(): the kernel is an i-LayerNorm
 SERIAL_BLOCK = "serial_when_small"  # the name of the serial branch's block
 WORK_ATTR = "ibert.serial_when_small.work"  # the PrimFunc attr recording the work expression
@@ -245,20 +318,35 @@ def _fresh_defs(func):
     return tvm_ffi.structural_map(renewed.body, (tirx.Var, back))
 
 
-def split_on_work(func, work, threshold: int):
+def table(name: str) -> list[int]:
+    """The run-time table ``name`` (a key of :data:`TABLES`): one threshold per :data:`CLASSES` entry."""
+    return [int(TABLES[name][c]) for c in CLASSES]
+
+
+def table_buffer():
+    """A fresh int64 ``[len(CLASSES)]`` buffer: the table parameter of one kernel."""
+    from tvm import tirx
+
+    return tirx.decl_buffer((tirx.IntImm("int64", len(CLASSES)),), "int64", "serial_thresholds")
+
+
+def split_on_work(func, work, threshold):
     """``func`` (scheduled, with a parallel loop) as ``if work <= threshold: serial else: body``.
 
-    ``work`` is over ``func``'s own shape variables. The branch goes inside the root block: the
-    parallel branch is the root's body as it was (the root's allocations serve it); the serial
-    branch is a copy of the whole root block with every definition renewed (SSA), nested as an
-    opaque block named ``serial_when_small`` with its own allocations."""
+    ``work`` is over ``func``'s own shape variables; ``threshold`` an int (a compile-time constant)
+    or an int64 ``PrimExpr`` (:func:`split_on_table`: a load from the table parameter). The branch
+    goes inside the root block: the parallel branch is the root's body as it was (the root's
+    allocations serve it); the serial branch is a copy of the whole root block with every
+    definition renewed (SSA), nested as an opaque block named ``serial_when_small`` with its own
+    allocations."""
     from tvm import s_tir, tirx
 
     realize = func.body
     if not isinstance(realize, s_tir.SBlockRealize):
         raise TypeError("expected a PrimFunc whose body is the root block")
     root = realize.block
-    cond = tirx.LE(work, tirx.IntImm("int64", int(threshold)))
+    limit = tirx.IntImm("int64", int(threshold)) if isinstance(threshold, int) else threshold
+    cond = tirx.LE(work, limit)
     serial = _fresh_defs(func.with_body(_serial(realize)))
     sblock = serial.block
     serial = s_tir.SBlockRealize(serial.iter_values, serial.predicate,
@@ -273,11 +361,120 @@ def split_on_work(func, work, threshold: int):
     return new.with_attr(WORK_ATTR, work)
 
 
+def split_on_table(func, work, cls: str):
+    """:func:`split_on_work` with the threshold read at call time from a table: the result takes
+    a new first parameter, an int64 ``[len(CLASSES)]`` buffer (:func:`table_buffer`), and compares
+    ``work`` with its entry ``CLASSES.index(cls)`` (recorded as the attr :data:`TABLE_ATTR`). Its
+    callers pass the table first: :func:`pass_table` rewrites them."""
+    from tvm import tirx
+
+    buf = table_buffer()
+    index = CLASSES.index(cls)
+    new = split_on_work(func, work, tirx.BufferLoad(buf, [tirx.IntImm("int64", index)]))
+    new = tirx.PrimFunc([buf, *new.params], new.body, new.ret_type, new.attrs, new.span)
+    return new.with_attr(TABLE_ATTR, index)
+
+
+def pass_table(mod):
+    """The Relax side of :func:`split_on_table`: every Relax function that calls a kernel marked
+    :data:`TABLE_ATTR` (``call_tir``), or a Relax function that does, takes a new last parameter
+    :data:`TABLE_PARAM` (int64 ``[len(CLASSES)]``) and passes it on: first among a kernel's
+    arguments, last to a Relax function. The entry function's new parameter comes after the
+    weights, so it is one more run-time tensor for the caller to feed (``deploy.export`` records
+    it in params.npz and the manifest). A module with no such kernel is returned unchanged.
+    Raises ``ValueError`` for a marked kernel reached otherwise than by a ``call_tir`` with a tuple
+    of arguments (``call_tir_inplace`` would need its indices shifted: none is produced here)."""
+    import tvm
+    from tvm import relax, tirx
+
+    marked = {gv for gv, f in mod.functions_items()
+              if isinstance(f, tirx.PrimFunc) and f.attrs is not None and TABLE_ATTR in f.attrs}
+    if not marked:
+        return mod
+    call_tir = tvm.ir.Op.get("relax.call_tir")
+    relax_funcs = {gv: f for gv, f in mod.functions_items() if isinstance(f, relax.Function)}
+
+    def callees(func):
+        found = set()
+
+        def visit(call):
+            if call.op.same_as(call_tir) and isinstance(call.args[0], tvm.ir.GlobalVar):
+                found.add(call.args[0])
+            elif isinstance(call.op, tvm.ir.GlobalVar):
+                found.add(call.op)
+            for a in call.args:
+                if isinstance(a, tvm.ir.GlobalVar) and a in marked and not call.op.same_as(call_tir):
+                    raise ValueError(f"{a.name_hint} (a serial_when_small kernel reading the table) is passed to "
+                                     f"{call.op}: only call_tir is supported")
+
+        import tvm_ffi
+
+        tvm_ffi.structural_walk(func.body, (relax.Call, visit))
+        return found
+
+    calls = {gv: callees(f) for gv, f in relax_funcs.items()}
+    need: set = set()
+    while True:  # the functions reaching a marked kernel, through any depth of Relax calls
+        more = {gv for gv, cs in calls.items() if gv not in need and cs & (marked | need)}
+        if not more:
+            break
+        need |= more
+
+    # A GlobalVar carries its function's type, which the new parameter changes: every changed
+    # function gets a new GlobalVar (typed by a scratch BlockBuilder), and the references follow.
+    scratch = relax.BlockBuilder()
+    renamed = {gv: scratch.add_func(mod[gv], gv.name_hint) for gv in marked}
+    funcs = {gv: f for gv, f in mod.functions_items() if gv not in marked and gv not in need}
+    funcs.update({renamed[gv]: mod[gv] for gv in marked})
+    todo = [gv for gv in relax_funcs if gv in need]
+    while todo:  # callees first: a caller's body refers to its callees' new GlobalVars
+        ready = [gv for gv in todo if not (calls[gv] & need) - set(renamed)]
+        if not ready:
+            raise ValueError("serial_when_small: recursive Relax functions reach a kernel reading the table")
+        for gv in ready:
+            todo.remove(gv)
+            func = mod[gv]
+            thr = relax.Var(TABLE_PARAM, relax.TensorType([len(CLASSES)], "int64"))
+
+            @relax.expr_functor.mutator
+            class _Thread(relax.PyExprMutator):
+                def visit_global_var_(self, var):  # noqa: N802 (the mutator's method names)
+                    return next((new for old, new in renamed.items() if old.same_as(var)), var)
+
+                def visit_call_(self, call):  # noqa: N802
+                    # a call of a changed function: rebuilt with the new GlobalVar and the table at
+                    # once (visiting it first would type-check the old arguments against the new type)
+                    if call.op.same_as(call_tir) and any(call.args[0].same_as(m) for m in marked):
+                        if not isinstance(call.args[1], relax.Tuple):
+                            raise ValueError(f"call_tir of {call.args[0].name_hint}: arguments not a tuple")
+                        fields = [self.visit_expr(a) for a in call.args[1].fields]
+                        args = [self.visit_expr(call.args[0]), relax.Tuple([thr, *fields]),
+                                *(self.visit_expr(a) for a in call.args[2:])]
+                        return relax.Call(call.op, args, call.attrs, call.ty_args)
+                    if isinstance(call.op, tvm.ir.GlobalVar) and any(call.op.same_as(n) for n in need):
+                        args = [self.visit_expr(a) for a in call.args]
+                        return relax.Call(self.visit_expr(call.op), [*args, thr], call.attrs, call.ty_args)
+                    return self.visit_expr_post_order(call)
+
+            body = _Thread(mod).visit_expr(func.body)
+            new = relax.Function([*func.params, thr], body, func.ret_ty, func.is_pure, func.attrs, func.span)
+            renamed[gv] = scratch.add_func(new, gv.name_hint)
+            funcs[renamed[gv]] = new
+    return relax.transform.Normalize()(tvm.IRModule(funcs, attrs=mod.attrs, global_infos=mod.global_infos))
+
+
 def serial_when_small(reference, thresholds: int | Mapping[str, int] | None = None):
     """``IRModule -> IRModule`` pass: every PrimFunc with a parallel loop chooses serial or
     parallel at call time by :func:`work_estimate` of the PrimFunc of the same name in
-    ``reference`` (the fused, unscheduled module) against the threshold of its
-    :func:`op_class` (``thresholds``: per class, one int for all, or None: :data:`THRESHOLDS`).
+    ``reference`` (the fused, unscheduled module) against the threshold of its :func:`op_class`.
+
+    ``thresholds``: None (the default) reads it at call time from the table parameter
+    (:func:`split_on_table`, then :func:`pass_table` threads the parameter through the Relax
+    functions); per class, or one int for all: compile-time constants (:func:`split_on_work`, no
+    new parameter; the calibration tool and tests). A kernel whose work has no free shape
+    variable is decided now: made serial when its work is at most the threshold, left parallel
+    when above it (with the table: at most / above every table's; when the tables disagree, it
+    reads the table too).
 
     ``reference`` may be an IRModule or a ``{name: PrimFunc}`` mapping. A function absent from
     it (or whose work cannot be carried over) is left unchanged."""
@@ -286,10 +483,10 @@ def serial_when_small(reference, thresholds: int | Mapping[str, int] | None = No
 
     refs: Mapping = ({gv.name_hint: f for gv, f in reference.functions.items()}
                      if isinstance(reference, tvm.IRModule) else dict(reference))
-    if thresholds is None:
-        thresholds = THRESHOLDS
+    runtime = thresholds is None
     limit = ((lambda cls: int(thresholds)) if isinstance(thresholds, int)  # a class a mapping omits: "other"'s
-             else (lambda cls: int(thresholds[cls] if cls in thresholds else thresholds["other"])))
+             else (lambda cls: int(thresholds[cls] if cls in thresholds else thresholds["other"])) if not runtime
+             else None)
 
     @tvm.transform.module_pass(opt_level=0, name="SerialWhenSmall")
     def _pass(mod, _ctx):
@@ -303,12 +500,17 @@ def serial_when_small(reference, thresholds: int | Mapping[str, int] | None = No
             work = _rebind(work_estimate(ref), ref, func)
             if work is None:
                 continue
-            threshold = limit(op_class(ref))
-            if not _free_vars(work):  # static shapes: decide now
-                if int(work.value) <= threshold:
+            cls = op_class(ref)
+            if runtime:
+                lo, hi = min(t[cls] for t in TABLES.values()), max(t[cls] for t in TABLES.values())
+            else:
+                lo = hi = limit(cls)
+            if not _free_vars(work):  # static shapes: decide now when every table decides alike
+                if int(work.value) <= lo:
                     mod[gv] = func.with_body(_serial(func.body))
-                continue
-            mod[gv] = split_on_work(func, work, threshold)
-        return mod
+                if int(work.value) <= lo or int(work.value) > hi:
+                    continue
+            mod[gv] = split_on_table(func, work, cls) if runtime else split_on_work(func, work, lo)
+        return pass_table(mod) if runtime else mod
 
     return _pass

@@ -97,8 +97,14 @@ def build_model(qm, spec, tgt, mod, names, arrays, database):
     from ..frontend.lower import model_inputs
     from ..passes.pipeline import build
 
-    ex, _, _ = build(mod, tgt, target_name=spec.name, database_dir=database)
-    params = [tvm.runtime.tensor(np.asarray(arrays[n])) for n in names]
+    from ..deploy.runtime import serial_table
+    from ..schedules import serial_when_small as sws
+
+    extra: dict = {}
+    ex, _, _ = build(mod, tgt, target_name=spec.name, database_dir=database, extra_params=extra)
+    if sws.TABLE_PARAM in extra:  # the serial/parallel thresholds: the table a load here would feed
+        extra[sws.TABLE_PARAM] = np.asarray(sws.table(serial_table()[0]), np.int64)
+    params = [tvm.runtime.tensor(np.asarray(a)) for a in [*(arrays[n] for n in names), *extra.values()]]
     return _Built(ex, model_inputs(mod["forward"]), params)
 
 

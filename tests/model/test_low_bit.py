@@ -101,8 +101,10 @@ def test_classifier_head_and_embeddings_stay_8_bit(lowbit):
 
 
 # -- compiled == golden ---------------------------------------------------------------------
-def _npz_bytes_8bit(qm, target, tmp_path) -> int:
-    """Size of the params.npz the 8-bit build of the same weights writes (export only, no build)."""
+def _npz_bytes_8bit(qm, target, tmp_path, extra: dict | None = None) -> int:
+    """Size of the params.npz the 8-bit build of the same weights writes (export only, no build).
+    ``extra``: the parameters the build appends after the weights (x86: the serial/parallel
+    threshold table), the same in both builds."""
     from ibert_tvm.frontend.lower import integer_module
     from ibert_tvm.schedules import linear_strategy
 
@@ -118,7 +120,8 @@ def _npz_bytes_8bit(qm, target, tmp_path) -> int:
                                          if ".attention.self.qkv." in n and n.split(".attention.")[0] in packed
                                          else [n])]
     path = tmp_path / "params8.npz"
-    np.savez(path, **{f"p{i:04d}": arrays[n] for i, n in enumerate(names)})
+    arrays = {**arrays, **(extra or {})}
+    np.savez(path, **{f"p{i:04d}": arrays[n] for i, n in enumerate([*names, *(extra or {})])})
     return path.stat().st_size
 
 
@@ -166,7 +169,9 @@ def compile_check(qm, target, tmp_path, shapes=SHAPES):
     # the run-time weights are the packed bytes: params.npz shrinks by exactly the bytes saved
     saved = _saved_bytes(qm, target)
     assert saved > 0
-    assert _npz_bytes_8bit(qm, target, tmp_path) - (out / "params.npz").stat().st_size == saved
+    st = manifest.get("serial_thresholds")  # x86: the threshold table, last in both builds
+    extra = {st["param"]: np.asarray(st["spin"], np.int64)} if st else None
+    assert _npz_bytes_8bit(qm, target, tmp_path, extra) - (out / "params.npz").stat().st_size == saved
     funcs = _packed_funcs((dump / "1_scheduled.py").read_text())
     assert len(funcs) >= 4, sorted(funcs)  # QKV, attention out, FFN in, FFN out (per distinct shape)
     return out, funcs

@@ -176,6 +176,7 @@ def test_x86_vnni_strategy_lowers_bit_identically(tiny_factory, quantized_factor
     from ibert_tvm.model.plan import ModelPlan
     from ibert_tvm.passes.pipeline import build
     from ibert_tvm.schedules import linear_strategy
+    from ibert_tvm.schedules import serial_when_small as sws
     from ibert_tvm.targets import get_target
 
     arch = "BertForSequenceClassification"
@@ -188,9 +189,10 @@ def test_x86_vnni_strategy_lowers_bit_identically(tiny_factory, quantized_factor
     separate = tuple(f"{p.name}." for L in plan.layers if L.qkv is not None for p in (L.q, L.k, L.v))
     assert separate and st.name == "x86-vnni"
     assert set(names) == set(want_arrays) - {n for n in want_arrays if n.startswith(("pooler.", *separate))}
-    ex, mod_report, code_report = build(mod, get_target("x86").tvm_target(), target_name="x86")
-    assert mod_report.float_ops == 0 and code_report.float_ops == 0
-    built = (mod, names, arrays, relax.VirtualMachine(ex, tvm.cpu()), mod_report, code_report)
+    extra: dict = {}  # x86: the serial/parallel threshold table, forward's last parameter
+    ex, mod_report, code_report = build(mod, get_target("x86").tvm_target(), target_name="x86", extra_params=extra)
+    assert mod_report.float_ops == 0 and code_report.float_ops == 0 and list(extra) == [sws.TABLE_PARAM]
+    built = (mod, [*names, *extra], {**arrays, **extra}, relax.VirtualMachine(ex, tvm.cpu()), mod_report, code_report)
     rng = np.random.default_rng(8)
     for batch, seq in [(1, 1), (3, 33), (8, 128)]:
         inputs = _batch(rng, qm, batch, seq)

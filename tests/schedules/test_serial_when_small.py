@@ -9,12 +9,23 @@ is small, with identical results.
   call left (the serial branch is the one taken, and it launches nothing); to a large shape it
   keeps the launch; the symbolic kernel keeps exactly the launches of the original;
 * run: equals the numpy reference bit for bit on both sides of the threshold;
-* a tiny BERT for x86 with a threshold between its small and large shapes: kernels on both sides,
-  equal to ``run_golden`` bit for bit, and still ``float ops: 0`` in the module and the code;
+* the thresholds as run-time data (the default): a split kernel takes the table (int64, one entry
+  per op class) as its first parameter and compares its work with its class's entry when called:
+  counted through the library's ``__TVMBackendParallelLaunch`` pointer, the kernel launches the
+  pool with a 0 in its entry and not with a huge one, whatever the other entries hold; a table of
+  the wrong shape is refused by the kernel's argument check; a static kernel is decided at compile
+  time unless the tables disagree on it;
+* the tiny BERT x86 build (``x86_compiled``): ``forward`` takes the table after the weights,
+  params.npz holds the spin table, the manifest both; fed a table between its small and large
+  shapes, kernels run on both sides, equal to ``run_golden`` bit for bit with every table (spin,
+  passive, all-parallel, all-serial), and the pool launches follow the table; ``float ops: 0``
+  in the module, the code, and ``verify`` of the artifact;
 * a kernel without a parallel loop is left alone; a GPU or aarch64 build applies nothing.
 """
 
 from __future__ import annotations
+
+import ctypes
 
 import numpy as np
 import pytest
@@ -127,9 +138,12 @@ def test_thresholds_in_the_docs_are_the_code():
     from ibert_tvm.schedules import serial_when_small as sws
 
     doc = " ".join(sws.__doc__.split())
-    assert set(sws.THRESHOLDS) == {"linear", "attention", "layernorm", "other"}
-    for cls, value in sws.THRESHOLDS.items():
-        assert f"{cls} {value:,}" in doc, (cls, value)
+    assert set(sws.THRESHOLDS) == set(sws.PASSIVE_THRESHOLDS) == set(sws.CLASSES) == {"linear", "attention",
+                                                                                      "layernorm", "other"}
+    assert sws.TABLES == {"spin": sws.THRESHOLDS, "passive": sws.PASSIVE_THRESHOLDS}
+    for table in sws.TABLES.values():
+        for cls, value in table.items():
+            assert f"{cls} {value:,} (2**{value.bit_length() - 1})" in doc, (cls, value)
 
 
 def test_op_classes():
@@ -212,39 +226,170 @@ def test_kernel_without_parallel_loop_unchanged():
     assert tvm is not None
 
 
-# -- the whole model ---------------------------------------------------------------------------
-def test_tiny_bert_on_x86_both_sides_bit_exact(quantized_factory, x86_fused, tmp_path, monkeypatch):
-    """A threshold between 1 x 4 and 4 x 64: kernels run serially at the small shapes, in parallel
-    at the large ones, and the outputs equal the golden executor either way; float ops stay 0."""
+class LaunchCounter:
+    """Counts the thread-pool launches of the kernels of the library at ``path`` (loaded by TVM
+    already): a TVM library calls ``TVMBackendParallelLaunch`` through its own global pointer
+    ``__TVMBackendParallelLaunch`` (set when it is loaded); this points it at a counting wrapper
+    of the runtime's function, and back on :meth:`close`."""
+
+    PROTO = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int)
+
+    def __init__(self, path):
+        self._lib = ctypes.CDLL(str(path))  # the same handle as TVM's dlopen: the pointer it set
+        self._ptr = ctypes.c_void_p.in_dll(self._lib, "__TVMBackendParallelLaunch")
+        assert self._ptr.value, "the library's launch pointer is not set: not loaded by TVM?"
+        self._orig_addr = self._ptr.value
+        orig = self.PROTO(self._orig_addr)
+        self.count = 0
+
+        def launch(flambda, cdata, num_task):
+            self.count += 1
+            return orig(flambda, cdata, num_task)
+
+        self._wrapper = self.PROTO(launch)  # kept alive as long as the pointer may be used
+        self._ptr.value = ctypes.cast(self._wrapper, ctypes.c_void_p).value
+
+    def close(self):
+        self._ptr.value = self._orig_addr
+
+
+def _table(**entries) -> np.ndarray:
+    from ibert_tvm.schedules import serial_when_small as sws
+
+    return np.array([entries.get(c, 0) for c in sws.CLASSES], np.int64)
+
+
+def test_kernel_reads_its_class_entry_of_the_table_at_call_time(tmp_path):
+    """The softmax kernel (class "other") with the table: its first parameter, int64
+    ``[len(CLASSES)]``; 0 in its entry: the parallel branch (the pool is launched), huge: the
+    serial one (no launch), whatever the other entries hold; the results equal numpy either way.
+    A table of the wrong shape is refused when the kernel is called."""
+    import tvm
+    from tvm import s_tir, tirx
+
+    from ibert_tvm.schedules import serial_when_small as sws
+
+    plan = IntSoftmax(3e-3)
+    mod, sched = _softmax(plan)
+    new = sws.serial_when_small(mod)(sched)  # thresholds=None: the run-time table
+    f = new["main"]
+    assert s_tir.analysis.verify_well_formed(f)
+    assert isinstance(f.params[0], tirx.Buffer) and str(f.params[0].dtype) == "int64"
+    assert [int(d) for d in f.params[0].shape] == [len(sws.CLASSES)]
+    assert int(f.attrs[sws.TABLE_ATTR]) == sws.CLASSES.index("other")
+    assert _launches(f, _target()) == _launches(sched["main"], _target())  # the parallel branch's only
+    path = tmp_path / "k.so"
+    tvm.compile(new, target=_target()).export_library(str(path))
+    lib = tvm.runtime.load_module(str(path))
+    counter = LaunchCounter(path)
+    huge = 1 << 40
+    try:
+        rng = np.random.default_rng(5)
+        for B, S in [(1, 9), (2, 33)]:
+            x = rng.integers(-40000, 40001, (B, HEADS, S, S)).astype(np.int32)
+            mask = (rng.random((B, S)) < 0.7).astype(np.int32)
+            mask[:, 0] = 1
+            for table, launches in [(_table(other=0, linear=huge, attention=huge, layernorm=huge), 1),
+                                    (_table(other=huge), 0), (_table(other=-1), 1), (_table(other=huge - 1), 0)]:
+                out = tvm.runtime.tensor(np.zeros(x.shape, plan.out_dtype))
+                counter.count = 0
+                lib["main"](tvm.runtime.tensor(table), tvm.runtime.tensor(x), tvm.runtime.tensor(mask), out)
+                assert counter.count == launches, (B, S, table)
+                np.testing.assert_array_equal(out.numpy(), plan.numpy(x, mask), err_msg=f"B={B} S={S} {table}")
+        with pytest.raises(Exception, match="serial_thresholds"):
+            lib["main"](tvm.runtime.tensor(np.zeros(3, np.int64)), tvm.runtime.tensor(x), tvm.runtime.tensor(mask), out)
+    finally:
+        counter.close()
+
+
+def test_static_kernel_decided_at_compile_time_unless_the_tables_disagree(monkeypatch):
+    """A kernel of static shape: serial outright when its work is within every table, unchanged
+    when above every table, and split on the table when the tables disagree."""
     from tvm import tirx
 
-    from ibert_tvm.deploy.export import compile_quantized
+    from ibert_tvm.schedules import serial_when_small as sws
+
+    mod, sched = _softmax(IntSoftmax(7e-5))
+    shape = [tirx.IntImm("int64", v) for v in (1, HEADS, 8, 8)]
+
+    def static(f):
+        return f.specialize({f.params[0]: tirx.decl_buffer(shape, "int32", "x")})
+
+    work = _at(sws.work_estimate(mod["main"]), 1, 8)
+    ref, func = {"main": static(mod["main"])}, static(sched["main"])
+    for spin, passive, want in [(work, work, "serial"), (work - 1, work - 1, "parallel"),
+                                (work - 1, work, "table"), (work, work - 1, "table")]:
+        monkeypatch.setitem(sws.TABLES, "spin", {**sws.THRESHOLDS, "other": spin})
+        monkeypatch.setitem(sws.TABLES, "passive", {**sws.PASSIVE_THRESHOLDS, "other": passive})
+        import tvm
+
+        got = sws.serial_when_small(ref)(tvm.IRModule({"main": func}))["main"]
+        kind = ("table" if sws.TABLE_ATTR in (got.attrs or {}) else
+                "serial" if _parallel_loops(got.body) == 0 else "parallel")
+        assert kind == want, (spin, passive, work)
+
+
+# -- the whole model ---------------------------------------------------------------------------
+def test_tiny_bert_on_x86_follows_the_table_bit_exact(quantized_factory, x86_fused, x86_compiled):
+    """The tiny BERT x86 build with the run-time table: ``forward``'s last parameter, the spin
+    table in params.npz, both tables in the manifest. Fed a table whose thresholds lie between
+    1 x 4 and 4 x 64 (the QK^T kernel's work), kernels run serially at the small shapes and in
+    parallel at the large ones, and every table gives the golden executor's integers; an
+    all-parallel table launches the pool, an all-serial one never does. Float ops stay 0."""
+    import json
+
+    from tvm import tirx
+
     from ibert_tvm.deploy.runtime import CompiledModel
+    from ibert_tvm.deploy.verify_artifact import verify_compiled
     from ibert_tvm.model.golden import run_golden
     from ibert_tvm.model.plan import ModelPlan
     from ibert_tvm.schedules import serial_when_small as sws
 
     qm, _ = quantized_factory("BertModel")
+    manifest = json.loads((x86_compiled / "manifest.json").read_text())
+    assert manifest["verify"]["module"]["float_ops"] == 0 and manifest["verify"]["code"]["float_ops"] == 0
+    assert verify_compiled(x86_compiled).float_ops == 0
+    assert manifest["params"][-1] == sws.TABLE_PARAM and manifest["param_types"][-1] == ["int64", [len(sws.CLASSES)]]
+    assert manifest["serial_thresholds"] == {"param": sws.TABLE_PARAM, "classes": list(sws.CLASSES),
+                                             "spin": sws.table("spin"), "passive": sws.table("passive")}
+    with np.load(x86_compiled / "params.npz") as z:
+        np.testing.assert_array_equal(z[f"p{len(manifest['params']) - 1:04d}"], sws.table("spin"))
     works = {gv.name_hint: sws.work_estimate(f) for gv, f in x86_fused.functions.items() if isinstance(f, tirx.PrimFunc)}
     qk = next(w for n, w in works.items() if n.startswith("qk_matmul"))
-    threshold = _at(qk, 1, 4)
-    monkeypatch.setattr(sws, "THRESHOLDS", {"linear": threshold, "attention": threshold, "layernorm": threshold,
-                                            "other": threshold})
-    out = tmp_path / "out"
-    manifest = compile_quantized(qm, out, target="x86", database_dir=False, log=lambda *a: None)
-    assert manifest["verify"]["module"]["float_ops"] == 0 and manifest["verify"]["code"]["float_ops"] == 0
     small, large = (1, 4), (4, 64)
-    assert _at(qk, *small) <= threshold < _at(qk, *large)
-    model, plan, d = CompiledModel(out), ModelPlan(qm), qm.dims
+    between = _at(qk, *small)
+    assert between < _at(qk, *large)
+    model, plan, d = CompiledModel(x86_compiled, serial_thresholds="spin"), ModelPlan(qm), qm.dims
+    table = np.from_dlpack(model._tvm_params[manifest["params"].index(sws.TABLE_PARAM)])  # the tensor forward reads
+    counter = LaunchCounter(x86_compiled / "model.so")
     rng = np.random.default_rng(11)
-    for batch, seq in [(1, 1), small, (2, 7), (3, 33), large]:
-        inputs = random_batch(rng, batch, seq, family=d["family"], pad_id=d["pad_id"], type_vocab=d["type_vocab"])
-        np.testing.assert_array_equal(model.run_ids(inputs), run_golden(plan, **inputs), err_msg=f"{batch}x{seq}")
+    batches = [random_batch(rng, b, s, family=d["family"], pad_id=d["pad_id"], type_vocab=d["type_vocab"])
+               for b, s in [(1, 1), small, (2, 7), (3, 33), large]]
+    golden = [run_golden(plan, **x) for x in batches]
+    launches = {}
+    try:
+        for name, values in [("spin", sws.table("spin")), ("passive", sws.table("passive")),
+                             ("between", [between] * len(sws.CLASSES)),
+                             ("parallel", [-1] * len(sws.CLASSES)), ("serial", [1 << 62] * len(sws.CLASSES))]:
+            table[...] = values
+            for x, want, (b, s) in zip(batches, golden, [(1, 1), small, (2, 7), (3, 33), large]):
+                counter.count = 0
+                np.testing.assert_array_equal(model.run_ids(x), want, err_msg=f"{name} {b}x{s}")
+                launches[name, (b, s)] = counter.count
+    finally:
+        counter.close()
+    assert launches["serial", large] == 0 and launches["serial", small] == 0
+    assert launches["parallel", small] > 0 and launches["parallel", large] >= launches["parallel", small]
+    # between: the qk_matmul (and every kernel of no more work) serial at 1 x 4, parallel at 4 x 64
+    assert 0 <= launches["between", small] < launches["parallel", small]
+    assert 0 < launches["between", large] <= launches["parallel", large]
 
 
 def test_lower_marks_cpu_kernels_and_leaves_gpu_alone(tiny_factory, quantized_factory):
-    """The pipeline applies the transform on x86 (every parallel kernel gets its work attr), not
-    on cuda-t4 (no parallel loops) nor on aarch64 (left out: see the module docstring)."""
+    """The pipeline applies the transform on x86 (every parallel kernel gets its work attr, and
+    ``forward`` the table parameter), not on cuda-t4 (no parallel loops) nor on aarch64 (left out:
+    see the module docstring): their ``forward`` takes no table."""
     from tvm import tirx
 
     from ibert_tvm.frontend.lower import integer_module
@@ -276,7 +421,10 @@ def test_lower_marks_cpu_kernels_and_leaves_gpu_alone(tiny_factory, quantized_fa
         for target, expect in (("x86", True), ("cuda-t4", False), ("aarch64", False)):
             seen.clear()
             mod, _, _ = integer_module(qm, linear_strategy(target), model=im)
-            pipeline.lower(mod, get_target(target).tvm_target(), target_name=target)
+            lowered, _ = pipeline.lower(mod, get_target(target).tvm_target(), target_name=target)
+            params = [p.name for p in lowered["forward"].params]
+            assert (sws.TABLE_PARAM in params) == expect, target  # GPU and aarch64: no table parameter
+            assert list(pipeline.table_params(lowered)) == ([sws.TABLE_PARAM] if expect else [])
             if not expect:
                 assert not seen
                 continue
@@ -286,3 +434,41 @@ def test_lower_marks_cpu_kernels_and_leaves_gpu_alone(tiny_factory, quantized_fa
                 assert (sws.WORK_ATTR in (f.attrs or {})) == sws.has_parallel(f)
     finally:
         sws_spy.undo()
+
+
+def test_albert_shared_layer_passes_the_table_on(quantized_factory, tiny_factory):
+    """ALBERT's outlined ``shared_layer`` (a Relax function called once per application) calls
+    split kernels: it takes the table as its last parameter, ``forward`` passes it on, and the
+    x86 build run with each table equals the golden executor."""
+    import tvm
+    from tvm import relax
+
+    from ibert_tvm.frontend.lower import integer_module
+    from ibert_tvm.model.golden import run_golden
+    from ibert_tvm.model.plan import ModelPlan
+    from ibert_tvm.passes import pipeline
+    from ibert_tvm.passes.outline_shared_layer import FUNC_NAME
+    from ibert_tvm.schedules import linear_strategy
+    from ibert_tvm.schedules import serial_when_small as sws
+    from ibert_tvm.targets import get_target
+
+    from frontend_support import imported
+
+    qm, _ = quantized_factory("AlbertModel")
+    mod, names, arrays = integer_module(qm, linear_strategy("x86"), model=imported(str(tiny_factory("AlbertModel")))[0])
+    tgt = get_target("x86").tvm_target()
+    lowered, _ = pipeline.lower(mod, tgt, target_name="x86")
+    for name in ("forward", FUNC_NAME):
+        assert lowered[name].params[-1].name == sws.TABLE_PARAM, name
+    ex = relax.build(lowered, target=tgt, relax_pipeline=None)
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    weights = [tvm.runtime.tensor(np.asarray(arrays[n])) for n in names]
+    plan, d = ModelPlan(qm), qm.dims
+    rng = np.random.default_rng(4)
+    for b, s in [(1, 3), (2, 40)]:
+        x = random_batch(rng, b, s, family=d["family"], pad_id=d["pad_id"], type_vocab=d["type_vocab"])
+        want = run_golden(plan, **x)
+        inputs = [tvm.runtime.tensor(x[n].astype(np.int32)) for n in [p.name for p in mod["forward"].params[:int(mod["forward"].attrs["num_input"])]]]
+        for values in (sws.table("spin"), sws.table("passive"), [-1] * len(sws.CLASSES)):
+            table = tvm.runtime.tensor(np.asarray(values, np.int64))
+            np.testing.assert_array_equal(vm["forward"](*inputs, *weights, table).numpy(), want, err_msg=f"{b}x{s}")
