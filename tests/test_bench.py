@@ -211,6 +211,7 @@ def test_bench_tiny_model_end_to_end(tiny_factory, compiled_factory, tmp_path):
         d = m["engines"][e]
         assert d["status"] == "ok", (e, d.get("reason"), logs)
         assert d["size_bytes"] > 0 and d["peak_rss_mb"] > 0
+        assert "serial_thresholds" not in d  # llvm (and non-TVM) builds have no table
         if d.get("profiles"):  # the deployment's figure is taken before the profile's second model
             assert d["peak_rss_mb"] <= d["peak_rss_mb_with_profiles"], d
         assert d["cosine_vs_fp32"]["mean"] > 0.9  # every engine computes the same function
@@ -240,6 +241,21 @@ def test_bench_tiny_model_end_to_end(tiny_factory, compiled_factory, tmp_path):
     assert "### int8 GEMM throughput" in md and "Top kernels" in md
     if "png" in paths:
         _check_png(paths["png"])
+
+
+@pytest.mark.parametrize("policy", ["passive", "spin"])
+def test_bench_records_the_serial_table(policy, tiny_factory, x86_compiled, tmp_path):
+    """An x86 build's worker is fed the table of the bench's wait policy (the passive one when idle
+    threads sleep), and bench.json says which; the llvm build of the end-to-end test has none."""
+    model = str(tiny_factory("BertModel"))
+    cfg = BenchConfig(models=[model], engines=["tvm-int8"], shapes=[(1, 8)], runs=2, rounds=1, warmup=1,
+                      cache=str(tmp_path / "cache"), prebuilt={model: str(x86_compiled)}, target="x86",
+                      peak_runs=1, pause_s=0.0, wait_policy=policy, peak=False)
+    r = run_bench(cfg, log=lambda *a: None, log_dir=tmp_path / "logs")
+    (m,) = r["models"].values()
+    d = m["engines"]["tvm-int8"]
+    assert d["status"] == "ok", d.get("reason")
+    assert d["serial_thresholds"] == policy
 
 
 def test_engine_that_cannot_run_is_skipped(tiny_factory, tmp_path, monkeypatch):

@@ -257,6 +257,8 @@ def bench_model(model, cfg: BenchConfig, log_dir: Path, *, log=print, progress=N
                              "threads": cfg.threads}, timeout=1800)
             e.update(load_s=round(ans["load_s"], 2), rss_mb_bare=_r1(ans["rss_mb_bare"]),
                      rss_mb_before_load=_r1(ans["rss_mb_before"]), rss_mb_after_load=_r1(ans["rss_mb_after"]))
+            if ans.get("serial_thresholds"):  # x86 builds: the table the loader chose (spin / passive)
+                e["serial_thresholds"] = ans["serial_thresholds"]
             shapes, too_slow = [], None
             for shape in cfg.shapes:
                 if too_slow is not None and shape[0] * shape[1] >= too_slow[0] * too_slow[1]:

@@ -4,6 +4,7 @@
         one engine's worker: JSON requests on stdin, one JSON line per answer on stdout
         (anything a library prints goes to stderr). Requests:
           {"cmd": "load", "engine", "model", "spec", "threads"}  -> load_s, rss_mb_{bare,before,after}
+                                                                    (and serial_thresholds: the table fed)
           {"cmd": "warmup", "shape": [B, S], "n", "limit_s"}     -> seconds of each run
           {"cmd": "time", "shape", "runs", "warmup"}             -> times_s (timed runs only)
           {"cmd": "output", "shape"}                             -> the output, as lists
@@ -85,8 +86,12 @@ class Server:
         before = rss_mb()
         t0 = time.perf_counter()
         self.runner = engine.load(self.model, req.get("spec") or {}, int(req["threads"]))
-        return {"load_s": time.perf_counter() - t0, "rss_mb_bare": bare, "rss_mb_before": before,
-                "rss_mb_after": rss_mb()}
+        ans = {"load_s": time.perf_counter() - t0, "rss_mb_bare": bare, "rss_mb_before": before,
+               "rss_mb_after": rss_mb()}
+        table = getattr(getattr(self.runner, "model", None), "serial_thresholds", None)
+        if table is not None:  # which serial/parallel threshold table the loader fed (x86 builds)
+            ans["serial_thresholds"] = table
+        return ans
 
     def warmup(self, req):
         x = self._inputs(req["shape"])
