@@ -41,6 +41,7 @@ class Runner:
         raise NotImplementedError
 
     profile = None
+    serial_thresholds = None  # x86 TVM builds: the serial/parallel threshold table the loader fed
 
 
 class Engine:
@@ -267,6 +268,7 @@ class TvmIntRunner(Runner):
 
         self.out = out
         self.model = CompiledModel(out)
+        self.serial_thresholds = self.model.serial_thresholds
         self.scale = self.model.output_scale
 
     def __call__(self, inputs):

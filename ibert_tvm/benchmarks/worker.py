@@ -88,9 +88,8 @@ class Server:
         self.runner = engine.load(self.model, req.get("spec") or {}, int(req["threads"]))
         ans = {"load_s": time.perf_counter() - t0, "rss_mb_bare": bare, "rss_mb_before": before,
                "rss_mb_after": rss_mb()}
-        table = getattr(getattr(self.runner, "model", None), "serial_thresholds", None)
-        if table is not None:  # which serial/parallel threshold table the loader fed (x86 builds)
-            ans["serial_thresholds"] = table
+        if self.runner.serial_thresholds is not None:  # which threshold table the loader fed (x86 builds)
+            ans["serial_thresholds"] = self.runner.serial_thresholds
         return ans
 
     def warmup(self, req):

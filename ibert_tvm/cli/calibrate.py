@@ -87,10 +87,9 @@ def cmd(args) -> int:
     ckpt = load_checkpoint(args.model)
     layer_bits = None
     if args.bits_plan:
-        from ..quantization.sensitivity import bits_plan_groups, load_bits_plan
+        from ..quantization.sensitivity import read_bits_plan
 
-        layer_bits = load_bits_plan(args.bits_plan, ckpt.config.num_hidden_layers)
-        plan_groups = bits_plan_groups(args.bits_plan)
+        layer_bits, plan_groups = read_bits_plan(args.bits_plan, ckpt.config.num_hidden_layers)
         if args.weight_groups is None and plan_groups is not None:
             # the plan's bits were chosen from quantization errors at its weight groups: use them
             args.weight_groups = plan_groups

@@ -44,6 +44,7 @@ COEF_A = -0.2888  # paper eq. (8)
 COEF_B = -1.769
 KEEP_BITS = 24  # bits of the erf term kept after the shift t
 REQUANT_IN_BITS = 40  # the fused requantization sees at most this many bits of ``out``
+NARROW_REQUANT_BITS = 30  # ... or this many where it is narrow (31 with a negative value's floor)
 
 
 class FusedRequantGELU:
@@ -68,7 +69,7 @@ class FusedRequantGELU:
             # and the floor costs < 2^pre_shift * out_scale / out_scale_q output LSBs (~2^-40 of
             # the largest output), far below the rounding of the int8 result. A narrow plan keeps
             # 31 bits (|out >> pre_shift| <= bound >> pre_shift + 1, the floor of a negative value).
-            keep = 30 if self.requant_narrow else REQUANT_IN_BITS
+            keep = NARROW_REQUANT_BITS if self.requant_narrow else REQUANT_IN_BITS
             self.pre_shift = max(0, bound.bit_length() - keep)
             if np.ndim(out_scale_q) > 0:  # per-channel activation scales (last axis)
                 ratio = self.out_scale * (1 << self.pre_shift) / check_scales("out_scale_q", out_scale_q)

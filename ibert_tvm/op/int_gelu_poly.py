@@ -74,11 +74,12 @@ bits, as ``IntGELU``'s does.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 
 from ._common import INT32_MAX, INT64_MAX, check_bits, check_scale, check_scales, i64, prove_fits, sign_extend_32
-from .int_gelu import FusedRequantGELU
+from .int_gelu import NARROW_REQUANT_BITS, FusedRequantGELU
 
 # degree -> (T, (c_1, ..., c_n)): p(t) = sum_k c_k t^k ~ t/2 erfc(t/sqrt 2) on [0, T] (minimax, see above)
 POLYS = {
@@ -99,6 +100,26 @@ NARROW_REQUANT_LOSS = 12  # a narrow requantization's pre-shift floors < 2^-12 o
 NARROW_ERROR = 1 / 32  # a narrow plan's Horner floors may add at most this share of the fit's L-inf
 F_NARROW_MIN = 24  # below this, the int32 multiplicands are not worth their precision: wide products
 E_MAX = 48  # at most this many output fraction bits below S
+
+
+class _Precision(NamedTuple):
+    """The constants and proven bounds of one precision ``F`` (:meth:`IntGELUPoly._plan_f`)."""
+
+    f: int
+    e0: int
+    d: list  # D_0 .. D_n
+    shifts: list  # sh_0 .. sh_{n-1}
+    acc_bounds: list  # B_0 .. B_n
+    prod_bounds: list  # P_0 .. P_{n-1}
+    out_bound: int
+
+    @property
+    def fits_int64(self) -> bool:
+        return max(max(self.prod_bounds), self.out_bound) <= INT64_MAX
+
+    @property
+    def int32_multiplicands(self) -> bool:
+        return max(self.acc_bounds[1:], default=0) <= INT32_MAX
 
 
 def _shift(v: int, s: int) -> int:
@@ -130,14 +151,13 @@ class IntGELUPoly(FusedRequantGELU):
         self.z_max = self.t_q >> self.r
         s_z = self.scale * (1 << self.r)
         c = (0.0, *self.coefs)  # c_0 = 0: GELU(0) = 0 exactly
-        plans = [self._plan_f(f, c, s_z) for f in range(F_MAX, F_MIN - 1, -1)]
-        fits = [p for p in plans if p[5]]
-        narrow = [p for p in fits if p[0] >= F_NARROW_MIN and max(p[3][1:], default=0) <= INT32_MAX
-                  and self._horner_error(p[6], p[1]) <= LINF[self.degree] * NARROW_ERROR]
+        fits = [p for p in (self._plan_f(f, c, s_z) for f in range(F_MAX, F_MIN - 1, -1)) if p.fits_int64]
+        narrow = [p for p in fits if p.f >= F_NARROW_MIN and p.int32_multiplicands
+                  and self._horner_error(p.shifts, p.e0) <= LINF[self.degree] * NARROW_ERROR]
         if not fits:
             raise ValueError(f"scale={scale!r} with in_bits={in_bits} is too fine for the GELU polynomial: "
                              f"fewer than {F_MIN} fraction bits fit int64")
-        f, e0, d, bounds, prods, _, shifts, out_bound = (narrow or fits)[0]
+        f, e0, d, shifts, bounds, prods, out_bound = (narrow or fits)[0]
         self.narrow = bool(narrow)
         self.frac_bits, self.e0, self.d, self.shifts = f, e0, d, shifts
         self.horner_error = self._horner_error(shifts, e0)
@@ -161,15 +181,15 @@ class IntGELUPoly(FusedRequantGELU):
             err = err * self.z_max / 2.0 ** shifts[k] + (1.0 if shifts[k] > 0 else 0.0) + (0.5 if k else 0.0)
         return err * self.scale / 2.0**e0
 
-    def _plan_f(self, f, c, s_z):
-        """(F, E_0, D, acc bounds, product bounds, fits int64, shifts, out bound) at precision ``f``."""
+    def _plan_f(self, f, c, s_z) -> _Precision:
+        """The constants and proven bounds at precision ``f`` (fraction bits)."""
         e0 = min(max(f + math.floor(math.log2(self.scale)), 0), E_MAX)
         e = [e0 + math.floor(-k * math.log2(s_z)) for k in range(self.degree + 1)]
         d = [round(ck * s_z**k / self.scale * 2.0 ** e[k]) if ck else 0 for k, ck in enumerate(c)]
         shifts = [e[k + 1] - e[k] for k in range(self.degree)]
         bounds, prods = self._bounds(d, shifts)
         out_bound = ((1 << (self.in_bits - 1)) << e0) + bounds[0]
-        return f, e0, d, bounds, prods, max(max(prods), out_bound) <= INT64_MAX, shifts, out_bound
+        return _Precision(f, e0, d, shifts, bounds, prods, out_bound)
 
     def _plan_clip(self, out_scale_q, out_bits):
         """``clip_q`` (C_q of the docstring, or None) and ``requant_bound``, the proven |out'| before
@@ -184,9 +204,9 @@ class IntGELUPoly(FusedRequantGELU):
         if c_q < (1 << (self.in_bits - 1)) - 1:
             self.clip_q = c_q
             self.requant_bound = (c_q << self.e0) + self.acc_bounds[0]
-        # 30 bits kept (31 with the floor of a negative value): narrow if the floor costs at most
-        # 2^-NARROW_REQUANT_LOSS of the finest channel's output LSB
-        pre = max(0, self.requant_bound.bit_length() - 30)
+        # narrow if the pre-shift to NARROW_REQUANT_BITS costs at most 2^-NARROW_REQUANT_LOSS of the
+        # finest channel's output LSB
+        pre = max(0, self.requant_bound.bit_length() - NARROW_REQUANT_BITS)
         self.requant_narrow = (out_bits <= 16
                                and (1 << pre) * self.out_scale <= 2.0**-NARROW_REQUANT_LOSS * float(np.min(s_q)))
 

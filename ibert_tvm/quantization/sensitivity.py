@@ -426,6 +426,13 @@ def write_plan(path: str | os.PathLike, d: dict) -> Path:
 
 def load_bits_plan(path: str | os.PathLike, num_layers: int) -> tuple[int, ...]:
     """The per-layer weight bits of a ``ibert-tvm-bits/1`` plan, checked against ``num_layers``."""
+    return read_bits_plan(path, num_layers)[0]
+
+
+def read_bits_plan(path: str | os.PathLike, num_layers: int) -> tuple[tuple[int, ...], int | None]:
+    """``(layer bits, weight groups)`` of a ``ibert-tvm-bits/1`` plan: :func:`load_bits_plan`'s bits,
+    and the ``weight_groups`` its errors were computed for (``sensitivity --groups``; None if the
+    plan does not say)."""
     p = Path(path)
     try:
         d = json.loads(p.read_text(encoding="utf-8"))
@@ -447,19 +454,10 @@ def load_bits_plan(path: str | os.PathLike, num_layers: int) -> tuple[int, ...]:
         raise IBertTVMError(f"bits plan {p} is for {len(bits)} encoder layers, the model has {num_layers}")
     if "layers" in d and d["layers"] != len(bits):
         raise IBertTVMError(f"bits plan {p} is inconsistent: layers={d['layers']} but {len(bits)} layer_bits")
-    return tuple(bits)
-
-
-def bits_plan_groups(path: str | os.PathLike) -> int | None:
-    """The ``weight_groups`` a bits plan's errors were computed for (``sensitivity --groups``), or
-    None if the plan does not say. Call after :func:`load_bits_plan` (which checks the file)."""
-    p = Path(path)
-    g = json.loads(p.read_text(encoding="utf-8")).get("weight_groups")
-    if g is None:
-        return None
-    if isinstance(g, bool) or not isinstance(g, int) or g < 0:
+    g = d.get("weight_groups")
+    if g is not None and (isinstance(g, bool) or not isinstance(g, int) or g < 0):
         raise IBertTVMError(f"bits plan {p}: weight_groups must be an integer >= 0, got {g!r}")
-    return g
+    return tuple(bits), g
 
 
 # -- the task: data sample and loss ---------------------------------------------------------------------
