@@ -73,6 +73,15 @@ def apply_serial_table(m: dict, params: list[np.ndarray], choice: str | None = N
     return table
 
 
+def _aligned_empty(shape, dtype, align: int = 64) -> np.ndarray:
+    """An uninitialised C-contiguous array whose data starts on an ``align``-byte boundary."""
+    dtype = np.dtype(dtype)
+    n = int(np.prod(shape)) * dtype.itemsize
+    raw = np.empty(n + align, np.uint8)
+    off = (-raw.ctypes.data) % align
+    return raw[off:off + n].view(dtype).reshape(shape)
+
+
 def _is_int(v, lo: int) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v >= lo
 
@@ -267,6 +276,9 @@ class CompiledModel:
         except (AttributeError, RuntimeError) as e:  # a library, but not our executable (TVM errors are RuntimeError)
             raise IBertTVMError(f"{lib_path} is not a TVM Relax VM executable with a 'forward' function: {e}") from None
         self._lock = threading.Lock()  # one VM, shared by every thread: see run_ids
+        self._forward = self.vm["forward"]  # looked up once (a lookup per call cost ~1 us)
+        self._host_inputs = device == "cpu"
+        self._in_shape, self._in_bufs = None, []
         self.dev = dev
         if device == "cpu":  # read straight into the runtime's tensors: the parameters are held once
             self._tvm_params = []
@@ -317,7 +329,7 @@ class CompiledModel:
         if tt is not None and (tt.min() < 0 or tt.max() >= m["type_vocab"]):
             raise IBertTVMError(f"token_type_ids must be in [0, {m['type_vocab']})")
         mask = out["attention_mask"]
-        if not np.isin(mask, (0, 1)).all():
+        if mask.min() < 0 or mask.max() > 1:  # integers: the same test as isin(mask, (0, 1)), ~3x cheaper
             raise IBertTVMError("attention_mask must contain only 0 and 1")
         pos = out.get("position_ids")  # rows of the position table: RoBERTa's starts past pad_id
         n_pos = m["max_seq"] + (m["pad_id"] + 1 if m["family"] == "roberta" else 0)
@@ -335,8 +347,26 @@ class CompiledModel:
         """
         x = self.check_inputs(inputs)
         with self._lock:
+            if self._host_inputs:  # the CPU: the VM reads the inputs in place and we read its output
+                # in place (zero-copy DLPack both ways); the copy outlives the VM's tensor
+                return np.from_dlpack(self._forward(*self._input_buffers(x), *self._tvm_params)).copy()
             args = [self._tensor(x[n], self.dev) for n in self.manifest["inputs"]]
-            return self._numpy(self.vm["forward"](*args, *self._tvm_params))
+            return self._numpy(self._forward(*args, *self._tvm_params))
+
+    def _input_buffers(self, x: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """``x`` copied into this model's input buffers: int32, 64-byte aligned (as the runtime's own
+        allocator aligns), allocated once per batch shape (the last shape's are kept) and passed
+        to the VM as numpy arrays, which it reads in place. A runtime tensor per input and call
+        instead cost MiniLM ~0.1 ms of a ~1.1 ms call at 1 x 32 (allocation, copy, release), and
+        reading the output through ``TVMTensorCopyToBytes`` another ~0.03 ms.
+        Called under the lock: one call at a time writes them."""
+        shape = next(iter(x.values())).shape
+        if self._in_shape != shape:
+            self._in_bufs = [_aligned_empty(shape, np.int32) for _ in self.manifest["inputs"]]
+            self._in_shape = shape
+        for buf, n in zip(self._in_bufs, self.manifest["inputs"]):
+            np.copyto(buf, x[n], casting="unsafe")  # check_inputs range-checked every value
+        return self._in_bufs
 
     def run_text(self, texts: Sequence[str], pairs: Sequence[str] | None = None, *,
                  batch_size: int = DEFAULT_BATCH_SIZE, truncate: bool = False, progress=None) -> np.ndarray:

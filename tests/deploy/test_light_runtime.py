@@ -106,3 +106,33 @@ def test_light_and_tvm_paths_agree_in_process(out, through_tvm):
     for p in m.params[:3]:
         np.testing.assert_array_equal(light.numpy(light.tensor(p)), p)
 
+
+
+def test_run_ids_reads_inputs_in_place_and_equals_runtime_tensors(out):
+    """On the CPU ``run_ids`` hands the VM 64-byte-aligned numpy buffers (reused while the batch
+    shape stays) and copies the output out of the VM's tensor: every call equals the same
+    executable fed runtime tensors and read with ``TVMTensorCopyToBytes``, across shape changes,
+    and the returned array owns its memory (the next call does not change it)."""
+    m = CompiledModel(out)
+    assert m.runtime == "light" and m._host_inputs
+    rng = np.random.default_rng(7)
+    vocab = m.manifest["vocab"]
+    seen = []
+    for shape in [(2, 5), (1, 9), (2, 5), (3, 5)]:
+        ids = rng.integers(0, vocab, shape)
+        mask = np.ones(shape, np.int64)
+        mask[0, -1] = 0
+        inputs = {"input_ids": ids, "attention_mask": mask}
+        if "token_type_ids" in m.manifest["inputs"]:
+            inputs["token_type_ids"] = rng.integers(0, m.manifest["type_vocab"], shape)
+        if "position_ids" in m.manifest["inputs"]:
+            inputs["position_ids"] = np.tile(np.arange(shape[1]), (shape[0], 1))
+        got = m.run_ids(inputs)
+        x = m.check_inputs(inputs)
+        want = light.numpy(m._forward(*[light.tensor(x[n]) for n in m.manifest["inputs"]], *m._tvm_params))
+        np.testing.assert_array_equal(got, want, err_msg=str(shape))
+        assert got.flags.owndata or got.base is not None and got.base.flags.owndata
+        assert all(b.ctypes.data % 64 == 0 and b.shape == shape and b.dtype == np.int32 for b in m._in_bufs)
+        seen.append((got, got.copy()))
+    for got, frozen in seen:  # later calls (and buffer reuse) left earlier outputs alone
+        np.testing.assert_array_equal(got, frozen)
