@@ -38,6 +38,7 @@ def test_amx_tile_kernel_equals_numpy(kind, k, n):
     lib, _, run = _build_fused(kind, k, n, seed=k + n, rule=AmxLinearRule(), target=_amx_target())
     asm = lib.mod.inspect_source("asm")
     assert "tdpbusd" in asm and "ldtilecfg" in asm, "the GEMM tile is not on AMX"
+    assert "prefetcht1" in asm, "the weight slabs ahead are not prefetched"
     for batch, seq in [(1, 1), (1, 31), (1, 32), (2, 7), (3, 33), (4, 64)]:
         got, want = run(batch, seq)
         np.testing.assert_array_equal(got, want, err_msg=f"{kind} K={k} N={n} {batch}x{seq}")
