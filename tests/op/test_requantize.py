@@ -447,3 +447,39 @@ def test_concat_refuses_parts_that_differ():
         Requantize.concat([Requantize([0.5, 0.25, 0.1]), Requantize(0.5)], [2, 2])
     with pytest.raises(ValueError, match="one channel count per part"):
         Requantize.concat([Requantize(0.5)], [2, 2])
+
+
+def test_int32_input_multiplies_as_32_bit_operands_on_avx512():
+    """An int32 input is written ``sign_extend_32`` so that LLVM multiplies it by the int32 ``m``
+    with ``vpmuldq`` (one uop per 8 lanes), not ``vpmullq``, even where the input is an int32 sum
+    fused in (a linear's accumulator + bias: LLVM widens the add, and its sign-bit analysis then
+    sees a 33-bit value); the integers are unchanged: exact against the numpy plan."""
+    import tvm
+    from tvm import s_tir, te, tirx
+
+    rng = np.random.default_rng(3)
+    c = 64
+    rq = Requantize(rng.uniform(1e-6, 1e-3, c), in_bits=32, out_bits=8)
+    n = tirx.Var("n", "int64")
+    C = tirx.IntImm("int64", c)
+    a = te.placeholder((n, C), "int32", name="a")
+    b = te.placeholder((C,), "int32", name="b")
+    m = te.placeholder((C,), "int32", name="m")
+    s = te.placeholder((C,), "int32", name="s")
+    acc = te.compute((n, C), lambda i, j: a[i, j] + b[j], name="acc")
+    func = te.create_prim_func([a, b, m, s, rq.te(acc, m, s)]).with_attr("global_symbol", "main")
+    sch = s_tir.Schedule(func)
+    sch.compute_inline(sch.get_sblock("acc"))
+    _, col = sch.get_loops(sch.get_sblock("requantize"))
+    sch.vectorize(sch.split(col, [None, 8])[1])
+    tgt = tvm.target.Target({"kind": "llvm", "mcpu": "cascadelake"})
+    lib = tvm.compile(sch.mod, target=tgt)
+    asm = lib.mod.inspect_source("asm")
+    assert "vpmuldq" in asm and "vpmullq" not in asm
+    big = 2**30
+    xs = rng.integers(-big, big, (9, c)).astype(np.int32)
+    bs = rng.integers(-big, big, c).astype(np.int32)
+    xs[0], xs[1] = -big, big - 1
+    out = tvm.runtime.tensor(np.zeros((9, c), np.int8))
+    lib["main"](*(tvm.runtime.tensor(v) for v in (xs, bs, rq.m, rq.s)), out)
+    np.testing.assert_array_equal(out.numpy(), rq.numpy(xs + bs))
