@@ -59,13 +59,16 @@ both operands shaped by the sequence: ``Q K^T``, ``P V``, ~0.05 ns), ``layernorm
 i-LayerNorm row kernel of ``schedules/x86_layernorm.py``: ~0.23 ns) and ``other`` (the row
 softmax: ~0.5 ns per block iteration, its integer exp and divisions). Values, in block
 iterations (:data:`THRESHOLDS`): linear 8,388,608 (2**23), attention 2,097,152 (2**21),
-layernorm 262,144 (2**18), other 65,536 (2**16). For MiniLM that leaves 18 pool launches per
+layernorm 65,536 (2**16), other 65,536 (2**16). For MiniLM that leaves 18 pool launches per
 inference at 1 x 32 (the QKV, FFN-in and FFN-out linears: 96 before), and makes the
 attention-out linear and the attention products serial there. The layernorm class came with the
-parallel LayerNorm rule: under "other" its 13 (MiniLM) to 25 (BERT-Base) kernels would each have
-become a pool launch at 1 x 32 (~74 k block iterations for MiniLM, ~17 us serially); 2**18 keeps
-them serial at 1 x 32 for both models (~60 us at most, the linears' threshold is ~84 us) and
-parallel from MiniLM 1 x 128 up. Not A/B-measured on a quiet machine, unlike the three others.
+parallel LayerNorm rule, first at 2**18 (serial at 1 x 32 for both models and at MiniLM 1 x 128),
+unmeasured. Measured since (x86-amx, spin, one build each fed tables that differ in this entry
+only, ``bench/ab_outs.py``, 10 interleaved rounds, load 0.5-0.7, 2026-12-04): a BERT-Base i-LayerNorm
+at 1 x 32 (~74 k block iterations) takes 13.5 us serially and 7.8 us on both threads, and 2**16
+against 2**18 gives BERT-Base 0.930x / 0.981x at 1 x 32 / 1 x 128 and MiniLM 0.997x / 0.938x /
+1.001x at 1 x 32 / 1 x 128 / 8 x 128 (MiniLM 1 x 32, ~37 k, stays serial; 2**14 gave BERT-Base
+0.929x / 0.992x). The passive table keeps 2**18 (below).
 
 Chosen on a quiet machine (load average 0.8-1.3, 2026-12-03, bench/ab_outs.py, four MiniLM builds
 interleaved, time relative to the build without the transform; bench/results/2026-12-03-serial-guard/):
@@ -123,7 +126,7 @@ parameter) for ``bench/serial_when_small.py`` and tests.
 
 The "passive" table (:data:`PASSIVE_THRESHOLDS`), in block iterations: linear 33,554,432 (2**25),
 attention 16,777,216 (2**24), layernorm 262,144 (2**18) and other 65,536 (2**16), the last two as
-in the spin table (below: why). The linear and attention entries were chosen from the
+in the spin table of the time (layernorm then 2**18; below: why). The linear and attention entries were chosen from the
 per-kernel calibration (``bench/serial_when_small.py --policy passive --target x86-amx``, MiniLM
 and BERT-Base, two threads, load average 0.7-1.7; bench/results/2026-12-03-late/serial-calibration/),
 each between the largest work where serial won and the smallest where it lost (median serial /
@@ -152,7 +155,7 @@ whole model they did not pay (x86-amx, passive policy, one build fed tables that
 entries only, ``bench/ab_outs.py B@passive VARIANT@passive --policy passive``, 10-12 interleaved
 rounds, load 0.6-0.7, 2026-12-04; new/first time at 1 x 32 / 1 x 128): BERT-Base 0.97 / 0.97 (the
 first table had cost 1.03x the spin table's time at 1 x 128, its i-LayerNorm kernels serial there),
-MiniLM 0.98 / 0.99, 8 x 128 1.00. So those two entries stay the spin table's. Against the spin
+MiniLM 0.98 / 0.99, 8 x 128 1.00. So those two entries stayed the spin table's of the time. Against the spin
 table, the passive one under the passive policy: MiniLM 0.69x / 0.96x / 1.00x, BERT-Base 0.93x /
 1.00x at 1 x 32 / 1 x 128 / 8 x 128 (same runs, the variant's column).
 """
@@ -167,7 +170,7 @@ TARGETS = ("x86", "x86-amx", "llvm")
 CLASSES = ("linear", "attention", "layernorm", "other")
 #: per op class, the work (block iterations, :func:`work_estimate`) up to which a kernel runs
 #: serially when idle pool threads spin (TVM's default wait policy): the "spin" table
-THRESHOLDS = {"linear": 1 << 23, "attention": 1 << 21, "layernorm": 1 << 18, "other": 1 << 16}
+THRESHOLDS = {"linear": 1 << 23, "attention": 1 << 21, "layernorm": 1 << 16, "other": 1 << 16}
 #: the same when idle pool threads sleep (``TVM_THREAD_POOL_SPIN_COUNT=0``): the "passive" table
 PASSIVE_THRESHOLDS = {"linear": 1 << 25, "attention": 1 << 24, "layernorm": 1 << 18, "other": 1 << 16}
 #: the tables a compiled model records (manifest ``serial_thresholds``), by wait policy
