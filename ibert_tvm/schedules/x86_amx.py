@@ -15,14 +15,17 @@ cycle where ``vpdpbusd`` gives 128, so the integers are the same and only the GE
 * Software prefetch: each k step also prefetches into L2 (``prefetcht1``, 32 cache lines) the
   two 1 KiB weight slabs that the step :data:`PREFETCH_STEPS` later loads. At ``1 x 32`` a linear
   streams its whole weight (BERT-Base: 85 MB a forward, L3-resident) for 32 rows, and the
-  hardware prefetcher restarts at every 4 KiB page; measured in isolation with 40 weight copies
-  in rotation (``L3``, as in the model), 2 threads, per call: BERT-Base FFN-in + GELU 134.8 ->
-  128.2 us, FFN-out + residual 91.3 -> 84.5, MiniLM FFN-in 34.2 -> 32.7, FFN-out 29.2 -> 28.6
-  (2, 4 and 8 steps ahead alike). At ``8 x 128`` a panel is reused by 32 row tiles and the
-  prefetches hit: 0.97-1.00x. Prefetching the next task's panel instead gained 5-8% on
-  3072-channel linears but lost 25% on MiniLM's 384-channel FFN-out (6 tasks: the next panel
-  is the other thread's). Past the last slab the addresses run into the next panel or past the
-  weight: a prefetch never faults, and reads nothing the kernel's results depend on.
+  hardware prefetcher restarts at every 4 KiB page. ``bench/amx_prefetch.py`` (each kernel with
+  40 weight copies in rotation, so that they come from L3 as in the model; 2 threads; time
+  against no prefetch, bench/results/2026-12-04-evening/): at ``1 x 32`` BERT-Base FFN-in + GELU
+  0.937x, its plain form 0.957x, FFN-out + residual 0.942x, MiniLM FFN-in 0.982x, FFN-out 1.015x
+  (2, 4 and 8 steps ahead measured alike in a first run); at ``8 x 128``, where a panel is reused
+  by 32 row tiles and the prefetches hit, 0.99-1.05x. The whole models (with this session's other
+  changes) took 0.89-0.96x the time at every shape. ``next-panel`` (the next task's panel
+  instead) measured 0.92-1.03x in the same run, but once 1.33x the time on MiniLM's FFN-out
+  (six tasks: the next panel is the other thread's); ``none`` builds without prefetch. Past the
+  last slab the addresses run into the next panel or past the weight: a prefetch never faults
+  and reads nothing the results depend on.
 * The process must hold the kernel's AMX permission (``support.amx.require_amx``, which the
   model loader calls for an ``x86-amx`` build), or the first tile instruction faults.
 * Target ``x86-amx`` is target ``x86`` (the same weight packing, the same attention, softmax and
@@ -39,10 +42,12 @@ from __future__ import annotations
 AMX_INTRIN = "ibert_tvm.amx_32x"  # + "<cols>_k<K>": one registration per tile width and reduction length
 ROWS, COLS, KSTEP = 32, 64, 64  # the task tile (rows x channels) and the k per tdpbusd
 PREFETCH_STEPS = 4  # each k step prefetches (into L2) the two weight slabs it will load 4 steps later
+PREFETCH_MODES = ("ahead", "none", "next-panel")  # the tile's software prefetch (module doc); "ahead" is built
+PREFETCH = "ahead"  # what schedule_amx_tile registers (bench/amx_prefetch.py sets the others)
 _REGISTERED: set = set()
 
 
-def _amx(k: int, cols: int, *, impl: bool):
+def _amx(k: int, cols: int, *, impl: bool, prefetch: str = "ahead"):
     from tvm.script import tirx as T
 
     kb = k // 4
@@ -69,6 +74,10 @@ def _amx(k: int, cols: int, *, impl: bool):
                             "int32", B[vj // 16, vr // 4, vj % 16, vr % 4])
         return desc
 
+    if prefetch not in PREFETCH_MODES:
+        raise ValueError(f"prefetch must be one of {PREFETCH_MODES}, got {prefetch!r}")
+    ahead, next_panel = prefetch == "ahead", prefetch == "next-panel"
+
     @T.prim_func(s_tir=True)
     def impl_(a: T.handle, b: T.handle, c: T.handle) -> None:
         sa = T.int64()
@@ -94,11 +103,18 @@ def _amx(k: int, cols: int, *, impl: bool):
                 T.evaluate(call("llvm.x86.tileloadd64", T.int8(2), T.address_of(C[16, h * 32]), sc * 4))
                 T.evaluate(call("llvm.x86.tileloadd64", T.int8(3), T.address_of(C[16, h * 32 + 16]), sc * 4))
                 for s in range(steps):
-                    for line in range(16):  # the weight rows PREFETCH_STEPS steps ahead, into L2
-                        T.evaluate(call("llvm.prefetch", T.address_of(B[h * 2, (s + PREFETCH_STEPS) * 16 + line, 0, 0]),
-                                        T.int32(0), T.int32(2), T.int32(1)))
-                        T.evaluate(call("llvm.prefetch", T.address_of(B[h * 2 + 1, (s + PREFETCH_STEPS) * 16 + line, 0, 0]),
-                                        T.int32(0), T.int32(2), T.int32(1)))
+                    if ahead:  # the weight rows PREFETCH_STEPS steps ahead, into L2
+                        for line in range(16):
+                            T.evaluate(call("llvm.prefetch", T.address_of(B[h * 2, (s + PREFETCH_STEPS) * 16 + line, 0, 0]),
+                                            T.int32(0), T.int32(2), T.int32(1)))
+                            T.evaluate(call("llvm.prefetch", T.address_of(B[h * 2 + 1, (s + PREFETCH_STEPS) * 16 + line, 0, 0]),
+                                            T.int32(0), T.int32(2), T.int32(1)))
+                    if next_panel:  # the same rows of the next channel tile's panel (bench/amx_prefetch.py only)
+                        for line in range(16):
+                            T.evaluate(call("llvm.prefetch", T.address_of(B[nb + h * 2, s * 16 + line, 0, 0]),
+                                            T.int32(0), T.int32(2), T.int32(1)))
+                            T.evaluate(call("llvm.prefetch", T.address_of(B[nb + h * 2 + 1, s * 16 + line, 0, 0]),
+                                            T.int32(0), T.int32(2), T.int32(1)))
                     T.evaluate(call("llvm.x86.tileloadd64", T.int8(4), T.address_of(A[0, s * KSTEP]), sa))
                     T.evaluate(call("llvm.x86.tileloadd64", T.int8(5), T.address_of(A[16, s * KSTEP]), sa))
                     T.evaluate(call("llvm.x86.tileloadd64", T.int8(6), T.address_of(B[h * 2, s * 16, 0, 0]), T.int64(64)))
@@ -115,17 +131,18 @@ def _amx(k: int, cols: int, *, impl: bool):
     return impl_
 
 
-def register_amx_intrin(k: int, cols: int = COLS) -> str:
+def register_amx_intrin(k: int, cols: int = COLS, prefetch: str = "ahead") -> str:
     """Register the 32 x ``cols`` x ``k`` AMX tile GEMM (``k`` a multiple of 64, ``cols`` 32 or
-    64); returns its name."""
+    64; ``prefetch`` one of :data:`PREFETCH_MODES`); returns its name."""
     from tvm.s_tir import TensorIntrin
 
     k, cols = int(k), int(cols)
     if k % KSTEP or cols not in (32, 64):
         raise ValueError(f"AMX tile GEMM needs K % {KSTEP} == 0 and 32 or 64 channels, got K={k}, {cols}")
-    name = f"{AMX_INTRIN}{cols}_k{k}"
+    name = f"{AMX_INTRIN}{cols}_k{k}" + ("" if prefetch == "ahead" else f"_{prefetch}")
     if name not in _REGISTERED:
-        TensorIntrin.register(name, _amx(k, cols, impl=False), _amx(k, cols, impl=True), override=True)
+        TensorIntrin.register(name, _amx(k, cols, impl=False), _amx(k, cols, impl=True, prefetch=prefetch),
+                              override=True)
         _REGISTERED.add(name)
     return name
 
@@ -133,7 +150,7 @@ def register_amx_intrin(k: int, cols: int = COLS) -> str:
 def schedule_amx_tile(sch, block) -> None:
     """Step 4 of ``x86_vnni._schedule_tile_epilogue`` on AMX: the whole 32 x 64 x K tile at once."""
     t_mi, t_n, t_k = sch.get_loops(block)[1:]
-    name = register_amx_intrin(int(sch.get(t_k).extent), int(sch.get(t_n).extent))
+    name = register_amx_intrin(int(sch.get(t_k).extent), int(sch.get(t_n).extent), PREFETCH)
     init = sch.decompose_reduction(block, t_mi)
     sch.vectorize(sch.get_loops(init)[-1])
     sch.tensorize(t_mi, name)

@@ -127,3 +127,22 @@ def test_tune_refuses_x86_amx_with_one_error_line(quantized_factory, tmp_path, c
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "error: tuning --target x86-amx is not supported" in err, err
     assert not (tmp_path / "db").exists()
+
+
+@needs_amx
+def test_prefetch_mode_none_builds_without_prefetch_and_the_same_integers(monkeypatch):
+    """``x86_amx.PREFETCH = "none"`` (what bench/amx_prefetch.py compares against) gives a tile with
+    no ``prefetcht1`` and the same integers; an unknown mode is refused."""
+    from ibert_tvm.schedules import x86_amx
+    from ibert_tvm.schedules.x86_amx import AmxLinearRule
+
+    assert enable_amx()
+    monkeypatch.setattr(x86_amx, "PREFETCH", "none")
+    lib, _, run = _build_fused("gelu", 128, 128, seed=5, rule=AmxLinearRule(), target=_amx_target())
+    asm = lib.mod.inspect_source("asm")
+    assert "tdpbusd" in asm and "prefetcht1" not in asm
+    for batch, seq in [(1, 32), (2, 33)]:
+        got, want = run(batch, seq)
+        np.testing.assert_array_equal(got, want)
+    with pytest.raises(ValueError, match="prefetch must be one of"):
+        x86_amx.register_amx_intrin(128, 64, prefetch="bogus")
