@@ -25,7 +25,7 @@ import math
 
 import numpy as np
 
-from ._common import check_bits, check_int_array, check_scale, check_te_dtype, i64, prove_fits
+from ._common import check_bits, check_int_array, check_scale, check_te_dtype, i64, prove_fits, sign_extend_32
 from .int_sqrt import isqrt_expr, isqrt_np
 from .requantize import Requantize
 
@@ -121,8 +121,12 @@ class IntLayerNorm:
         )
         k2 = te.reduce_axis((0, H), name="k2")
 
+        narrow_y = self.in_bits <= 30  # |y| <= 2^in_bits < 2^31: y * y as 32 x 32 -> 64 bits
+
         def sq(*i):
             y = x(*i, k2).astype("int64") - mean(*i)
+            if narrow_y:
+                y = sign_extend_32(y)
             return te.sum(y * y, axis=k2)
 
         var = te.compute(lead, sq, name="ln_var")
@@ -138,7 +142,7 @@ class IntLayerNorm:
             *i, c = idx
             y = x(*idx).astype("int64") - mean(*i)
             n = (y * factor(*i)) >> i64(P - F)
-            acc = n * g[c].astype("int64") + beta_q[c]
+            acc = sign_extend_32(n) * g[c].astype("int64") + beta_q[c]  # |n| <= 2^(F+1), g 16-bit
             v = (acc * i64(r.m) + i64(1 << (r.s - 1))) >> i64(r.s)
             return tirx.max(tirx.min(v, hi), lo).astype(r.out_dtype)
 
