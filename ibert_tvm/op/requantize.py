@@ -193,14 +193,14 @@ class Requantize:
         from tvm import te
 
         check_te_dtype("x", x, _IN_DTYPES)
-        if str(x.dtype) == "int64":
-            def widen(v):
-                return v
-        else:  # an int32 (or narrower) input, e.g. a linear's accumulator + bias: sign_extend_32 lets
-            # LLVM see it, and m (int32), as 32-bit operands: x * m is one vpmuldq per 8 lanes, not a
-            # vpmullq (3 uops); the same integers (the identity on int32 values)
-            def widen(v):
-                return sign_extend_32(v.astype("int64"))
+        narrow = str(x.dtype) != "int64"
+
+        def widen(v):
+            # an int32 (or narrower) input, e.g. a linear's accumulator + bias: sign_extend_32 lets LLVM
+            # see it, and m (int32), as 32-bit operands: x * m is one vpmuldq per 8 lanes, not a vpmullq
+            # (3 uops); the same integers (the identity on int32 values)
+            v = v.astype("int64")
+            return sign_extend_32(v) if narrow else v
 
         if self.per_channel:
             if m is None or s is None:

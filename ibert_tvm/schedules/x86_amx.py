@@ -78,6 +78,9 @@ def _amx(k: int, cols: int, *, impl: bool, prefetch: str = "ahead"):
         raise ValueError(f"prefetch must be one of {PREFETCH_MODES}, got {prefetch!r}")
     ahead, next_panel = prefetch == "ahead", prefetch == "next-panel"
 
+    def to_l2(address):  # prefetcht1: read, locality 2 (L2), data cache
+        return call("llvm.prefetch", address, T.int32(0), T.int32(2), T.int32(1))
+
     @T.prim_func(s_tir=True)
     def impl_(a: T.handle, b: T.handle, c: T.handle) -> None:
         sa = T.int64()
@@ -105,16 +108,12 @@ def _amx(k: int, cols: int, *, impl: bool, prefetch: str = "ahead"):
                 for s in range(steps):
                     if ahead:  # the weight rows PREFETCH_STEPS steps ahead, into L2
                         for line in range(16):
-                            T.evaluate(call("llvm.prefetch", T.address_of(B[h * 2, (s + PREFETCH_STEPS) * 16 + line, 0, 0]),
-                                            T.int32(0), T.int32(2), T.int32(1)))
-                            T.evaluate(call("llvm.prefetch", T.address_of(B[h * 2 + 1, (s + PREFETCH_STEPS) * 16 + line, 0, 0]),
-                                            T.int32(0), T.int32(2), T.int32(1)))
+                            T.evaluate(to_l2(T.address_of(B[h * 2, (s + PREFETCH_STEPS) * 16 + line, 0, 0])))
+                            T.evaluate(to_l2(T.address_of(B[h * 2 + 1, (s + PREFETCH_STEPS) * 16 + line, 0, 0])))
                     if next_panel:  # the same rows of the next channel tile's panel (bench/amx_prefetch.py only)
                         for line in range(16):
-                            T.evaluate(call("llvm.prefetch", T.address_of(B[nb + h * 2, s * 16 + line, 0, 0]),
-                                            T.int32(0), T.int32(2), T.int32(1)))
-                            T.evaluate(call("llvm.prefetch", T.address_of(B[nb + h * 2 + 1, s * 16 + line, 0, 0]),
-                                            T.int32(0), T.int32(2), T.int32(1)))
+                            T.evaluate(to_l2(T.address_of(B[nb + h * 2, s * 16 + line, 0, 0])))
+                            T.evaluate(to_l2(T.address_of(B[nb + h * 2 + 1, s * 16 + line, 0, 0])))
                     T.evaluate(call("llvm.x86.tileloadd64", T.int8(4), T.address_of(A[0, s * KSTEP]), sa))
                     T.evaluate(call("llvm.x86.tileloadd64", T.int8(5), T.address_of(A[16, s * KSTEP]), sa))
                     T.evaluate(call("llvm.x86.tileloadd64", T.int8(6), T.address_of(B[h * 2, s * 16, 0, 0]), T.int64(64)))

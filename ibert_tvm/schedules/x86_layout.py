@@ -39,6 +39,7 @@ so the linear, attention, softmax and LayerNorm rules see their kernels first.
 from __future__ import annotations
 
 from tvm import tirx
+from tvm.tirx.analysis import undefined_vars
 
 from .row_rule import MatchScheduleRule
 
@@ -106,8 +107,6 @@ def _transposed_along_last(block, n_loops: int) -> bool:
     and iterators do not correspond one to one (no reordering then)."""
     if len(block.iter_vars) != n_loops or not block.reads:
         return False
-    from tvm.tirx.analysis import undefined_vars
-
     last = block.iter_vars[-1].var
     return not any(v.same_as(last) for r in block.reads if r.region for v in undefined_vars(r.region[-1].min))
 
