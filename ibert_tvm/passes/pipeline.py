@@ -9,7 +9,10 @@
                         ibert_tvm.schedules.serial_when_small);
                         then TVM's default Relax pipeline (memory planning, VM lowering)
     phase 2  verify     VerifyIntegerOnly on the lowered Relax + every TIR PrimFunc
-    phase 3  build      relax.build with the TIR pipeline (no further Relax passes)
+    phase 3  build      relax.build with the TIR pipeline TIR_PIPELINE: TVM's default one
+                        (s_tir), then OneLaunch (consecutive parallel loops of a CPU kernel
+                        become one thread-pool launch; ibert_tvm.schedules.one_launch); no
+                        further Relax passes
     phase 4  verify     the generated code: LLVM IR of every kernel / CUDA source
 
 Any float at phase 2 or 4 raises ``FloatFoundError``: nothing is written. A debug dump of
@@ -26,6 +29,37 @@ from pathlib import Path
 from ..op.annotations import OP_PATTERN_ANNOTATION
 from .verify import verify_integer_only
 from .verify_integer_only import VerifyIntegerOnly
+
+
+#: the TIR pipeline phase 3 builds with (``tvm.tirx.get_tir_pipeline`` name, registered by
+#: :func:`register_tir_pipeline`)
+TIR_PIPELINE = "ibert_tvm"
+
+
+def register_tir_pipeline() -> str:
+    """Register :data:`TIR_PIPELINE` with TVM (idempotent) and return its name: TVM's default
+    TIR pipeline (``s_tir``, with its host and device finalization), then
+    :func:`~ibert_tvm.schedules.one_launch.OneLaunch`."""
+    from tvm.tirx import compilation_pipeline
+
+    if TIR_PIPELINE not in compilation_pipeline.PIPELINE_MAP:
+        compilation_pipeline.register_tir_pipeline(TIR_PIPELINE, _tir_pipeline)
+    return TIR_PIPELINE
+
+
+def _tir_pipeline():
+    import tvm
+    from tvm.s_tir.pipeline import default_s_tir_pipeline
+
+    from ..schedules.one_launch import OneLaunch
+
+    base, finalize_host, finalize_device = default_s_tir_pipeline()
+
+    @tvm.transform.module_pass(opt_level=0, name="IbertTIRPipeline")
+    def _pipeline(mod, _ctx):
+        return OneLaunch()(base(mod))
+
+    return _pipeline, finalize_host, finalize_device
 
 
 def _dump(dump_dir, name, mod):
@@ -161,6 +195,6 @@ def build(mod, target, *, target_name: str | None = None, database_dir=None, dum
                             serial_when_small=serial_when_small)
     if extra_params is not None:
         extra_params.update(table_params(lowered))
-    ex = relax.build(lowered, target=target, relax_pipeline=None)
+    ex = relax.build(lowered, target=target, relax_pipeline=None, tir_pipeline=register_tir_pipeline())
     code_report = verify_integer_only(ex, what="executable")
     return ex, report, code_report

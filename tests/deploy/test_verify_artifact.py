@@ -179,6 +179,33 @@ def test_call_through_a_function_pointer_is_caught(signature, compiled_factory, 
     assert_caught(rc, stdout, "binary:apply@", "indirect call/jump to an unknown target")
 
 
+# The dataflow behind bypass 3 across alignment padding: LLVM may put no-ops after a jump, before
+# a loop head, that nothing branches or falls into. ``padded`` is that layout (a runtime slot
+# loaded into r12, a jump over two no-ops, the call through r12 at the loop head): its call is
+# known. ``hidden`` puts a real instruction there instead (r12 overwritten): an instruction no
+# branch reaches may be a hidden entry, so nothing is known after it and the call is a finding.
+PADDING = r"""
+void *(*__TVMBackendAllocWorkspace)(int, int, unsigned long, int, int);
+#define SLOT_CALL(name, gap) \
+  __attribute__((naked)) void name(void) { __asm__ volatile( \
+    "push %r12\n\t" \
+    "movq __TVMBackendAllocWorkspace@GOTPCREL(%rip), %r12\n\t" \
+    "jmp 2f\n\t" gap \
+    "2: call *(%r12)\n\t" \
+    "pop %r12\n\t" \
+    "ret\n\t"); }
+SLOT_CALL(padded, "nop\n\t" "xchg %ax, %ax\n\t")
+SLOT_CALL(hidden, "movq %rdi, %r12\n\t")
+"""
+
+
+def test_alignment_padding_keeps_what_the_loop_head_knows(compiled_factory, tmp_path, capsys):
+    out = planted(compiled_factory, tmp_path, PADDING)
+    rc, stdout, _ = verify(capsys, out)
+    assert_caught(rc, stdout, "binary:hidden@", "indirect call/jump to an unknown target")
+    assert "binary:padded@" not in stdout, stdout
+
+
 # -- section 5: bad artifacts are one error line ------------------------------------------------
 def test_manifest_verify_not_an_object_is_an_error(compiled_factory, tmp_path, capsys):
     out = planted(compiled_factory, tmp_path, rehash=False)

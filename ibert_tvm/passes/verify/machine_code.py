@@ -34,6 +34,10 @@ binary on its own, in this order. Step 1 reads the manifest of ``out/``, so it i
    ``adrp; ldr; ldr; blr`` on AArch64); (c) the dynamic linker's lazy-binding resolver
    (``DT_PLTGOT + 16``, the x86-64 and AArch64 PLT0 stub). Every other indirect call or jump,
    including switch jump tables (TVM 0.27 emitted none for our models), is a finding.
+   *Returns* are not modelled: a ``ret`` is trusted to go back after its call. Code that
+   builds a return address by arithmetic and returns to it could enter an instruction with a
+   register state the dataflow did not see (a known gap; returning to a code address loaded
+   as-is, ``lea [rip+d]``, is covered: such addresses are entry points, with nothing known).
 5. **fp16 helpers.** TVM links the weak ``__truncsfhf2``/``__extendhfsf2`` into every module.
    They get no exemption by name: TVM 0.27's LLVM emits them as integer bit manipulation
    (``movd``/``pextrw``/``fmov`` moves only), so they pass step 3 on their own, and whatever
@@ -453,6 +457,14 @@ def _computed_addresses(insns: list[_Insn], flow: "_Flow") -> set[int]:
     return out
 
 
+def _is_nop(ins: _Insn, machine: str) -> bool:
+    """A no-op as compilers emit it for alignment (``nop`` with any prefix or operand, the
+    two-byte ``xchg ax,ax``; aarch64 ``nop``)."""
+    if machine == "x86_64":
+        return ins.mnem == "nop" or (ins.mnem == "xchg" and ins.ops.replace(" ", "") == "ax,ax")
+    return ins.mnem == "nop"
+
+
 def _indirect(ins: _Insn, machine: str) -> bool:
     if machine == "x86_64":
         return ins.mnem in ("call", "jmp") and ins.target is None
@@ -581,7 +593,19 @@ def scan_binary(so: Path, *, device_launch: bool = False) -> Report:
         while changed:
             changed = False
             for k, ins in enumerate(body):
-                s = {} if not preds[k] or ins.addr in from_outside else None
+                # nothing is known where control enters from outside (an entry point, a branch
+                # from another function, the function's first instruction) nor at an
+                # instruction no branch or fall-through reaches (it may be a hidden entry). The
+                # one exception is a no-op no branch or fall-through reaches: the alignment
+                # padding LLVM puts after a jump, before a loop head. It is given no state, so
+                # that it does not erase what the loop head knows from its real predecessors.
+                # Entering through it is entering the loop head itself, which is no more
+                # modelled than entering any other instruction that has predecessors (see
+                # "Returns" in the module docstring).
+                if k == 0 or ins.addr in from_outside or (not preds[k] and not _is_nop(ins, machine)):
+                    s = {}
+                else:
+                    s = None
                 for p in preds[k]:
                     if out[p] is not None:
                         s = _meet(s, out[p])

@@ -1,0 +1,154 @@
+"""OneLaunch (schedules/one_launch.py): consecutive parallel loops of a CPU kernel are one
+thread-pool launch, with a barrier between them, and the results do not change.
+
+* the rewrite: two parallel loops in a row become one ``pragma_parallel_launch_point`` region,
+  the first marked ``pragma_parallel_barrier_when_finish``; loops with anything between them, a
+  lone parallel loop, serial loops and non-llvm functions are left alone;
+* the generated code: the kernel built with ``passes.pipeline.TIR_PIPELINE`` has one
+  ``TVMBackendParallelLaunch`` call and a ``TVMBackendParallelBarrier`` call where TVM's
+  default pipeline has two launches and no barrier; counted at run time, a call launches the pool once;
+* run: the second loop reads what other iterations of the first wrote (reversed), so a missing
+  barrier would show; equal to numpy for sizes below, at and far above the thread count;
+* a real linear (the x86 VNNI rule: the activation repack and the GEMM) is one launch and
+  equals the numpy reference bit for bit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from test_serial_when_small import LaunchCounter
+
+
+def _two_loops():
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def main(a_h: T.handle, c_h: T.handle):
+        T.func_attr({"global_symbol": "main", "tirx.noalias": True})
+        n = T.int64()
+        a = T.match_buffer(a_h, (n,), "int32")
+        c = T.match_buffer(c_h, (n,), "int32")
+        b = T.alloc_buffer((n,), "int32")
+        for i in T.parallel(n):
+            with T.sblock("b"):
+                vi = T.axis.spatial(n, i)
+                b[vi] = a[vi] * 3 + 1
+        for i in T.parallel(n):
+            with T.sblock("c"):
+                vi = T.axis.spatial(n, i)
+                c[vi] = b[n - 1 - vi] - b[vi]
+
+    return main
+
+
+def _target():
+    import tvm
+
+    return tvm.target.Target({"kind": "llvm", "num-cores": 2})
+
+
+def _build(func, ours: bool):
+    import tvm
+
+    from ibert_tvm.passes.pipeline import register_tir_pipeline
+
+    kw = {"tir_pipeline": register_tir_pipeline()} if ours else {}
+    return tvm.compile(tvm.IRModule({"main": func}), target=_target(), **kw)
+
+
+def _calls(lib, name: str) -> int:
+    return lib.mod.inspect_source("ll").count(f"@__{name}, align")
+
+
+def test_two_parallel_loops_are_one_launch_with_a_barrier():
+    from tvm import tirx
+
+    from ibert_tvm.schedules import one_launch as ol
+
+    v = tirx.Var("i", "int64")
+    n = tirx.IntImm("int64", 8)
+
+    def loop(kind=tirx.ForKind.PARALLEL):
+        return tirx.For(v, tirx.IntImm("int64", 0), n, kind, tirx.Evaluate(tirx.IntImm("int32", 0)))
+
+    joined = ol.join_launches(tirx.SeqStmt([loop(), loop(), loop()]))
+    assert isinstance(joined, tirx.AttrStmt) and joined.attr_key == ol.LAUNCH_POINT
+    run = list(joined.body.seq)
+    assert [s.attr_key for s in run[:2]] == [ol.BARRIER, ol.BARRIER] and isinstance(run[2], tirx.For)
+    # a store between the loops would run in every task: two separate launches stay
+    between = tirx.SeqStmt([loop(), tirx.Evaluate(tirx.IntImm("int32", 1)), loop()])
+    assert ol.join_launches(between).same_as(between)
+    for alone in (tirx.SeqStmt([loop(), loop(tirx.ForKind.SERIAL)]), loop()):
+        assert ol.join_launches(alone).same_as(alone)
+
+
+def test_built_kernel_launches_once_and_equals_numpy(tmp_path):
+    import tvm
+
+    func = _two_loops()
+    default, ours = _build(func, False), _build(func, True)
+    assert (_calls(default, "TVMBackendParallelLaunch"), _calls(default, "TVMBackendParallelBarrier")) == (2, 0)
+    assert _calls(ours, "TVMBackendParallelLaunch") == 1
+    assert _calls(ours, "TVMBackendParallelBarrier") >= 1  # LLVM may copy the call into two paths
+    path = tmp_path / "k.so"
+    ours.export_library(str(path))
+    lib = tvm.runtime.load_module(str(path))
+    counter = LaunchCounter(path)
+    try:
+        rng = np.random.default_rng(3)
+        for n in (1, 2, 3, 64, 1001, 100003):
+            a = rng.integers(-1000, 1000, n).astype(np.int32)
+            c = tvm.runtime.tensor(np.zeros(n, np.int32))
+            counter.count = 0
+            lib["main"](tvm.runtime.tensor(a), c)
+            assert counter.count == 1, n
+            b = a * 3 + 1
+            np.testing.assert_array_equal(c.numpy(), b[::-1] - b, err_msg=f"n={n}")
+    finally:
+        counter.close()
+
+
+def test_function_for_another_target_is_left_alone():
+    import tvm
+
+    from ibert_tvm.schedules.one_launch import OneLaunch
+
+    func = _two_loops().with_attr("target", tvm.target.Target("cuda"))
+    mod = tvm.IRModule({"main": func})
+    assert OneLaunch()(mod).same_as(mod)
+
+
+@pytest.mark.parametrize("rows", [1, 31, 64, 130])
+def test_vnni_linear_is_one_launch_and_bit_exact(rows):
+    """The x86 VNNI rule's linear: its activation repack and its GEMM were two launches."""
+    import tvm
+    from tvm import te, tirx
+
+    from ibert_tvm.op.int_matmul import linear_np
+    from ibert_tvm.passes.pipeline import register_tir_pipeline
+    from ibert_tvm.schedules import x86_vnni as xv
+
+    k, n = 128, 96
+    m = tirx.Var("m", "int64")
+    shapes = xv.VnniLinear().param_shapes(n, k)
+    x = te.placeholder((m, tirx.IntImm("int64", k)), "int8", name="x")
+    w = te.placeholder([tirx.IntImm("int64", d) for d in shapes["weight"][0]], "int8", name="w")
+    b = te.placeholder((tirx.IntImm("int64", n),), "int32", name="b")
+    func = te.create_prim_func([x, w, b, xv.VnniLinear().te(x, weight=w, bias=b)])
+    tgt = tvm.target.Target({"kind": "llvm", "mcpu": "cascadelake", "num-cores": 2})
+    sch = xv.VnniLinearRule().apply(func, tgt, False)
+    assert sch is not None
+    mod = tvm.IRModule({"main": sch.mod["main"].with_attr("global_symbol", "main")})
+    assert _calls(tvm.compile(mod, target=tgt), "TVMBackendParallelLaunch") == 2
+    lib = tvm.compile(mod, target=tgt, tir_pipeline=register_tir_pipeline())
+    assert _calls(lib, "TVMBackendParallelLaunch") == 1
+    rng = np.random.default_rng(rows)
+    wa = rng.integers(-128, 128, (n, k)).astype(np.int8)
+    ba = rng.integers(-(2**30), 2**30 + 1, n).astype(np.int32)
+    xa = rng.integers(-128, 128, (rows, k)).astype(np.int8)
+    p = xv.VnniLinear().pack(wa, ba)
+    out = tvm.runtime.tensor(np.zeros((rows, n), np.int32))
+    lib["main"](tvm.runtime.tensor(xa), tvm.runtime.tensor(p["weight"]), tvm.runtime.tensor(p["bias"]), out)
+    np.testing.assert_array_equal(out.numpy(), linear_np(xa, wa, ba))
