@@ -26,14 +26,30 @@ already allows (``passes/verify/machine_code.py``).
 
 Where it sits: after TVM's whole default TIR pipeline (``s_tir``: the loops are flattened,
 vectorized, unrolled and simplified by then), just before code generation, as the TIR pipeline
-``passes.pipeline.TIR_PIPELINE`` registers. Measured on one kernel (BERT-Base's 768 x 768 linear
-at 1 x 32, x86-amx, 2 threads, weights streamed from L3, median of 9 interleaved rounds,
-2026-12-04): passive 71.0 -> 47.9 us a call, spin 28.5 -> 29.1 us.
+``passes.pipeline.TIR_PIPELINE`` registers. Measured kernel by kernel (``bench/one_launch.py``:
+BERT-Base's linears at 1 x 32 with their fused epilogues, x86-amx, 2 threads, weights streamed
+from L3, median of 9 interleaved rounds, 2026-12-04; TVM's default pipeline / this one / serial):
+
+=====================================  =========================  =========================
+kernel                                 passive                    spin
+=====================================  =========================  =========================
+768 x 768 linear, int8 out             70.3 / 49.3 / 45.8 us      28.8 / 27.9 / 45.1 us
+768 -> 3072 linear + i-GELU (FFN-in)   171.0 / 153.2 / 239.2 us   126.2 / 126.9 / 240.2 us
+3072 -> 768 linear + residual          138.7 / 115.6 / 157.8 us   87.3 / 84.8 / 153.3 us
+=====================================  =========================  =========================
+
+so ~20 us a launch saved when idle threads sleep, nothing lost when they spin. In the models
+(``bench/ab_outs.py`` of the builds before and after, ``--same``, 2026-12-04; new/old time at
+1 x 32 / 1 x 128 / 8 x 128): BERT-Base passive 0.91 / 0.96 / 0.98, spin 0.98 / 1.02 / 0.98;
+MiniLM passive 1.00 / 0.92 / 0.97 (its 1 x 32 linears run serially under that policy), spin
+1.00 / 0.99 / 0.99. The passive table's linear threshold was re-checked with the new launches
+(2**23 and 2**24 against 2**25): MiniLM 1 x 32 1.18x / 1.10x the time, BERT-Base within 1%; kept.
 
 (A skewed share, more of the work for the calling thread because the worker wakes late, was
-measured with the same rewrite on the same kernel: under the passive policy a share of 0.65 took
-68 us against 47 us for an even one, and 0.3-0.45 were slower too; the cost of waking the pool is
-paid by both threads, not only by the worker. Not built.)
+measured by rewriting the joined launch's GEMM loop into one iteration per task with computed
+bounds, on the 768 x 768 kernel: under the passive policy a share of 0.65 for the calling thread
+took 68 us against 47 us for an even one, and 0.3-0.45 were slower too: the cost of waking the
+pool is paid by both threads, not only by the worker. Not built.)
 """
 
 from __future__ import annotations

@@ -59,9 +59,12 @@ both operands shaped by the sequence: ``Q K^T``, ``P V``, ~0.05 ns), ``layernorm
 i-LayerNorm row kernel of ``schedules/x86_layernorm.py``: ~0.23 ns) and ``other`` (the row
 softmax: ~0.5 ns per block iteration, its integer exp and divisions). Values, in block
 iterations (:data:`THRESHOLDS`): linear 8,388,608 (2**23), attention 2,097,152 (2**21),
-layernorm 65,536 (2**16), other 65,536 (2**16). For MiniLM that leaves 18 pool launches per
-inference at 1 x 32 (the QKV, FFN-in and FFN-out linears: 96 before), and makes the
-attention-out linear and the attention products serial there. The layernorm class came with the
+layernorm 65,536 (2**16), other 65,536 (2**16). For MiniLM at 1 x 32 that leaves the QKV,
+FFN-in and FFN-out linears parallel, 18 kernels, and makes the attention-out linear and the
+attention products serial there. (Counted at run time, ``LaunchCounter`` of the tests, on the
+bench's x86-amx builds, 2026-12-04: 36 pool launches per MiniLM 1 x 32 inference, each linear
+two, until ``schedules/one_launch.py`` made them 18; BERT-Base 1 x 32 121 -> 73 under this
+table, 72 -> 36 under the passive one.) The layernorm class came with the
 parallel LayerNorm rule, first at 2**18 (serial at 1 x 32 for both models and at MiniLM 1 x 128),
 unmeasured. Measured since (x86-amx, spin, one build each fed tables that differ in this entry
 only, ``bench/ab_outs.py``, 10 interleaved rounds, load 0.5-0.7, 2026-12-04): a BERT-Base i-LayerNorm
