@@ -38,6 +38,9 @@ binary on its own, in this order. Step 1 reads the manifest of ``out/``, so it i
    builds a return address by arithmetic and returns to it could enter an instruction with a
    register state the dataflow did not see (a known gap; returning to a code address loaded
    as-is, ``lea [rip+d]``, is covered: such addresses are entry points, with nothing known).
+   Likewise a call is trusted to keep the callee-saved registers, as the psABI says, also when
+   the callee is code of this file. Both are assumptions a binary written against this analysis
+   could break; what a compiler emits keeps them.
 5. **fp16 helpers.** TVM links the weak ``__truncsfhf2``/``__extendhfsf2`` into every module.
    They get no exemption by name: TVM 0.27's LLVM emits them as integer bit manipulation
    (``movd``/``pextrw``/``fmov`` moves only), so they pass step 3 on their own, and whatever
