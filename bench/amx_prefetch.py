@@ -39,7 +39,6 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     os.environ["TVM_NUM_THREADS"] = str(a.threads)
     import numpy as np
-    import tvm
 
     import kernel_epilogue as ke
     from ibert_tvm.schedules import x86_amx
@@ -58,26 +57,14 @@ def main(argv=None) -> int:
                 lib = ke.build(func, x86_amx.AmxLinearRule(), "x86-amx")
             finally:
                 x86_amx.PREFETCH = "ahead"
-            args = [tvm.runtime.tensor(v) for v in args_np]
-            out = tvm.runtime.tensor(np.zeros(want.shape, want.dtype))
-            lib["main"](*args, out)
-            if not np.array_equal(out.numpy(), want):
+            cell = ke.rotating_cell(lib, args_np, want, a.copies, spec=spec, mode=mode)
+            if cell is None:
                 print(f"error: {spec} ({mode}): differs from the numpy reference", file=sys.stderr)
                 return 2
-            weights = [tvm.runtime.tensor(args_np[1].copy()) for _ in range(a.copies)]
-            cells.append({"spec": spec, "mode": mode, "fn": lib["main"], "args": args, "w": weights,
-                          "out": out, "times": []})
+            cells.append(cell)
             print(f"built {spec} M={a.rows} prefetch={mode}: bit-identical", flush=True)
     load0 = os.getloadavg()
-    for r in range(a.rounds):
-        for c in cells[r % len(cells):] + cells[:r % len(cells)]:
-            args = list(c["args"])
-            t0 = time.perf_counter()
-            for _ in range(5):
-                for w in c["w"]:
-                    args[1] = w
-                    c["fn"](*args, c["out"])
-            c["times"].append((time.perf_counter() - t0) / (5 * len(c["w"])))
+    ke.time_rotating_weights(cells, a.rounds)
     print(f"\n{a.threads} threads, M={a.rows}, {a.copies} weight copies, {a.rounds} rounds; "
           f"load {load0} -> {os.getloadavg()}")
     rows, first = [], {}

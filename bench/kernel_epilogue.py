@@ -145,6 +145,39 @@ def build(func, rule, target: str = "x86"):
     return tvm.compile(tvm.IRModule({"main": f}), target=tgt)
 
 
+def rotating_cell(lib, args_np, want, copies: int, **fields) -> dict | None:
+    """A cell for :func:`time_rotating_weights`: ``lib["main"]`` run once on ``args_np`` (its
+    output last, shaped and typed as ``want``) and checked against ``want`` bit for bit (None when
+    it differs), with ``copies`` copies of its weight (the second argument) to rotate."""
+    import numpy as np
+    import tvm
+
+    args = [tvm.runtime.tensor(v) for v in args_np]
+    out = tvm.runtime.tensor(np.zeros(want.shape, want.dtype))
+    lib["main"](*args, out)
+    if not np.array_equal(out.numpy(), want):
+        return None
+    weights = [tvm.runtime.tensor(args_np[1].copy()) for _ in range(copies)]
+    return {**fields, "fn": lib["main"], "args": args, "w": weights, "out": out, "times": []}
+
+
+def time_rotating_weights(cells: list[dict], rounds: int, repeats: int = 5) -> None:
+    """Interleaved timing of kernels fed rotating weight copies (so that the weight streams from
+    L3, as in a model at 1 x 32): each cell is ``{"fn", "args", "w": [weight copies], "out",
+    "times": []}``, its weight the second argument; each round runs every cell (starting one
+    further along each round) ``repeats`` times over its copies and appends the mean seconds per
+    call to its ``times``."""
+    for r in range(rounds):
+        for c in cells[r % len(cells):] + cells[:r % len(cells)]:
+            args = list(c["args"])
+            t0 = time.perf_counter()
+            for _ in range(repeats):
+                for w in c["w"]:
+                    args[1] = w
+                    c["fn"](*args, c["out"])
+            c["times"].append((time.perf_counter() - t0) / (repeats * len(c["w"])))
+
+
 # -- the peak -------------------------------------------------------------------------------
 _PEAK = """
 import json, sys

@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -76,27 +75,15 @@ def main(argv=None) -> int:
             f = sched.with_body(sws._serial(sched.body)) if variant == "serial" else sched
             kw = {"tir_pipeline": register_tir_pipeline()} if variant == "one-launch" else {}
             lib = tvm.compile(tvm.IRModule({"main": f}), target=tgt, **kw)
-            args = [tvm.runtime.tensor(v) for v in args_np]
-            out = tvm.runtime.tensor(np.zeros(want.shape, want.dtype))
-            lib["main"](*args, out)
-            if not np.array_equal(out.numpy(), want):
+            launches = lib.mod.inspect_source("ll").count("@__TVMBackendParallelLaunch, align")
+            cell = ke.rotating_cell(lib, args_np, want, a.copies, spec=spec, variant=variant, launch_sites=launches)
+            if cell is None:
                 print(f"error: {spec} ({variant}): differs from the numpy reference", file=sys.stderr)
                 return 2
-            launches = lib.mod.inspect_source("ll").count("@__TVMBackendParallelLaunch, align")
-            weights = [tvm.runtime.tensor(args_np[1].copy()) for _ in range(a.copies)]
-            cells.append({"spec": spec, "variant": variant, "launch_sites": launches, "fn": lib["main"],
-                          "args": args, "w": weights, "out": out, "times": []})
+            cells.append(cell)
             print(f"built {spec} M={a.rows} {variant}: {launches} launch site(s), bit-identical", flush=True)
     load0 = os.getloadavg()
-    for r in range(a.rounds):
-        for c in cells[r % len(cells):] + cells[:r % len(cells)]:
-            args = list(c["args"])
-            t0 = time.perf_counter()
-            for _ in range(5):
-                for w in c["w"]:
-                    args[1] = w
-                    c["fn"](*args, c["out"])
-            c["times"].append((time.perf_counter() - t0) / (5 * len(c["w"])))
+    ke.time_rotating_weights(cells, a.rounds)
     load1 = os.getloadavg()
     print(f"\n{a.target}, {a.threads} threads, {a.policy} policy, M={a.rows}, load {load0[0]:.2f} -> {load1[0]:.2f}")
     print(f"| kernel | {' | '.join(VARIANTS)} |\n|---|{'---|' * len(VARIANTS)}")
