@@ -97,13 +97,15 @@ def replays(trace, dyn_mod, tgt):
     import tvm
     from tvm import s_tir
 
+    from ..passes.pipeline import register_tir_pipeline
+
     t = dynamic_trace(trace, dyn_mod)
     if t is None:
         return None
     try:
         sch = s_tir.Schedule(dyn_mod)
         t.apply_to_schedule(sch, remove_postproc=False)
-        tvm.compile(sch.mod, target=tgt)
+        tvm.compile(sch.mod, target=tgt, tir_pipeline=register_tir_pipeline())  # as compile builds it
     except Exception:  # noqa: BLE001 - try the next record
         return None
     return t
