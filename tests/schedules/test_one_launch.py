@@ -8,7 +8,8 @@ thread-pool launch, with a barrier between them, and the results do not change.
   ``TVMBackendParallelLaunch`` call and a ``TVMBackendParallelBarrier`` call where TVM's
   default pipeline has two launches and no barrier; counted at run time, a call launches the pool once;
 * run: the second loop reads what other iterations of the first wrote (reversed), so a missing
-  barrier would show; equal to numpy for sizes below, at and far above the thread count;
+  barrier would show; equal to numpy for sizes below, at and far above the thread count, also
+  in a process whose pool has two threads;
 * a real linear (the x86 VNNI rule: the activation repack and the GEMM) is one launch and
   equals the numpy reference bit for bit.
 """
@@ -108,6 +109,41 @@ def test_built_kernel_launches_once_and_equals_numpy(tmp_path):
             np.testing.assert_array_equal(c.numpy(), b[::-1] - b, err_msg=f"n={n}")
     finally:
         counter.close()
+
+
+_RUN_WITH_THREADS = """
+import sys
+import numpy as np
+import tvm
+lib = tvm.runtime.load_module(sys.argv[1])
+rng = np.random.default_rng(4)
+for n in (1, 2, 3, 4, 5, 7, 64, 1001, 100003):
+    for _ in range(20):
+        a = rng.integers(-1000, 1000, n).astype(np.int32)
+        c = tvm.runtime.tensor(np.zeros(n, np.int32))
+        lib["main"](tvm.runtime.tensor(a), c)
+        b = a * 3 + 1
+        np.testing.assert_array_equal(c.numpy(), b[::-1] - b, err_msg=f"n={n}")
+print(tvm.get_global_func("runtime.NumThreads")())
+"""
+
+
+def test_barrier_holds_on_a_pool_of_two_threads(tmp_path):
+    """The pool of a test process may have one thread (TVM's default here): in a process whose
+    pool has two (``TVM_NUM_THREADS=2``, checked through ``runtime.NumThreads``), the second loop
+    still sees every write of the first, over many calls and sizes around the thread count."""
+    threads = 2
+    import os
+    import subprocess
+    import sys
+
+    path = tmp_path / "k.so"
+    _build(_two_loops(), True).export_library(str(path))
+    env = {**os.environ, "TVM_NUM_THREADS": str(threads)}
+    r = subprocess.run([sys.executable, "-c", _RUN_WITH_THREADS, str(path)], env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip().splitlines()[-1] == str(threads)
 
 
 def test_function_for_another_target_is_left_alone():
