@@ -11,7 +11,11 @@ thread-pool launch, with a barrier between them, and the results do not change.
   barrier would show; equal to numpy for sizes below, at and far above the thread count, also
   in a process whose pool has two threads;
 * a real linear (the x86 VNNI rule: the activation repack and the GEMM) is one launch and
-  equals the numpy reference bit for bit.
+  equals the numpy reference bit for bit;
+* the tiny BERT x86 build run on a pool of two threads (the in-process tests' pool has one here)
+  equals the golden executor, with the spin table and with every kernel parallel. (Its linears
+  are too narrow for one task's GEMM to read rows another task packed, so this one would not
+  catch a missing barrier: the two-loop kernel above does.)
 """
 
 from __future__ import annotations
@@ -188,3 +192,58 @@ def test_vnni_linear_is_one_launch_and_bit_exact(rows):
     out = tvm.runtime.tensor(np.zeros((rows, n), np.int32))
     lib["main"](tvm.runtime.tensor(xa), tvm.runtime.tensor(p["weight"]), tvm.runtime.tensor(p["bias"]), out)
     np.testing.assert_array_equal(out.numpy(), linear_np(xa, wa, ba))
+
+
+_RUN_MODEL = """
+import sys
+import numpy as np
+import tvm_ffi
+from ibert_tvm.deploy.runtime import CompiledModel
+from ibert_tvm.schedules import serial_when_small as sws
+out_dir, batches_path, table_name, result_path = sys.argv[1:]
+model = CompiledModel(out_dir, serial_thresholds="spin")
+table = np.from_dlpack(model._tvm_params[model.manifest["params"].index(sws.TABLE_PARAM)])
+table[...] = sws.table("spin") if table_name == "spin" else [-1] * len(sws.CLASSES)
+with np.load(batches_path) as z:
+    n = len(z.files) // len(model.manifest["inputs"])
+    outs = {}
+    for i in range(n):
+        x = {k: z[f"{i}:{k}"] for k in model.manifest["inputs"]}
+        for r in range(5):  # repeated calls: a race would not show every time
+            outs[f"{i}:{r}"] = model.run_ids(x)
+np.savez(result_path, **outs)
+print(tvm_ffi.get_global_func("runtime.NumThreads")())
+"""
+
+
+@pytest.mark.parametrize("table", ["spin", "all-parallel"])
+def test_tiny_bert_on_two_threads_equals_golden(table, quantized_factory, x86_compiled, tmp_path):
+    """The tiny BERT x86 build (its kernels' launches joined) in a process whose pool has two
+    threads, every split kernel on its parallel branch (``all-parallel``: every threshold -1) or
+    as the spin table chooses: the golden executor's integers at every shape, call after call."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import random_batch
+
+    from ibert_tvm.model.golden import run_golden
+    from ibert_tvm.model.plan import ModelPlan
+
+    qm, _ = quantized_factory("BertModel")
+    plan, d = ModelPlan(qm), qm.dims
+    rng = np.random.default_rng(17)
+    shapes = [(1, 1), (1, 4), (2, 7), (3, 33), (4, 64)]
+    batches = [random_batch(rng, b, s, family=d["family"], pad_id=d["pad_id"], type_vocab=d["type_vocab"])
+               for b, s in shapes]
+    np.savez(tmp_path / "batches.npz", **{f"{i}:{k}": v for i, x in enumerate(batches) for k, v in x.items()})
+    env = {**os.environ, "TVM_NUM_THREADS": "2"}
+    r = subprocess.run([sys.executable, "-c", _RUN_MODEL, str(x86_compiled), str(tmp_path / "batches.npz"), table,
+                        str(tmp_path / "out.npz")], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.strip().splitlines()[-1] == "2"
+    with np.load(tmp_path / "out.npz") as got:
+        for i, (x, shape) in enumerate(zip(batches, shapes)):
+            want = run_golden(plan, **x)
+            for rep in range(5):
+                np.testing.assert_array_equal(got[f"{i}:{rep}"], want, err_msg=f"{table} {shape} call {rep}")
