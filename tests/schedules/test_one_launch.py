@@ -200,7 +200,7 @@ import numpy as np
 import tvm_ffi
 from ibert_tvm.deploy.runtime import CompiledModel
 from ibert_tvm.schedules import serial_when_small as sws
-out_dir, batches_path, table_name, result_path = sys.argv[1:]
+out_dir, batches_path, table_name, result_path, calls = sys.argv[1:]
 model = CompiledModel(out_dir, serial_thresholds="spin")
 table = np.from_dlpack(model._tvm_params[model.manifest["params"].index(sws.TABLE_PARAM)])
 table[...] = sws.table("spin") if table_name == "spin" else [-1] * len(sws.CLASSES)
@@ -209,11 +209,29 @@ with np.load(batches_path) as z:
     outs = {}
     for i in range(n):
         x = {k: z[f"{i}:{k}"] for k in model.manifest["inputs"]}
-        for r in range(5):  # repeated calls: a race would not show every time
+        for r in range(int(calls)):  # repeated calls: a race would not show every time
             outs[f"{i}:{r}"] = model.run_ids(x)
 np.savez(result_path, **outs)
 print(tvm_ffi.get_global_func("runtime.NumThreads")())
 """
+
+
+def outputs_on_two_threads(out_dir, batches: list[dict], table: str, tmp_path, calls: int = 5) -> list[list]:
+    """``run_ids`` of the compiled ``out_dir`` on each batch, ``calls`` times, in a process whose
+    TVM pool has two threads (checked), fed the spin table or (``all-parallel``) a table of -1:
+    ``[[output of each call] per batch]``."""
+    import os
+    import subprocess
+    import sys
+
+    np.savez(tmp_path / "batches.npz", **{f"{i}:{k}": v for i, x in enumerate(batches) for k, v in x.items()})
+    env = {**os.environ, "TVM_NUM_THREADS": "2"}
+    r = subprocess.run([sys.executable, "-c", _RUN_MODEL, str(out_dir), str(tmp_path / "batches.npz"), table,
+                        str(tmp_path / "out.npz"), str(calls)], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.strip().splitlines()[-1] == "2"
+    with np.load(tmp_path / "out.npz") as got:
+        return [[got[f"{i}:{c}"] for c in range(calls)] for i in range(len(batches))]
 
 
 @pytest.mark.parametrize("table", ["spin", "all-parallel"])
@@ -221,10 +239,6 @@ def test_tiny_bert_on_two_threads_equals_golden(table, quantized_factory, x86_co
     """The tiny BERT x86 build (its kernels' launches joined) in a process whose pool has two
     threads, every split kernel on its parallel branch (``all-parallel``: every threshold -1) or
     as the spin table chooses: the golden executor's integers at every shape, call after call."""
-    import os
-    import subprocess
-    import sys
-
     from conftest import random_batch
 
     from ibert_tvm.model.golden import run_golden
@@ -236,14 +250,7 @@ def test_tiny_bert_on_two_threads_equals_golden(table, quantized_factory, x86_co
     shapes = [(1, 1), (1, 4), (2, 7), (3, 33), (4, 64)]
     batches = [random_batch(rng, b, s, family=d["family"], pad_id=d["pad_id"], type_vocab=d["type_vocab"])
                for b, s in shapes]
-    np.savez(tmp_path / "batches.npz", **{f"{i}:{k}": v for i, x in enumerate(batches) for k, v in x.items()})
-    env = {**os.environ, "TVM_NUM_THREADS": "2"}
-    r = subprocess.run([sys.executable, "-c", _RUN_MODEL, str(x86_compiled), str(tmp_path / "batches.npz"), table,
-                        str(tmp_path / "out.npz")], env=env, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert r.stdout.strip().splitlines()[-1] == "2"
-    with np.load(tmp_path / "out.npz") as got:
-        for i, (x, shape) in enumerate(zip(batches, shapes)):
-            want = run_golden(plan, **x)
-            for rep in range(5):
-                np.testing.assert_array_equal(got[f"{i}:{rep}"], want, err_msg=f"{table} {shape} call {rep}")
+    for x, shape, outs in zip(batches, shapes, outputs_on_two_threads(x86_compiled, batches, table, tmp_path)):
+        want = run_golden(plan, **x)
+        for c, got in enumerate(outs):
+            np.testing.assert_array_equal(got, want, err_msg=f"{table} {shape} call {c}")
