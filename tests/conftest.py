@@ -17,6 +17,11 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# TVM's pool in the test processes: one thread, as TVM's own default gave on the 2-vCPU machine the
+# suite was timed on (the loader now sizes it to the physical cores, support/threads.py; with two
+# xdist workers that would put four busy threads on two cores). Two-thread runs are subprocesses
+# (tests/schedules/test_one_launch.py); the default itself is tested with explicit environments.
+os.environ.setdefault("TVM_NUM_THREADS", "1")
 
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
 

@@ -152,7 +152,8 @@ def main(argv=None) -> int:
             ms.append(round(best, 3))
         if a.print_ints:
             res = {"outputs": [o.tolist() for o in outs], "ms": ms} if many else {"output": outs[0].tolist(), "ms": ms[0]}
-            res.update(scale=model.output_scale, target=model.manifest["target"], runtime=model.runtime_note)
+            res.update(scale=model.output_scale, target=model.manifest["target"], runtime=model.runtime_note,
+                       threads=model.threads_note)
             print(json.dumps(res))
         else:
             for i, out in enumerate(outs):

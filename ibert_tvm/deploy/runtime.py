@@ -22,6 +22,7 @@ from . import light
 from .batching import DEFAULT_BATCH_SIZE, run_batched
 from ..support.hashing import check_files, sha256_file  # noqa: F401  (re-exported)
 from ..support.tokenize import INPUTS, Tokenizer
+from ..support.threads import apply_default_pool_threads
 
 FORMAT = "ibert-tvm-compiled/1"
 REQUIRED = ("target", "inputs", "params", "output", "family", "head", "max_seq", "vocab", "type_vocab", "pad_id",
@@ -273,6 +274,9 @@ class CompiledModel:
         """``serial_thresholds``: "spin" or "passive", the table of serial/parallel thresholds an x86
         model is fed (:func:`serial_table`; default: from the environment)."""
         serial_table(serial_thresholds)  # a bad choice is refused before anything is read
+        #: how many threads TVM's pool starts with and why (support/threads.py: the physical cores
+        #: on x86-64 unless $TVM_NUM_THREADS / $OMP_NUM_THREADS say otherwise)
+        self.threads_note = apply_default_pool_threads()
         self.dir, self.manifest, _, self.tokenizer = read_compiled(out_dir, alloc=None)  # params: below
         m = self.manifest
         lib_path = self.dir / LIB

@@ -478,6 +478,7 @@ def create_app(model: CompiledModel, *, api_key: str | None = None,
             "max_batch_tokens": max_batch_tokens, "max_client_batch_size": max_client_batch_size,
             "payload_limit": payload_limit, "auth": api_key is not None,
             "integer_only": integer_only_summary(m),
+            "threads": getattr(model, "threads_note", None),
             "batching": {"requests": s.requests, "cancelled": s.cancelled, "batches": s.batches, "rows": s.rows,
                          "largest_batch_tokens": s.largest_batch_tokens},
         }
