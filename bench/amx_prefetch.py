@@ -57,9 +57,8 @@ def main(argv=None) -> int:
                 lib = ke.build(func, x86_amx.AmxLinearRule(), "x86-amx")
             finally:
                 x86_amx.PREFETCH = "ahead"
-            cell = ke.rotating_cell(lib, args_np, want, a.copies, spec=spec, mode=mode)
+            cell = ke.rotating_cell(lib, args_np, want, a.copies, f"{spec} ({mode})", spec=spec, mode=mode)
             if cell is None:
-                print(f"error: {spec} ({mode}): differs from the numpy reference", file=sys.stderr)
                 return 2
             cells.append(cell)
             print(f"built {spec} M={a.rows} prefetch={mode}: bit-identical", flush=True)

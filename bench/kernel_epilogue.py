@@ -145,10 +145,11 @@ def build(func, rule, target: str = "x86"):
     return tvm.compile(tvm.IRModule({"main": f}), target=tgt)
 
 
-def rotating_cell(lib, args_np, want, copies: int, **fields) -> dict | None:
+def rotating_cell(lib, args_np, want, copies: int, label: str, **fields) -> dict | None:
     """A cell for :func:`time_rotating_weights`: ``lib["main"]`` run once on ``args_np`` (its
-    output last, shaped and typed as ``want``) and checked against ``want`` bit for bit (None when
-    it differs), with ``copies`` copies of its weight (the second argument) to rotate."""
+    output last, shaped and typed as ``want``) and checked against ``want`` bit for bit, with
+    ``copies`` copies of its weight (the second argument) to rotate. When it differs: an
+    ``error:`` line naming ``label`` on stderr, and None."""
     import numpy as np
     import tvm
 
@@ -156,6 +157,7 @@ def rotating_cell(lib, args_np, want, copies: int, **fields) -> dict | None:
     out = tvm.runtime.tensor(np.zeros(want.shape, want.dtype))
     lib["main"](*args, out)
     if not np.array_equal(out.numpy(), want):
+        print(f"error: {label}: differs from the numpy reference", file=sys.stderr)
         return None
     weights = [tvm.runtime.tensor(args_np[1].copy()) for _ in range(copies)]
     return {**fields, "fn": lib["main"], "args": args, "w": weights, "out": out, "times": []}

@@ -234,23 +234,28 @@ def outputs_on_two_threads(out_dir, batches: list[dict], table: str, tmp_path, c
         return [[got[f"{i}:{c}"] for c in range(calls)] for i in range(len(batches))]
 
 
-@pytest.mark.parametrize("table", ["spin", "all-parallel"])
-def test_tiny_bert_on_two_threads_equals_golden(table, quantized_factory, x86_compiled, tmp_path):
-    """The tiny BERT x86 build (its kernels' launches joined) in a process whose pool has two
-    threads, every split kernel on its parallel branch (``all-parallel``: every threshold -1) or
-    as the spin table chooses: the golden executor's integers at every shape, call after call."""
+def assert_golden_on_two_threads(qm, out_dir, shapes, table: str, tmp_path, seed: int) -> None:
+    """Random batches of ``shapes`` run by :func:`outputs_on_two_threads` equal the golden
+    executor's integers of ``qm``, every call."""
     from conftest import random_batch
 
     from ibert_tvm.model.golden import run_golden
     from ibert_tvm.model.plan import ModelPlan
 
-    qm, _ = quantized_factory("BertModel")
     plan, d = ModelPlan(qm), qm.dims
-    rng = np.random.default_rng(17)
-    shapes = [(1, 1), (1, 4), (2, 7), (3, 33), (4, 64)]
+    rng = np.random.default_rng(seed)
     batches = [random_batch(rng, b, s, family=d["family"], pad_id=d["pad_id"], type_vocab=d["type_vocab"])
                for b, s in shapes]
-    for x, shape, outs in zip(batches, shapes, outputs_on_two_threads(x86_compiled, batches, table, tmp_path)):
+    for x, shape, outs in zip(batches, shapes, outputs_on_two_threads(out_dir, batches, table, tmp_path)):
         want = run_golden(plan, **x)
         for c, got in enumerate(outs):
             np.testing.assert_array_equal(got, want, err_msg=f"{table} {shape} call {c}")
+
+
+@pytest.mark.parametrize("table", ["spin", "all-parallel"])
+def test_tiny_bert_on_two_threads_equals_golden(table, quantized_factory, x86_compiled, tmp_path):
+    """The tiny BERT x86 build (its kernels' launches joined) in a process whose pool has two
+    threads, every split kernel on its parallel branch (``all-parallel``: every threshold -1) or
+    as the spin table chooses: the golden executor's integers at every shape, call after call."""
+    assert_golden_on_two_threads(quantized_factory("BertModel")[0], x86_compiled,
+                                 [(1, 1), (1, 4), (2, 7), (3, 33), (4, 64)], table, tmp_path, seed=17)

@@ -106,21 +106,10 @@ def test_small_bert_on_amx_equals_golden_and_verifies(amx_built, capsys):
 def test_small_bert_on_amx_on_two_threads_equals_golden(table, amx_built, tmp_path):
     """The same build on a pool of two threads (the in-process tests' pool has one here), every
     split kernel parallel or as the spin table chooses: the golden integers, call after call."""
-    from test_one_launch import outputs_on_two_threads
-
-    from ibert_tvm.model.golden import run_golden
-    from ibert_tvm.model.plan import ModelPlan
+    from test_one_launch import assert_golden_on_two_threads
 
     qm, out = amx_built
-    plan, d = ModelPlan(qm), qm.dims
-    rng = np.random.default_rng(6)
-    shapes = ((1, 1), (2, 7), (3, 33), (2, 77), (4, 128))
-    batches = [random_batch(rng, b, s, family=d["family"], pad_id=d["pad_id"], type_vocab=d["type_vocab"])
-               for b, s in shapes]
-    for x, shape, outs in zip(batches, shapes, outputs_on_two_threads(out, batches, table, tmp_path)):
-        want = run_golden(plan, **x)
-        for c, got in enumerate(outs):
-            np.testing.assert_array_equal(got, want, err_msg=f"{table} {shape} call {c}")
+    assert_golden_on_two_threads(qm, out, [(1, 1), (2, 7), (3, 33), (2, 77), (4, 128)], table, tmp_path, seed=6)
 
 
 def test_loader_without_amx_refuses_with_one_error(amx_built, monkeypatch):
